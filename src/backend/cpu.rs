@@ -1,0 +1,511 @@
+//! The CPU backend: the reference implementation of every op.
+//!
+//! Multi-threaded with rayon, matrix products through the `gemm` crate.
+//! Determinism: work is split only over independent outputs (rows, columns,
+//! attention heads, fixed-size chunks) and every reduction runs in a fixed
+//! order, so results are the same bits at any thread count.
+
+use std::marker::PhantomData;
+use std::sync::Mutex;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::{Activation, AdamW, Backend, DecayGroup, Dropout, View};
+use crate::float::Float;
+
+/// Rows per rayon task in row-wise ops.
+const ROWS_PER_TASK: usize = 8;
+/// Elements per rayon task in element-wise ops and in fixed-order sums.
+const ELEMS_PER_TASK: usize = 1 << 14;
+/// Columns per rayon task in column reductions (bias and LayerNorm gradients).
+const COLS_PER_TASK: usize = 16;
+
+pub struct CpuBackend<F> {
+    /// Partial sums of `sum_squares`, one per fixed-size chunk, kept between calls.
+    partials: Mutex<Vec<f64>>,
+    _float: PhantomData<F>,
+}
+
+impl<F: Float> Default for CpuBackend<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<F: Float> CpuBackend<F> {
+    pub fn new() -> Self {
+        CpuBackend { partials: Mutex::new(Vec::new()), _float: PhantomData }
+    }
+}
+
+/// A raw pointer that may cross threads; each user writes disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedMut<F>(*mut F);
+unsafe impl<F> Send for SharedMut<F> {}
+unsafe impl<F> Sync for SharedMut<F> {}
+impl<F> SharedMut<F> {
+    #[inline]
+    fn at(self, offset: usize) -> *mut F {
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// A strided matrix operand: element (i, j) is at `ptr + i*rs + j*cs`.
+#[derive(Clone, Copy)]
+struct Strided<F> {
+    ptr: *const F,
+    rs: usize,
+    cs: usize,
+}
+
+fn threads_for_gemm() -> Parallelism {
+    match rayon::current_num_threads() {
+        1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// dst (m,n) (+)= scale · lhs (m,k) · rhs (k,n), through the gemm crate.
+///
+/// # Safety
+/// Every pointer must be valid for the strided extent it describes, and `dst`
+/// must not overlap `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_strided<F: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut F,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Strided<F>,
+    rhs: Strided<F>,
+    scale: F,
+    parallelism: Parallelism,
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.ptr,
+            rhs.cs as isize,
+            rhs.rs as isize,
+            F::one(),
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// sums[j] += Σ_r f(r, j) for r in 0..rows, each column summed in row order.
+fn add_column_sums<F: Float>(sums: &mut [F], rows: usize, f: impl Fn(usize, usize) -> F + Sync) {
+    sums.par_chunks_mut(COLS_PER_TASK).enumerate().for_each(|(block, out)| {
+        let j0 = block * COLS_PER_TASK;
+        for r in 0..rows {
+            for (jj, s) in out.iter_mut().enumerate() {
+                *s += f(r, j0 + jj);
+            }
+        }
+    });
+}
+
+#[inline]
+fn gelu<F: Float>(x: F) -> F {
+    let s = F::of((2.0 / std::f64::consts::PI).sqrt());
+    let half = F::of(0.5);
+    half * x * (F::one() + (s * (x + F::of(0.044715) * x * x * x)).tanh())
+}
+
+#[inline]
+fn gelu_grad<F: Float>(x: F) -> F {
+    let s = F::of((2.0 / std::f64::consts::PI).sqrt());
+    let half = F::of(0.5);
+    let a = F::of(0.044715);
+    let th = (s * (x + a * x * x * x)).tanh();
+    half * (F::one() + th) + half * x * (F::one() - th * th) * s * (F::one() + F::of(3.0) * a * x * x)
+}
+
+/// In-place causal softmax of a (T,T) score block: row i keeps columns j ≤ i.
+fn causal_softmax_rows<F: Float>(block: &mut [F], t: usize) {
+    for i in 0..t {
+        let row = &mut block[i * t..(i + 1) * t];
+        let max = row[..=i].iter().fold(F::neg_infinity(), |m, &x| m.max(x));
+        let mut sum = F::zero();
+        for x in &mut row[..=i] {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let inv = F::one() / sum;
+        for x in &mut row[..=i] {
+            *x *= inv;
+        }
+        for x in &mut row[i + 1..] {
+            *x = F::zero();
+        }
+    }
+}
+
+impl<F: Float> Backend for CpuBackend<F> {
+    type F = F;
+    type Buf = Vec<F>;
+    type Tokens = Vec<u32>;
+
+    fn name(&self) -> String {
+        "cpu".to_string()
+    }
+
+    fn alloc(&self, len: usize) -> Vec<F> {
+        vec![F::zero(); len]
+    }
+
+    fn alloc_tokens(&self, len: usize) -> Vec<u32> {
+        vec![0; len]
+    }
+
+    fn upload(&self, dst: &mut Vec<F>, src: &[F]) {
+        dst.copy_from_slice(src);
+    }
+
+    fn upload_tokens(&self, dst: &mut Vec<u32>, src: &[u32]) {
+        dst.copy_from_slice(src);
+    }
+
+    fn download(&self, dst: &mut [F], src: &Vec<F>) {
+        dst.copy_from_slice(src);
+    }
+
+    fn zero(&self, buf: &mut Vec<F>) {
+        buf.par_chunks_mut(ELEMS_PER_TASK).for_each(|c| c.fill(F::zero()));
+    }
+
+    fn encoder_forward(&self, out: &mut Vec<F>, tokens: &Vec<u32>, params: &Vec<F>, wte: View, wpe: View, n: usize, t: usize, c: usize) {
+        let (wte, wpe) = (&params[wte.range()], &params[wpe.range()]);
+        out[..n * c].par_chunks_mut(c).enumerate().with_min_len(ROWS_PER_TASK).for_each(|(row, o)| {
+            let tok = tokens[row] as usize;
+            let pos = row % t;
+            for ((o, &e), &p) in o.iter_mut().zip(&wte[tok * c..(tok + 1) * c]).zip(&wpe[pos * c..(pos + 1) * c]) {
+                *o = e + p;
+            }
+        });
+    }
+
+    fn encoder_backward(&self, grads: &mut Vec<F>, wte: View, wpe: View, dout: &Vec<F>, tokens: &Vec<u32>, n: usize, t: usize, c: usize) {
+        // Each task owns a block of columns of both tables and walks the rows in order.
+        let dwte = SharedMut(grads[wte.range()].as_mut_ptr());
+        let dwpe = SharedMut(grads[wpe.range()].as_mut_ptr());
+        let blocks = c.div_ceil(COLS_PER_TASK);
+        (0..blocks).into_par_iter().for_each(|block| {
+            let j0 = block * COLS_PER_TASK;
+            let j1 = (j0 + COLS_PER_TASK).min(c);
+            for row in 0..n {
+                let tok = tokens[row] as usize;
+                let pos = row % t;
+                for j in j0..j1 {
+                    let g = dout[row * c + j];
+                    unsafe {
+                        *dwte.at(tok * c + j) += g;
+                        *dwpe.at(pos * c + j) += g;
+                    }
+                }
+            }
+        });
+    }
+
+    fn layernorm_forward(&self, out: &mut Vec<F>, mean: &mut Vec<F>, rstd: &mut Vec<F>, inp: &Vec<F>, params: &Vec<F>, w: View, b: View, n: usize, c: usize) {
+        let (w, b) = (&params[w.range()], &params[b.range()]);
+        let eps = F::of(1e-5);
+        let cf = F::of(c as f64);
+        out[..n * c]
+            .par_chunks_mut(c)
+            .zip(mean[..n].par_iter_mut().zip(rstd[..n].par_iter_mut()))
+            .enumerate()
+            .with_min_len(ROWS_PER_TASK)
+            .for_each(|(row, (o, (mu, rs)))| {
+                let x = &inp[row * c..(row + 1) * c];
+                let m = x.iter().copied().sum::<F>() / cf;
+                let var = x.iter().map(|&v| (v - m) * (v - m)).sum::<F>() / cf;
+                let r = F::one() / (var + eps).sqrt();
+                for j in 0..c {
+                    o[j] = (x[j] - m) * r * w[j] + b[j];
+                }
+                *mu = m;
+                *rs = r;
+            });
+    }
+
+    fn layernorm_backward(&self, dinp: &mut Vec<F>, accumulate: bool, grads: &mut Vec<F>, w: View, b: View, dout: &Vec<F>, inp: &Vec<F>, params: &Vec<F>, mean: &Vec<F>, rstd: &Vec<F>, n: usize, c: usize) {
+        let wt = &params[w.range()];
+        let cf = F::of(c as f64);
+        dinp[..n * c].par_chunks_mut(c).enumerate().with_min_len(ROWS_PER_TASK).for_each(|(row, di)| {
+            let x = &inp[row * c..(row + 1) * c];
+            let d = &dout[row * c..(row + 1) * c];
+            let (m, r) = (mean[row], rstd[row]);
+            let mut mean_dxhat = F::zero();
+            let mut mean_dxhat_xhat = F::zero();
+            for j in 0..c {
+                let dxhat = d[j] * wt[j];
+                mean_dxhat += dxhat;
+                mean_dxhat_xhat += dxhat * (x[j] - m) * r;
+            }
+            mean_dxhat /= cf;
+            mean_dxhat_xhat /= cf;
+            for j in 0..c {
+                let xhat = (x[j] - m) * r;
+                let g = r * (d[j] * wt[j] - mean_dxhat - xhat * mean_dxhat_xhat);
+                if accumulate { di[j] += g } else { di[j] = g }
+            }
+        });
+        add_column_sums(&mut grads[w.range()], n, |row, j| (inp[row * c + j] - mean[row]) * rstd[row] * dout[row * c + j]);
+        add_column_sums(&mut grads[b.range()], n, |row, j| dout[row * c + j]);
+    }
+
+    fn matmul_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, params: &Vec<F>, w: View, b: Option<View>, n: usize, c: usize, oc: usize) {
+        let out = &mut out[..n * oc];
+        if let Some(b) = b {
+            let bias = &params[b.range()];
+            out.par_chunks_mut(oc).with_min_len(ROWS_PER_TASK).for_each(|o| o.copy_from_slice(bias));
+        }
+        let wt = &params[w.range()];
+        // rhs (C,OC) = wᵀ: element (k, j) = w[j*C + k]
+        unsafe {
+            gemm_strided(
+                n,
+                oc,
+                c,
+                out.as_mut_ptr(),
+                oc,
+                b.is_some(),
+                Strided { ptr: inp.as_ptr(), rs: c, cs: 1 },
+                Strided { ptr: wt.as_ptr(), rs: 1, cs: c },
+                F::one(),
+                threads_for_gemm(),
+            );
+        }
+    }
+
+    fn matmul_backward(&self, dinp: &mut Vec<F>, accumulate: bool, grads: &mut Vec<F>, w: View, b: Option<View>, dout: &Vec<F>, inp: &Vec<F>, params: &Vec<F>, n: usize, c: usize, oc: usize) {
+        let wt = &params[w.range()];
+        assert!(dinp.len() >= n * c && dout.len() >= n * oc && inp.len() >= n * c);
+        unsafe {
+            // dinp (N,C) (+)= dout (N,OC) · w (OC,C)
+            gemm_strided(
+                n,
+                c,
+                oc,
+                dinp.as_mut_ptr(),
+                c,
+                accumulate,
+                Strided { ptr: dout.as_ptr(), rs: oc, cs: 1 },
+                Strided { ptr: wt.as_ptr(), rs: c, cs: 1 },
+                F::one(),
+                threads_for_gemm(),
+            );
+            // dw (OC,C) += doutᵀ (OC,N) · inp (N,C)
+            gemm_strided(
+                oc,
+                c,
+                n,
+                grads[w.range()].as_mut_ptr(),
+                c,
+                true,
+                Strided { ptr: dout.as_ptr(), rs: 1, cs: oc },
+                Strided { ptr: inp.as_ptr(), rs: c, cs: 1 },
+                F::one(),
+                threads_for_gemm(),
+            );
+        }
+        if let Some(b) = b {
+            add_column_sums(&mut grads[b.range()], n, |row, j| dout[row * oc + j]);
+        }
+    }
+
+    fn attention_forward(&self, out: &mut Vec<F>, att: &mut Vec<F>, att_drop: &mut Vec<F>, qkv: &Vec<F>, b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
+        let hs = c / h;
+        let scale = F::of(1.0 / (hs as f64).sqrt());
+        assert!(qkv.len() >= b * t * 3 * c && out.len() >= b * t * c && att.len() >= b * h * t * t);
+        let out = SharedMut(out.as_mut_ptr());
+        let drop = SharedMut(att_drop.as_mut_ptr());
+        att[..b * h * t * t].par_chunks_mut(t * t).enumerate().for_each(|(bh, a)| {
+            let (bi, hi) = (bh / h, bh % h);
+            let q = qkv[bi * t * 3 * c + hi * hs..].as_ptr();
+            unsafe {
+                let k = q.add(c);
+                let v = q.add(2 * c);
+                // scores (T,T) = scale · q (T,hs) · kᵀ (hs,T)
+                gemm_strided(t, t, hs, a.as_mut_ptr(), t, false, Strided { ptr: q, rs: 3 * c, cs: 1 }, Strided { ptr: k, rs: 1, cs: 3 * c }, scale, Parallelism::None);
+                causal_softmax_rows(a, t);
+                let probs = if dropout.active() {
+                    let d = std::slice::from_raw_parts_mut(drop.at(bh * t * t), t * t);
+                    for (idx, (d, &p)) in d.iter_mut().zip(a.iter()).enumerate() {
+                        *d = p * dropout.factor::<F>(bh * t * t + idx);
+                    }
+                    d.as_ptr()
+                } else {
+                    a.as_ptr()
+                };
+                // out[b, :, head] (T,hs) = probs (T,T) · v (T,hs)
+                gemm_strided(t, hs, t, out.at(bi * t * c + hi * hs), c, false, Strided { ptr: probs, rs: t, cs: 1 }, Strided { ptr: v, rs: 3 * c, cs: 1 }, F::one(), Parallelism::None);
+            }
+        });
+    }
+
+    fn attention_backward(&self, dqkv: &mut Vec<F>, datt: &mut Vec<F>, dout: &Vec<F>, qkv: &Vec<F>, att: &Vec<F>, att_drop: &Vec<F>, b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
+        let hs = c / h;
+        let scale = F::of(1.0 / (hs as f64).sqrt());
+        assert!(dqkv.len() >= b * t * 3 * c && dout.len() >= b * t * c && att.len() >= b * h * t * t && datt.len() >= b * h * t * t);
+        let dqkv = SharedMut(dqkv.as_mut_ptr());
+        datt[..b * h * t * t].par_chunks_mut(t * t).enumerate().for_each(|(bh, ds)| {
+            let (bi, hi) = (bh / h, bh % h);
+            let p = &att[bh * t * t..(bh + 1) * t * t];
+            let pd = if dropout.active() { &att_drop[bh * t * t..(bh + 1) * t * t] } else { p };
+            let base = bi * t * 3 * c + hi * hs;
+            let dy = dout[bi * t * c + hi * hs..].as_ptr();
+            unsafe {
+                let q = qkv.as_ptr().add(base);
+                
+                let v = q.add(2 * c);
+                // d(probs after dropout) (T,T) = dy (T,hs) · vᵀ (hs,T)
+                gemm_strided(t, t, hs, ds.as_mut_ptr(), t, false, Strided { ptr: dy, rs: c, cs: 1 }, Strided { ptr: v, rs: 1, cs: 3 * c }, F::one(), Parallelism::None);
+                // dv (T,hs) = pdᵀ (T,T) · dy (T,hs)
+                gemm_strided(t, hs, t, dqkv.at(base + 2 * c), 3 * c, false, Strided { ptr: pd.as_ptr(), rs: 1, cs: t }, Strided { ptr: dy, rs: c, cs: 1 }, F::one(), Parallelism::None);
+            }
+            // through dropout, then the softmax: ds = p ⊙ (dp − Σⱼ p·dp) · scale on j ≤ i
+            for i in 0..t {
+                let row = &mut ds[i * t..(i + 1) * t];
+                let prow = &p[i * t..(i + 1) * t];
+                if dropout.active() {
+                    for (j, x) in row[..=i].iter_mut().enumerate() {
+                        *x *= dropout.factor::<F>(bh * t * t + i * t + j);
+                    }
+                }
+                let dot: F = row[..=i].iter().zip(&prow[..=i]).map(|(&d, &p)| d * p).sum();
+                for j in 0..=i {
+                    row[j] = prow[j] * (row[j] - dot) * scale;
+                }
+                row[i + 1..].fill(F::zero());
+            }
+            unsafe {
+                let q = qkv.as_ptr().add(base);
+                let k = q.add(c);
+                // dq (T,hs) = ds (T,T) · k (T,hs)
+                gemm_strided(t, hs, t, dqkv.at(base), 3 * c, false, Strided { ptr: ds.as_ptr(), rs: t, cs: 1 }, Strided { ptr: k, rs: 3 * c, cs: 1 }, F::one(), Parallelism::None);
+                // dk (T,hs) = dsᵀ (T,T) · q (T,hs)
+                gemm_strided(t, hs, t, dqkv.at(base + c), 3 * c, false, Strided { ptr: ds.as_ptr(), rs: 1, cs: t }, Strided { ptr: q, rs: 3 * c, cs: 1 }, F::one(), Parallelism::None);
+            }
+        });
+    }
+
+    fn activation_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, act: Activation) {
+        out.par_chunks_mut(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK)).for_each(|(o, x)| match act {
+            Activation::Gelu => o.iter_mut().zip(x).for_each(|(o, &x)| *o = gelu(x)),
+            Activation::Relu => o.iter_mut().zip(x).for_each(|(o, &x)| *o = x.max(F::zero())),
+        });
+    }
+
+    fn activation_backward(&self, dinp: &mut Vec<F>, dout: &Vec<F>, inp: &Vec<F>, act: Activation) {
+        dinp.par_chunks_mut(ELEMS_PER_TASK).zip(dout.par_chunks(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK))).for_each(|(di, (d, x))| match act {
+            Activation::Gelu => di.iter_mut().zip(d.iter().zip(x)).for_each(|(di, (&d, &x))| *di = d * gelu_grad(x)),
+            Activation::Relu => di.iter_mut().zip(d.iter().zip(x)).for_each(|(di, (&d, &x))| *di = if x > F::zero() { d } else { F::zero() }),
+        });
+    }
+
+    fn residual_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, branch: &Vec<F>, dropout: Dropout) {
+        out.par_chunks_mut(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK).zip(branch.par_chunks(ELEMS_PER_TASK))).enumerate().for_each(|(chunk, (o, (x, br)))| {
+            if dropout.active() {
+                let base = chunk * ELEMS_PER_TASK;
+                for (i, (o, (&x, &br))) in o.iter_mut().zip(x.iter().zip(br)).enumerate() {
+                    *o = x + br * dropout.factor::<F>(base + i);
+                }
+            } else {
+                o.iter_mut().zip(x.iter().zip(br)).for_each(|(o, (&x, &br))| *o = x + br);
+            }
+        });
+    }
+
+    fn dropout_backward(&self, dinp: &mut Vec<F>, dout: &Vec<F>, dropout: Dropout) {
+        dinp.par_chunks_mut(ELEMS_PER_TASK).zip(dout.par_chunks(ELEMS_PER_TASK)).enumerate().for_each(|(chunk, (di, d))| {
+            let base = chunk * ELEMS_PER_TASK;
+            for (i, (di, &d)) in di.iter_mut().zip(d).enumerate() {
+                *di = d * dropout.factor::<F>(base + i);
+            }
+        });
+    }
+
+    fn crossentropy_forward(&self, losses: &mut Vec<F>, probs: &mut Vec<F>, logits: &Vec<F>, targets: &Vec<u32>, mask: &Vec<F>, n: usize, v: usize) {
+        probs[..n * v].par_chunks_mut(v).zip(losses[..n].par_iter_mut()).enumerate().with_min_len(ROWS_PER_TASK).for_each(|(row, (p, loss))| {
+            let z = &logits[row * v..(row + 1) * v];
+            let max = z.iter().fold(F::neg_infinity(), |m, &x| m.max(x));
+            let mut sum = F::zero();
+            for (p, &z) in p.iter_mut().zip(z) {
+                *p = (z - max).exp();
+                sum += *p;
+            }
+            let inv = F::one() / sum;
+            p.iter_mut().for_each(|p| *p *= inv);
+            // -log softmax(z)[target] = log Σ exp(z - max) + max - z[target]
+            *loss = if mask[row] != F::zero() { (sum.ln() + max - z[targets[row] as usize]) * mask[row] } else { F::zero() };
+        });
+    }
+
+    fn crossentropy_backward(&self, dlogits: &mut Vec<F>, probs: &Vec<F>, targets: &Vec<u32>, mask: &Vec<F>, scale: f64, n: usize, v: usize) {
+        let scale = F::of(scale);
+        dlogits[..n * v].par_chunks_mut(v).enumerate().with_min_len(ROWS_PER_TASK).for_each(|(row, d)| {
+            let w = mask[row] * scale;
+            let p = &probs[row * v..(row + 1) * v];
+            for (j, (d, &p)) in d.iter_mut().zip(p).enumerate() {
+                let onehot = if j == targets[row] as usize { F::one() } else { F::zero() };
+                *d = (p - onehot) * w;
+            }
+        });
+    }
+
+    fn sum_squares(&self, buf: &Vec<F>) -> f64 {
+        let mut partials = self.partials.lock().unwrap_or_else(|e| e.into_inner());
+        let chunks = buf.len().div_ceil(ELEMS_PER_TASK);
+        if partials.len() != chunks {
+            partials.resize(chunks, 0.0); // first call only: the buffer size never changes
+        }
+        partials.par_iter_mut().zip(buf.par_chunks(ELEMS_PER_TASK)).for_each(|(s, c)| *s = c.iter().map(|&g| g.f64() * g.f64()).sum());
+        partials.iter().sum()
+    }
+
+    fn adamw_update(&self, params: &mut Vec<F>, grads: &Vec<F>, m: &mut Vec<F>, v: &mut Vec<F>, groups: &[DecayGroup], hp: AdamW) {
+        let (b1, b2) = (F::of(hp.beta1), F::of(hp.beta2));
+        let (one_b1, one_b2) = (F::of(1.0 - hp.beta1), F::of(1.0 - hp.beta2));
+        let lr = F::of(hp.lr);
+        let eps = F::of(hp.eps);
+        let gscale = F::of(hp.grad_scale);
+        let bc1 = F::of(1.0 / (1.0 - hp.beta1.powf(hp.t as f64)));
+        let bc2 = F::of(1.0 / (1.0 - hp.beta2.powf(hp.t as f64)));
+        for group in groups {
+            let r = group.view.range();
+            let decay = F::of(1.0 - hp.lr * group.weight_decay);
+            params[r.clone()]
+                .par_chunks_mut(ELEMS_PER_TASK)
+                .zip(grads[r.clone()].par_chunks(ELEMS_PER_TASK))
+                .zip(m[r.clone()].par_chunks_mut(ELEMS_PER_TASK).zip(v[r].par_chunks_mut(ELEMS_PER_TASK)))
+                .for_each(|((p, g), (m, v))| {
+                    for i in 0..p.len() {
+                        let g = g[i] * gscale;
+                        m[i] = b1 * m[i] + one_b1 * g;
+                        v[i] = b2 * v[i] + one_b2 * g * g;
+                        let mhat = m[i] * bc1;
+                        let vhat = v[i] * bc2;
+                        p[i] = p[i] * decay - lr * mhat / (vhat.sqrt() + eps);
+                    }
+                });
+        }
+    }
+}

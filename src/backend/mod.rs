@@ -1,0 +1,153 @@
+//! The Backend trait: every op the model needs, forward and backward, over
+//! device buffers. The CPU backend (`cpu.rs`) is the reference; other backends
+//! implement the same methods under the same names and are tested against it.
+//!
+//! Conventions shared by every op:
+//! - `N` is the number of rows (batch × time), `C` the model width.
+//! - Parameter tensors are named views (`View`) into one flat parameter
+//!   buffer; their gradients live at the same offsets in the gradient buffer.
+//! - Parameter gradients are accumulated (`+=`); the caller zeroes the
+//!   gradient buffer once per step. Activation gradients are overwritten,
+//!   unless an op takes `accumulate: bool`.
+
+pub mod cpu;
+
+use crate::float::Float;
+
+/// Whether the CUDA driver library can be loaded on this machine. cudarc
+/// panics when asked to open a context without it, so ask this first.
+pub fn cuda_driver_present() -> bool {
+    // SAFETY: only tries to load the shared library.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Where one parameter tensor lives in the flat buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl View {
+    pub fn range(self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len
+    }
+}
+
+/// Inverted dropout with a counter-based mask: element `i` is kept when
+/// `hash(key, i)` maps to a uniform value ≥ `p`, so the mask is a pure
+/// function of (key, index) and can be recomputed in the backward pass on
+/// any thread, in any order. `p == 0` means no dropout.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    pub p: f64,
+    pub key: u64,
+}
+
+impl Dropout {
+    pub const OFF: Dropout = Dropout { p: 0.0, key: 0 };
+
+    pub fn active(self) -> bool {
+        self.p > 0.0
+    }
+
+    /// The multiplier for element `i`: 0 when dropped, 1/(1-p) when kept.
+    #[inline]
+    pub fn factor<F: Float>(self, i: usize) -> F {
+        let u = (crate::rng::mix64(self.key ^ crate::rng::mix64(i as u64)) >> 40) as f64
+            / (1u64 << 24) as f64;
+        if u < self.p { F::zero() } else { F::of(1.0 / (1.0 - self.p)) }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Gelu,
+    Relu,
+}
+
+/// AdamW hyper-parameters for one update.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamW {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// 1-based step count, for bias correction.
+    pub t: u64,
+    /// Multiplier applied to every gradient first (global-norm clipping).
+    pub grad_scale: f64,
+}
+
+/// One parameter tensor's share of an AdamW update: its view and its weight decay.
+#[derive(Clone, Copy, Debug)]
+pub struct DecayGroup {
+    pub view: View,
+    pub weight_decay: f64,
+}
+
+pub trait Backend {
+    type F: Float;
+    /// A buffer of `F` on the device.
+    type Buf;
+    /// A buffer of token ids on the device.
+    type Tokens;
+
+    fn name(&self) -> String;
+    /// A zeroed buffer of `len` elements.
+    fn alloc(&self, len: usize) -> Self::Buf;
+    fn alloc_tokens(&self, len: usize) -> Self::Tokens;
+    fn upload(&self, dst: &mut Self::Buf, src: &[Self::F]);
+    fn upload_tokens(&self, dst: &mut Self::Tokens, src: &[u32]);
+    fn download(&self, dst: &mut [Self::F], src: &Self::Buf);
+    fn zero(&self, buf: &mut Self::Buf);
+
+    /// out (N,C) = wte[tokens[n]] + wpe[n mod T]; tokens (N), wte (V,C), wpe (T,C)
+    fn encoder_forward(&self, out: &mut Self::Buf, tokens: &Self::Tokens, params: &Self::Buf, wte: View, wpe: View, n: usize, t: usize, c: usize);
+    /// dwte[tokens[n]] += dout[n]; dwpe[n mod T] += dout[n]; dout (N,C)
+    fn encoder_backward(&self, grads: &mut Self::Buf, wte: View, wpe: View, dout: &Self::Buf, tokens: &Self::Tokens, n: usize, t: usize, c: usize);
+
+    /// out (N,C) = (inp - mean) * rstd * w + b; inp (N,C), mean/rstd (N), w/b (C)
+    fn layernorm_forward(&self, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, w: View, b: View, n: usize, c: usize);
+    /// dinp (N,C) (+)= ∂L/∂inp; dw, db (C) += ...; dout (N,C)
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(&self, dinp: &mut Self::Buf, accumulate: bool, grads: &mut Self::Buf, w: View, b: View, dout: &Self::Buf, inp: &Self::Buf, params: &Self::Buf, mean: &Self::Buf, rstd: &Self::Buf, n: usize, c: usize);
+
+    /// out (N,OC) = inp (N,C) · w (OC,C)ᵀ + b (OC)
+    fn matmul_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, w: View, b: Option<View>, n: usize, c: usize, oc: usize);
+    /// dinp (N,C) (+)= dout (N,OC) · w; dw (OC,C) += doutᵀ · inp; db (OC) += Σₙ dout
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_backward(&self, dinp: &mut Self::Buf, accumulate: bool, grads: &mut Self::Buf, w: View, b: Option<View>, dout: &Self::Buf, inp: &Self::Buf, params: &Self::Buf, n: usize, c: usize, oc: usize);
+
+    /// Causal multi-head self-attention.
+    /// qkv (B,T,3C) → att (B,H,T,T) softmax probabilities, att_drop (B,H,T,T)
+    /// the probabilities after dropout (empty when dropout is off), out (B,T,C).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward(&self, out: &mut Self::Buf, att: &mut Self::Buf, att_drop: &mut Self::Buf, qkv: &Self::Buf, b: usize, t: usize, c: usize, h: usize, dropout: Dropout);
+    /// dqkv (B,T,3C) = ∂L/∂qkv; datt (B,H,T,T) scratch; dout (B,T,C)
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(&self, dqkv: &mut Self::Buf, datt: &mut Self::Buf, dout: &Self::Buf, qkv: &Self::Buf, att: &Self::Buf, att_drop: &Self::Buf, b: usize, t: usize, c: usize, h: usize, dropout: Dropout);
+
+    /// out (N) = act(inp (N))
+    fn activation_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, act: Activation);
+    /// dinp (N) = act'(inp) · dout
+    fn activation_backward(&self, dinp: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, act: Activation);
+
+    /// out (N) = inp (N) + dropout(branch (N))
+    fn residual_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, branch: &Self::Buf, dropout: Dropout);
+    /// dinp (N) = dropout mask · dout (N)
+    fn dropout_backward(&self, dinp: &mut Self::Buf, dout: &Self::Buf, dropout: Dropout);
+
+    /// probs (N,V) = softmax(logits (N,V)); losses (N) = -log probs[target] · mask (0 where masked out)
+    #[allow(clippy::too_many_arguments)]
+    fn crossentropy_forward(&self, losses: &mut Self::Buf, probs: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Tokens, mask: &Self::Buf, n: usize, v: usize);
+    /// dlogits (N,V) = (probs - onehot(target)) · mask · scale
+    #[allow(clippy::too_many_arguments)]
+    fn crossentropy_backward(&self, dlogits: &mut Self::Buf, probs: &Self::Buf, targets: &Self::Tokens, mask: &Self::Buf, scale: f64, n: usize, v: usize);
+
+    /// Σ g² over the whole buffer, summed in a fixed order.
+    fn sum_squares(&self, buf: &Self::Buf) -> f64;
+    /// One AdamW step over every group (each group one parameter tensor).
+    fn adamw_update(&self, params: &mut Self::Buf, grads: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, groups: &[DecayGroup], hp: AdamW);
+}

@@ -1,0 +1,125 @@
+//! The training-step benchmark: fixed model configs on random tokens, the
+//! same step code as a real run, timed after a warm-up.
+//!
+//! The configs match the PyTorch peer model (pre-LayerNorm, GELU, MLP 4·d,
+//! tied embeddings). Model FLOPs per step follow the peer's formula.
+
+use std::time::Instant;
+
+use crate::backend::{Activation, Backend};
+use crate::config::TrainConfig;
+use crate::data::Batch;
+use num_traits::One;
+use crate::model::{Gpt, ModelShape, Norm};
+use crate::rng;
+use crate::train::Trainer;
+
+#[derive(Clone, Copy, Debug)]
+pub struct BenchConfig {
+    pub name: &'static str,
+    pub vocab: usize,
+    pub ctx: usize,
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub batch: usize,
+}
+
+pub const CONFIGS: [BenchConfig; 3] = [
+    BenchConfig { name: "tiny", vocab: 64, ctx: 64, d_model: 64, n_layers: 2, n_heads: 4, batch: 32 },
+    BenchConfig { name: "small", vocab: 64, ctx: 64, d_model: 128, n_layers: 2, n_heads: 4, batch: 32 },
+    BenchConfig { name: "base", vocab: 64, ctx: 128, d_model: 256, n_layers: 4, n_heads: 8, batch: 32 },
+];
+
+impl BenchConfig {
+    pub fn by_name(name: &str) -> Option<BenchConfig> {
+        CONFIGS.iter().copied().find(|c| c.name == name)
+    }
+
+    pub fn shape(&self) -> ModelShape {
+        ModelShape {
+            vocab: self.vocab,
+            n_ctx: self.ctx,
+            d_model: self.d_model,
+            n_layers: self.n_layers,
+            n_heads: self.n_heads,
+            d_mlp: 4 * self.d_model,
+            activation: Activation::Gelu,
+            norm: Norm::Pre,
+            tied_embeddings: true,
+            dropout: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    pub config: &'static str,
+    pub device: String,
+    pub threads: usize,
+    pub n_params: usize,
+    pub tokens_per_step: usize,
+    pub ms_per_step: f64,
+    pub tokens_per_s: f64,
+    pub gflops: f64,
+}
+
+impl BenchResult {
+    pub fn json(&self) -> String {
+        serde_json::json!({
+            "config": self.config,
+            "device": self.device,
+            "threads": self.threads,
+            "params": self.n_params,
+            "tokens_per_s": self.tokens_per_s,
+            "ms_per_step": self.ms_per_step,
+            "gflops": self.gflops,
+        })
+        .to_string()
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "ebb-{} threads={} {:<5} params={} tok/step={} median_step={:.2}ms tok/s={:.0} GFLOP/s={:.1}",
+            self.device, self.threads, self.config, self.n_params, self.tokens_per_step, self.ms_per_step, self.tokens_per_s, self.gflops
+        )
+    }
+}
+
+/// Trains `cfg` on random tokens: `warmup` untimed steps, then `steps` timed
+/// ones; reports the median step.
+pub fn run<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, steps: usize) -> BenchResult {
+    let shape = cfg.shape();
+    let model = Gpt::new(backend, shape.clone(), cfg.batch, 0);
+    let n_params = model.n_params();
+    let train = TrainConfig { steps: (warmup + steps) as u64, weight_decay: 0.1, warmup_steps: 0, ..TrainConfig::default() };
+    let mut trainer = Trainer::new(backend, model, train, 0);
+    let mut batch = Batch::<B::F>::new(cfg.batch, cfg.ctx);
+    let mut r = rng::stream(0, "bench", 0);
+    for i in 0..cfg.batch * cfg.ctx {
+        batch.tokens[i] = rng::below(&mut r, cfg.vocab as u64) as u32;
+        batch.targets[i] = rng::below(&mut r, cfg.vocab as u64) as u32;
+        batch.mask[i] = B::F::one();
+    }
+    let mut times = Vec::with_capacity(steps);
+    for step in 0..warmup + steps {
+        let t0 = Instant::now();
+        trainer.step(backend, &batch, step as u64).expect("random-token training stays finite");
+        if step >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let tokens = cfg.batch * cfg.ctx;
+    BenchResult {
+        config: cfg.name,
+        device: backend.name(),
+        threads: rayon::current_num_threads(),
+        n_params,
+        tokens_per_step: tokens,
+        ms_per_step: median * 1e3,
+        tokens_per_s: tokens as f64 / median,
+        gflops: shape.train_flops(n_params, cfg.batch, cfg.ctx) / median / 1e9,
+    }
+}

@@ -1,0 +1,331 @@
+//! The experiment config: serde structs for the TOML file, `--set`
+//! overrides, defaults, and validation with one-line errors naming the file,
+//! the key and the value.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Activation;
+use crate::error::{Error, Result};
+use crate::model::{ModelShape, Norm};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub name: String,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub data: DataConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    /// Hidden width of the MLP; 4·d_model when not given.
+    pub d_mlp: Option<usize>,
+    pub n_ctx: usize,
+    pub activation: Activation,
+    pub norm: Norm,
+    pub tied_embeddings: bool,
+    pub dropout: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            d_model: 64,
+            n_layers: 2,
+            n_heads: 4,
+            d_mlp: None,
+            n_ctx: 32,
+            activation: Activation::Gelu,
+            norm: Norm::Pre,
+            tied_embeddings: true,
+            dropout: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Linear warmup, then constant.
+    Constant,
+    /// Linear warmup, then cosine decay to `lr_floor`·lr at the last step.
+    Cosine,
+    /// Linear warmup, then linear decay to `lr_floor`·lr at the last step.
+    Linear,
+}
+
+/// Parameter groups that weight decay can apply to.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DecayGroupName {
+    /// Weight matrices of linear layers (and an untied unembedding).
+    Weights,
+    /// The token embedding.
+    Embeddings,
+    /// The position embedding.
+    Positions,
+    Biases,
+    /// LayerNorm gains and biases.
+    Norms,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup_steps: u64,
+    pub schedule: Schedule,
+    /// Final learning rate of a decaying schedule, as a fraction of `lr`.
+    pub lr_floor: f64,
+    pub betas: [f64; 2],
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Which parameter groups weight decay applies to.
+    pub decay: Vec<DecayGroupName>,
+    /// Global gradient-norm clip; 0 turns clipping off.
+    pub grad_clip: f64,
+    /// Log train loss, lr and gradient norm every this many steps.
+    pub log_every: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 1000,
+            batch_size: 32,
+            lr: 1e-3,
+            warmup_steps: 50,
+            schedule: Schedule::Cosine,
+            lr_floor: 0.1,
+            betas: [0.9, 0.95],
+            eps: 1e-8,
+            weight_decay: 0.1,
+            decay: vec![DecayGroupName::Weights, DecayGroupName::Embeddings],
+            grad_clip: 1.0,
+            log_every: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// The task family; `addition` is the one shipped with the engine.
+    pub task: String,
+    /// Operand digits of `addition`.
+    pub digits: u32,
+    /// Write the sum's digits least significant first.
+    pub reverse_answer: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig { task: "addition".into(), digits: 2, reverse_answer: false }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Evaluate every this many steps (and at step 0 and the last step).
+    pub every: u64,
+    /// Size of each task's fixed held-out set.
+    pub examples: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig { every: 100, examples: 256 }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies `--set key=value` overrides, fills defaults and
+    /// validates. Every failure is one line naming the file, key and value.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path, overrides)
+    }
+
+    pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Config> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
+        for ov in overrides {
+            apply_override(&mut table, ov)?;
+        }
+        let value = toml::Value::Table(table.clone());
+        let mut cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            let shown = lookup(&table, &key).map_or_else(|| "(missing)".to_string(), |v| v.to_string());
+            Error::key(path, &key, shown, e.inner())
+        })?;
+        cfg.model.d_mlp.get_or_insert(4 * cfg.model.d_model);
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let m = &self.model;
+        let t = &self.train;
+        let bad = |key: &str, value: &dyn std::fmt::Display, why: &str| Err(Error::key(path, key, value, why));
+        if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name.starts_with('.') {
+            return bad("name", &format!("{:?}", self.name), "must be a plain directory name");
+        }
+        if m.n_layers == 0 {
+            return bad("model.n_layers", &m.n_layers, "must be at least 1");
+        }
+        if m.d_model == 0 {
+            return bad("model.d_model", &m.d_model, "must be at least 1");
+        }
+        if m.n_heads == 0 || m.d_model % m.n_heads != 0 {
+            return bad("model.n_heads", &m.n_heads, &format!("must divide model.d_model = {}", m.d_model));
+        }
+        if m.d_mlp == Some(0) {
+            return bad("model.d_mlp", &0, "must be at least 1");
+        }
+        if !(0.0..1.0).contains(&m.dropout) {
+            return bad("model.dropout", &m.dropout, "must be in [0, 1)");
+        }
+        if t.steps == 0 {
+            return bad("train.steps", &t.steps, "must be at least 1");
+        }
+        if t.batch_size == 0 {
+            return bad("train.batch_size", &t.batch_size, "must be at least 1");
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return bad("train.lr", &t.lr, "must be positive");
+        }
+        if !(0.0..=1.0).contains(&t.lr_floor) {
+            return bad("train.lr_floor", &t.lr_floor, "must be in [0, 1]");
+        }
+        for (i, b) in t.betas.iter().enumerate() {
+            if !(0.0..1.0).contains(b) {
+                return bad(&format!("train.betas[{i}]"), b, "must be in [0, 1)");
+            }
+        }
+        if !(t.eps > 0.0) {
+            return bad("train.eps", &t.eps, "must be positive");
+        }
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+            return bad("train.weight_decay", &t.weight_decay, "must be non-negative");
+        }
+        if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
+            return bad("train.grad_clip", &t.grad_clip, "must be non-negative (0 turns clipping off)");
+        }
+        if t.log_every == 0 {
+            return bad("train.log_every", &t.log_every, "must be at least 1");
+        }
+        if self.eval.every == 0 {
+            return bad("eval.every", &self.eval.every, "must be at least 1");
+        }
+        if self.eval.examples == 0 {
+            return bad("eval.examples", &self.eval.examples, "must be at least 1");
+        }
+        let task = crate::tasks::build(&self.data, self.seed, path)?;
+        let need = task.max_len() + 1;
+        if m.n_ctx < need {
+            return bad("model.n_ctx", &m.n_ctx, &format!("shorter than the longest example of task `{}` ({} tokens with BOS and EOS need n_ctx ≥ {need})", task.id(), task.max_len() + 2));
+        }
+        if self.eval.examples > task.eval_capacity() {
+            return bad("eval.examples", &self.eval.examples, &format!("task `{}` can hold out at most {} distinct problems", task.id(), task.eval_capacity()));
+        }
+        Ok(())
+    }
+
+    /// The model's shape for a vocabulary of `vocab` tokens.
+    pub fn model_shape(&self, vocab: usize) -> ModelShape {
+        let m = &self.model;
+        ModelShape {
+            vocab,
+            n_ctx: m.n_ctx,
+            d_model: m.d_model,
+            n_layers: m.n_layers,
+            n_heads: m.n_heads,
+            d_mlp: m.d_mlp.unwrap_or(4 * m.d_model),
+            activation: m.activation,
+            norm: m.norm,
+            tied_embeddings: m.tied_embeddings,
+            dropout: m.dropout,
+        }
+    }
+
+    /// The resolved config as TOML, every default written out.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a Config always serializes")
+    }
+
+    /// The default run directory: `runs/<name>`.
+    pub fn default_out(&self) -> PathBuf {
+        PathBuf::from("runs").join(&self.name)
+    }
+}
+
+/// A TOML syntax error as one line: file, line, message.
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
+    let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let msg = e.message().lines().next().unwrap_or("invalid TOML").trim();
+    match line {
+        Some(l) => Error::input(format!("{}: line {l}: {msg}", path.display())),
+        None => Error::input(format!("{}: {msg}", path.display())),
+    }
+}
+
+/// Applies `key.path=value` to the table. The value is read as a TOML value
+/// (`3e-4`, `true`, `"gelu"`, `[0.9, 0.99]`), or taken as a bare string.
+fn apply_override(table: &mut toml::Table, ov: &str) -> Result<()> {
+    let Some((key, raw)) = ov.split_once('=') else {
+        return Err(Error::input(format!("--set {ov}: expected key=value, e.g. train.lr=3e-4")));
+    };
+    let key = key.trim();
+    let raw = raw.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("parsed key"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::input(format!("--set: key `{key}` = {raw}: not a key path like train.lr")));
+    }
+    let mut cur = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(Error::input(format!("--set: key `{key}` = {raw}: `{part}` is not a section"))),
+        };
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+/// The value at a dotted path such as `train.lr` or `train.betas[1]`, if present.
+fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let mut parts = key.split('.');
+    let mut cur = table.get(parts.next()?)?;
+    for part in parts {
+        let (name, index) = match part.split_once('[') {
+            Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        cur = cur.as_table()?.get(name)?;
+        if let Some(i) = index {
+            cur = cur.as_array()?.get(i)?;
+        }
+    }
+    Some(cur)
+}

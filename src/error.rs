@@ -1,0 +1,51 @@
+//! The library's error type. Every user-facing error is one line that names
+//! what was wrong (file, key, value) and maps to an exit code in `main`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug)]
+pub enum Error {
+    /// Bad user input: a config file, a `--set` override, a flag. Exit code 2.
+    Input(String),
+    /// An I/O failure on a named path. Exit code 2 (the user's path is wrong or unwritable).
+    Io { path: PathBuf, source: std::io::Error },
+    /// Training stopped because a loss or gradient was not finite. Exit code 1.
+    Diverged { step: u64, what: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn input(msg: impl Into<String>) -> Self {
+        Error::Input(msg.into())
+    }
+
+    /// `FILE: key `KEY` = VALUE: WHY` — the shape of every config error.
+    pub fn key(file: &Path, key: &str, value: impl fmt::Display, why: impl fmt::Display) -> Self {
+        Error::Input(format!("{}: key `{key}` = {value}: {why}", file.display()))
+    }
+
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io { path: path.to_path_buf(), source }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Input(_) | Error::Io { .. } => 2,
+            Error::Diverged { .. } => 1,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Input(msg) => f.write_str(msg),
+            Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Diverged { step, what } => write!(f, "diverged at step {step}: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,21 @@
+//! ebb: a toy-transformer training engine for studying how capabilities
+//! decay once their task leaves the training distribution.
+//!
+//! Data flow: `config` (TOML) → `tasks` (generators) → `data` (batches) →
+//! `train` (loop, AdamW, schedule) running `model` on a `backend` → `eval` →
+//! the run directory (`run_dir`).
+
+pub mod backend;
+pub mod bench;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod float;
+pub mod model;
+pub mod rng;
+pub mod run_dir;
+pub mod tasks;
+pub mod train;
+
+pub use error::{Error, Result};
