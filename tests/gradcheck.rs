@@ -1,0 +1,85 @@
+//! Every parameter's gradient against central finite differences, in f64, on
+//! tiny models covering both activations, both norm settings, tied and untied
+//! embeddings, and dropout with a fixed mask.
+
+use ebb::backend::Activation;
+use ebb::backend::cpu::CpuBackend;
+use ebb::model::{Gpt, ModelShape, Norm};
+use ebb::rng;
+
+const BATCH: usize = 2;
+
+fn shape(activation: Activation, norm: Norm, tied_embeddings: bool, dropout: f64) -> ModelShape {
+    ModelShape { vocab: 11, n_ctx: 6, d_model: 8, n_layers: 2, n_heads: 2, d_mlp: 12, activation, norm, tied_embeddings, dropout }
+}
+
+/// Below this magnitude a gradient is compared absolutely rather than
+/// relatively. The five-point differences below carry round-off noise of
+/// about 1e-12 (f64 loss ≈ 2, step 1e-4), so a relative error on a gradient
+/// of 1e-9 would measure the noise, not the gradient; a floor of 1e-5 keeps
+/// that noise under 1e-7 of the bound.
+const GRADIENT_FLOOR: f64 = 1e-5;
+
+/// Largest |analytic − numeric| / max(|analytic|, |numeric|, GRADIENT_FLOOR)
+/// over all parameters, and the parameter where it occurs.
+fn max_relative_error(s: ModelShape, dropout_key: Option<u64>) -> (f64, String) {
+    let backend = CpuBackend::<f64>::new();
+    let mut model = Gpt::new(&backend, s.clone(), BATCH, 7);
+    let n = BATCH * s.n_ctx;
+    let mut r = rng::stream(3, "gradcheck", 0);
+    let tokens: Vec<u32> = (0..n).map(|_| rng::below(&mut r, s.vocab as u64) as u32).collect();
+    let targets: Vec<u32> = (0..n).map(|_| rng::below(&mut r, s.vocab as u64) as u32).collect();
+    // Mask out a few positions so masking is exercised.
+    let mask: Vec<f64> = (0..n).map(|i| if i % 5 == 2 { 0.0 } else { 1.0 }).collect();
+    // Perturb the initial parameters so LayerNorm gains and biases are not at
+    // their special values 1 and 0, and attention is far from uniform.
+    for p in model.params.iter_mut() {
+        *p += 0.3 * rng::normal(&mut r);
+    }
+    model.forward(&backend, &tokens, &targets, &mask, dropout_key);
+    model.backward(&backend);
+    let analytic = model.grads.clone();
+    // Five-point central differences: truncation error O(h⁴), so h can be
+    // large enough that round-off in the loss stays near 1e-12.
+    let h = 1e-4;
+    let mut worst = (0.0, String::new());
+    for tensor in model.layout.tensors.clone() {
+        for i in tensor.view.range() {
+            let orig = model.params[i];
+            let mut loss_at = |delta: f64| {
+                model.params[i] = orig + delta;
+                model.forward(&backend, &tokens, &targets, &mask, dropout_key)
+            };
+            let numeric = (-loss_at(2.0 * h) + 8.0 * loss_at(h) - 8.0 * loss_at(-h) + loss_at(-2.0 * h)) / (12.0 * h);
+            model.params[i] = orig;
+            let rel = (analytic[i] - numeric).abs() / analytic[i].abs().max(numeric.abs()).max(GRADIENT_FLOOR);
+            if rel > worst.0 {
+                worst = (rel, format!("{}[{}]: analytic {:e} numeric {:e}", tensor.name, i - tensor.view.offset, analytic[i], numeric));
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn gradients_match_finite_differences_for_every_activation_and_norm() {
+    for activation in [Activation::Gelu, Activation::Relu] {
+        for norm in [Norm::Pre, Norm::None] {
+            let (err, at) = max_relative_error(shape(activation, norm, true, 0.0), None);
+            println!("{activation:?} {norm:?}: max relative error {err:e} at {at}");
+            assert!(err < 1e-6, "{activation:?} {norm:?}: relative error {err:e} at {at}");
+        }
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences_with_untied_embeddings() {
+    let (err, at) = max_relative_error(shape(Activation::Gelu, Norm::Pre, false, 0.0), None);
+    assert!(err < 1e-6, "relative error {err:e} at {at}");
+}
+
+#[test]
+fn gradients_match_finite_differences_through_a_fixed_dropout_mask() {
+    let (err, at) = max_relative_error(shape(Activation::Gelu, Norm::Pre, true, 0.3), Some(12345));
+    assert!(err < 1e-6, "relative error {err:e} at {at}");
+}
