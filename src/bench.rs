@@ -12,7 +12,7 @@ use crate::data::Batch;
 use num_traits::One;
 use crate::model::{Gpt, ModelShape, Norm};
 use crate::rng;
-use crate::train::Trainer;
+use crate::train::{Trainer, fingerprint};
 
 #[derive(Clone, Copy, Debug)]
 pub struct BenchConfig {
@@ -62,6 +62,8 @@ pub struct BenchResult {
     pub ms_per_step: f64,
     pub tokens_per_s: f64,
     pub gflops: f64,
+    /// The parameters' fingerprint after the last step.
+    pub fingerprint: String,
 }
 
 impl BenchResult {
@@ -121,5 +123,6 @@ pub fn run<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, steps: usi
         ms_per_step: median * 1e3,
         tokens_per_s: tokens as f64 / median,
         gflops: shape.train_flops(n_params, cfg.batch, cfg.ctx) / median / 1e9,
+        fingerprint: fingerprint(backend, &trainer.model),
     }
 }

@@ -172,7 +172,7 @@ impl Config {
         let mut cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             let shown = lookup(&table, &key).map_or_else(|| "(missing)".to_string(), |v| v.to_string());
-            Error::key(path, &key, shown, e.inner())
+            Error::key(path, &key, shown, e.inner().message().lines().next().unwrap_or("invalid value"))
         })?;
         cfg.model.d_mlp.get_or_insert(4 * cfg.model.d_model);
         cfg.validate(path)?;

@@ -1,0 +1,156 @@
+//! The `ebb` command line on real files: bad input gets one clear line and
+//! exit code 2; the quickstart learns; a run writes its directory.
+
+mod common;
+
+use common::*;
+
+/// Runs `ebb run` on `config_text` with extra args; asserts exit code 2 and a
+/// single stderr line that contains every string in `expect`.
+fn rejects(config_text: &str, extra: &[&str], expect: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("exp.toml");
+    write(&cfg, config_text);
+    let out = ebb().arg("run").arg(&cfg).arg("--out").arg(tmp.path().join("out")).args(extra).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "expected exit 2, stderr: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "expected one line, got: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("exp.toml") || extra.iter().any(|e| stderr.contains(e)), "error does not name the file: {stderr}");
+    for e in expect {
+        assert!(stderr.contains(e), "error lacks {e:?}: {stderr}");
+    }
+}
+
+fn with(line_in_section: (&str, &str)) -> String {
+    let (section, line) = line_in_section;
+    SMALL_CONFIG.replacen(&format!("[{section}]\n"), &format!("[{section}]\n{line}\n"), 1)
+}
+
+#[test]
+fn malformed_toml_names_the_file_and_line() {
+    rejects("name = \"x\"\n[model\nd_model = 3\n", &[], &["line 2"]);
+}
+
+#[test]
+fn unknown_key_is_named() {
+    rejects(&with(("train", "lerning_rate = 0.1")), &[], &["lerning_rate"]);
+}
+
+#[test]
+fn wrong_type_names_key_and_value() {
+    rejects(&SMALL_CONFIG.replace("lr = 3e-3", "lr = \"fast\""), &[], &["train.lr", "fast"]);
+}
+
+#[test]
+fn heads_must_divide_width() {
+    rejects(&SMALL_CONFIG.replace("n_heads = 4", "n_heads = 3"), &[], &["model.n_heads", "3", "d_model"]);
+}
+
+#[test]
+fn zero_layers_is_rejected() {
+    rejects(&SMALL_CONFIG.replace("n_layers = 2", "n_layers = 0"), &[], &["model.n_layers", "0"]);
+}
+
+#[test]
+fn non_positive_learning_rate_is_rejected() {
+    rejects(&SMALL_CONFIG.replace("lr = 3e-3", "lr = -1e-3"), &[], &["train.lr", "-0.001"]);
+    rejects(SMALL_CONFIG, &["--set", "train.lr=0"], &["train.lr", "0"]);
+}
+
+#[test]
+fn context_shorter_than_the_longest_example_is_rejected() {
+    rejects(&SMALL_CONFIG.replace("n_ctx = 8", "n_ctx = 5"), &[], &["model.n_ctx", "5", "longest example"]);
+}
+
+#[test]
+fn unknown_task_family_is_rejected() {
+    rejects(&SMALL_CONFIG.replace("task = \"addition\"", "task = \"division\""), &[], &["data.task", "division"]);
+}
+
+#[test]
+fn override_of_an_unknown_key_is_rejected() {
+    rejects(SMALL_CONFIG, &["--set", "train.nope=1"], &["nope"]);
+}
+
+#[test]
+fn unwritable_output_directory_is_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("exp.toml");
+    write(&cfg, SMALL_CONFIG);
+    // A path under a regular file cannot be created, even by root.
+    let blocker = tmp.path().join("a-file");
+    write(&blocker, "");
+    let out = ebb().arg("run").arg(&cfg).arg("--out").arg(blocker.join("run")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().filter(|l| l.starts_with("error")).count(), 1, "{stderr}");
+    assert!(stderr.contains("a-file/run") && !stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn missing_config_file_is_rejected() {
+    let out = ebb().args(["run", "/nonexistent/exp.toml"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("/nonexistent/exp.toml"), "{stderr}");
+}
+
+#[test]
+fn a_run_writes_resolved_config_metrics_and_timing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("exp.toml");
+    write(&cfg, SMALL_CONFIG);
+    let dir = tmp.path().join("out");
+    run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(&dir).args(["--quiet", "--set", "train.lr=2e-3"]));
+    let resolved = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(resolved.contains("lr = 0.002"), "override lands in the resolved config:\n{resolved}");
+    assert!(resolved.contains("d_mlp = 128"), "defaults are filled in:\n{resolved}");
+    // The resolved config is itself a valid config that reproduces the run.
+    let again = run_ok(ebb().arg("run").arg(dir.join("config.toml")).arg("--out").arg(tmp.path().join("again")).arg("--quiet"));
+    let first = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert_eq!(first, std::fs::read_to_string(tmp.path().join("again/metrics.csv")).unwrap());
+    assert!(!fingerprint(&again).is_empty());
+    let steps: Vec<u64> = metric(&dir, "add1", "eval", "exact_match").iter().map(|r| r.0).collect();
+    assert_eq!(steps, vec![0, 10, 20, 30, 40]);
+    assert_eq!(metric(&dir, "all", "train", "loss").len(), 8);
+    let timing = std::fs::read_to_string(dir.join("timing.csv")).unwrap();
+    assert!(timing.starts_with("step,seconds,tokens_per_s\n") && timing.lines().count() == 9, "{timing}");
+}
+
+#[test]
+fn quickstart_learns_addition_far_above_chance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("quickstart");
+    run_ok(ebb().arg("run").arg(root().join("tasks/quickstart.toml")).arg("--out").arg(&dir).arg("--quiet"));
+    let exact = metric(&dir, "add2", "eval", "exact_match");
+    let (first, last) = (exact.first().unwrap().1, exact.last().unwrap().1);
+    // Chance for 2-digit addition is 1/199 (the sum takes 199 values).
+    assert!(first < 0.02, "untrained model already scores {first}");
+    assert!(last > 0.8, "exact match after training is only {last}");
+}
+
+#[test]
+fn cuda_without_a_driver_fails_with_a_clear_message() {
+    if ebb::backend::cuda_driver_present() {
+        println!("skipped: a CUDA driver is present on this machine");
+        return;
+    }
+    let out = ebb().args(["bench", "--device", "cuda", "--steps", "1"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--device cuda") && !stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bench_json_prints_one_object_per_config() {
+    let out = run_ok(ebb().args(["bench", "--config", "tiny", "--steps", "2", "--warmup", "1", "--json", "--threads", "1"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1);
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["config"], "tiny");
+    for key in ["tokens_per_s", "ms_per_step", "gflops"] {
+        assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {v}");
+    }
+}

@@ -1,0 +1,72 @@
+//! Helpers shared by the integration tests: running the real `ebb` binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn ebb() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ebb"))
+}
+
+/// The project root, where `tasks/` lives.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("ebb starts");
+    assert!(out.status.success(), "ebb failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    out
+}
+
+/// The `params fingerprint: …` value, which must be the last line of stdout.
+pub fn fingerprint(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().expect("stdout has lines");
+    last.strip_prefix("params fingerprint: ").unwrap_or_else(|| panic!("last line is not the fingerprint: {last}")).to_string()
+}
+
+pub fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write test file");
+}
+
+/// Reads `metrics.csv` rows (step, task, split, metric, value).
+pub fn metric(dir: &Path, task: &str, split: &str, name: &str) -> Vec<(u64, f64)> {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[1] == task && f[2] == split && f[3] == name).then(|| (f[0].parse().unwrap(), f[4].parse().unwrap()))
+        })
+        .collect()
+}
+
+/// A small, fast config: 1-digit addition, a 2-layer d32 model.
+pub const SMALL_CONFIG: &str = r#"
+name = "small"
+seed = 5
+
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 4
+n_ctx = 8
+dropout = 0.1
+
+[train]
+steps = 40
+batch_size = 16
+lr = 3e-3
+warmup_steps = 5
+log_every = 5
+
+[data]
+task = "addition"
+digits = 1
+
+[eval]
+every = 10
+examples = 8
+"#;
