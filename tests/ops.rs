@@ -1,0 +1,162 @@
+//! Every forward op of the CPU backend (f32) against a plain f64 reference
+//! written from its definition, at shapes that are not multiples of any
+//! block size. Backward ops are checked by the gradient check.
+
+use ebb::backend::cpu::CpuBackend;
+use ebb::backend::{Activation, Backend, Dropout, View};
+use ebb::rng;
+
+/// f32 ops against f64 references: relative to the output's scale.
+const TOL: f64 = 1e-5;
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = rng::stream(seed, "ops-test", n as u64);
+    (0..n).map(|_| rng::normal(&mut r) as f32).collect()
+}
+
+fn assert_close(got: &[f32], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1e-3f64, |m, x| m.max(x.abs()));
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs() / scale;
+        assert!(err < TOL, "{what}[{i}]: got {g}, want {w} (error {err:e})");
+    }
+}
+
+#[test]
+fn matmul_forward_matches_reference() {
+    let cpu = CpuBackend::<f32>::new();
+    for (n, c, oc) in [(1, 1, 1), (7, 5, 3), (37, 19, 23), (130, 64, 192)] {
+        let inp = random(n * c, 1);
+        // params: weight (OC,C) then bias (OC)
+        let params = random(oc * c + oc, 2);
+        let (w, b) = (View { offset: 0, len: oc * c }, View { offset: oc * c, len: oc });
+        for bias in [None, Some(b)] {
+            let mut out = vec![0.0f32; n * oc];
+            cpu.matmul_forward(&mut out, &inp, &params, w, bias, n, c, oc);
+            let want: Vec<f64> = (0..n * oc)
+                .map(|i| {
+                    let (r, j) = (i / oc, i % oc);
+                    let dot: f64 = (0..c).map(|k| inp[r * c + k] as f64 * params[j * c + k] as f64).sum();
+                    dot + bias.map_or(0.0, |b| params[b.offset + j] as f64)
+                })
+                .collect();
+            assert_close(&out, &want, &format!("matmul {n}x{c}x{oc} bias={}", bias.is_some()));
+        }
+    }
+}
+
+#[test]
+fn attention_forward_matches_reference() {
+    let cpu = CpuBackend::<f32>::new();
+    for (b, t, c, h) in [(1, 1, 4, 1), (2, 5, 12, 3), (3, 17, 20, 4)] {
+        let hs = c / h;
+        let qkv = random(b * t * 3 * c, 3);
+        let mut out = vec![0.0f32; b * t * c];
+        let mut att = vec![0.0f32; b * h * t * t];
+        cpu.attention_forward(&mut out, &mut att, &mut Vec::new(), &qkv, b, t, c, h, Dropout::OFF);
+        let mut want = vec![0.0f64; b * t * c];
+        for bi in 0..b {
+            for hi in 0..h {
+                for i in 0..t {
+                    let q = |d: usize| qkv[(bi * t + i) * 3 * c + hi * hs + d] as f64;
+                    let k = |j: usize, d: usize| qkv[(bi * t + j) * 3 * c + c + hi * hs + d] as f64;
+                    let v = |j: usize, d: usize| qkv[(bi * t + j) * 3 * c + 2 * c + hi * hs + d] as f64;
+                    let scores: Vec<f64> = (0..=i).map(|j| (0..hs).map(|d| q(d) * k(j, d)).sum::<f64>() / (hs as f64).sqrt()).collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                    for d in 0..hs {
+                        want[(bi * t + i) * c + hi * hs + d] = (0..=i).map(|j| (scores[j] - max).exp() / z * v(j, d)).sum();
+                    }
+                    for j in i + 1..t {
+                        assert_eq!(att[((bi * h + hi) * t + i) * t + j], 0.0, "future position has weight");
+                    }
+                }
+            }
+        }
+        assert_close(&out, &want, &format!("attention b{b} t{t} c{c} h{h}"));
+    }
+}
+
+#[test]
+fn layernorm_forward_matches_reference() {
+    let cpu = CpuBackend::<f32>::new();
+    for (n, c) in [(1, 3), (9, 31), (40, 64)] {
+        let inp = random(n * c, 4);
+        let params = random(2 * c, 5);
+        let (mut out, mut mean, mut rstd) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
+        cpu.layernorm_forward(&mut out, &mut mean, &mut rstd, &inp, &params, View { offset: 0, len: c }, View { offset: c, len: c }, n, c);
+        let mut want = vec![0.0; n * c];
+        for r in 0..n {
+            let x: Vec<f64> = inp[r * c..(r + 1) * c].iter().map(|&v| v as f64).collect();
+            let m = x.iter().sum::<f64>() / c as f64;
+            let var = x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / c as f64;
+            for j in 0..c {
+                want[r * c + j] = (x[j] - m) / (var + 1e-5).sqrt() * params[j] as f64 + params[c + j] as f64;
+            }
+        }
+        assert_close(&out, &want, &format!("layernorm {n}x{c}"));
+    }
+}
+
+#[test]
+fn crossentropy_forward_matches_reference() {
+    let cpu = CpuBackend::<f32>::new();
+    let (n, v) = (13, 29);
+    let logits: Vec<f32> = random(n * v, 6).iter().map(|x| 3.0 * x).collect();
+    let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7) % v as u32).collect();
+    let mask: Vec<f32> = (0..n).map(|i| if i % 4 == 0 { 0.0 } else { 1.0 }).collect();
+    let (mut losses, mut probs) = (vec![0.0f32; n], vec![0.0f32; n * v]);
+    cpu.crossentropy_forward(&mut losses, &mut probs, &logits, &targets, &mask, n, v);
+    let mut want_losses = vec![0.0; n];
+    let mut want_probs = vec![0.0; n * v];
+    for r in 0..n {
+        let z: Vec<f64> = logits[r * v..(r + 1) * v].iter().map(|&x| x as f64).collect();
+        let lse = z.iter().map(|x| x.exp()).sum::<f64>().ln();
+        for j in 0..v {
+            want_probs[r * v + j] = (z[j] - lse).exp();
+        }
+        want_losses[r] = mask[r] as f64 * (lse - z[targets[r] as usize]);
+    }
+    assert_close(&probs, &want_probs, "softmax");
+    assert_close(&losses, &want_losses, "masked loss");
+}
+
+#[test]
+fn encoder_and_elementwise_ops_match_reference() {
+    let cpu = CpuBackend::<f32>::new();
+    let (v, t, c, rows) = (7, 5, 6, 3);
+    let params = random(v * c + t * c, 7);
+    let tokens: Vec<u32> = (0..(rows * t) as u32).map(|i| (i * 3) % v as u32).collect();
+    let mut out = vec![0.0f32; rows * t * c];
+    cpu.encoder_forward(&mut out, &tokens, &params, View { offset: 0, len: v * c }, View { offset: v * c, len: t * c }, rows * t, t, c);
+    let want: Vec<f64> = (0..rows * t * c).map(|i| {
+        let (n, j) = (i / c, i % c);
+        params[tokens[n] as usize * c + j] as f64 + params[v * c + (n % t) * c + j] as f64
+    }).collect();
+    assert_close(&out, &want, "encoder");
+
+    let x = random(1000, 8);
+    let mut y = vec![0.0f32; 1000];
+    cpu.activation_forward(&mut y, &x, Activation::Gelu);
+    let s = (2.0 / std::f64::consts::PI).sqrt();
+    let want: Vec<f64> = x.iter().map(|&x| { let x = x as f64; 0.5 * x * (1.0 + (s * (x + 0.044715 * x * x * x)).tanh()) }).collect();
+    assert_close(&y, &want, "gelu");
+    cpu.activation_forward(&mut y, &x, Activation::Relu);
+    assert_close(&y, &x.iter().map(|&x| (x as f64).max(0.0)).collect::<Vec<_>>(), "relu");
+
+    // Residual with dropout: every element is either x or x + branch/(1-p),
+    // and about p of them are dropped.
+    let branch = random(1000, 9);
+    let drop = Dropout { p: 0.25, key: 99 };
+    cpu.residual_forward(&mut y, &x, &branch, drop);
+    let mut dropped = 0;
+    for i in 0..1000 {
+        if y[i] == x[i] && branch[i] != 0.0 {
+            dropped += 1;
+        } else {
+            assert!(((y[i] - x[i]) as f64 - branch[i] as f64 / 0.75).abs() < 1e-5);
+        }
+    }
+    assert!((200..300).contains(&dropped), "dropped {dropped} of 1000 at p = 0.25");
+}
