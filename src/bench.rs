@@ -91,6 +91,12 @@ impl BenchResult {
 /// Trains `cfg` on random tokens: `warmup` untimed steps, then `steps` timed
 /// ones; reports the median step.
 pub fn run<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, steps: usize) -> BenchResult {
+    run_with(backend, cfg, warmup, steps, || {})
+}
+
+/// `run`, calling `after_warmup` between the warm-up and the timed steps.
+fn run_with<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, steps: usize, after_warmup: impl FnOnce()) -> BenchResult {
+    assert!(steps > 0, "at least one timed step");
     let shape = cfg.shape();
     let model = Gpt::new(backend, shape.clone(), cfg.batch, 0);
     let n_params = model.n_params();
@@ -104,7 +110,11 @@ pub fn run<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, steps: usi
         batch.mask[i] = B::F::one();
     }
     let mut times = Vec::with_capacity(steps);
+    let mut after_warmup = Some(after_warmup);
     for step in 0..warmup + steps {
+        if step == warmup {
+            after_warmup.take().expect("called once")();
+        }
         let t0 = Instant::now();
         trainer.step(backend, &batch, step as u64).expect("random-token training stays finite");
         if step >= warmup {
@@ -125,4 +135,14 @@ pub fn run<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, steps: usi
         gflops: shape.train_flops(n_params, cfg.batch, cfg.ctx) / median / 1e9,
         fingerprint: fingerprint(backend, &trainer.model),
     }
+}
+
+/// Time per op over `steps` steps after `warmup`: (op, ms per step, calls
+/// per step), slowest first.
+pub fn breakdown<B: Backend>(backend: B, cfg: &BenchConfig, warmup: usize, steps: usize) -> Vec<(&'static str, f64, u64)> {
+    let profiled = crate::backend::profiled::Profiled::new(backend);
+    run_with(&profiled, cfg, warmup, steps, || profiled.reset());
+    let mut rows: Vec<_> = profiled.totals().into_iter().map(|(name, secs, calls)| (name, secs * 1e3 / steps as f64, calls / steps as u64)).collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    rows
 }

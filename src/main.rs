@@ -67,6 +67,9 @@ enum Command {
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
+        /// Also print the time per op (forward and backward) per step.
+        #[arg(long)]
+        breakdown: bool,
         #[command(flatten)]
         compute: Compute,
     },
@@ -122,7 +125,7 @@ fn dispatch(command: Command) -> Result<()> {
             println!("params fingerprint: {}", outcome.fingerprint);
             Ok(())
         }
-        Command::Bench { config, steps, warmup, json, compute } => {
+        Command::Bench { config, steps, warmup, json, breakdown, compute } => {
             check_device(compute.device)?;
             if steps == 0 {
                 return Err(Error::input("--steps 0: need at least one timed step"));
@@ -133,6 +136,17 @@ fn dispatch(command: Command) -> Result<()> {
             for c in &configs {
                 let r = pool.install(|| bench::run(&backend, c, warmup, steps));
                 println!("{}", if json { r.json() } else { r.line() });
+                if breakdown {
+                    let rows = pool.install(|| bench::breakdown(CpuBackend::<f32>::new(), c, warmup, steps));
+                    let total: f64 = rows.iter().map(|r| r.1).sum();
+                    for (op, ms, calls) in rows {
+                        if json {
+                            println!("{}", serde_json::json!({"config": c.name, "op": op, "ms_per_step": ms, "calls_per_step": calls}));
+                        } else {
+                            println!("  {op:<22} {ms:8.2} ms/step {:5.1}%  {calls} calls", 100.0 * ms / total);
+                        }
+                    }
+                }
             }
             Ok(())
         }

@@ -126,7 +126,7 @@ fn add_column_sums<F: Float>(sums: &mut [F], rows: usize, add_row: impl Fn(usize
 #[inline]
 fn tanh<F: Float>(x: F) -> F {
     let two = F::of(2.0);
-    F::one() - two / ((two * x).exp() + F::one())
+    F::one() - two / ((two * x).fast_exp() + F::one())
 }
 
 /// out += x, element-wise.
@@ -160,7 +160,7 @@ fn causal_softmax_rows<F: Float>(block: &mut [F], t: usize) {
         let max = row[..=i].iter().fold(F::neg_infinity(), |m, &x| m.max(x));
         let mut sum = F::zero();
         for x in &mut row[..=i] {
-            *x = (*x - max).exp();
+            *x = (*x - max).fast_exp();
             sum += *x;
         }
         let inv = F::one() / sum;
@@ -471,7 +471,7 @@ impl<F: Float> Backend for CpuBackend<F> {
             let max = z.iter().fold(F::neg_infinity(), |m, &x| m.max(x));
             let mut sum = F::zero();
             for (p, &z) in p.iter_mut().zip(z) {
-                *p = (z - max).exp();
+                *p = (z - max).fast_exp();
                 sum += *p;
             }
             let inv = F::one() / sum;
