@@ -21,9 +21,16 @@ const ELEMS_PER_TASK: usize = 1 << 14;
 /// Columns per rayon task in column reductions (bias and LayerNorm gradients).
 const COLS_PER_TASK: usize = 16;
 
+/// Row blocks a weight gradient's reduction over N is split into (when N is
+/// large enough). Fixed, not tied to the thread count, so the summation
+/// order, and with it every bit, is the same however many threads run.
+const WEIGHT_GRAD_SPLITS: usize = 4;
+
 pub struct CpuBackend<F> {
     /// Partial sums of `sum_squares`, one per fixed-size chunk, kept between calls.
     partials: Mutex<Vec<f64>>,
+    /// Partial weight gradients of all but the first row block, kept between calls.
+    weight_grad_partials: Mutex<Vec<F>>,
     _float: PhantomData<F>,
 }
 
@@ -35,7 +42,7 @@ impl<F: Float> Default for CpuBackend<F> {
 
 impl<F: Float> CpuBackend<F> {
     pub fn new() -> Self {
-        CpuBackend { partials: Mutex::new(Vec::new()), _float: PhantomData }
+        CpuBackend { partials: Mutex::new(Vec::new()), weight_grad_partials: Mutex::new(Vec::new()), _float: PhantomData }
     }
 }
 
@@ -169,6 +176,54 @@ fn causal_softmax_rows<F: Float>(block: &mut [F], t: usize) {
         }
         for x in &mut row[i + 1..] {
             *x = F::zero();
+        }
+    }
+}
+
+impl<F: Float> CpuBackend<F> {
+    /// dw (OC,C) += doutᵀ (OC,N) · inp (N,C).
+    ///
+    /// One matrix product with a long reduction (N) and a small output runs
+    /// on one core, so N is cut into WEIGHT_GRAD_SPLITS row blocks: the first
+    /// accumulates into dw, the others into partials, all in parallel; then
+    /// dw += partial₁ + partial₂ + … in that order.
+    fn weight_grad(&self, dw: &mut [F], dout: &[F], inp: &[F], n: usize, c: usize, oc: usize) {
+        let splits = if n >= 256 * WEIGHT_GRAD_SPLITS { WEIGHT_GRAD_SPLITS } else { 1 };
+        let rows = n.div_ceil(splits);
+        let mut partials = self.weight_grad_partials.lock().unwrap_or_else(|e| e.into_inner());
+        let need = (splits - 1) * oc * c;
+        if partials.len() < need {
+            partials.resize(need, F::zero()); // first step only: the shapes never change
+        }
+        let dw_ptr = SharedMut(dw.as_mut_ptr());
+        let partial_ptr = SharedMut(partials.as_mut_ptr());
+        (0..splits).into_par_iter().for_each(|split| {
+            let r0 = split * rows;
+            let r1 = (r0 + rows).min(n);
+            let (dst, accumulate) = if split == 0 { (dw_ptr.at(0), true) } else { (partial_ptr.at((split - 1) * oc * c), false) };
+            unsafe {
+                gemm_strided(
+                    oc,
+                    c,
+                    r1 - r0,
+                    dst,
+                    c,
+                    accumulate,
+                    Strided { ptr: dout[r0 * oc..].as_ptr(), rs: 1, cs: oc },
+                    Strided { ptr: inp[r0 * c..].as_ptr(), rs: c, cs: 1 },
+                    F::one(),
+                    if splits == 1 { threads_for_gemm() } else { Parallelism::None },
+                );
+            }
+        });
+        if splits > 1 {
+            let partials = &partials[..need];
+            dw.par_chunks_mut(ELEMS_PER_TASK).enumerate().for_each(|(chunk, out)| {
+                let base = chunk * ELEMS_PER_TASK;
+                for p in partials.chunks(oc * c) {
+                    add_assign(out, &p[base..base + out.len()]);
+                }
+            });
         }
     }
 }
@@ -334,20 +389,8 @@ impl<F: Float> Backend for CpuBackend<F> {
                 F::one(),
                 threads_for_gemm(),
             );
-            // dw (OC,C) += doutᵀ (OC,N) · inp (N,C)
-            gemm_strided(
-                oc,
-                c,
-                n,
-                grads[w.range()].as_mut_ptr(),
-                c,
-                true,
-                Strided { ptr: dout.as_ptr(), rs: 1, cs: oc },
-                Strided { ptr: inp.as_ptr(), rs: c, cs: 1 },
-                F::one(),
-                threads_for_gemm(),
-            );
         }
+        self.weight_grad(&mut grads[w.range()], dout, inp, n, c, oc);
         if let Some(b) = b {
             add_column_sums(&mut grads[b.range()], n, |row, cols, out| add_assign(out, &dout[row * oc + cols.start..row * oc + cols.end]));
         }
