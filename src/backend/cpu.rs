@@ -18,7 +18,7 @@ use crate::float::Float;
 const ROWS_PER_TASK: usize = 8;
 /// Elements per rayon task in element-wise ops and in fixed-order sums.
 const ELEMS_PER_TASK: usize = 1 << 14;
-/// Columns per rayon task in column reductions (bias and LayerNorm gradients).
+/// Columns per rayon task in column-wise passes (embedding gradients, block sums).
 const COLS_PER_TASK: usize = 16;
 
 /// Row blocks a weight gradient's reduction over N is split into (when N is
@@ -29,8 +29,8 @@ const WEIGHT_GRAD_SPLITS: usize = 4;
 pub struct CpuBackend<F> {
     /// Partial sums of `sum_squares`, one per fixed-size chunk, kept between calls.
     partials: Mutex<Vec<f64>>,
-    /// Partial weight gradients of all but the first row block, kept between calls.
-    weight_grad_partials: Mutex<Vec<F>>,
+    /// Per-row-block partial gradients (weights, biases, LayerNorm), kept between calls.
+    block_partials: Mutex<Vec<F>>,
     _float: PhantomData<F>,
 }
 
@@ -42,7 +42,7 @@ impl<F: Float> Default for CpuBackend<F> {
 
 impl<F: Float> CpuBackend<F> {
     pub fn new() -> Self {
-        CpuBackend { partials: Mutex::new(Vec::new()), weight_grad_partials: Mutex::new(Vec::new()), _float: PhantomData }
+        CpuBackend { partials: Mutex::new(Vec::new()), block_partials: Mutex::new(Vec::new()), _float: PhantomData }
     }
 }
 
@@ -116,24 +116,49 @@ unsafe fn gemm_strided<F: Float>(
     }
 }
 
-/// Column sums in a fixed order: each task owns a block of columns of
-/// `sums` and calls `add_row(r, columns, block)` for r = 0, 1, …, rows−1,
-/// which adds row r's contribution to those columns.
-fn add_column_sums<F: Float>(sums: &mut [F], rows: usize, add_row: impl Fn(usize, std::ops::Range<usize>, &mut [F]) + Sync) {
-    sums.par_chunks_mut(COLS_PER_TASK).enumerate().for_each(|(block, out)| {
-        let cols = block * COLS_PER_TASK..block * COLS_PER_TASK + out.len();
-        for r in 0..rows {
-            add_row(r, cols.clone(), out);
-        }
-    });
-}
-
 /// tanh through exp, which is several times faster than libm's tanh and
 /// exact in the same sense (the error is a few ulps).
 #[inline]
 fn tanh<F: Float>(x: F) -> F {
     let two = F::of(2.0);
     F::one() - two / ((two * x).fast_exp() + F::one())
+}
+
+/// Σ x in a fixed order: eight interleaved partial sums (x[0], x[8], …),
+/// (x[1], x[9], …), …, combined pairwise, then the tail. Eight independent
+/// chains let the adds overlap and vectorize, unlike one running sum.
+#[inline]
+fn sum<F: Float>(x: &[F]) -> F {
+    dot_with(x, |i| x[i], |_| F::one())
+}
+
+/// Σ a·b in the same fixed order as `sum`.
+#[inline]
+fn dot<F: Float>(a: &[F], b: &[F]) -> F {
+    let b = &b[..a.len()];
+    dot_with(a, |i| a[i], |i| b[i])
+}
+
+#[inline(always)]
+fn dot_with<F: Float>(x: &[F], a: impl Fn(usize) -> F, b: impl Fn(usize) -> F) -> F {
+    let mut acc = [F::zero(); 8];
+    let whole = x.len() / 8 * 8;
+    for base in (0..whole).step_by(8) {
+        for (lane, s) in acc.iter_mut().enumerate() {
+            *s += a(base + lane) * b(base + lane);
+        }
+    }
+    let mut total = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+    for i in whole..x.len() {
+        total += a(i) * b(i);
+    }
+    total
+}
+
+/// The largest element (order does not matter for max; NaN-free input).
+#[inline]
+fn max<F: Float>(x: &[F]) -> F {
+    x.iter().fold(F::neg_infinity(), |m, &v| if v > m { v } else { m })
 }
 
 /// out += x, element-wise.
@@ -164,13 +189,11 @@ fn gelu_grad<F: Float>(x: F) -> F {
 fn causal_softmax_rows<F: Float>(block: &mut [F], t: usize) {
     for i in 0..t {
         let row = &mut block[i * t..(i + 1) * t];
-        let max = row[..=i].iter().fold(F::neg_infinity(), |m, &x| m.max(x));
-        let mut sum = F::zero();
+        let m = max(&row[..=i]);
         for x in &mut row[..=i] {
-            *x = (*x - max).fast_exp();
-            sum += *x;
+            *x = (*x - m).fast_exp();
         }
-        let inv = F::one() / sum;
+        let inv = F::one() / sum(&row[..=i]);
         for x in &mut row[..=i] {
             *x *= inv;
         }
@@ -180,7 +203,46 @@ fn causal_softmax_rows<F: Float>(block: &mut [F], t: usize) {
     }
 }
 
+/// Rows per block in `add_block_sums`.
+const ROWS_PER_SUM_BLOCK: usize = 64;
+
 impl<F: Float> CpuBackend<F> {
+    /// The scratch buffer, at least `len` long. It grows on the first step
+    /// only: every later step asks for the same sizes.
+    fn scratch(&self, len: usize) -> std::sync::MutexGuard<'_, Vec<F>> {
+        let mut s = self.block_partials.lock().unwrap_or_else(|e| e.into_inner());
+        if s.len() < len {
+            s.resize(len, F::zero());
+        }
+        s
+    }
+
+    /// Sums over rows in a fixed order, for parameter gradients: rows are cut
+    /// into blocks of ROWS_PER_SUM_BLOCK; `add_block(rows, partial)` adds a
+    /// block's contributions into its zeroed partial (the outputs laid end to
+    /// end); then each output gets Σ partials in block order. The blocks
+    /// depend only on `rows`, so the bits do not depend on the thread count.
+    fn add_block_sums(&self, outs: &mut [&mut [F]], rows: usize, add_block: impl Fn(std::ops::Range<usize>, &mut [F]) + Sync) {
+        let width: usize = outs.iter().map(|o| o.len()).sum();
+        let blocks = rows.div_ceil(ROWS_PER_SUM_BLOCK);
+        let mut partials = self.scratch(blocks * width);
+        partials[..blocks * width].par_chunks_mut(width).enumerate().for_each(|(b, part)| {
+            part.fill(F::zero());
+            add_block(b * ROWS_PER_SUM_BLOCK..((b + 1) * ROWS_PER_SUM_BLOCK).min(rows), part);
+        });
+        let partials = &partials[..blocks * width];
+        let mut offset = 0;
+        for out in outs.iter_mut() {
+            out.par_chunks_mut(COLS_PER_TASK).enumerate().for_each(|(chunk, o)| {
+                let j0 = offset + chunk * COLS_PER_TASK;
+                for part in partials.chunks(width) {
+                    add_assign(o, &part[j0..j0 + o.len()]);
+                }
+            });
+            offset += out.len();
+        }
+    }
+
     /// dw (OC,C) += doutᵀ (OC,N) · inp (N,C).
     ///
     /// One matrix product with a long reduction (N) and a small output runs
@@ -190,11 +252,8 @@ impl<F: Float> CpuBackend<F> {
     fn weight_grad(&self, dw: &mut [F], dout: &[F], inp: &[F], n: usize, c: usize, oc: usize) {
         let splits = if n >= 256 * WEIGHT_GRAD_SPLITS { WEIGHT_GRAD_SPLITS } else { 1 };
         let rows = n.div_ceil(splits);
-        let mut partials = self.weight_grad_partials.lock().unwrap_or_else(|e| e.into_inner());
         let need = (splits - 1) * oc * c;
-        if partials.len() < need {
-            partials.resize(need, F::zero()); // first step only: the shapes never change
-        }
+        let mut partials = self.scratch(need);
         let dw_ptr = SharedMut(dw.as_mut_ptr());
         let partial_ptr = SharedMut(partials.as_mut_ptr());
         (0..splits).into_par_iter().for_each(|split| {
@@ -305,8 +364,8 @@ impl<F: Float> Backend for CpuBackend<F> {
             .with_min_len(ROWS_PER_TASK)
             .for_each(|(row, (o, (mu, rs)))| {
                 let x = &inp[row * c..(row + 1) * c];
-                let m = x.iter().copied().sum::<F>() / cf;
-                let var = x.iter().map(|&v| (v - m) * (v - m)).sum::<F>() / cf;
+                let m = sum(x) / cf;
+                let var = dot_with(x, |j| x[j] - m, |j| x[j] - m) / cf;
                 let r = F::one() / (var + eps).sqrt();
                 for j in 0..c {
                     o[j] = (x[j] - m) * r * w[j] + b[j];
@@ -319,33 +378,28 @@ impl<F: Float> Backend for CpuBackend<F> {
     fn layernorm_backward(&self, dinp: &mut Vec<F>, accumulate: bool, grads: &mut Vec<F>, w: View, b: View, dout: &Vec<F>, inp: &Vec<F>, params: &Vec<F>, mean: &Vec<F>, rstd: &Vec<F>, n: usize, c: usize) {
         let wt = &params[w.range()];
         let cf = F::of(c as f64);
-        dinp[..n * c].par_chunks_mut(c).enumerate().with_min_len(ROWS_PER_TASK).for_each(|(row, di)| {
-            let x = &inp[row * c..(row + 1) * c];
-            let d = &dout[row * c..(row + 1) * c];
-            let (m, r) = (mean[row], rstd[row]);
-            let mut mean_dxhat = F::zero();
-            let mut mean_dxhat_xhat = F::zero();
-            for j in 0..c {
-                let dxhat = d[j] * wt[j];
-                mean_dxhat += dxhat;
-                mean_dxhat_xhat += dxhat * (x[j] - m) * r;
-            }
-            mean_dxhat /= cf;
-            mean_dxhat_xhat /= cf;
-            for j in 0..c {
-                let xhat = (x[j] - m) * r;
-                let g = r * (d[j] * wt[j] - mean_dxhat - xhat * mean_dxhat_xhat);
-                if accumulate { di[j] += g } else { di[j] = g }
-            }
-        });
-        add_column_sums(&mut grads[w.range()], n, |row, cols, out| {
-            let (m, r) = (mean[row], rstd[row]);
-            let (x, d) = (&inp[row * c + cols.start..row * c + cols.end], &dout[row * c + cols.start..row * c + cols.end]);
-            for ((o, &x), &d) in out.iter_mut().zip(x).zip(d) {
-                *o += (x - m) * r * d;
+        assert!(dinp.len() >= n * c && dout.len() >= n * c && inp.len() >= n * c);
+        let dinp = SharedMut(dinp.as_mut_ptr());
+        let (dw, db) = grads_pair(grads, w, b);
+        // Each row block writes its rows of dinp and its partial (dw, db).
+        self.add_block_sums(&mut [dw, db], n, |rows, part| {
+            let (pw, pb) = part.split_at_mut(c);
+            for row in rows {
+                let x = &inp[row * c..(row + 1) * c];
+                let d = &dout[row * c..(row + 1) * c];
+                let (m, r) = (mean[row], rstd[row]);
+                let mean_dxhat = dot(d, wt) / cf;
+                let mean_dxhat_xhat = dot_with(d, |j| d[j] * wt[j], |j| (x[j] - m) * r) / cf;
+                let di = unsafe { std::slice::from_raw_parts_mut(dinp.at(row * c), c) };
+                for j in 0..c {
+                    let xhat = (x[j] - m) * r;
+                    let g = r * (d[j] * wt[j] - mean_dxhat - xhat * mean_dxhat_xhat);
+                    if accumulate { di[j] += g } else { di[j] = g }
+                    pw[j] += xhat * d[j];
+                    pb[j] += d[j];
+                }
             }
         });
-        add_column_sums(&mut grads[b.range()], n, |row, cols, out| add_assign(out, &dout[row * c + cols.start..row * c + cols.end]));
     }
 
     fn matmul_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, params: &Vec<F>, w: View, b: Option<View>, n: usize, c: usize, oc: usize) {
@@ -392,7 +446,11 @@ impl<F: Float> Backend for CpuBackend<F> {
         }
         self.weight_grad(&mut grads[w.range()], dout, inp, n, c, oc);
         if let Some(b) = b {
-            add_column_sums(&mut grads[b.range()], n, |row, cols, out| add_assign(out, &dout[row * oc + cols.start..row * oc + cols.end]));
+            self.add_block_sums(&mut [&mut grads[b.range()]], n, |rows, part| {
+                for row in rows {
+                    add_assign(part, &dout[row * oc..(row + 1) * oc]);
+                }
+            });
         }
     }
 
@@ -455,9 +513,9 @@ impl<F: Float> Backend for CpuBackend<F> {
                         *x *= dropout.factor::<F>(bh * t * t + i * t + j);
                     }
                 }
-                let dot: F = row[..=i].iter().zip(&prow[..=i]).map(|(&d, &p)| d * p).sum();
+                let dp = dot(&row[..=i], &prow[..=i]);
                 for j in 0..=i {
-                    row[j] = prow[j] * (row[j] - dot) * scale;
+                    row[j] = prow[j] * (row[j] - dp) * scale;
                 }
                 row[i + 1..].fill(F::zero());
             }
@@ -511,16 +569,15 @@ impl<F: Float> Backend for CpuBackend<F> {
     fn crossentropy_forward(&self, losses: &mut Vec<F>, probs: &mut Vec<F>, logits: &Vec<F>, targets: &Vec<u32>, mask: &Vec<F>, n: usize, v: usize) {
         probs[..n * v].par_chunks_mut(v).zip(losses[..n].par_iter_mut()).enumerate().with_min_len(ROWS_PER_TASK).for_each(|(row, (p, loss))| {
             let z = &logits[row * v..(row + 1) * v];
-            let max = z.iter().fold(F::neg_infinity(), |m, &x| m.max(x));
-            let mut sum = F::zero();
+            let zmax = max(z);
             for (p, &z) in p.iter_mut().zip(z) {
-                *p = (z - max).fast_exp();
-                sum += *p;
+                *p = (z - zmax).fast_exp();
             }
-            let inv = F::one() / sum;
+            let total = sum(p);
+            let inv = F::one() / total;
             p.iter_mut().for_each(|p| *p *= inv);
             // -log softmax(z)[target] = log Σ exp(z - max) + max - z[target]
-            *loss = if mask[row] != F::zero() { (sum.ln() + max - z[targets[row] as usize]) * mask[row] } else { F::zero() };
+            *loss = if mask[row] != F::zero() { (total.ln() + zmax - z[targets[row] as usize]) * mask[row] } else { F::zero() };
         });
     }
 
@@ -573,4 +630,13 @@ impl<F: Float> Backend for CpuBackend<F> {
                 });
         }
     }
+}
+
+/// Two disjoint parameter-gradient views as mutable slices.
+fn grads_pair<F>(grads: &mut [F], a: View, b: View) -> (&mut [F], &mut [F]) {
+    assert!(a.offset + a.len <= b.offset || b.offset + b.len <= a.offset, "views overlap");
+    let ptr = grads.as_mut_ptr();
+    assert!(a.offset + a.len <= grads.len() && b.offset + b.len <= grads.len());
+    // SAFETY: both ranges are in bounds and disjoint.
+    unsafe { (std::slice::from_raw_parts_mut(ptr.add(a.offset), a.len), std::slice::from_raw_parts_mut(ptr.add(b.offset), b.len)) }
 }
