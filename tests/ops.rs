@@ -49,7 +49,7 @@ fn matmul_forward_matches_reference() {
 #[test]
 fn attention_forward_matches_reference() {
     let cpu = CpuBackend::<f32>::new();
-    for (b, t, c, h) in [(1, 1, 4, 1), (2, 5, 12, 3), (3, 17, 20, 4)] {
+    for (b, t, c, h) in [(1, 1, 4, 1), (2, 5, 12, 3), (3, 17, 20, 4), (2, 77, 8, 2)] {
         let hs = c / h;
         let qkv = random(b * t * 3 * c, 3);
         let mut out = vec![0.0f32; b * t * c];
