@@ -2,6 +2,7 @@
 //! overrides, defaults, and validation with one-line errors naming the file,
 //! the key and the value.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -9,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::backend::Activation;
 use crate::error::{Error, Result};
 use crate::model::{ModelShape, Norm};
+use crate::tasks::spec::{self, SuiteFile, SuiteSpec, TranslateSpec};
+use crate::tasks::Suite;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -123,21 +126,33 @@ impl Default for TrainConfig {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// What to train on: a suite file, tasks listed inline, or both.
+/// In a resolved config every task is written out inline and `suite` is gone.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// The task family; `addition` is the one shipped with the engine.
-    pub task: String,
-    /// Operand digits of `addition`.
-    pub digits: u32,
-    /// Write the sum's digits least significant first.
-    pub reverse_answer: bool,
-}
-
-impl Default for DataConfig {
-    fn default() -> Self {
-        DataConfig { task: "addition".into(), digits: 2, reverse_answer: false }
-    }
+    /// A suite file (`tasks/*.toml`), relative to this config's directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suite: Option<String>,
+    /// The suite's name (from the suite file when not given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Prompts start with a task-tag token (default: the suite's choice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<bool>,
+    /// Every batch is the whole finite training set of every weighted task.
+    pub full_batch: bool,
+    /// Mixture weights by task id, over the suite's own.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub weights: BTreeMap<String, f64>,
+    /// Keys merged into every inline task.
+    #[serde(skip_serializing_if = "toml::Table::is_empty")]
+    pub defaults: toml::Table,
+    /// Translation pairs between the inline arithmetic tasks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub translate: Option<TranslateSpec>,
+    /// Inline tasks (see `tasks::spec`).
+    pub tasks: Vec<toml::Table>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -156,14 +171,15 @@ impl Default for EvalConfig {
 }
 
 impl Config {
-    /// Reads `path`, applies `--set key=value` overrides, fills defaults and
+    /// Reads `path`, applies `--set key=value` overrides, fills defaults,
+    /// resolves the suite (written inline into the returned config) and
     /// validates. Every failure is one line naming the file, key and value.
-    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+    pub fn load(path: &Path, overrides: &[String]) -> Result<(Config, Suite)> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::parse(&text, path, overrides)
     }
 
-    pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Config> {
+    pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<(Config, Suite)> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
         for ov in overrides {
             apply_override(&mut table, ov)?;
@@ -175,11 +191,22 @@ impl Config {
             Error::key(path, &key, shown, e.inner().message().lines().next().unwrap_or("invalid value"))
         })?;
         cfg.model.d_mlp.get_or_insert(4 * cfg.model.d_model);
-        cfg.validate(path)?;
-        Ok(cfg)
+        let spec = cfg.data.resolve(path)?;
+        let suite = Suite::build(&spec, cfg.seed, path)?;
+        cfg.data = DataConfig::resolved(&spec, cfg.data.full_batch);
+        if cfg.data.full_batch {
+            cfg.train.batch_size = full_batch_size(&suite, path)?;
+        }
+        cfg.validate(path, &suite)?;
+        Ok((cfg, suite))
     }
 
-    fn validate(&self, path: &Path) -> Result<()> {
+    /// The resolved suite described by `[data]` (for configs already resolved).
+    pub fn suite_spec(&self, path: &Path) -> Result<SuiteSpec> {
+        self.data.resolve(path)
+    }
+
+    fn validate(&self, path: &Path, suite: &Suite) -> Result<()> {
         let m = &self.model;
         let t = &self.train;
         let bad = |key: &str, value: &dyn std::fmt::Display, why: &str| Err(Error::key(path, key, value, why));
@@ -236,13 +263,10 @@ impl Config {
         if self.eval.examples == 0 {
             return bad("eval.examples", &self.eval.examples, "must be at least 1");
         }
-        let task = crate::tasks::build(&self.data, self.seed, path)?;
-        let need = task.max_len() + 1;
+        let need = suite.max_len() + 1;
         if m.n_ctx < need {
-            return bad("model.n_ctx", &m.n_ctx, &format!("shorter than the longest example of task `{}` ({} tokens with BOS and EOS need n_ctx ≥ {need})", task.id(), task.max_len() + 2));
-        }
-        if self.eval.examples > task.eval_capacity() {
-            return bad("eval.examples", &self.eval.examples, &format!("task `{}` can hold out at most {} distinct problems", task.id(), task.eval_capacity()));
+            let longest = suite.tasks.iter().max_by_key(|t| t.max_len()).expect("a suite has tasks");
+            return bad("model.n_ctx", &m.n_ctx, &format!("shorter than the longest example (task `{}`: {} tokens with BOS and EOS need n_ctx ≥ {need})", longest.id, longest.max_len() + 2));
         }
         Ok(())
     }
@@ -276,7 +300,7 @@ impl Config {
 }
 
 /// A TOML syntax error as one line: file, line, message.
-fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
+pub fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
     let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     let msg = e.message().lines().next().unwrap_or("invalid TOML").trim();
     match line {
@@ -328,4 +352,72 @@ fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
         }
     }
     Some(cur)
+}
+
+impl DataConfig {
+    /// The suite these settings describe: the suite file's tasks, then the
+    /// inline ones, with `weights` applied.
+    pub fn resolve(&self, config_path: &Path) -> Result<SuiteSpec> {
+        let mut spec = SuiteSpec { name: String::new(), tags: false, tasks: Vec::new() };
+        if let Some(suite) = &self.suite {
+            let base = config_path.parent().unwrap_or(Path::new("."));
+            let path = base.join(suite);
+            if !path.is_file() {
+                return Err(Error::key(config_path, "data.suite", format!("{suite:?}"), format!("no suite file at {}", path.display())));
+            }
+            spec = SuiteFile::load(&path)?.expand(&suite_name(suite), &path)?;
+        }
+        let inline = SuiteFile { name: None, description: None, tags: None, defaults: self.defaults.clone(), tasks: self.tasks.clone(), translate: self.translate.clone() };
+        let inline = inline.expand("inline", config_path)?;
+        if spec.name.is_empty() {
+            spec.name = inline.name.clone();
+        }
+        spec.tasks.extend(inline.tasks);
+        if let Some(name) = &self.name {
+            spec.name = name.clone();
+        }
+        if let Some(tags) = self.tags {
+            spec.tags = tags;
+        }
+        if spec.tasks.is_empty() {
+            return Err(Error::key(config_path, "data", "(no tasks)", "name a suite file (data.suite) or list tasks (data.tasks)"));
+        }
+        spec::apply_weights(&mut spec, &self.weights, config_path)?;
+        Ok(spec)
+    }
+
+    /// `[data]` with every task written out inline.
+    pub fn resolved(spec: &SuiteSpec, full_batch: bool) -> DataConfig {
+        DataConfig {
+            suite: None,
+            name: Some(spec.name.clone()),
+            tags: Some(spec.tags),
+            full_batch,
+            weights: BTreeMap::new(),
+            defaults: toml::Table::new(),
+            translate: None,
+            tasks: spec.tasks.iter().map(|t| t.to_table()).collect(),
+        }
+    }
+}
+
+/// `tasks/b-shared.toml` → `b-shared`.
+fn suite_name(path: &str) -> String {
+    Path::new(path).file_stem().map_or_else(|| path.to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+/// The batch size of full-batch training: every training example of every
+/// weighted task, which must each have a finite training set.
+fn full_batch_size(suite: &Suite, path: &Path) -> Result<usize> {
+    let mut total = 0;
+    for (task, weight) in suite.tasks.iter().zip(&suite.weights) {
+        if *weight == 0.0 {
+            continue;
+        }
+        match &task.train_set {
+            Some(set) => total += set.len(),
+            None => return Err(Error::key(path, "data.full_batch", "true", format!("task `{}` has no finite training set (give it train_examples or train_fraction)", task.id))),
+        }
+    }
+    Ok(total)
 }

@@ -1,8 +1,9 @@
-//! Batches: fixed-shape rows of tokens, next-token targets and a loss mask.
+//! Batches: fixed-shape rows of tokens, next-token targets and a loss mask,
+//! drawn from a suite's mixture of tasks.
 
 use crate::float::Float;
 use crate::rng;
-use crate::tasks::{BOS, EOS, PAD, Task};
+use crate::tasks::{BOS, EOS, PAD, Suite};
 
 /// One batch of `rows` rows of `ctx` positions, reused from step to step.
 pub struct Batch<F> {
@@ -11,6 +12,8 @@ pub struct Batch<F> {
     pub tokens: Vec<u32>,  // (rows, ctx)
     pub targets: Vec<u32>, // (rows, ctx)
     pub mask: Vec<F>,      // (rows, ctx): 1 where the target is an answer token or its EOS
+    /// The task index each row came from.
+    pub row_task: Vec<usize>,
     example: Vec<u32>,
 }
 
@@ -22,6 +25,7 @@ impl<F: Float> Batch<F> {
             tokens: vec![PAD; rows * ctx],
             targets: vec![PAD; rows * ctx],
             mask: vec![F::zero(); rows * ctx],
+            row_task: vec![0; rows],
             example: Vec::with_capacity(ctx + 2),
         }
     }
@@ -52,16 +56,98 @@ impl<F: Float> Batch<F> {
         self.mask[row * t..(row + 1) * t].fill(F::zero());
     }
 
-    /// The training batch of `step`: every row drawn from the stream
-    /// (seed, "train-batch", step), so a step's data never depends on what
-    /// ran before it.
-    pub fn fill_train(&mut self, task: &dyn Task, seed: u64, step: u64) {
+    /// The training batch of `step`. Each row's task is drawn by mixture
+    /// weight from the stream (seed, "train-batch", step); its problem comes
+    /// from the same stream, or from the task's training set in shuffled
+    /// epochs. A step's rows depend only on the seed, the step and the
+    /// epoch positions in `stream`, never on evaluation.
+    pub fn fill_train(&mut self, suite: &Suite, stream: &mut TrainStream, seed: u64, step: u64) {
         let mut r = rng::stream(seed, "train-batch", step);
         let mut example = std::mem::take(&mut self.example);
-        for row in 0..self.rows {
-            let prompt = task.render_train(&mut r, &mut example);
-            self.set_row(row, &example, prompt);
+        if stream.full_batch {
+            let mut row = 0;
+            for (ti, task) in suite.tasks.iter().enumerate() {
+                if stream.weights[ti] == 0.0 {
+                    continue;
+                }
+                for &p in task.train_set.as_deref().unwrap_or(&[]) {
+                    let prompt = task.render(p, &mut example);
+                    self.set_row(row, &example, prompt);
+                    self.row_task[row] = ti;
+                    row += 1;
+                }
+            }
+        } else {
+            for row in 0..self.rows {
+                let ti = stream.pick_task(rng::uniform(&mut r));
+                let task = &suite.tasks[ti];
+                let p = match &task.train_set {
+                    Some(set) => stream.next_in_epoch(ti, set, seed),
+                    None => task.sample_train(&mut r),
+                };
+                let prompt = task.render(p, &mut example);
+                self.set_row(row, &example, prompt);
+                self.row_task[row] = ti;
+            }
         }
         self.example = example;
+    }
+}
+
+/// Where training draws from: the mixture weights and, for tasks with a
+/// finite training set, the position in the current shuffled epoch.
+pub struct TrainStream {
+    pub weights: Vec<f64>,
+    cumulative: Vec<f64>,
+    pub full_batch: bool,
+    epochs: Vec<EpochPosition>,
+}
+
+/// Position in a task's training set: which epoch, how far into it, and that
+/// epoch's order (a shuffle fixed by (seed, task, epoch)).
+#[derive(Clone, Default)]
+struct EpochPosition {
+    epoch: u64,
+    next: usize,
+    order: Vec<u64>,
+}
+
+impl TrainStream {
+    pub fn new(suite: &Suite, full_batch: bool) -> Self {
+        let mut s = TrainStream { weights: Vec::new(), cumulative: Vec::new(), full_batch, epochs: vec![EpochPosition::default(); suite.tasks.len()] };
+        s.set_weights(&suite.weights);
+        s
+    }
+
+    /// New mixture weights (one per task; at least one positive).
+    pub fn set_weights(&mut self, weights: &[f64]) {
+        self.weights = weights.to_vec();
+        let total: f64 = weights.iter().sum();
+        let mut acc = 0.0;
+        self.cumulative = weights.iter().map(|w| {
+            acc += w / total;
+            acc
+        }).collect();
+    }
+
+    /// The task whose cumulative-weight interval holds u ∈ [0, 1).
+    fn pick_task(&self, u: f64) -> usize {
+        let last_weighted = self.weights.iter().rposition(|&w| w > 0.0).unwrap_or(0);
+        self.cumulative.iter().position(|&c| u < c).map_or(last_weighted, |i| i.min(last_weighted))
+    }
+
+    fn next_in_epoch(&mut self, task: usize, set: &[u64], seed: u64) -> u64 {
+        let pos = &mut self.epochs[task];
+        if pos.order.is_empty() || pos.next == pos.order.len() {
+            if !pos.order.is_empty() {
+                pos.epoch += 1;
+            }
+            pos.order.clear();
+            pos.order.extend_from_slice(set);
+            crate::tasks::shuffle(&mut pos.order, &mut rng::stream(seed, "epoch", rng::mix64(task as u64) ^ pos.epoch));
+            pos.next = 0;
+        }
+        pos.next += 1;
+        pos.order[pos.next - 1]
     }
 }

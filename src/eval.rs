@@ -37,8 +37,27 @@ pub struct Evaluator<F> {
 }
 
 impl<F: Float> Evaluator<F> {
-    pub fn new(task: &dyn Task, examples: usize, rows: usize, ctx: usize, vocab: usize) -> Self {
-        Evaluator { examples: task.eval_set(examples), batch: Batch::new(rows, ctx), probs: vec![F::zero(); rows * ctx * vocab] }
+    /// Renders up to `examples` of `task`'s held-out problems.
+    pub fn new(task: &Task, examples: usize, rows: usize, ctx: usize, vocab: usize) -> Self {
+        let examples = task
+            .eval_problems(examples)
+            .into_iter()
+            .map(|p| {
+                let mut out = Vec::new();
+                let prompt = task.render(p, &mut out);
+                (out, prompt)
+            })
+            .collect();
+        Evaluator { examples, batch: Batch::new(rows, ctx), probs: vec![F::zero(); rows * ctx * vocab] }
+    }
+
+    /// How many held-out examples this evaluator scores.
+    pub fn len(&self) -> usize {
+        self.examples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.examples.is_empty()
     }
 
     /// Evaluates the model on the whole held-out set (no dropout; the

@@ -53,6 +53,11 @@ enum Command {
         #[command(flatten)]
         compute: Compute,
     },
+    /// Task families and suites: list them, or print sample examples.
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
+    },
     /// Time training steps of fixed model configs on random tokens.
     Bench {
         /// Which configs (repeatable; default: tiny, small and base).
@@ -75,7 +80,32 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum TasksCommand {
+    /// The task families and the suites shipped in tasks/, one line each.
+    List,
+    /// Print examples of a suite's tasks, the answer marked ⟦like this⟧.
+    Sample {
+        /// A suite name (tasks/NAME.toml), a suite file or an experiment config.
+        suite: String,
+        /// Examples per task.
+        #[arg(short, default_value_t = 3)]
+        n: usize,
+        /// The seed for the split and the sampling.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Only this task.
+        #[arg(long)]
+        task: Option<String>,
+    },
+}
+
 fn main() -> ExitCode {
+    // Die quietly when the reader of stdout goes away (`ebb tasks sample … | head`).
+    // SAFETY: restores the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,19 +140,60 @@ fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run { config, out, overrides, quiet, compute } => {
             check_device(compute.device)?;
-            let cfg = Config::load(&config, &overrides)?;
+            let (cfg, suite) = Config::load(&config, &overrides)?;
             let out = out.unwrap_or_else(|| cfg.default_out());
             let pool = thread_pool(compute.threads)?;
             let backend = CpuBackend::<f32>::new();
             if !quiet {
                 eprintln!("device: cpu, {} threads; run directory {}", pool.current_num_threads(), out.display());
             }
-            let outcome = pool.install(|| ebb::train::run::run(&backend, &cfg, &config, &out, quiet))?;
-            let e = outcome.final_eval;
-            println!("run {} finished in {:.1}s: {} parameters", cfg.name, outcome.seconds, outcome.n_params);
-            println!("eval: loss {:.4} token_acc {:.4} exact_match {:.4} p_correct {:.4}", e.loss, e.token_acc, e.exact_match, e.p_correct);
+            let outcome = pool.install(|| ebb::train::run::run(&backend, &cfg, &suite, &out, quiet))?;
+            println!("run {} finished in {:.1}s: {} parameters, suite {} ({} tasks)", cfg.name, outcome.seconds, outcome.n_params, suite.name, suite.tasks.len());
+            for (task, e) in &outcome.final_eval {
+                let chance = suite.task(task).map_or(0.0, |t| t.chance);
+                println!("  {task:<16} exact_match {:.3} (chance {chance:.3})  token_acc {:.3}  loss {:.4}", e.exact_match, e.token_acc, e.loss);
+            }
             println!("wrote {}", outcome.dir.display());
             println!("params fingerprint: {}", outcome.fingerprint);
+            Ok(())
+        }
+        Command::Tasks { command: TasksCommand::List } => {
+            println!("families:");
+            for (name, what) in ebb::tasks::FAMILIES {
+                println!("  {name:<11} {what}");
+            }
+            println!("suites (tasks/):");
+            for (path, file) in ebb::tasks::spec::shipped_suites(std::path::Path::new("tasks")) {
+                let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let count = file.tasks.len() + if file.translate.is_some() { 1 } else { 0 };
+                let extra = if file.translate.is_some() { " + translation pairs" } else { "" };
+                println!("  {name:<13} {} ({} tasks{extra})", file.description.as_deref().unwrap_or(""), count - file.translate.is_some() as usize);
+            }
+            Ok(())
+        }
+        Command::Tasks { command: TasksCommand::Sample { suite, n, seed, task } } => {
+            let (spec, path) = ebb::tasks::spec::load_any(&suite)?;
+            let built = ebb::tasks::Suite::build(&spec, seed, &path)?;
+            println!("suite {}: {} tasks, {} tokens in the vocabulary", built.name, built.tasks.len(), built.vocab.len());
+            let mut shown = 0;
+            for (i, t) in built.tasks.iter().enumerate() {
+                if task.as_ref().is_some_and(|id| id != &t.id) {
+                    continue;
+                }
+                shown += 1;
+                let weight = built.weights[i];
+                println!("[{}] family {}, {} problems, chance {:.4}, up to {} tokens{}", t.id, t.family_name, t.space(), t.chance, t.max_len(), if weight == 0.0 { ", never trained (weight 0)" } else { "" });
+                let mut r = ebb::rng::stream(seed, "sample", ebb::rng::purpose_id(&t.id));
+                let mut out = Vec::new();
+                for _ in 0..n {
+                    let p = t.sample_train(&mut r);
+                    let prompt = t.render(p, &mut out);
+                    println!("    {} ⟦{}⟧", built.vocab.decode(&out[..prompt]), built.vocab.decode(&out[prompt..]));
+                }
+            }
+            if shown == 0 {
+                return Err(Error::input(format!("--task {}: no such task in {}", task.unwrap_or_default(), path.display())));
+            }
             Ok(())
         }
         Command::Bench { config, steps, warmup, json, breakdown, compute } => {

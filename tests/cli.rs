@@ -65,7 +65,42 @@ fn context_shorter_than_the_longest_example_is_rejected() {
 
 #[test]
 fn unknown_task_family_is_rejected() {
-    rejects(&SMALL_CONFIG.replace("task = \"addition\"", "task = \"division\""), &[], &["data.task", "division"]);
+    rejects(&SMALL_CONFIG.replace("family = \"addition\"", "family = \"division\""), &[], &["tasks.add1.family", "division"]);
+}
+
+#[test]
+fn unknown_family_parameter_is_rejected() {
+    rejects(&SMALL_CONFIG.replace("digits = 1", "digits = 1\nbase = 3"), &[], &["tasks.add1", "base"]);
+}
+
+#[test]
+fn empty_suite_is_rejected() {
+    let text = SMALL_CONFIG.split("[[data.tasks]]").next().unwrap().to_string() + "[eval]\nevery = 10\n";
+    rejects(&text, &[], &["data", "no tasks"]);
+}
+
+#[test]
+fn duplicate_task_ids_are_rejected() {
+    let twice = SMALL_CONFIG.replace("[[data.tasks]]\nid = \"add1\"\nfamily = \"addition\"\ndigits = 1\n", "[[data.tasks]]\nid = \"add1\"\nfamily = \"addition\"\ndigits = 1\n[[data.tasks]]\nid = \"add1\"\nfamily = \"addition\"\ndigits = 2\n");
+    assert_ne!(twice, SMALL_CONFIG);
+    rejects(&twice, &[], &["tasks.add1.id", "duplicate"]);
+}
+
+#[test]
+fn operands_whose_statements_exceed_the_context_are_rejected() {
+    let tally = SMALL_CONFIG.replace("family = \"addition\"\ndigits = 1", "family = \"arithmetic\"\nform = \"tally\"\noperands = 50");
+    rejects(&tally, &[], &["model.n_ctx", "8", "add1"]);
+}
+
+#[test]
+fn translation_pair_naming_an_unknown_language_is_rejected() {
+    let text = SMALL_CONFIG.replace("family = \"addition\"\ndigits = 1", "family = \"arithmetic\"\nform = \"digits\"\n[[data.tasks]]\nid = \"w\"\nfamily = \"arithmetic\"\nform = \"words\"\n[data.translate]\npairs = [[\"digits\", \"klingon\"]]");
+    rejects(&text, &["--set", "model.n_ctx=40"], &["translate.pairs", "klingon"]);
+}
+
+#[test]
+fn unknown_suite_file_is_rejected() {
+    rejects(SMALL_CONFIG, &["--set", "data.suite=nope.toml"], &["data.suite", "nope.toml"]);
 }
 
 #[test]
@@ -123,11 +158,18 @@ fn quickstart_learns_addition_far_above_chance() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("quickstart");
     run_ok(ebb().arg("run").arg(root().join("tasks/quickstart.toml")).arg("--out").arg(&dir).arg("--quiet"));
-    let exact = metric(&dir, "add2", "eval", "exact_match");
-    let (first, last) = (exact.first().unwrap().1, exact.last().unwrap().1);
-    // Chance for 2-digit addition is 1/199 (the sum takes 199 values).
-    assert!(first < 0.02, "untrained model already scores {first}");
-    assert!(last > 0.8, "exact match after training is only {last}");
+    // Suite B: ten forms; chance is 0.034 (the most common answer's share).
+    let forms = ["digits", "words", "zu", "ko", "prefix", "reversed", "base7", "binary", "roman", "tally"];
+    let mut finals = Vec::new();
+    for form in forms {
+        let exact = metric(&dir, form, "eval", "exact_match");
+        let (first, last) = (exact.first().unwrap().1, exact.last().unwrap().1);
+        assert!(first < 0.1, "{form}: the untrained model already scores {first}");
+        finals.push(last);
+    }
+    let mean = finals.iter().sum::<f64>() / finals.len() as f64;
+    assert!(mean > 0.4, "mean exact match after training is only {mean}: {finals:?}");
+    assert!(finals.iter().filter(|&&x| x > 0.2).count() >= 8, "most forms should be far above chance: {finals:?}");
 }
 
 #[test]

@@ -13,9 +13,10 @@ use crate::config::Config;
 use crate::data::Batch;
 use crate::error::Result;
 use crate::eval::{EvalResult, Evaluator};
+use crate::data::TrainStream;
 use crate::model::Gpt;
 use crate::run_dir::{self, MetricsLog};
-use crate::tasks::{self, Task};
+use crate::tasks::Suite;
 
 /// What a finished run reports.
 #[derive(Clone, Debug)]
@@ -23,7 +24,8 @@ pub struct RunOutcome {
     pub dir: PathBuf,
     pub fingerprint: String,
     pub n_params: usize,
-    pub final_eval: EvalResult,
+    /// The last evaluation of every task, in suite order.
+    pub final_eval: Vec<(String, EvalResult)>,
     pub seconds: f64,
 }
 
@@ -65,19 +67,19 @@ impl Progress {
     }
 }
 
-/// Runs the experiment `cfg` (read from `cfg_file`) on `backend`, writing
-/// into `out`. `quiet` turns progress output off.
-pub fn run<B: Backend>(backend: &B, cfg: &Config, cfg_file: &Path, out: &Path, quiet: bool) -> Result<RunOutcome> {
-    let task = tasks::build(&cfg.data, cfg.seed, cfg_file)?;
+/// Runs the experiment `cfg` on its `suite` and `backend`, writing into
+/// `out`. `quiet` turns progress output off.
+pub fn run<B: Backend>(backend: &B, cfg: &Config, suite: &Suite, out: &Path, quiet: bool) -> Result<RunOutcome> {
     run_dir::create(out)?;
     run_dir::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
 
-    let shape = cfg.model_shape(task.vocab().len());
+    let shape = cfg.model_shape(suite.vocab.len());
     let (rows, ctx) = (cfg.train.batch_size, shape.n_ctx);
     let model = Gpt::new(backend, shape.clone(), rows, cfg.seed);
     let n_params = model.n_params();
     let mut trainer = Trainer::new(backend, model, cfg.train.clone(), cfg.seed);
-    let mut evaluator = Evaluator::new(task.as_ref(), cfg.eval.examples, rows, ctx, shape.vocab);
+    let mut evaluators: Vec<Evaluator<B::F>> = suite.tasks.iter().map(|t| Evaluator::new(t, cfg.eval.examples, rows, ctx, shape.vocab)).collect();
+    let mut stream = TrainStream::new(suite, cfg.data.full_batch);
     let mut batch = Batch::new(rows, ctx);
     let mut metrics = MetricsLog::new(out.join("metrics.csv"), "step,task,split,metric,value");
     let mut timing = MetricsLog::new(out.join("timing.csv"), "step,seconds,tokens_per_s");
@@ -85,11 +87,11 @@ pub fn run<B: Backend>(backend: &B, cfg: &Config, cfg_file: &Path, out: &Path, q
     let steps = cfg.train.steps;
     let progress = Progress::new(steps, quiet);
     let started = Instant::now();
-    let mut final_eval = evaluate(backend, &mut trainer, &mut evaluator, task.as_ref(), 0, &mut metrics);
+    let mut final_eval = evaluate(backend, &mut trainer, &mut evaluators, suite, 0, &mut metrics);
     metrics.flush()?;
     let mut window_start = (Instant::now(), 0u64);
     for step in 0..steps {
-        batch.fill_train(task.as_ref(), cfg.seed, step);
+        batch.fill_train(suite, &mut stream, cfg.seed, step);
         let stats = match trainer.step(backend, &batch, step) {
             Ok(s) => s,
             Err(e) => {
@@ -111,7 +113,7 @@ pub fn run<B: Backend>(backend: &B, cfg: &Config, cfg_file: &Path, out: &Path, q
             window_start = (Instant::now(), done);
         }
         if done % cfg.eval.every == 0 || done == steps {
-            final_eval = evaluate(backend, &mut trainer, &mut evaluator, task.as_ref(), done, &mut metrics);
+            final_eval = evaluate(backend, &mut trainer, &mut evaluators, suite, done, &mut metrics);
             metrics.flush()?;
             timing.flush()?;
         }
@@ -126,10 +128,18 @@ pub fn run<B: Backend>(backend: &B, cfg: &Config, cfg_file: &Path, out: &Path, q
     })
 }
 
-fn evaluate<B: Backend>(backend: &B, trainer: &mut Trainer<B>, evaluator: &mut Evaluator<B::F>, task: &dyn Task, step: u64, metrics: &mut MetricsLog) -> EvalResult {
-    let result = evaluator.run(backend, &mut trainer.model);
-    for (metric, value) in result.metrics() {
-        metrics.row(format_args!("{step},{},eval,{metric},{value}", task.id()));
-    }
-    result
+/// Evaluates every task, dropped or not, and logs its metrics at `step`.
+fn evaluate<B: Backend>(backend: &B, trainer: &mut Trainer<B>, evaluators: &mut [Evaluator<B::F>], suite: &Suite, step: u64, metrics: &mut MetricsLog) -> Vec<(String, EvalResult)> {
+    suite
+        .tasks
+        .iter()
+        .zip(evaluators.iter_mut())
+        .map(|(task, evaluator)| {
+            let result = evaluator.run(backend, &mut trainer.model);
+            for (metric, value) in result.metrics() {
+                metrics.row(format_args!("{step},{},eval,{metric},{value}", task.id));
+            }
+            (task.id.clone(), result)
+        })
+        .collect()
 }

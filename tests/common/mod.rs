@@ -62,8 +62,9 @@ lr = 3e-3
 warmup_steps = 5
 log_every = 5
 
-[data]
-task = "addition"
+[[data.tasks]]
+id = "add1"
+family = "addition"
 digits = 1
 
 [eval]
