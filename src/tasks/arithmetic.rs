@@ -101,9 +101,9 @@ pub enum FormName {
     Words,
     /// An invented language: digit words, MSB first, infix.
     Zu,
-    /// Another invented language: digit words, LSB first, postfix (`a b op eq c`).
+    /// Another invented language: digit words, LSB first, postfix (`a lo b op eq c`).
     Ko,
-    /// `+ 3 4 = 7`.
+    /// `+ 3 , 4 = 7`.
     Prefix,
     /// Digits least significant first: `21 + 3 = 42` is `1 2 + 3 = 4 2`.
     Reversed,
@@ -126,6 +126,8 @@ pub const ZU_EQUALS: &str = "esh";
 pub const KO_DIGITS: [&str; 10] = ["bo", "gi", "fe", "ya", "wu", "ha", "ji", "qo", "xe", "de"];
 pub const KO_OPS: [&str; 3] = ["nap", "sil", "gru"];
 pub const KO_EQUALS: &str = "tor";
+/// Ko's word between the two operands.
+pub const KO_AND: &str = "lo";
 
 const ONES: [&str; 20] = [
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
@@ -144,6 +146,8 @@ pub struct Form {
     words: Vec<u32>,
     /// Roman letters I V X L C D M and N (zero); tally 卌 | ∅.
     marks: Vec<u32>,
+    /// Between adjacent operands (prefix `,`, ko `lo`), whose digits would run together.
+    separator: u32,
 }
 
 impl Form {
@@ -173,7 +177,12 @@ impl Form {
             FormName::Tally => vocab.intern_all(&["卌", "|", "∅"]),
             _ => Vec::new(),
         };
-        Form { name, digits, ops, equals, words, marks }
+        let separator = match name {
+            FormName::Ko => vocab.intern(KO_AND),
+            FormName::Prefix => vocab.intern(","),
+            _ => 0,
+        };
+        Form { name, digits, ops, equals, words, marks, separator }
     }
 
     fn number(&self, n: u64, out: &mut Vec<u32>) {
@@ -261,10 +270,12 @@ impl Form {
             FormName::Prefix => {
                 out.push(opt);
                 self.number(a, out);
+                out.push(self.separator);
                 self.number(b, out);
             }
             FormName::Ko => {
                 self.number(a, out);
+                out.push(self.separator);
                 self.number(b, out);
                 out.push(opt);
             }
@@ -294,9 +305,9 @@ impl Form {
     }
 
     /// An upper bound on a statement's tokens over `space`: two operands,
-    /// the operator, `=` and the result, each at its longest.
+    /// the operator, a separator, `=` and the result, each at its longest.
     fn max_statement(&self, space: &ProblemSpace) -> usize {
-        2 * self.max_number_len(space.operands - 1) + 2 + self.max_number_len(space.max_result())
+        2 * self.max_number_len(space.operands - 1) + 3 + self.max_number_len(space.max_result())
     }
 }
 

@@ -18,7 +18,7 @@
 //! out in all of them. Training never draws a held-out problem; evaluation
 //! draws only held-out problems: disjoint by construction.
 
-mod arithmetic;
+pub mod arithmetic;
 mod classic;
 mod sequences;
 pub mod spec;

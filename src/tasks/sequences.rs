@@ -328,6 +328,16 @@ impl Family for Brackets {
         prompt
     }
 
+    /// Every prefix of one completed sequence is the same underlying
+    /// problem: their full token strings are equal and differ only in where
+    /// the answer starts, so they are held out (or not) together.
+    fn split_key(&self, p: u64) -> u64 {
+        let mut out = Vec::with_capacity(2 * self.max_prompt);
+        self.render(p, &mut out);
+        let bytes: Vec<u8> = out.iter().flat_map(|t| t.to_le_bytes()).collect();
+        crate::rng::fnv1a(&bytes)
+    }
+
     fn max_len(&self) -> usize {
         2 * self.max_prompt
     }

@@ -1,0 +1,355 @@
+//! Task suites: determinism, train/eval disjointness, independent parsers
+//! for every surface form of suite B, zero-shot pairs never trained.
+
+mod common;
+
+use std::collections::{BTreeSet, HashSet};
+
+use ebb::data::{Batch, TrainStream};
+use ebb::tasks::arithmetic::{KO_AND, KO_DIGITS, KO_EQUALS, KO_OPS, ZU_DIGITS, ZU_EQUALS, ZU_OPS};
+use ebb::tasks::{Suite, spec};
+
+fn suite(name: &str, seed: u64) -> Suite {
+    let path = common::root().join("tasks").join(format!("{name}.toml"));
+    let (spec, path) = spec::load_any(path.to_str().unwrap()).unwrap();
+    Suite::build(&spec, seed, &path).unwrap()
+}
+
+/// A suite of the classic families, written inline.
+fn classic(seed: u64) -> Suite {
+    let text = r#"
+        name = "classic"
+        [[tasks]]
+        id = "mod-add"
+        family = "modular"
+        modulus = 23
+        [[tasks]]
+        id = "mod-div"
+        family = "modular"
+        modulus = 23
+        op = "div"
+        train_fraction = 0.5
+        [[tasks]]
+        id = "add3r"
+        family = "addition"
+        digits = 3
+        reverse_answer = true
+    "#;
+    let file: spec::SuiteFile = toml::from_str(text).unwrap();
+    let spec = file.expand("classic", std::path::Path::new("inline")).unwrap();
+    Suite::build(&spec, seed, std::path::Path::new("inline")).unwrap()
+}
+
+fn all_suites(seed: u64) -> Vec<Suite> {
+    let mut v: Vec<Suite> = ["a-unrelated", "b-shared", "c-translate", "d-zero-shot"].iter().map(|n| suite(n, seed)).collect();
+    v.push(classic(seed));
+    v
+}
+
+/// `steps` training batches of `rows` rows: (task index, example tokens) per row.
+fn training_rows(s: &Suite, seed: u64, steps: u64, rows: usize) -> Vec<(usize, Vec<u32>)> {
+    let ctx = s.max_len() + 1;
+    let mut batch = Batch::<f32>::new(rows, ctx);
+    let mut stream = TrainStream::new(s, false);
+    let mut out = Vec::new();
+    for step in 0..steps {
+        batch.fill_train(s, &mut stream, seed, step);
+        for row in 0..rows {
+            // The example is the row's targets up to (not including) EOS.
+            let tgt = &batch.targets[row * ctx..(row + 1) * ctx];
+            let len = tgt.iter().position(|&t| t == ebb::tasks::EOS).unwrap();
+            out.push((batch.row_task[row], tgt[..len].to_vec()));
+        }
+    }
+    out
+}
+
+fn render(s: &Suite, task: usize, p: u64) -> Vec<u32> {
+    let mut out = Vec::new();
+    s.tasks[task].render(p, &mut out);
+    out
+}
+
+#[test]
+fn every_family_is_deterministic_for_a_seed() {
+    for (a, b) in all_suites(11).iter().zip(all_suites(11).iter()) {
+        assert_eq!(a.vocab.len(), b.vocab.len());
+        for (ta, tb) in a.tasks.iter().zip(&b.tasks) {
+            assert_eq!(ta.eval_problems(50), tb.eval_problems(50), "{}: eval set", ta.id);
+            assert_eq!(ta.train_set, tb.train_set, "{}: train set", ta.id);
+        }
+        assert_eq!(training_rows(a, 11, 5, 32), training_rows(b, 11, 5, 32), "{}: training batches", a.name);
+    }
+    // Another seed draws other batches and holds out other problems.
+    for (a, b) in all_suites(11).iter().zip(all_suites(12).iter()) {
+        assert_ne!(training_rows(a, 11, 3, 32), training_rows(b, 12, 3, 32), "{}", a.name);
+        let differing = a.tasks.iter().zip(&b.tasks).filter(|(x, y)| x.eval_problems(20) != y.eval_problems(20)).count();
+        assert!(differing * 2 > a.tasks.len(), "{}: only {differing} eval sets depend on the seed", a.name);
+    }
+}
+
+#[test]
+fn training_never_draws_a_held_out_example() {
+    for s in all_suites(3) {
+        let eval: Vec<HashSet<Vec<u32>>> = s.tasks.iter().enumerate().map(|(i, t)| t.eval_problems(10_000).into_iter().map(|p| render(&s, i, p)).collect()).collect();
+        for (i, t) in s.tasks.iter().enumerate() {
+            // By construction: eval problems are held out, training ones are not.
+            assert!(!eval[i].is_empty(), "{}: empty eval set", t.id);
+            assert!(t.eval_problems(10_000).iter().all(|&p| t.is_held_out(p)));
+            if let Some(set) = &t.train_set {
+                assert!(set.iter().all(|&p| !t.is_held_out(p)), "{}: train set holds a held-out problem", t.id);
+            }
+        }
+        // By test: no rendered training example equals an eval example of its task.
+        let rows = training_rows(&s, 3, 200, 64);
+        for (task, example) in &rows {
+            assert!(!eval[*task].contains(example), "{}: training drew held-out {}", s.tasks[*task].id, s.vocab.decode(example));
+        }
+    }
+}
+
+// ---- Independent parsers for suite B's forms: tokens → (a, op, b, c) ----
+
+type Statement = (u64, char, u64, u64);
+
+fn digits_in(tokens: &[&str], base: u64, reversed: bool) -> u64 {
+    let mut ds: Vec<u64> = tokens.iter().map(|t| t.parse::<u64>().unwrap()).collect();
+    assert!(ds.iter().all(|&d| d < base), "digit out of base {base}: {tokens:?}");
+    if reversed {
+        ds.reverse();
+    }
+    ds.iter().fold(0, |n, d| n * base + d)
+}
+
+fn english(tokens: &[&str]) -> u64 {
+    const ONES: [&str; 20] = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"];
+    const TENS: [&str; 8] = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"];
+    let (mut total, mut current) = (0, 0);
+    for t in tokens {
+        if let Some(v) = ONES.iter().position(|w| w == t) {
+            current += v as u64;
+        } else if let Some(v) = TENS.iter().position(|w| w == t) {
+            current += 20 + 10 * v as u64;
+        } else if *t == "hundred" {
+            current *= 100;
+        } else if *t == "thousand" {
+            total += current * 1000;
+            current = 0;
+        } else {
+            panic!("not an English number word: {t}");
+        }
+    }
+    total + current
+}
+
+fn roman(tokens: &[&str]) -> u64 {
+    if tokens == ["N"] {
+        return 0;
+    }
+    let value = |t: &str| match t {
+        "I" => 1,
+        "V" => 5,
+        "X" => 10,
+        "L" => 50,
+        "C" => 100,
+        "D" => 500,
+        "M" => 1000,
+        _ => panic!("not a roman numeral letter: {t}"),
+    };
+    let vals: Vec<u64> = tokens.iter().map(|t| value(t)).collect();
+    let mut n = 0i64;
+    for i in 0..vals.len() {
+        if i + 1 < vals.len() && vals[i] < vals[i + 1] { n -= vals[i] as i64 } else { n += vals[i] as i64 }
+    }
+    n as u64
+}
+
+fn tally(tokens: &[&str]) -> u64 {
+    if tokens == ["∅"] {
+        return 0;
+    }
+    tokens.iter().map(|t| match *t {
+        "卌" => 5,
+        "|" => 1,
+        _ => panic!("not a tally mark: {t}"),
+    }).sum()
+}
+
+fn words_in(tokens: &[&str], table: &[&str; 10], reversed: bool) -> u64 {
+    let ds: Vec<String> = tokens.iter().map(|t| table.iter().position(|w| w == t).unwrap_or_else(|| panic!("not a digit word: {t}")).to_string()).collect();
+    digits_in(&ds.iter().map(String::as_str).collect::<Vec<_>>(), 10, reversed)
+}
+
+/// Splits `tokens` at the first token equal to one of `marks`.
+fn split_at<'a>(tokens: &'a [&'a str], marks: &[&str]) -> (&'a [&'a str], &'a str, &'a [&'a str]) {
+    let i = tokens.iter().position(|t| marks.contains(t)).unwrap_or_else(|| panic!("none of {marks:?} in {tokens:?}"));
+    (&tokens[..i], tokens[i], &tokens[i + 1..])
+}
+
+fn op_char(word: &str) -> char {
+    match word {
+        "+" | "plus" => '+',
+        "-" | "minus" => '-',
+        "*" | "times" => '*',
+        w if w == ZU_OPS[0] || w == KO_OPS[0] => '+',
+        w if w == ZU_OPS[1] || w == KO_OPS[1] => '-',
+        w if w == ZU_OPS[2] || w == KO_OPS[2] => '*',
+        _ => panic!("not an operator: {word}"),
+    }
+}
+
+fn parse(form: &str, text: &str) -> Statement {
+    let tokens: Vec<&str> = text.split(' ').collect();
+    let infix = |eq: &str, ops: &[&str], num: &dyn Fn(&[&str]) -> u64| -> Statement {
+        let (lhs, _, c) = split_at(&tokens, &[eq]);
+        let (a, op, b) = split_at(lhs, ops);
+        (num(a), op_char(op), num(b), num(c))
+    };
+    match form {
+        "digits" => infix("=", &["+", "-", "*"], &|t| digits_in(t, 10, false)),
+        "reversed" => infix("=", &["+", "-", "*"], &|t| digits_in(t, 10, true)),
+        "base7" => infix("=", &["+", "-", "*"], &|t| digits_in(t, 7, false)),
+        "binary" => infix("=", &["+", "-", "*"], &|t| digits_in(t, 2, false)),
+        "words" => infix("equals", &["plus", "minus", "times"], &english),
+        "roman" => infix("=", &["+", "-", "*"], &roman),
+        "tally" => infix("=", &["+", "-", "*"], &tally),
+        "zu" => infix(ZU_EQUALS, &ZU_OPS, &|t| words_in(t, &ZU_DIGITS, false)),
+        "prefix" => {
+            let (op, rest) = (tokens[0], &tokens[1..]);
+            let (a, _, rest) = split_at(rest, &[","]);
+            let (b, _, c) = split_at(rest, &["="]);
+            (digits_in(a, 10, false), op_char(op), digits_in(b, 10, false), digits_in(c, 10, false))
+        }
+        "ko" => {
+            let (a, _, rest) = split_at(&tokens, &[KO_AND]);
+            let (b, op, rest) = split_at(rest, &KO_OPS);
+            assert_eq!(rest[0], KO_EQUALS);
+            let num = |t: &[&str]| words_in(t, &KO_DIGITS, true);
+            (num(a), op_char(op), num(b), num(&rest[1..]))
+        }
+        _ => panic!("no parser for form {form}"),
+    }
+}
+
+#[test]
+fn every_surface_form_of_suite_b_parses_back_to_the_same_statement() {
+    let s = suite("b-shared", 0);
+    let space = s.tasks[0].space();
+    let mut expected = BTreeSet::new();
+    for a in 0..20 {
+        for b in 0..20 {
+            expected.insert((a, '+', b, a + b));
+            if a >= b {
+                expected.insert((a, '-', b, a - b));
+            }
+        }
+    }
+    assert_eq!(space, expected.len() as u64);
+    let mut forms_seen = 0;
+    for p in 0..space {
+        let statements: Vec<Statement> = s.tasks.iter().enumerate().map(|(i, t)| parse(&t.id, &s.vocab.decode(&render(&s, i, p)))).collect();
+        let first = statements[0];
+        assert!(expected.contains(&first), "problem {p} parses to {first:?}, not a valid statement");
+        for (t, st) in s.tasks.iter().zip(&statements) {
+            assert_eq!(*st, first, "problem {p}: form {} says {st:?}, digits say {first:?}", t.id);
+        }
+        forms_seen = statements.len();
+    }
+    assert_eq!(forms_seen, 10);
+    // Every statement appears exactly once per form.
+    let all: BTreeSet<Statement> = (0..space).map(|p| parse("digits", &s.vocab.decode(&render(&s, 0, p)))).collect();
+    assert_eq!(all, expected);
+}
+
+#[test]
+fn a_problem_held_out_in_one_form_is_held_out_in_every_form_and_translation() {
+    let s = suite("c-translate", 9);
+    let digits = s.tasks.iter().position(|t| t.id == "digits").unwrap();
+    let held: BTreeSet<Statement> = s.tasks[digits].eval_problems(10_000).into_iter().map(|p| parse("digits", &s.vocab.decode(&render(&s, digits, p)))).collect();
+    assert!(held.len() > 50);
+    for (i, t) in s.tasks.iter().enumerate() {
+        if t.family_name != "arithmetic" {
+            continue;
+        }
+        let mine: BTreeSet<Statement> = t.eval_problems(10_000).into_iter().map(|p| parse(&t.id, &s.vocab.decode(&render(&s, i, p)))).collect();
+        assert_eq!(mine, held, "form {} holds out other statements", t.id);
+    }
+    // No training row of any task, translations included, states a held-out problem.
+    for (task, example) in training_rows(&s, 9, 100, 64) {
+        let t = &s.tasks[task];
+        let text = s.vocab.decode(&example);
+        let source = if t.family_name == "translate" {
+            let (from, _) = t.id.split_once('>').unwrap();
+            let statement = text.split(" →").next().unwrap();
+            parse(from, statement)
+        } else {
+            parse(&t.id, &text)
+        };
+        assert!(!held.contains(&source), "{}: trained on held-out {source:?}", t.id);
+    }
+}
+
+#[test]
+fn zero_shot_pairs_of_suite_d_never_appear_in_a_training_batch() {
+    let s = suite("d-zero-shot", 4);
+    let held_out: Vec<usize> = s.tasks.iter().enumerate().filter(|(i, _)| s.weights[*i] == 0.0).map(|(i, _)| i).collect();
+    let ids: BTreeSet<&str> = held_out.iter().map(|&i| s.tasks[i].id.as_str()).collect();
+    assert_eq!(ids, BTreeSet::from(["roman>tally", "words>binary"]));
+    let roman_letters = ["I", "V", "X", "L", "C", "N"];
+    let english = ["plus", "minus", "equals"];
+    let rows = training_rows(&s, 4, 1000, 64);
+    let mut translations = 0;
+    for (task, example) in &rows {
+        assert!(!held_out.contains(task), "row from held-out pair {}", s.tasks[*task].id);
+        // Independently of the task label: a roman source with a tally target
+        // tag, or an English source with a binary target tag.
+        let text = s.vocab.decode(example);
+        if let Some((source, rest)) = text.split_once(" →") {
+            translations += 1;
+            let target = rest.split(' ').next().unwrap();
+            let words: Vec<&str> = source.split(' ').collect();
+            assert!(!(target == "tally" && words.iter().any(|w| roman_letters.contains(w))), "roman→tally trained: {text}");
+            assert!(!(target == "binary" && words.iter().any(|w| english.contains(w))), "words→binary trained: {text}");
+        }
+    }
+    assert!(translations > 40_000, "only {translations} translation rows in 64 000");
+    // …and they are still evaluated.
+    for &i in &held_out {
+        assert!(!s.tasks[i].eval_problems(100).is_empty());
+    }
+}
+
+#[test]
+fn a_finite_training_set_is_iterated_in_shuffled_epochs() {
+    let s = classic(5);
+    let task = s.tasks.iter().position(|t| t.id == "mod-div").unwrap();
+    let set = s.tasks[task].train_set.clone().unwrap();
+    assert_eq!(set.len(), 23 * 22 / 2);
+    let rendered: HashSet<Vec<u32>> = set.iter().map(|&p| render(&s, task, p)).collect();
+    let rows: Vec<Vec<u32>> = training_rows(&s, 5, 100, 64).into_iter().filter(|(t, _)| *t == task).map(|r| r.1).collect();
+    assert!(rows.len() > 3 * set.len(), "{} rows", rows.len());
+    // Each epoch is a permutation of the training set.
+    for epoch in rows.chunks_exact(set.len()) {
+        let seen: HashSet<Vec<u32>> = epoch.iter().cloned().collect();
+        assert_eq!(seen, rendered);
+    }
+    assert_ne!(rows[..set.len()], rows[set.len()..2 * set.len()], "two epochs in the same order");
+}
+
+#[test]
+fn modular_answers_are_one_token_and_correct() {
+    let s = classic(0);
+    for (i, t) in s.tasks.iter().enumerate().filter(|(_, t)| t.family_name == "modular") {
+        for p in 0..t.space() {
+            let text = s.vocab.decode(&render(&s, i, p));
+            let f: Vec<&str> = text.split(' ').collect();
+            assert_eq!(f.len(), 5, "{text}");
+            let (a, b, c): (u64, u64, u64) = (f[0].parse().unwrap(), f[2].parse().unwrap(), f[4].parse().unwrap());
+            match f[1] {
+                "+" => assert_eq!((a + b) % 23, c),
+                "/" => assert_eq!(c * b % 23, a, "{text}"),
+                op => panic!("{op}"),
+            }
+        }
+    }
+}
