@@ -146,3 +146,20 @@ pub fn breakdown<B: Backend>(backend: B, cfg: &BenchConfig, warmup: usize, steps
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
     rows
 }
+
+/// Median milliseconds to fill one training batch of `rows` × `ctx` from
+/// `suite` (over `iters` batches after a warm-up).
+pub fn batch_generation_ms(suite: &crate::tasks::Suite, rows: usize, ctx: usize, iters: usize) -> f64 {
+    let mut batch = Batch::<f32>::new(rows, ctx.max(suite.max_len() + 1));
+    let mut stream = crate::data::TrainStream::new(suite, false);
+    let mut times: Vec<f64> = (0..iters + 3)
+        .map(|step| {
+            let t0 = Instant::now();
+            batch.fill_train(suite, &mut stream, 0, step as u64);
+            t0.elapsed().as_secs_f64() * 1e3
+        })
+        .skip(3)
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}

@@ -75,6 +75,10 @@ enum Command {
         /// Also print the time per op (forward and backward) per step.
         #[arg(long)]
         breakdown: bool,
+        /// Also time generating a batch of this suite (a name in tasks/ or a
+        /// file) at each config's shape, against the step.
+        #[arg(long)]
+        suite: Option<String>,
         #[command(flatten)]
         compute: Compute,
     },
@@ -196,7 +200,7 @@ fn dispatch(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { config, steps, warmup, json, breakdown, compute } => {
+        Command::Bench { config, steps, warmup, json, breakdown, suite, compute } => {
             check_device(compute.device)?;
             if steps == 0 {
                 return Err(Error::input("--steps 0: need at least one timed step"));
@@ -204,9 +208,24 @@ fn dispatch(command: Command) -> Result<()> {
             let pool = thread_pool(compute.threads)?;
             let configs: Vec<BenchConfig> = if config.is_empty() { bench::CONFIGS.to_vec() } else { config.iter().filter_map(|n| BenchConfig::by_name(n)).collect() };
             let backend = CpuBackend::<f32>::new();
+            let suite = match suite {
+                Some(name) => {
+                    let (spec, path) = ebb::tasks::spec::load_any(&name)?;
+                    Some(ebb::tasks::Suite::build(&spec, 0, &path)?)
+                }
+                None => None,
+            };
             for c in &configs {
                 let r = pool.install(|| bench::run(&backend, c, warmup, steps));
                 println!("{}", if json { r.json() } else { r.line() });
+                if let Some(suite) = &suite {
+                    let ms = bench::batch_generation_ms(suite, c.batch, c.ctx, 50);
+                    if json {
+                        println!("{}", serde_json::json!({"config": c.name, "suite": suite.name, "batch_ms": ms, "share_of_step": ms / r.ms_per_step}));
+                    } else {
+                        println!("  batch generation, suite {}: {ms:.3} ms per batch = {:.2}% of the step", suite.name, 100.0 * ms / r.ms_per_step);
+                    }
+                }
                 if breakdown {
                     let rows = pool.install(|| bench::breakdown(CpuBackend::<f32>::new(), c, warmup, steps));
                     let total: f64 = rows.iter().map(|r| r.1).sum();

@@ -353,3 +353,33 @@ fn modular_answers_are_one_token_and_correct() {
         }
     }
 }
+
+#[test]
+fn full_batch_is_the_whole_training_set_every_step() {
+    let text = r#"
+        name = "grokking"
+        [model]
+        n_ctx = 6
+        [data]
+        full_batch = true
+        [[data.tasks]]
+        id = "mod-sub"
+        family = "modular"
+        modulus = 11
+        op = "sub"
+        train_fraction = 0.4
+        eval_fraction = 0.5
+    "#;
+    let (cfg, s) = ebb::config::Config::parse(text, std::path::Path::new("grokking.toml"), &[]).unwrap();
+    let set = s.tasks[0].train_set.clone().unwrap();
+    assert_eq!(set.len(), 48); // ⌊0.4 · 121⌋
+    assert_eq!(cfg.train.batch_size, 48, "the resolved batch size is the training set");
+    let expected: HashSet<Vec<u32>> = set.iter().map(|&p| render(&s, 0, p)).collect();
+    let mut batch = Batch::<f32>::new(cfg.train.batch_size, cfg.model.n_ctx);
+    let mut stream = TrainStream::new(&s, true);
+    for step in 0..3 {
+        batch.fill_train(&s, &mut stream, cfg.seed, step);
+        let rows: HashSet<Vec<u32>> = (0..48).map(|r| batch.tokens[r * 6 + 1..r * 6 + 6].to_vec()).collect();
+        assert_eq!(rows, expected);
+    }
+}
