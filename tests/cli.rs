@@ -196,3 +196,18 @@ fn bench_json_prints_one_object_per_config() {
         assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {v}");
     }
 }
+
+#[test]
+fn every_shipped_suite_trains() {
+    for suite in ["a-unrelated", "b-shared", "c-translate", "d-zero-shot"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(suite);
+        run_ok(ebb().arg("run").arg(root().join("tasks/quickstart.toml")).arg("--out").arg(&dir).arg("--quiet").args([
+            "--set", &format!("data.suite={suite}.toml"), "--set", "model.n_ctx=48", "--set", "train.steps=30", "--set", "eval.every=30", "--set", "eval.examples=4",
+        ]));
+        let loss = metric(&dir, "all", "train", "loss");
+        assert!(loss.last().unwrap().1 < loss.first().unwrap().1, "{suite}: loss did not fall: {loss:?}");
+        let tasks: std::collections::BTreeSet<String> = std::fs::read_to_string(dir.join("metrics.csv")).unwrap().lines().skip(1).filter(|l| l.contains(",eval,")).map(|l| l.split(',').nth(1).unwrap().to_string()).collect();
+        assert!(tasks.len() >= 10, "{suite}: only {} tasks evaluated", tasks.len());
+    }
+}
