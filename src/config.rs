@@ -27,6 +27,58 @@ pub struct Config {
     pub data: DataConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    #[serde(default)]
+    pub analysis: AnalysisConfig,
+    /// Continual learning: train the tasks one after another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequential: Option<SequentialConfig>,
+    /// Changes to the mixture at given steps: drop, revive, reweight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<ScheduleEvent>,
+}
+
+/// One `[[schedule]]` entry: what changes when `step` steps are done.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleEvent {
+    pub step: u64,
+    /// Tasks whose weight drops to 0 (still evaluated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop: Vec<String>,
+    /// Dropped tasks that get back the weight they had before the drop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revive: Vec<String>,
+    /// New mixture weights by task id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub weights: BTreeMap<String, f64>,
+}
+
+/// Tasks trained one after another, `phase_steps` each; every task is
+/// evaluated throughout. `train.steps` becomes phases × phase_steps.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SequentialConfig {
+    pub phase_steps: u64,
+    /// Task ids in training order (default: the suite's order), one phase each.
+    #[serde(default)]
+    pub order: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalysisConfig {
+    /// Steps after a drop over which the area under the retention curve is
+    /// taken (default: until the next event touching the task, or the end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub horizon: Option<u64>,
+    /// A revived task has regained its skill at this share of its accuracy at the drop.
+    pub regain: f64,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        AnalysisConfig { horizon: None, regain: 0.95 }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -105,6 +157,8 @@ pub struct TrainConfig {
     pub grad_clip: f64,
     /// Log train loss, lr and gradient norm every this many steps.
     pub log_every: u64,
+    /// Write a checkpoint every this many steps (0: never); `--checkpoint-every`.
+    pub checkpoint_every: u64,
 }
 
 impl Default for TrainConfig {
@@ -122,6 +176,7 @@ impl Default for TrainConfig {
             decay: vec![DecayGroupName::Weights, DecayGroupName::Embeddings],
             grad_clip: 1.0,
             log_every: 10,
+            checkpoint_every: 0,
         }
     }
 }
@@ -162,11 +217,13 @@ pub struct EvalConfig {
     pub every: u64,
     /// Size of each task's fixed held-out set.
     pub examples: usize,
+    /// Also evaluate 1, 2, 4, 8, … steps after every schedule event.
+    pub after_events: bool,
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig { every: 100, examples: 256 }
+        EvalConfig { every: 100, examples: 256, after_events: true }
     }
 }
 
@@ -196,6 +253,13 @@ impl Config {
         cfg.data = DataConfig::resolved(&spec, cfg.data.full_batch);
         if cfg.data.full_batch {
             cfg.train.batch_size = full_batch_size(&suite, path)?;
+        }
+        if let Some(seq) = &cfg.sequential {
+            let phases = if seq.order.is_empty() { suite.tasks.len() } else { seq.order.len() } as u64;
+            if seq.phase_steps == 0 {
+                return Err(Error::key(path, "sequential.phase_steps", 0, "must be at least 1"));
+            }
+            cfg.train.steps = phases * seq.phase_steps;
         }
         cfg.validate(path, &suite)?;
         Ok((cfg, suite))
@@ -263,6 +327,13 @@ impl Config {
         if self.eval.examples == 0 {
             return bad("eval.examples", &self.eval.examples, "must be at least 1");
         }
+        if !(self.analysis.regain > 0.0 && self.analysis.regain <= 1.0) {
+            return bad("analysis.regain", &self.analysis.regain, "must be in (0, 1]");
+        }
+        if self.analysis.horizon == Some(0) {
+            return bad("analysis.horizon", &0, "must be at least 1");
+        }
+        crate::train::events::Schedule::build(self, suite, path)?;
         let need = suite.max_len() + 1;
         if m.n_ctx < need {
             let longest = suite.tasks.iter().max_by_key(|t| t.max_len()).expect("a suite has tasks");

@@ -136,15 +136,38 @@ impl TrainStream {
         self.cumulative.iter().position(|&c| u < c).map_or(last_weighted, |i| i.min(last_weighted))
     }
 
+    /// (epoch, position) in each task's training set, for checkpoints.
+    pub fn positions(&self) -> Vec<(u64, u64)> {
+        self.epochs.iter().map(|p| (p.epoch, p.next as u64)).collect()
+    }
+
+    /// Restores positions saved by `positions` (the orders are recomputed).
+    pub fn restore_positions(&mut self, suite: &Suite, seed: u64, positions: &[(u64, u64)]) {
+        for (task, (pos, &(epoch, next))) in self.epochs.iter_mut().zip(positions).enumerate() {
+            pos.order.clear();
+            pos.epoch = epoch;
+            pos.next = next as usize;
+            if let Some(set) = &suite.tasks[task].train_set {
+                if next > 0 || epoch > 0 {
+                    Self::fill_order(pos, set, seed, task);
+                }
+            }
+        }
+    }
+
+    fn fill_order(pos: &mut EpochPosition, set: &[u64], seed: u64, task: usize) {
+        pos.order.clear();
+        pos.order.extend_from_slice(set);
+        crate::tasks::shuffle(&mut pos.order, &mut rng::stream(seed, "epoch", rng::mix64(task as u64) ^ pos.epoch));
+    }
+
     fn next_in_epoch(&mut self, task: usize, set: &[u64], seed: u64) -> u64 {
         let pos = &mut self.epochs[task];
         if pos.order.is_empty() || pos.next == pos.order.len() {
             if !pos.order.is_empty() {
                 pos.epoch += 1;
             }
-            pos.order.clear();
-            pos.order.extend_from_slice(set);
-            crate::tasks::shuffle(&mut pos.order, &mut rng::stream(seed, "epoch", rng::mix64(task as u64) ^ pos.epoch));
+            Self::fill_order(pos, set, seed, task);
             pos.next = 0;
         }
         pos.next += 1;

@@ -5,8 +5,10 @@
 //! `train` (loop, AdamW, schedule) running `model` on a `backend` → `eval` →
 //! the run directory (`run_dir`).
 
+pub mod analysis;
 pub mod backend;
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;

@@ -50,8 +50,45 @@ enum Command {
         /// No progress output.
         #[arg(long, short)]
         quiet: bool,
+        /// Write a checkpoint every N steps (for `ebb resume` and `ebb fork`).
+        #[arg(long, value_name = "N")]
+        checkpoint_every: Option<u64>,
         #[command(flatten)]
         compute: Compute,
+    },
+    /// Continue an interrupted run from its latest checkpoint; the result is
+    /// bit-identical to an uninterrupted run.
+    Resume {
+        run_dir: PathBuf,
+        #[arg(long, short)]
+        quiet: bool,
+        #[command(flatten)]
+        compute: Compute,
+    },
+    /// Start a new run from a run's checkpoint, e.g. with another schedule.
+    Fork {
+        /// The run to fork from.
+        run_dir: PathBuf,
+        /// The checkpoint step to start from.
+        #[arg(long)]
+        at: u64,
+        /// The new run's directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// The new run's config (default: the original run's config.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override any config key, e.g. --set 'schedule=[{step=500, drop=["roman"]}]'.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        #[arg(long, short)]
+        quiet: bool,
+        #[command(flatten)]
+        compute: Compute,
+    },
+    /// Recompute summary.json (decay fits, forgetting, savings) from a run's files.
+    Analyze {
+        run_dir: PathBuf,
     },
     /// Task families and suites: list them, or print sample examples.
     Tasks {
@@ -140,25 +177,105 @@ fn check_device(device: Device) -> Result<()> {
     }
 }
 
+/// Trains `cfg` into `out` (from `ckpt` when given) and prints the outcome.
+fn train(cfg: &Config, suite: &ebb::tasks::Suite, out: &std::path::Path, quiet: bool, compute: Compute, ckpt: Option<ebb::checkpoint::Checkpoint>) -> Result<()> {
+    check_device(compute.device)?;
+    let pool = thread_pool(compute.threads)?;
+    let backend = CpuBackend::<f32>::new();
+    if !quiet {
+        eprintln!("device: cpu, {} threads; run directory {}", pool.current_num_threads(), out.display());
+    }
+    let outcome = pool.install(|| {
+        let run = match ckpt {
+            Some(c) => ebb::train::run::Run::from_checkpoint(&backend, cfg, suite, out, c)?,
+            None => ebb::train::run::Run::start(&backend, cfg, suite, out)?,
+        };
+        run.train(quiet)
+    })?;
+    println!("run {} finished in {:.1}s: {} parameters, suite {} ({} tasks)", cfg.name, outcome.seconds, outcome.n_params, suite.name, suite.tasks.len());
+    for (task, e) in &outcome.final_eval {
+        let chance = suite.task(task).map_or(0.0, |t| t.chance);
+        println!("  {task:<16} exact_match {:.3} (chance {chance:.3})  token_acc {:.3}  loss {:.4}", e.exact_match, e.token_acc, e.loss);
+    }
+    if let Some(summary) = std::fs::read_to_string(out.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok()) {
+        print_drops(&summary);
+    }
+    println!("wrote {}", outcome.dir.display());
+    println!("params fingerprint: {}", outcome.fingerprint);
+    Ok(())
+}
+
+/// One line per dropped task: accuracy at the drop, half-life, fits, savings.
+fn print_drops(summary: &serde_json::Value) {
+    let num = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.3}"));
+    for d in summary["drops"].as_array().into_iter().flatten() {
+        let fits = &d["fits"];
+        let preferred = fits["preferred"].as_str().unwrap_or("-");
+        let tau = fits.get(preferred).map_or("-".to_string(), |f| num(&f["tau"]));
+        let savings = d.get("revive").map_or("-".to_string(), |r| num(&r["savings"]));
+        println!(
+            "  dropped {} at step {}: accuracy {} -> {}, half-life {} steps, {preferred} fit τ {tau}, AURC {}, savings {savings}",
+            d["task"].as_str().unwrap_or("?"),
+            d["step"],
+            num(&d["accuracy_at_drop"]),
+            num(&d["accuracy_at_window_end"]),
+            num(&d["half_life"]),
+            num(&d["aurc"]),
+        );
+    }
+}
+
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run { config, out, overrides, quiet, compute } => {
-            check_device(compute.device)?;
+        Command::Run { config, out, mut overrides, quiet, checkpoint_every, compute } => {
+            if let Some(n) = checkpoint_every {
+                overrides.push(format!("train.checkpoint_every={n}"));
+            }
             let (cfg, suite) = Config::load(&config, &overrides)?;
             let out = out.unwrap_or_else(|| cfg.default_out());
-            let pool = thread_pool(compute.threads)?;
-            let backend = CpuBackend::<f32>::new();
+            train(&cfg, &suite, &out, quiet, compute, None)
+        }
+        Command::Resume { run_dir, quiet, compute } => {
+            let config = run_dir.join("config.toml");
+            if !config.is_file() {
+                return Err(Error::input(format!("{}: not a run directory (no config.toml)", run_dir.display())));
+            }
+            let finished = std::fs::read_to_string(run_dir.join("summary.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).is_some_and(|s| s["finished"] == true);
+            if finished {
+                println!("{}: the run already finished", run_dir.display());
+                return Ok(());
+            }
+            let (cfg, suite) = Config::load(&config, &[])?;
+            let ckpt = match ebb::checkpoint::steps(&run_dir).last() {
+                Some(&step) => Some(ebb::checkpoint::read(&ebb::checkpoint::path_for(&run_dir, step))?),
+                None => None,
+            };
             if !quiet {
-                eprintln!("device: cpu, {} threads; run directory {}", pool.current_num_threads(), out.display());
+                match &ckpt {
+                    Some(c) => eprintln!("resuming {} from step {}", run_dir.display(), c.step),
+                    None => eprintln!("{}: no checkpoint yet; starting over", run_dir.display()),
+                }
             }
-            let outcome = pool.install(|| ebb::train::run::run(&backend, &cfg, &suite, &out, quiet))?;
-            println!("run {} finished in {:.1}s: {} parameters, suite {} ({} tasks)", cfg.name, outcome.seconds, outcome.n_params, suite.name, suite.tasks.len());
-            for (task, e) in &outcome.final_eval {
-                let chance = suite.task(task).map_or(0.0, |t| t.chance);
-                println!("  {task:<16} exact_match {:.3} (chance {chance:.3})  token_acc {:.3}  loss {:.4}", e.exact_match, e.token_acc, e.loss);
+            train(&cfg, &suite, &run_dir, quiet, compute, ckpt)
+        }
+        Command::Fork { run_dir, at, out, config, overrides, quiet, compute } => {
+            let steps = ebb::checkpoint::steps(&run_dir);
+            if !steps.contains(&at) {
+                let have = if steps.is_empty() { "none".to_string() } else { steps.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ") };
+                return Err(Error::input(format!("--at {at}: {} has no checkpoint at that step (it has: {have})", run_dir.display())));
             }
-            println!("wrote {}", outcome.dir.display());
-            println!("params fingerprint: {}", outcome.fingerprint);
+            if out.join("config.toml").exists() {
+                return Err(Error::input(format!("--out {}: already a run directory; choose a new one", out.display())));
+            }
+            let config = config.unwrap_or_else(|| run_dir.join("config.toml"));
+            let (cfg, suite) = Config::load(&config, &overrides)?;
+            let ckpt = ebb::checkpoint::read(&ebb::checkpoint::path_for(&run_dir, at))?;
+            train(&cfg, &suite, &out, quiet, compute, Some(ckpt))
+        }
+        Command::Analyze { run_dir } => {
+            let summary = ebb::analysis::write_summary(&run_dir)?;
+            print_drops(&summary);
+            println!("wrote {}", run_dir.join("summary.json").display());
             Ok(())
         }
         Command::Tasks { command: TasksCommand::List } => {

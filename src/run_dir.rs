@@ -25,16 +25,28 @@ pub fn create(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A long-format table `step,task,split,metric,value`, rewritten whole
-/// (atomically) on every flush.
+/// A CSV log (e.g. `step,task,split,metric,value`), rewritten whole
+/// (atomically) on every flush; optionally mirrored as JSON lines.
 pub struct MetricsLog {
     path: PathBuf,
     text: String,
+    jsonl: bool,
 }
 
 impl MetricsLog {
     pub fn new(path: PathBuf, header: &str) -> Self {
-        MetricsLog { path, text: format!("{header}\n") }
+        MetricsLog { path, text: format!("{header}\n"), jsonl: false }
+    }
+
+    /// Also write `<name>.jsonl`, one object per row, on every flush.
+    pub fn with_jsonl(mut self) -> Self {
+        self.jsonl = true;
+        self
+    }
+
+    /// Replaces the rows with `text` (a log restored from a checkpoint).
+    pub fn restore(&mut self, text: &str) {
+        self.text = text.to_string();
     }
 
     /// Adds one row; floats print in Rust's shortest round-trip form, so the
@@ -44,10 +56,36 @@ impl MetricsLog {
     }
 
     pub fn flush(&self) -> Result<()> {
-        write_atomic(&self.path, self.text.as_bytes())
+        write_atomic(&self.path, self.text.as_bytes())?;
+        if self.jsonl {
+            write_atomic(&self.path.with_extension("jsonl"), csv_to_jsonl(&self.text).as_bytes())?;
+        }
+        Ok(())
     }
 
     pub fn text(&self) -> &str {
         &self.text
     }
+}
+
+/// CSV with a header row → one JSON object per row; fields that parse as
+/// numbers become numbers.
+pub fn csv_to_jsonl(csv: &str) -> String {
+    let mut lines = csv.lines();
+    let Some(header) = lines.next() else { return String::new() };
+    let keys: Vec<&str> = header.split(',').collect();
+    let mut out = String::with_capacity(csv.len() * 2);
+    for line in lines {
+        let mut obj = serde_json::Map::new();
+        for (k, v) in keys.iter().zip(line.split(',')) {
+            let value = match v.parse::<f64>() {
+                Ok(x) if x.is_finite() => serde_json::json!(x),
+                _ => serde_json::Value::String(v.to_string()),
+            };
+            obj.insert(k.to_string(), value);
+        }
+        out.push_str(&serde_json::Value::Object(obj).to_string());
+        out.push('\n');
+    }
+    out
 }

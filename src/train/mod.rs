@@ -2,6 +2,7 @@
 //! evaluates, logs and writes the run directory.
 
 mod optimizer;
+pub mod events;
 pub mod run;
 pub mod schedule;
 

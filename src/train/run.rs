@@ -1,5 +1,5 @@
-//! One experiment from config to run directory: train, evaluate on a
-//! schedule, log metrics and timing, report progress, print the fingerprint.
+//! One experiment from config to run directory: train on the schedule,
+//! evaluate every task, log, checkpoint, resume, and summarize.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -7,13 +7,15 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::events::Schedule;
 use super::{Trainer, fingerprint};
 use crate::backend::Backend;
+use crate::checkpoint::{self, Checkpoint};
 use crate::config::Config;
-use crate::data::Batch;
-use crate::error::Result;
+use crate::data::{Batch, TrainStream};
+use crate::error::{Error, Result};
 use crate::eval::{EvalResult, Evaluator};
-use crate::data::TrainStream;
+use crate::float::Float;
 use crate::model::Gpt;
 use crate::run_dir::{self, MetricsLog};
 use crate::tasks::Suite;
@@ -37,10 +39,12 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(steps: u64, quiet: bool) -> Self {
+    fn new(start: u64, steps: u64, quiet: bool) -> Self {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(steps);
             bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}").expect("valid template"));
+            bar.set_position(start);
+            bar.reset_eta();
             bar
         });
         let line_every = if quiet { u64::MAX } else { (steps / 20).max(1) };
@@ -67,79 +71,219 @@ impl Progress {
     }
 }
 
+/// A run in progress: the model, the data stream, the evaluators and the logs.
+pub struct Run<'a, B: Backend> {
+    backend: &'a B,
+    cfg: &'a Config,
+    suite: &'a Suite,
+    schedule: Schedule,
+    out: PathBuf,
+    trainer: Trainer<B>,
+    stream: TrainStream,
+    batch: Batch<B::F>,
+    evaluators: Vec<Evaluator<B::F>>,
+    metrics: MetricsLog,
+    events: MetricsLog,
+    timing: MetricsLog,
+    /// Steps done.
+    step: u64,
+    last_eval: Vec<(String, EvalResult)>,
+}
+
+impl<'a, B: Backend> Run<'a, B> {
+    /// A fresh run writing into `out`.
+    pub fn start(backend: &'a B, cfg: &'a Config, suite: &'a Suite, out: &Path) -> Result<Self> {
+        run_dir::create(out)?;
+        run_dir::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+        let mut tasks = String::from("task,family,chance,eval_examples,weight\n");
+        let schedule = Schedule::build(cfg, suite, Path::new("config.toml"))?;
+        let run = Self::assemble(backend, cfg, suite, schedule, out);
+        for ((t, e), w) in suite.tasks.iter().zip(&run.evaluators).zip(&suite.weights) {
+            tasks.push_str(&format!("{},{},{},{},{}\n", t.id, t.family_name, t.chance, e.len(), w));
+        }
+        run_dir::write_atomic(&out.join("tasks.csv"), tasks.as_bytes())?;
+        let _ = std::fs::remove_file(out.join("summary.json"));
+        Ok(run)
+    }
+
+    /// A run continuing from `ckpt` into `out` (a resume, or a fork when
+    /// `out` is a new directory and `cfg` a new schedule).
+    pub fn from_checkpoint(backend: &'a B, cfg: &'a Config, suite: &'a Suite, out: &Path, ckpt: Checkpoint) -> Result<Self> {
+        let vocab: Vec<String> = (0..suite.vocab.len() as u32).map(|i| suite.vocab.token(i).to_string()).collect();
+        if vocab != ckpt.vocab {
+            return Err(Error::input(format!("{}: the checkpoint's vocabulary ({} tokens) differs from this config's suite ({} tokens)", out.display(), ckpt.vocab.len(), vocab.len())));
+        }
+        let mut run = Self::start(backend, cfg, suite, out)?;
+        if ckpt.params.len() != run.trainer.model.n_params() || ckpt.epochs.len() != suite.tasks.len() {
+            return Err(Error::input(format!("{}: the checkpoint holds {} parameters, this config's model {}", out.display(), ckpt.params.len(), run.trainer.model.n_params())));
+        }
+        if ckpt.step > cfg.train.steps {
+            return Err(Error::input(format!("{}: the checkpoint is at step {}, past train.steps = {}", out.display(), ckpt.step, cfg.train.steps)));
+        }
+        let to_f = |v: &[f32]| v.iter().map(|&x| B::F::of(x as f64)).collect::<Vec<_>>();
+        backend.upload(&mut run.trainer.model.params, &to_f(&ckpt.params));
+        backend.upload(&mut run.trainer.opt.m, &to_f(&ckpt.adam_m));
+        backend.upload(&mut run.trainer.opt.v, &to_f(&ckpt.adam_v));
+        run.trainer.opt.t = ckpt.adam_t;
+        run.stream.restore_positions(suite, cfg.seed, &ckpt.epochs);
+        run.metrics.restore(&ckpt.metrics);
+        run.events.restore(&ckpt.events);
+        run.timing.restore(&ckpt.timing);
+        run.step = ckpt.step;
+        Ok(run)
+    }
+
+    fn assemble(backend: &'a B, cfg: &'a Config, suite: &'a Suite, schedule: Schedule, out: &Path) -> Self {
+        let shape = cfg.model_shape(suite.vocab.len());
+        let (rows, ctx) = (cfg.train.batch_size, shape.n_ctx);
+        let model = Gpt::new(backend, shape.clone(), rows, cfg.seed);
+        let trainer = Trainer::new(backend, model, cfg.train.clone(), cfg.seed);
+        let evaluators = suite.tasks.iter().map(|t| Evaluator::new(t, cfg.eval.examples, rows, ctx, shape.vocab)).collect();
+        Run {
+            backend,
+            cfg,
+            suite,
+            schedule,
+            out: out.to_path_buf(),
+            trainer,
+            stream: TrainStream::new(suite, cfg.data.full_batch),
+            batch: Batch::new(rows, ctx),
+            evaluators,
+            metrics: MetricsLog::new(out.join("metrics.csv"), "step,task,split,metric,value").with_jsonl(),
+            events: MetricsLog::new(out.join("events.csv"), "step,event,task,value"),
+            timing: MetricsLog::new(out.join("timing.csv"), "step,seconds,tokens_per_s"),
+            step: 0,
+            last_eval: Vec::new(),
+        }
+    }
+
+    pub fn n_params(&self) -> usize {
+        self.trainer.model.n_params()
+    }
+
+    /// Steps done so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Trains to `train.steps`, then writes `summary.json`. A non-finite
+    /// loss or gradient stops the run: the logs so far stay, the event
+    /// `diverged` is logged, the summary says so, and the error is returned.
+    pub fn train(mut self, quiet: bool) -> Result<RunOutcome> {
+        let started = Instant::now();
+        let result = self.train_loop(quiet, started);
+        if let Err(Error::Diverged { step, what }) = &result {
+            self.events.row(format_args!("{step},diverged,all,{}", what.replace(',', ";")));
+        }
+        self.metrics.flush()?;
+        self.events.flush()?;
+        self.timing.flush()?;
+        crate::analysis::write_summary(&self.out)?;
+        result?;
+        Ok(RunOutcome {
+            dir: self.out.clone(),
+            fingerprint: fingerprint(self.backend, &self.trainer.model),
+            n_params: self.n_params(),
+            final_eval: self.last_eval.clone(),
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn train_loop(&mut self, quiet: bool, started: Instant) -> Result<()> {
+        let (cfg, steps) = (self.cfg, self.cfg.train.steps);
+        let tokens_per_step = (cfg.train.batch_size * cfg.model.n_ctx) as f64;
+        let progress = Progress::new(self.step, steps, quiet);
+        if self.step == 0 {
+            self.evaluate(0);
+            self.metrics.flush()?;
+        }
+        self.stream.set_weights(&self.schedule.weights_at(&self.suite.weights, self.step));
+        let mut window = (Instant::now(), self.step);
+        for step in self.step..steps {
+            if self.schedule.at(step).next().is_some() {
+                for e in self.schedule.at(step) {
+                    let (kind, task, value) = e.describe();
+                    let value = value.map_or(String::new(), |v| v.to_string());
+                    self.events.row(format_args!("{step},{kind},{},{value}", self.suite.tasks[task].id));
+                }
+                self.stream.set_weights(&self.schedule.weights_at(&self.suite.weights, step));
+                self.events.flush()?;
+            }
+            self.batch.fill_train(self.suite, &mut self.stream, cfg.seed, step);
+            let stats = self.trainer.step(self.backend, &self.batch, step);
+            let stats = match stats {
+                Ok(s) => s,
+                Err(e) => {
+                    progress.finish();
+                    return Err(e);
+                }
+            };
+            let done = step + 1;
+            self.step = done;
+            let tokens_per_s = (done - window.1) as f64 * tokens_per_step / window.0.elapsed().as_secs_f64().max(1e-9);
+            progress.update(done, stats.loss, tokens_per_s);
+            if done % cfg.train.log_every == 0 || done == steps {
+                for (metric, value) in [("loss", stats.loss), ("lr", stats.lr), ("grad_norm", stats.grad_norm)] {
+                    self.metrics.row(format_args!("{done},all,train,{metric},{value}"));
+                }
+                self.timing.row(format_args!("{done},{},{tokens_per_s}", started.elapsed().as_secs_f64()));
+                window = (Instant::now(), done);
+            }
+            if self.schedule.is_eval_step(done, cfg.eval.every, steps, cfg.eval.after_events) {
+                self.evaluate(done);
+                self.metrics.flush()?;
+                self.timing.flush()?;
+                window = (Instant::now(), done);
+            }
+            if cfg.train.checkpoint_every > 0 && done % cfg.train.checkpoint_every == 0 && done < steps {
+                self.write_checkpoint()?;
+            }
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    /// Evaluates every task, dropped or not, and logs its metrics at `step`.
+    fn evaluate(&mut self, step: u64) {
+        let (backend, trainer, metrics) = (self.backend, &mut self.trainer, &mut self.metrics);
+        self.last_eval = self
+            .suite
+            .tasks
+            .iter()
+            .zip(self.evaluators.iter_mut())
+            .map(|(task, evaluator)| {
+                let result = evaluator.run(backend, &mut trainer.model);
+                for (metric, value) in result.metrics() {
+                    metrics.row(format_args!("{step},{},eval,{metric},{value}", task.id));
+                }
+                (task.id.clone(), result)
+            })
+            .collect();
+    }
+
+    /// Writes `checkpoints/step-N.bin` for the current step.
+    pub fn write_checkpoint(&self) -> Result<()> {
+        let n = self.n_params();
+        let host = |buf: &B::Buf| crate::model::to_host(self.backend, buf, n).into_iter().map(|x| x.f64() as f32).collect::<Vec<f32>>();
+        let ckpt = Checkpoint {
+            config: self.cfg.to_toml(),
+            vocab: (0..self.suite.vocab.len() as u32).map(|i| self.suite.vocab.token(i).to_string()).collect(),
+            step: self.step,
+            params: host(&self.trainer.model.params),
+            adam_m: host(&self.trainer.opt.m),
+            adam_v: host(&self.trainer.opt.v),
+            adam_t: self.trainer.opt.t,
+            epochs: self.stream.positions(),
+            metrics: self.metrics.text().to_string(),
+            events: self.events.text().to_string(),
+            timing: self.timing.text().to_string(),
+        };
+        checkpoint::write(&checkpoint::path_for(&self.out, self.step), &ckpt)
+    }
+}
+
 /// Runs the experiment `cfg` on its `suite` and `backend`, writing into
 /// `out`. `quiet` turns progress output off.
 pub fn run<B: Backend>(backend: &B, cfg: &Config, suite: &Suite, out: &Path, quiet: bool) -> Result<RunOutcome> {
-    run_dir::create(out)?;
-    run_dir::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-
-    let shape = cfg.model_shape(suite.vocab.len());
-    let (rows, ctx) = (cfg.train.batch_size, shape.n_ctx);
-    let model = Gpt::new(backend, shape.clone(), rows, cfg.seed);
-    let n_params = model.n_params();
-    let mut trainer = Trainer::new(backend, model, cfg.train.clone(), cfg.seed);
-    let mut evaluators: Vec<Evaluator<B::F>> = suite.tasks.iter().map(|t| Evaluator::new(t, cfg.eval.examples, rows, ctx, shape.vocab)).collect();
-    let mut stream = TrainStream::new(suite, cfg.data.full_batch);
-    let mut batch = Batch::new(rows, ctx);
-    let mut metrics = MetricsLog::new(out.join("metrics.csv"), "step,task,split,metric,value");
-    let mut timing = MetricsLog::new(out.join("timing.csv"), "step,seconds,tokens_per_s");
-
-    let steps = cfg.train.steps;
-    let progress = Progress::new(steps, quiet);
-    let started = Instant::now();
-    let mut final_eval = evaluate(backend, &mut trainer, &mut evaluators, suite, 0, &mut metrics);
-    metrics.flush()?;
-    let mut window_start = (Instant::now(), 0u64);
-    for step in 0..steps {
-        batch.fill_train(suite, &mut stream, cfg.seed, step);
-        let stats = match trainer.step(backend, &batch, step) {
-            Ok(s) => s,
-            Err(e) => {
-                metrics.flush()?;
-                timing.flush()?;
-                progress.finish();
-                return Err(e);
-            }
-        };
-        let done = step + 1;
-        let elapsed = window_start.0.elapsed().as_secs_f64();
-        let tokens_per_s = ((done - window_start.1) as f64 * (rows * ctx) as f64) / elapsed.max(1e-9);
-        progress.update(done, stats.loss, tokens_per_s);
-        if done % cfg.train.log_every == 0 || done == steps {
-            for (metric, value) in [("loss", stats.loss), ("lr", stats.lr), ("grad_norm", stats.grad_norm)] {
-                metrics.row(format_args!("{done},all,train,{metric},{value}"));
-            }
-            timing.row(format_args!("{done},{},{tokens_per_s}", started.elapsed().as_secs_f64()));
-            window_start = (Instant::now(), done);
-        }
-        if done % cfg.eval.every == 0 || done == steps {
-            final_eval = evaluate(backend, &mut trainer, &mut evaluators, suite, done, &mut metrics);
-            metrics.flush()?;
-            timing.flush()?;
-        }
-    }
-    progress.finish();
-    Ok(RunOutcome {
-        dir: out.to_path_buf(),
-        fingerprint: fingerprint(backend, &trainer.model),
-        n_params,
-        final_eval,
-        seconds: started.elapsed().as_secs_f64(),
-    })
-}
-
-/// Evaluates every task, dropped or not, and logs its metrics at `step`.
-fn evaluate<B: Backend>(backend: &B, trainer: &mut Trainer<B>, evaluators: &mut [Evaluator<B::F>], suite: &Suite, step: u64, metrics: &mut MetricsLog) -> Vec<(String, EvalResult)> {
-    suite
-        .tasks
-        .iter()
-        .zip(evaluators.iter_mut())
-        .map(|(task, evaluator)| {
-            let result = evaluator.run(backend, &mut trainer.model);
-            for (metric, value) in result.metrics() {
-                metrics.row(format_args!("{step},{},eval,{metric},{value}", task.id));
-            }
-            (task.id.clone(), result)
-        })
-        .collect()
+    Run::start(backend, cfg, suite, out)?.train(quiet)
 }

@@ -1,0 +1,253 @@
+//! Decay experiments on real runs: events at exactly their step, evaluation
+//! that never changes training, resume after SIGKILL, fork, divergence.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// 1-digit addition and a 2-digit one; `extra` is appended to the config.
+fn two_tasks(extra: &str) -> String {
+    format!(
+        r#"
+name = "two"
+seed = 3
+
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 4
+n_ctx = 10
+
+[train]
+steps = 40
+batch_size = 16
+lr = 3e-3
+warmup_steps = 2
+log_every = 1
+
+[[data.tasks]]
+id = "add1"
+family = "addition"
+digits = 1
+
+[[data.tasks]]
+id = "add2"
+family = "addition"
+digits = 2
+
+[eval]
+every = 10
+examples = 8
+{extra}"#
+    )
+}
+
+fn run_config(dir: &Path, text: &str, extra_args: &[&str]) -> std::process::Output {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = dir.join("exp.toml");
+    write(&cfg, text);
+    run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(dir.join("run")).arg("--quiet").args(extra_args))
+}
+
+fn train_losses(run: &Path) -> Vec<(u64, f64)> {
+    metric(run, "all", "train", "loss")
+}
+
+#[test]
+fn a_drop_takes_effect_exactly_at_its_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    let dropped = tmp.path().join("dropped");
+    run_config(&base, &two_tasks(""), &[]);
+    run_config(&dropped, &two_tasks("[[schedule]]\nstep = 12\ndrop = [\"add1\"]\n"), &[]);
+    let (a, b) = (train_losses(&base.join("run")), train_losses(&dropped.join("run")));
+    // Loss rows are logged after step `done`: steps 1..=12 trained on the same
+    // mixture, step 13 (0-based step 12) is the first without add1.
+    for ((da, la), (db, lb)) in a.iter().zip(&b) {
+        assert_eq!(da, db);
+        if *da <= 12 {
+            assert_eq!(la, lb, "step {da} differs before the drop");
+        } else if *da == 13 {
+            assert_ne!(la, lb, "step 13 trained as if nothing were dropped");
+        }
+    }
+    let events = std::fs::read_to_string(dropped.join("run/events.csv")).unwrap();
+    assert_eq!(events, "step,event,task,value\n12,drop,add1,\n");
+    // The dropped task is evaluated throughout, and densely right after the drop.
+    let steps: Vec<u64> = metric(&dropped.join("run"), "add1", "eval", "exact_match").iter().map(|r| r.0).collect();
+    assert_eq!(steps, vec![0, 10, 12, 13, 14, 16, 20, 28, 30, 40]);
+}
+
+#[test]
+fn evaluating_every_step_does_not_change_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let schedule = "[[schedule]]\nstep = 15\ndrop = [\"add2\"]\n[[schedule]]\nstep = 30\nrevive = [\"add2\"]\n";
+    let sparse = run_config(&tmp.path().join("sparse"), &two_tasks(schedule).replace("every = 10", "every = 100"), &[]);
+    let dense = run_config(&tmp.path().join("dense"), &two_tasks(schedule).replace("every = 10", "every = 1"), &[]);
+    assert_eq!(fingerprint(&sparse), fingerprint(&dense));
+    assert_eq!(metric(&tmp.path().join("dense/run"), "add1", "eval", "exact_match").len(), 41);
+}
+
+/// A config big enough that writing a checkpoint takes a good share of each
+/// step, so that kills land inside writes.
+fn heavy(steps: u64) -> String {
+    two_tasks("")
+        .replace("d_model = 32", "d_model = 256")
+        .replace("batch_size = 16", "batch_size = 4")
+        .replace("steps = 40", &format!("steps = {steps}"))
+        .replace("every = 10", "every = 7")
+        + "[[schedule]]\nstep = 20\ndrop = [\"add1\"]\n"
+}
+
+fn spawn_run(cfg: &Path, dir: &Path) -> std::process::Child {
+    ebb().arg("run").arg(cfg).arg("--out").arg(dir).args(["--quiet", "--checkpoint-every", "1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+}
+
+fn resume(dir: &Path) -> std::process::Output {
+    run_ok(ebb().arg("resume").arg(dir).arg("--quiet"))
+}
+
+fn tmp_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("checkpoints")).map_or(0, |d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).count())
+}
+
+/// SIGKILL, the real thing.
+fn kill(child: &mut std::process::Child) {
+    let status = Command::new("kill").args(["-KILL", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    child.wait().unwrap();
+}
+
+#[test]
+fn resume_after_sigkill_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("heavy.toml");
+    write(&cfg, &heavy(60));
+    let reference = tmp.path().join("reference");
+    let whole = run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(&reference).args(["--quiet", "--checkpoint-every", "1"]));
+    let want_metrics = std::fs::read_to_string(reference.join("metrics.csv")).unwrap();
+
+    // One run killed three times at different points, resumed each time.
+    let dir = tmp.path().join("killed");
+    let mut child = spawn_run(&cfg, &dir);
+    std::thread::sleep(Duration::from_millis(700));
+    kill(&mut child);
+    for delay in [400, 900] {
+        let mut child = ebb().arg("resume").arg(&dir).arg("--quiet").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        kill(&mut child);
+    }
+    let resumed = resume(&dir);
+    assert_eq!(fingerprint(&resumed), fingerprint(&whole));
+    assert_eq!(std::fs::read_to_string(dir.join("metrics.csv")).unwrap(), want_metrics);
+    assert_eq!(std::fs::read_to_string(dir.join("events.csv")).unwrap(), std::fs::read_to_string(reference.join("events.csv")).unwrap());
+
+    // Kills until one lands inside a checkpoint write (a .tmp is left behind).
+    let mut mid_write = 0;
+    for attempt in 0..12 {
+        let dir = tmp.path().join(format!("mid-write-{attempt}"));
+        let mut child = spawn_run(&cfg, &dir);
+        std::thread::sleep(Duration::from_millis(500 + 37 * attempt));
+        kill(&mut child);
+        if tmp_files(&dir) == 0 {
+            continue;
+        }
+        mid_write += 1;
+        let resumed = resume(&dir);
+        assert_eq!(fingerprint(&resumed), fingerprint(&whole), "attempt {attempt}");
+        assert_eq!(std::fs::read_to_string(dir.join("metrics.csv")).unwrap(), want_metrics);
+        if mid_write == 2 {
+            break;
+        }
+    }
+    assert!(mid_write > 0, "no kill landed inside a checkpoint write in 12 attempts");
+}
+
+#[test]
+fn a_damaged_checkpoint_is_refused_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("exp.toml");
+    write(&cfg, &two_tasks(""));
+    let dir = tmp.path().join("run");
+    run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(&dir).args(["--quiet", "--checkpoint-every", "10"]));
+    std::fs::remove_file(dir.join("summary.json")).unwrap(); // as if interrupted
+    let latest = dir.join("checkpoints/step-30.bin");
+    let bytes = std::fs::read(&latest).unwrap();
+    for (damage, expect) in [("truncated", bytes[..bytes.len() - 100].to_vec()), ("checksum", {
+        let mut b = bytes.clone();
+        let i = b.len() / 2;
+        b[i] ^= 0x40;
+        b
+    })] {
+        std::fs::write(&latest, &expect).unwrap();
+        let out = ebb().arg("resume").arg(&dir).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("step-30.bin") && stderr.contains(damage) && !stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_fork_shares_the_trunk_and_branches_from_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("exp.toml");
+    write(&cfg, &two_tasks(""));
+    let trunk = tmp.path().join("trunk");
+    let whole = run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(&trunk).args(["--quiet", "--checkpoint-every", "20"]));
+    // A fork with the same config continues exactly like the trunk.
+    let same = run_ok(ebb().arg("fork").arg(&trunk).args(["--at", "20", "--out"]).arg(tmp.path().join("same")).arg("--quiet"));
+    assert_eq!(fingerprint(&same), fingerprint(&whole));
+    // A branch that drops add1 at the fork point.
+    let branch = tmp.path().join("branch");
+    let forked = run_ok(ebb().arg("fork").arg(&trunk).args(["--at", "20", "--out"]).arg(&branch).args(["--quiet", "--set", "schedule=[{step=20, drop=[\"add1\"]}]"]));
+    assert_ne!(fingerprint(&forked), fingerprint(&whole));
+    let (t, b) = (metric(&trunk, "add1", "eval", "exact_match"), metric(&branch, "add1", "eval", "exact_match"));
+    assert_eq!(t.iter().filter(|r| r.0 <= 20).collect::<Vec<_>>(), b.iter().filter(|r| r.0 <= 20).collect::<Vec<_>>(), "the trunk's history is kept");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(branch.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["drops"][0]["task"], "add1");
+    assert_eq!(summary["drops"][0]["step"], 20);
+    // No checkpoint at the requested step: a clear error.
+    let out = ebb().arg("fork").arg(&trunk).args(["--at", "25", "--out"]).arg(tmp.path().join("x")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("it has: 20"));
+}
+
+#[test]
+fn divergence_stops_the_run_and_is_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("exp.toml");
+    write(&cfg, &two_tasks("").replace("lr = 3e-3", "lr = 1e30\ngrad_clip = 0"));
+    let dir = tmp.path().join("run");
+    let out = ebb().arg("run").arg(&cfg).arg("--out").arg(&dir).arg("--quiet").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("diverged at step"), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["diverged"]["message"].as_str().unwrap().starts_with("diverged at step"), "{summary}");
+    assert_eq!(summary["finished"], false);
+    // What was logged before the divergence is still there.
+    assert!(!metric(&dir, "add1", "eval", "exact_match").is_empty());
+    assert!(dir.join("metrics.jsonl").exists());
+}
+
+#[test]
+fn a_sequential_run_reports_its_accuracy_matrix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("seq");
+    run_config(&dir, &two_tasks("[sequential]\nphase_steps = 20\n"), &[]);
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run/summary.json")).unwrap()).unwrap();
+    let seq = &summary["sequential"];
+    assert_eq!(seq["order"], serde_json::json!(["add1", "add2"]));
+    assert_eq!(seq["phase_ends"], serde_json::json!([20, 40]));
+    let r = seq["accuracy_matrix"].as_array().unwrap();
+    let acc = |i: usize, j: usize| r[i][j].as_f64().unwrap();
+    let bwt = acc(1, 0) - acc(0, 0);
+    assert!((seq["backward_transfer"].as_f64().unwrap() - bwt).abs() < 1e-12);
+    assert!((seq["average_accuracy"].as_f64().unwrap() - (acc(1, 0) + acc(1, 1)) / 2.0).abs() < 1e-12);
+    let events = std::fs::read_to_string(dir.join("run/events.csv")).unwrap();
+    assert_eq!(events, "step,event,task,value\n0,phase,add1,\n20,phase,add2,\n");
+}
