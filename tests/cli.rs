@@ -170,6 +170,17 @@ fn quickstart_learns_addition_far_above_chance() {
     let mean = finals.iter().sum::<f64>() / finals.len() as f64;
     assert!(mean > 0.4, "mean exact match after training is only {mean}: {finals:?}");
     assert!(finals.iter().filter(|&&x| x > 0.2).count() >= 8, "most forms should be far above chance: {finals:?}");
+    // zu is dropped at 1600 and revived at 2400: the summary shows it decay
+    // and come back.
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let drop = &summary["drops"][0];
+    assert_eq!(drop["task"], "zu");
+    let (at_drop, at_end) = (drop["accuracy_at_drop"].as_f64().unwrap(), drop["accuracy_at_window_end"].as_f64().unwrap());
+    assert!(at_drop > 0.3 && at_end < 0.5 * at_drop, "no clear decay: {at_drop} -> {at_end}");
+    assert!(drop["half_life"].as_f64().unwrap() > 0.0);
+    assert!(drop["fits"]["exponential"]["tau"].as_f64().unwrap() > 0.0);
+    assert!(drop["revive"]["steps_to_regain"].as_u64().is_some(), "zu never came back: {}", drop["revive"]);
+    assert_eq!(summary["finished"], true);
 }
 
 #[test]
@@ -210,4 +221,19 @@ fn every_shipped_suite_trains() {
         let tasks: std::collections::BTreeSet<String> = std::fs::read_to_string(dir.join("metrics.csv")).unwrap().lines().skip(1).filter(|l| l.contains(",eval,")).map(|l| l.split(',').nth(1).unwrap().to_string()).collect();
         assert!(tasks.len() >= 10, "{suite}: only {} tasks evaluated", tasks.len());
     }
+}
+
+#[test]
+fn every_shipped_experiment_config_loads() {
+    let mut count = 0;
+    for entry in std::fs::read_dir(root().join("tasks")).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("exp-") || name == "quickstart.toml" {
+            let (cfg, suite) = ebb::config::Config::load(&entry.path(), &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(suite.tasks.len() >= 10, "{name}");
+            assert!(!cfg.schedule.is_empty() || cfg.sequential.is_some(), "{name} has no schedule");
+            count += 1;
+        }
+    }
+    assert_eq!(count, 7);
 }
