@@ -15,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod float;
 pub mod model;
+pub mod plot;
 pub mod rng;
 pub mod run_dir;
 pub mod tasks;

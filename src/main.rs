@@ -25,6 +25,12 @@ enum Device {
     Cuda,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PlotFormat {
+    Png,
+    Svg,
+}
+
 #[derive(clap::Args)]
 struct Compute {
     /// Worker threads for the CPU backend (default: all cores).
@@ -89,6 +95,13 @@ enum Command {
     /// Recompute summary.json (decay fits, forgetting, savings) from a run's files.
     Analyze {
         run_dir: PathBuf,
+    },
+    /// Redraw a run's plots and report.html from its files (any run, finished or not).
+    Plot {
+        run_dir: PathBuf,
+        /// Image format of the files in plots/ (the report always inlines SVG).
+        #[arg(long, value_enum, default_value = "png")]
+        format: PlotFormat,
     },
     /// Task families and suites: list them, or print sample examples.
     Tasks {
@@ -191,7 +204,12 @@ fn train(cfg: &Config, suite: &ebb::tasks::Suite, out: &std::path::Path, quiet: 
             None => ebb::train::run::Run::start(&backend, cfg, suite, out)?,
         };
         run.train(quiet)
-    })?;
+    });
+    // Draw whatever was logged, a diverged run included.
+    if matches!(outcome, Ok(_) | Err(Error::Diverged { .. })) {
+        ebb::plot::plot_run(out, ebb::plot::Format::Png)?;
+    }
+    let outcome = outcome?;
     println!("run {} finished in {:.1}s: {} parameters, suite {} ({} tasks)", cfg.name, outcome.seconds, outcome.n_params, suite.name, suite.tasks.len());
     for (task, e) in &outcome.final_eval {
         let chance = suite.task(task).map_or(0.0, |t| t.chance);
@@ -200,7 +218,7 @@ fn train(cfg: &Config, suite: &ebb::tasks::Suite, out: &std::path::Path, quiet: 
     if let Some(summary) = std::fs::read_to_string(out.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok()) {
         print_drops(&summary);
     }
-    println!("wrote {}", outcome.dir.display());
+    println!("wrote {} (plots in plots/, open report.html)", outcome.dir.display());
     println!("params fingerprint: {}", outcome.fingerprint);
     Ok(())
 }
@@ -271,6 +289,17 @@ fn dispatch(command: Command) -> Result<()> {
             let (cfg, suite) = Config::load(&config, &overrides)?;
             let ckpt = ebb::checkpoint::read(&ebb::checkpoint::path_for(&run_dir, at))?;
             train(&cfg, &suite, &out, quiet, compute, Some(ckpt))
+        }
+        Command::Plot { run_dir, format } => {
+            if !run_dir.join("config.toml").is_file() {
+                return Err(Error::input(format!("{}: not a run directory (no config.toml)", run_dir.display())));
+            }
+            ebb::analysis::write_summary(&run_dir)?;
+            let format = if format == PlotFormat::Png { ebb::plot::Format::Png } else { ebb::plot::Format::Svg };
+            for path in ebb::plot::plot_run(&run_dir, format)? {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
         }
         Command::Analyze { run_dir } => {
             let summary = ebb::analysis::write_summary(&run_dir)?;

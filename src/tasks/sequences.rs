@@ -1,5 +1,7 @@
 //! Suite A: ten unrelated "languages". Each uses its own tokens, so no two
 //! share a surface form. The prompt is a prefix; the answer continues it.
+//! Every prompt ends in the family's own marker token (`x>`, `…`, `copy`, …)
+//! so that the answer's end, and with it the EOS, is determined.
 
 use serde::Deserialize;
 
@@ -50,6 +52,8 @@ fn at_least(ctx: &ParamContext, key: &str, value: u64, least: u64) -> Result<()>
 struct Sequence {
     /// Token of each value 0..values.
     tokens: Vec<u32>,
+    /// Ends the prompt.
+    marker: u32,
     starts: u64,
     prompt: Lengths,
     answer: usize,
@@ -78,6 +82,7 @@ impl Family for Sequence {
         for i in 0..len + self.answer {
             out.push(self.tokens[cur as usize]);
             if i + 1 == len {
+                out.push(self.marker);
                 prompt = out.len();
             }
             let next = (self.step)(&self.rule, prev, cur);
@@ -88,7 +93,7 @@ impl Family for Sequence {
     }
 
     fn max_len(&self) -> usize {
-        self.prompt.max + self.answer
+        self.prompt.max + 1 + self.answer
     }
 }
 
@@ -96,6 +101,8 @@ impl Family for Sequence {
 struct Count {
     digits: Vec<u32>,
     separator: u32,
+    /// Ends the prompt.
+    marker: u32,
     base: u64,
     starts: u64,
     prompt: Lengths,
@@ -136,9 +143,11 @@ impl Family for Count {
         let mut prompt = 0;
         for i in 0..len + self.answer {
             self.push_number(start + i as u64, out);
-            out.push(self.separator);
             if i + 1 == len {
+                out.push(self.marker);
                 prompt = out.len();
+            } else if i + 1 < len + self.answer {
+                out.push(self.separator);
             }
         }
         prompt
@@ -153,6 +162,8 @@ impl Family for Count {
 /// A cycle of tokens (a phrase or a symbol pattern) from an offset.
 struct Cycle {
     cycle: Vec<u32>,
+    /// Ends the prompt.
+    marker: u32,
     prompt: Lengths,
     answer: usize,
 }
@@ -169,6 +180,7 @@ impl Family for Cycle {
         for i in 0..len + self.answer {
             out.push(self.cycle[(offset as usize + i) % n]);
             if i + 1 == len {
+                out.push(self.marker);
                 prompt = out.len();
             }
         }
@@ -176,7 +188,7 @@ impl Family for Cycle {
     }
 
     fn max_len(&self) -> usize {
-        self.prompt.max + self.answer
+        self.prompt.max + 1 + self.answer
     }
 }
 
@@ -451,9 +463,10 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
             prompt.check(ctx, "prompt_terms", if family == "fibonacci" { 2 } else { 1 })?;
             at_least(ctx, "answer_terms", answer as u64, 1)?;
             let tokens = (0..rule.modulus).map(|v| vocab.intern(&format!("{prefix}{v}"))).collect();
+            let marker = vocab.intern(&format!("{prefix}>"));
             // Affine sequences start anywhere; Fibonacci from any pair of values.
             let starts = if family == "affine" { rule.modulus } else { rule.modulus * rule.modulus };
-            Box::new(Sequence { tokens, starts, prompt, answer, step, rule })
+            Box::new(Sequence { tokens, marker, starts, prompt, answer, step, rule })
         }
         "phrase" | "pattern" => {
             let default_cycle: Vec<String> = if family == "phrase" {
@@ -471,7 +484,8 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
             }
             p.prompt_len.check(ctx, "prompt_len", 1)?;
             at_least(ctx, "answer_len", p.answer_len as u64, 1)?;
-            Box::new(Cycle { cycle: vocab.intern_all(&p.cycle), prompt: p.prompt_len, answer: p.answer_len })
+            let marker = vocab.intern(if family == "phrase" { "…" } else { "▷" });
+            Box::new(Cycle { cycle: vocab.intern_all(&p.cycle), marker, prompt: p.prompt_len, answer: p.answer_len })
         }
         "count" => {
             let p: CountParams = ctx.parse(params)?;
@@ -482,7 +496,7 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
             p.prompt_terms.check(ctx, "prompt_terms", 1)?;
             at_least(ctx, "answer_terms", p.answer_terms as u64, 1)?;
             let digits = (0..p.base).map(|d| vocab.intern(&format!("c{d}"))).collect();
-            Box::new(Count { digits, separator: vocab.intern("c/"), base: p.base, starts: p.starts, prompt: p.prompt_terms, answer: p.answer_terms })
+            Box::new(Count { digits, separator: vocab.intern("c/"), marker: vocab.intern("c>"), base: p.base, starts: p.starts, prompt: p.prompt_terms, answer: p.answer_terms })
         }
         "copy" | "reverse" | "sort" | "cipher" => {
             let (default_letters, operator, op) = match family {

@@ -1,0 +1,452 @@
+//! The charts: accuracy and loss over training with the schedule marked,
+//! retention of dropped tasks with their fitted decay, and the accuracy
+//! matrix of a sequential run.
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use serde_json::Value;
+
+use super::{DrawResult, PngArea, SvgArea};
+use crate::analysis::RunData;
+
+pub trait Chart {
+    /// File stem in `plots/`.
+    fn name(&self) -> &'static str;
+    fn title(&self) -> String;
+    fn draw_png(&self, area: &PngArea, data: &RunData) -> DrawResult;
+    fn draw_svg(&self, area: &SvgArea, data: &RunData) -> DrawResult;
+}
+
+/// Implements the two backend entry points with the chart's generic `draw`.
+macro_rules! both_backends {
+    () => {
+        fn draw_png(&self, area: &PngArea, data: &RunData) -> DrawResult {
+            self.draw(area, data)
+        }
+        fn draw_svg(&self, area: &SvgArea, data: &RunData) -> DrawResult {
+            self.draw(area, data)
+        }
+    };
+}
+
+fn err<E: std::fmt::Debug>(e: E) -> String {
+    format!("{e:?}")
+}
+
+const FONT: &str = "sans-serif";
+
+/// Twenty distinguishable colours; task i always gets colour i mod 20.
+const PALETTE: [(u8, u8, u8); 20] = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (57, 59, 121), (173, 73, 74), (99, 121, 57), (206, 109, 189), (140, 162, 82),
+    (189, 158, 57), (82, 84, 163), (231, 150, 156), (107, 110, 207), (222, 158, 214),
+];
+
+pub fn color(index: usize) -> RGBColor {
+    let (r, g, b) = PALETTE[index % PALETTE.len()];
+    RGBColor(r, g, b)
+}
+
+/// One line to draw: a task (or the mean of a group of tasks).
+#[derive(Clone, Debug)]
+struct Line {
+    label: String,
+    color: RGBColor,
+    /// Drawn dashed from this step on (the task was dropped then).
+    dashed_from: Option<u64>,
+    task_ids: Vec<String>,
+}
+
+impl Line {
+    /// The mean of `metric` over the line's tasks at each logged step.
+    fn points(&self, data: &RunData, metric: &str) -> Vec<(f64, f64)> {
+        let series: Vec<&[(u64, f64)]> = self.task_ids.iter().map(|t| data.series(t, metric)).collect();
+        let Some(first) = series.first() else { return Vec::new() };
+        first
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &(step, _))| {
+                let vals: Vec<f64> = series.iter().filter_map(|s| s.get(i).filter(|p| p.0 == step).map(|p| p.1)).collect();
+                (vals.len() == series.len()).then(|| (step as f64, vals.iter().sum::<f64>() / vals.len() as f64))
+            })
+            .collect()
+    }
+}
+
+/// The lines of a run: every task, except that suites with more than 20
+/// tasks show their (never dropped, trained) translation pairs as one mean line.
+fn lines(data: &RunData) -> Vec<Line> {
+    let drop_step = |id: &str| data.events.iter().find(|e| e.event == "drop" && e.task == id).map(|e| e.step);
+    let group = data.tasks.len() > 20;
+    let mut out = Vec::new();
+    let mut grouped = Vec::new();
+    for (i, t) in data.tasks.iter().enumerate() {
+        let dropped = drop_step(&t.id);
+        if group && t.family == "translate" && dropped.is_none() && t.weight > 0.0 {
+            grouped.push(t.id.clone());
+            continue;
+        }
+        let label = if t.weight == 0.0 { format!("{} (never trained)", t.id) } else { t.id.clone() };
+        out.push(Line { label, color: color(i), dashed_from: dropped, task_ids: vec![t.id.clone()] });
+    }
+    if !grouped.is_empty() {
+        out.push(Line { label: format!("translation, mean of {}", grouped.len()), color: BLACK, dashed_from: None, task_ids: grouped });
+    }
+    out
+}
+
+/// (start, end, label) spans during which some task was dropped.
+fn drop_spans(data: &RunData) -> Vec<(u64, u64, String)> {
+    let mut spans: Vec<(u64, u64, String)> = Vec::new();
+    for e in data.events.iter().filter(|e| e.event == "drop") {
+        let end = data.events.iter().find(|r| r.event == "revive" && r.task == e.task && r.step > e.step).map_or(data.last_step, |r| r.step);
+        match spans.iter_mut().find(|s| s.0 == e.step && s.1 == end) {
+            Some(s) => s.2.push_str(&format!(", {}", e.task)),
+            None => spans.push((e.step, end, format!("{} dropped", e.task))),
+        }
+    }
+    spans
+}
+
+/// Draws one series, solid up to `dashed_from` and dashed after it.
+fn draw_line<'a, DB: DrawingBackend + 'a, X, Y>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>, pts: &[(f64, f64)], line: &Line, width: u32) -> DrawResult
+where
+    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+{
+    // Dropped tasks stand out; the others recede.
+    let (width, color) = if line.dashed_from.is_some() { (width + 1, line.color.to_rgba()) } else { (width.saturating_sub(1).max(1), line.color.mix(0.75)) };
+    let style = ShapeStyle::from(&color).stroke_width(width);
+    let split = line.dashed_from.map_or(pts.len(), |d| pts.iter().position(|p| p.0 >= d as f64).map_or(pts.len(), |i| i + 1));
+    let color = line.color;
+    let label = line.label.clone();
+    chart
+        .draw_series(LineSeries::new(pts[..split].iter().copied(), style))
+        .map_err(err)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ShapeStyle::from(&color).stroke_width(3)));
+    if split < pts.len() {
+        chart.draw_series(DashedLineSeries::new(pts[split - 1..].iter().copied(), 6, 4, style)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Vertical markers for drop (red) and revive (green) events, with shaded
+/// spans while tasks are dropped.
+fn draw_schedule<'a, DB: DrawingBackend + 'a, X, Y>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>, data: &RunData, y: (f64, f64)) -> DrawResult
+where
+    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+{
+    for (start, end, _) in drop_spans(data) {
+        chart.draw_series(std::iter::once(Rectangle::new([(start as f64, y.0), (end as f64, y.1)], RGBColor(120, 120, 120).mix(0.12).filled()))).map_err(err)?;
+    }
+    for e in &data.events {
+        let c = match e.event.as_str() {
+            "drop" => RGBColor(200, 30, 30),
+            "revive" => RGBColor(30, 150, 30),
+            "phase" => RGBColor(90, 90, 90),
+            _ => continue,
+        };
+        chart.draw_series(DashedLineSeries::new(vec![(e.step as f64, y.0), (e.step as f64, y.1)], 4, 4, ShapeStyle::from(&c).stroke_width(1))).map_err(err)?;
+    }
+    Ok(())
+}
+
+fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(chart: &mut ChartContext<'a, DB, CT>, lines: usize) -> DrawResult {
+    if lines <= 24 {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .label_font((FONT, 13))
+            .draw()
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+fn max_step(data: &RunData) -> f64 {
+    (data.last_step.max(1)) as f64
+}
+
+/// Exact match of every task over training, the schedule marked.
+pub struct Accuracy;
+
+impl Accuracy {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, data: &RunData) -> DrawResult {
+        area.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{}: exact match on held-out problems (dashed: after the task's drop)", data.config.name), (FONT, 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..max_step(data), 0f64..1.02f64)
+            .map_err(err)?;
+        chart.configure_mesh().x_desc("training step").y_desc("exact match").x_label_formatter(&|v| format!("{v:.0}")).label_style((FONT, 14)).axis_desc_style((FONT, 15)).light_line_style(WHITE.mix(0.0)).draw().map_err(err)?;
+        draw_schedule(&mut chart, data, (0.0, 1.02))?;
+        let lines = lines(data);
+        for line in &lines {
+            draw_line(&mut chart, &line.points(data, "exact_match"), line, 2)?;
+        }
+        legend(&mut chart, lines.len())
+    }
+}
+
+impl Chart for Accuracy {
+    fn name(&self) -> &'static str {
+        "accuracy"
+    }
+    fn title(&self) -> String {
+        "Exact match of every task".into()
+    }
+    both_backends!();
+}
+
+/// Held-out loss per task (log scale) above train loss and learning rate.
+pub struct Loss;
+
+impl Loss {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, data: &RunData) -> DrawResult {
+        area.fill(&WHITE).map_err(err)?;
+        let (top, bottom) = area.split_vertically(HEIGHT_SPLIT);
+        let lines = lines(data);
+        let all: Vec<Vec<(f64, f64)>> = lines.iter().map(|l| l.points(data, "loss")).collect();
+        let (lo, hi) = bounds(all.iter().flatten().map(|p| p.1));
+        let mut chart = ChartBuilder::on(&top)
+            .caption("held-out loss per answer token (log scale)", (FONT, 18))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..max_step(data), (lo..hi).log_scale())
+            .map_err(err)?;
+        chart.configure_mesh().y_desc("loss").x_label_formatter(&|v| format!("{v:.0}")).label_style((FONT, 13)).axis_desc_style((FONT, 14)).draw().map_err(err)?;
+        draw_schedule(&mut chart, data, (lo, hi))?;
+        for (line, pts) in lines.iter().zip(&all) {
+            draw_line(&mut chart, pts, line, 2)?;
+        }
+        legend(&mut chart, lines.len())?;
+
+        let loss: Vec<(f64, f64)> = data.train.get("loss").map_or(Vec::new(), |s| s.iter().map(|&(t, v)| (t as f64, v)).collect());
+        let lr: Vec<(f64, f64)> = data.train.get("lr").map_or(Vec::new(), |s| s.iter().map(|&(t, v)| (t as f64, v)).collect());
+        let (llo, lhi) = bounds(loss.iter().map(|p| p.1));
+        let lr_hi = lr.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-12) * 1.1;
+        let mut chart = ChartBuilder::on(&bottom)
+            .caption("training loss (log scale, left) and learning rate (right)", (FONT, 18))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .right_y_label_area_size(70)
+            .build_cartesian_2d(0f64..max_step(data), (llo..lhi).log_scale())
+            .map_err(err)?
+            .set_secondary_coord(0f64..max_step(data), 0f64..lr_hi);
+        chart.configure_mesh().x_desc("training step").y_desc("train loss").x_label_formatter(&|v| format!("{v:.0}")).label_style((FONT, 13)).axis_desc_style((FONT, 14)).draw().map_err(err)?;
+        chart.configure_secondary_axes().y_desc("learning rate").label_style((FONT, 13)).axis_desc_style((FONT, 14)).draw().map_err(err)?;
+        draw_schedule(&mut chart, data, (llo, lhi))?;
+        chart.draw_series(LineSeries::new(loss, ShapeStyle::from(&BLACK).stroke_width(1))).map_err(err)?.label("train loss").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+        let lr_color = RGBColor(230, 120, 0);
+        chart.draw_secondary_series(LineSeries::new(lr, ShapeStyle::from(&lr_color).stroke_width(2))).map_err(err)?.label("learning rate").legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], lr_color));
+        chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.85)).border_style(BLACK.mix(0.4)).label_font((FONT, 13)).draw().map_err(err)?;
+        Ok(())
+    }
+}
+
+const HEIGHT_SPLIT: u32 = super::HEIGHT * 11 / 20;
+
+/// A positive range around the values, for a log axis.
+fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.filter(|v| v.is_finite() && *v > 0.0).fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if lo.is_finite() && hi > 0.0 { (lo * 0.8, hi * 1.25) } else { (0.01, 10.0) }
+}
+
+impl Chart for Loss {
+    fn name(&self) -> &'static str {
+        "loss"
+    }
+    fn title(&self) -> String {
+        "Loss per task, training loss and learning rate".into()
+    }
+    both_backends!();
+}
+
+/// One dropped task's retention curve and fits, from summary.json.
+struct DropCurve {
+    task: String,
+    color: RGBColor,
+    points: Vec<(f64, f64)>,
+    exp: Option<(f64, f64)>,          // (τ, r∞)
+    power: Option<(f64, f64, f64)>,   // (τ, β, r∞)
+    half_life: Option<f64>,
+}
+
+/// Retention of each dropped task against steps since its drop, with both
+/// fitted curves (exponential dashed, power law dotted) and the half-life.
+pub struct Retention {
+    curves: Vec<DropCurve>,
+    log_x: bool,
+}
+
+impl Retention {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, data: &RunData) -> DrawResult {
+        area.fill(&WHITE).map_err(err)?;
+        let max_d = self.curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)).fold(1.0f64, f64::max);
+        let (rlo, rhi) = self.curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)).fold((0.0f64, 1.05f64), |(lo, hi), r| (lo.min(r - 0.05), hi.max(r + 0.05)));
+        let caption = format!("{}: retention after the drop, {} (dashed: exponential fit, dotted: power law, |: half-life)", data.config.name, if self.log_x { "log steps" } else { "steps" });
+        let mut builder = ChartBuilder::on(area);
+        builder.caption(caption, (FONT, 17)).margin(12).x_label_area_size(40).y_label_area_size(55);
+        if self.log_x {
+            let mut chart = builder.build_cartesian_2d((1f64..max_d.max(2.0)).log_scale(), rlo..rhi).map_err(err)?;
+            self.fill(&mut chart, |d| d >= 1.0)
+        } else {
+            let mut chart = builder.build_cartesian_2d(0f64..max_d, rlo..rhi).map_err(err)?;
+            self.fill(&mut chart, |_| true)
+        }
+    }
+
+    fn fill<'a, DB: DrawingBackend + 'a, X>(&self, chart: &mut ChartContext<'a, DB, Cartesian2d<X, plotters::coord::types::RangedCoordf64>>, keep: impl Fn(f64) -> bool) -> DrawResult
+    where
+        X: plotters::coord::ranged1d::Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
+    {
+        chart.configure_mesh().x_desc("steps since the drop (Δ)").y_desc("retention r(Δ)").x_label_formatter(&|v| format!("{v:.0}")).label_style((FONT, 14)).axis_desc_style((FONT, 15)).draw().map_err(err)?;
+        let max_d = self.curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)).fold(1.0f64, f64::max);
+        let grid: Vec<f64> = (0..=400).map(|i| if keep(0.0) { max_d * i as f64 / 400.0 } else { max_d.powf(i as f64 / 400.0) }).collect();
+        for c in &self.curves {
+            let style = ShapeStyle::from(&c.color).stroke_width(2);
+            let pts: Vec<(f64, f64)> = c.points.iter().copied().filter(|p| keep(p.0)).collect();
+            let color = c.color;
+            chart.draw_series(LineSeries::new(pts.clone(), style)).map_err(err)?.label(format!("{} (measured)", c.task)).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ShapeStyle::from(&color).stroke_width(3)));
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.color.filled()))).map_err(err)?;
+            if let Some((tau, r_inf)) = c.exp {
+                chart.draw_series(DashedLineSeries::new(grid.iter().map(|&d| (d, r_inf + (1.0 - r_inf) * (-d / tau).exp())), 8, 5, ShapeStyle::from(&c.color).stroke_width(1))).map_err(err)?;
+            }
+            if let Some((tau, beta, r_inf)) = c.power {
+                let color = c.color;
+                chart
+                    .draw_series(DottedLineSeries::new(grid.iter().map(|&d| (d, r_inf + (1.0 - r_inf) * (1.0 + d / tau).powf(-beta))), 0, 5, move |p| Circle::new(p, 1, color.filled())))
+                    .map_err(err)?;
+            }
+            if let Some(h) = c.half_life.filter(|&h| keep(h)) {
+                chart.draw_series(std::iter::once(PathElement::new(vec![(h, 0.4), (h, 0.6)], ShapeStyle::from(&c.color).stroke_width(3)))).map_err(err)?;
+            }
+        }
+        chart.draw_series(DashedLineSeries::new(grid.iter().map(|&d| (d, 0.5)), 3, 6, ShapeStyle::from(&BLACK.mix(0.5)).stroke_width(1))).map_err(err)?;
+        legend(chart, self.curves.len())
+    }
+}
+
+impl Chart for Retention {
+    fn name(&self) -> &'static str {
+        if self.log_x { "retention_log" } else { "retention" }
+    }
+    fn title(&self) -> String {
+        format!("Retention of dropped tasks ({} steps)", if self.log_x { "log" } else { "linear" })
+    }
+    both_backends!();
+}
+
+/// The accuracy matrix of a sequential run as a heatmap, values in the cells.
+pub struct Matrix {
+    order: Vec<String>,
+    values: Vec<Vec<Option<f64>>>,
+}
+
+impl Matrix {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, data: &RunData) -> DrawResult {
+        area.fill(&WHITE).map_err(err)?;
+        let n = self.order.len();
+        let rows = self.values.len();
+        // Cells are centred on integer coordinates, so the axis ticks label them.
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{}: exact match of each task (columns) after each phase (rows)", data.config.name), (FONT, 18))
+            .margin(12)
+            .x_label_area_size(50)
+            .y_label_area_size(120)
+            .build_cartesian_2d(-0.5f64..n as f64 - 0.5, -0.5f64..rows as f64 - 0.5)
+            .map_err(err)?;
+        let name_at = |names: &[String], v: f64, flip: bool| -> String {
+            let i = v.round();
+            if (v - i).abs() > 1e-6 || i < 0.0 || i as usize >= names.len() {
+                return String::new();
+            }
+            let i = if flip { names.len() - 1 - i as usize } else { i as usize };
+            names[i].clone()
+        };
+        let cols = self.order.clone();
+        let phases: Vec<String> = self.order.iter().take(rows).map(|t| format!("after {t}")).collect();
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(n + 1)
+            .y_labels(rows + 1)
+            .x_label_formatter(&|v| name_at(&cols, *v, false))
+            .y_label_formatter(&|v| name_at(&phases, *v, true))
+            .x_desc("task (in phase order)")
+            .label_style((FONT, 12))
+            .draw()
+            .map_err(err)?;
+        for (i, row) in self.values.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                let (x, y) = (j as f64, (rows - 1 - i) as f64);
+                let fill = match v {
+                    Some(a) => RGBColor((255.0 - 200.0 * a.clamp(0.0, 1.0)) as u8, (255.0 - 120.0 * a.clamp(0.0, 1.0)) as u8, 255),
+                    None => RGBColor(230, 230, 230),
+                };
+                chart.draw_series(std::iter::once(Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], fill.filled()))).map_err(err)?;
+                let text = v.map_or("-".to_string(), |a| format!("{a:.2}"));
+                let style = (FONT, 14).into_font().color(&BLACK).pos(plotters::style::text_anchor::Pos::new(plotters::style::text_anchor::HPos::Center, plotters::style::text_anchor::VPos::Center));
+                chart.draw_series(std::iter::once(Text::new(text, (x, y), style))).map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Chart for Matrix {
+    fn name(&self) -> &'static str {
+        "accuracy_matrix"
+    }
+    fn title(&self) -> String {
+        "Accuracy matrix (sequential phases)".into()
+    }
+    both_backends!();
+}
+
+/// The charts that apply to a run: accuracy and loss always; retention when
+/// a task was dropped and learned; the matrix for sequential runs.
+pub fn charts_for(data: &RunData, summary: &Value) -> Vec<Box<dyn Chart>> {
+    let mut charts: Vec<Box<dyn Chart>> = vec![Box::new(Accuracy), Box::new(Loss)];
+    let color_of = |id: &str| color(data.tasks.iter().position(|t| t.id == id).unwrap_or(0));
+    let curves: Vec<DropCurve> = summary["drops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["learned_at_drop"] == true)
+        .map(|d| {
+            let f = |v: &Value| v.as_f64();
+            let task = d["task"].as_str().unwrap_or("?").to_string();
+            let exp = &d["fits"]["exponential"];
+            let pow = &d["fits"]["power"];
+            DropCurve {
+                color: color_of(&task),
+                points: d["retention"].as_array().into_iter().flatten().filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?))).collect(),
+                exp: f(&exp["tau"]).zip(f(&exp["r_inf"])),
+                power: f(&pow["tau"]).zip(f(&pow["beta"])).zip(f(&pow["r_inf"])).map(|((t, b), r)| (t, b, r)),
+                half_life: f(&d["half_life"]),
+                task,
+            }
+        })
+        .collect();
+    if !curves.is_empty() {
+        let copy = |c: &DropCurve| DropCurve { task: c.task.clone(), color: c.color, points: c.points.clone(), exp: c.exp, power: c.power, half_life: c.half_life };
+        charts.push(Box::new(Retention { curves: curves.iter().map(copy).collect(), log_x: false }));
+        charts.push(Box::new(Retention { curves, log_x: true }));
+    }
+    if let Some(seq) = summary["sequential"].as_object() {
+        let order: Vec<String> = seq["order"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
+        let values = seq["accuracy_matrix"].as_array().into_iter().flatten().map(|row| row.as_array().into_iter().flatten().map(|v| v.as_f64()).collect()).collect();
+        charts.push(Box::new(Matrix { order, values }));
+    }
+    charts
+}
