@@ -319,20 +319,35 @@ impl Retention {
             chart.draw_series(LineSeries::new(pts.clone(), style)).map_err(err)?.label(format!("{} (measured)", c.task)).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ShapeStyle::from(&color).stroke_width(3)));
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.color.filled()))).map_err(err)?;
             if let Some((tau, r_inf)) = c.exp {
-                chart.draw_series(DashedLineSeries::new(grid.iter().map(|&d| (d, r_inf + (1.0 - r_inf) * (-d / tau).exp())), 8, 5, ShapeStyle::from(&c.color).stroke_width(1))).map_err(err)?;
-            }
-            if let Some((tau, beta, r_inf)) = c.power {
                 let color = c.color;
                 chart
-                    .draw_series(DottedLineSeries::new(grid.iter().map(|&d| (d, r_inf + (1.0 - r_inf) * (1.0 + d / tau).powf(-beta))), 0, 5, move |p| Circle::new(p, 1, color.filled())))
-                    .map_err(err)?;
+                    .draw_series(DashedLineSeries::new(grid.iter().map(|&d| (d, r_inf + (1.0 - r_inf) * (-d / tau).exp())), 10, 6, ShapeStyle::from(&color).stroke_width(2)))
+                    .map_err(err)?
+                    .label(format!("{}: exponential fit, τ = {tau:.0}", c.task))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], ShapeStyle::from(&color).stroke_width(2)));
+            }
+            if let Some((tau, beta, r_inf)) = c.power {
+                let dark = RGBColor(c.color.0 / 2, c.color.1 / 2, c.color.2 / 2);
+                chart
+                    .draw_series(DottedLineSeries::new(grid.iter().map(|&d| (d, r_inf + (1.0 - r_inf) * (1.0 + d / tau).powf(-beta))), 0, 6, move |p| Circle::new(p, 2, dark.filled())))
+                    .map_err(err)?
+                    .label(format!("{}: power-law fit, τ = {tau:.0}, β = {beta:.2}", c.task))
+                    .legend(move |(x, y)| Circle::new((x + 10, y), 3, dark.filled()));
             }
             if let Some(h) = c.half_life.filter(|&h| keep(h)) {
                 chart.draw_series(std::iter::once(PathElement::new(vec![(h, 0.4), (h, 0.6)], ShapeStyle::from(&c.color).stroke_width(3)))).map_err(err)?;
             }
         }
         chart.draw_series(DashedLineSeries::new(grid.iter().map(|&d| (d, 0.5)), 3, 6, ShapeStyle::from(&BLACK.mix(0.5)).stroke_width(1))).map_err(err)?;
-        legend(chart, self.curves.len())
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .label_font((FONT, 13))
+            .draw()
+            .map_err(err)?;
+        Ok(())
     }
 }
 
