@@ -241,6 +241,12 @@ impl Config {
         for ov in overrides {
             apply_override(&mut table, ov)?;
         }
+        Self::from_table(table, path)
+    }
+
+    /// A config from a parsed TOML table (`path` names the file in errors
+    /// and anchors a relative `data.suite`).
+    pub fn from_table(table: toml::Table, path: &Path) -> Result<(Config, Suite)> {
         let value = toml::Value::Table(table.clone());
         let mut cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
@@ -392,16 +398,21 @@ fn apply_override(table: &mut toml::Table, ov: &str) -> Result<()> {
         Ok(mut t) => t.remove("v").expect("parsed key"),
         Err(_) => toml::Value::String(raw.to_string()),
     };
+    set_key(table, key, value).map_err(|why| Error::input(format!("--set: key `{key}` = {raw}: {why}")))
+}
+
+/// Sets the dotted `key` (e.g. `train.lr`) in `table`, creating sections.
+pub fn set_key(table: &mut toml::Table, key: &str, value: toml::Value) -> std::result::Result<(), String> {
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(Error::input(format!("--set: key `{key}` = {raw}: not a key path like train.lr")));
+        return Err("not a key path like train.lr".into());
     }
     let mut cur = table;
     for part in &parts[..parts.len() - 1] {
         let entry = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         cur = match entry {
             toml::Value::Table(t) => t,
-            _ => return Err(Error::input(format!("--set: key `{key}` = {raw}: `{part}` is not a section"))),
+            _ => return Err(format!("`{part}` is not a section")),
         };
     }
     cur.insert(parts[parts.len() - 1].to_string(), value);

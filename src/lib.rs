@@ -18,6 +18,7 @@ pub mod model;
 pub mod plot;
 pub mod rng;
 pub mod run_dir;
+pub mod sweep;
 pub mod tasks;
 pub mod train;
 

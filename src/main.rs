@@ -96,6 +96,32 @@ enum Command {
     Analyze {
         run_dir: PathBuf,
     },
+    /// Run a sweep: a grid of experiments, several at once, resumable and shardable.
+    Sweep {
+        /// The sweep file (TOML).
+        sweep: PathBuf,
+        /// Sweep directory (default: runs/<sweep name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Runs at once (default: one per core).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Threads per run (default: cores / jobs).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Run only slice i of n of the runs (1-based), e.g. --shard 2/4.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// Print the plan (every run, its id and status) and run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Aggregate a sweep directory: sweep.csv, drops.csv, scaling.json, plots, report.html.
+    Aggregate {
+        sweep_dir: PathBuf,
+    },
     /// Redraw a run's plots and report.html from its files (any run, finished or not).
     Plot {
         run_dir: PathBuf,
@@ -289,6 +315,47 @@ fn dispatch(command: Command) -> Result<()> {
             let (cfg, suite) = Config::load(&config, &overrides)?;
             let ckpt = ebb::checkpoint::read(&ebb::checkpoint::path_for(&run_dir, at))?;
             train(&cfg, &suite, &out, quiet, compute, Some(ckpt))
+        }
+        Command::Sweep { sweep, out, jobs, threads, shard, dry_run, quiet } => {
+            let plan = ebb::sweep::Plan::load(&sweep)?;
+            let shard = shard.as_deref().map(ebb::sweep::parse_shard).transpose()?.unwrap_or((1, 1));
+            let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&plan.name));
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if jobs == Some(0) || threads == Some(0) {
+                return Err(Error::input("--jobs and --threads must be at least 1"));
+            }
+            let jobs = jobs.unwrap_or(cores);
+            let threads = threads.unwrap_or((cores / jobs).max(1));
+            let mine = plan.shard(shard.0, shard.1);
+            if dry_run {
+                println!("sweep {}: {} runs, shard {}/{} has {}; {} at once, {} threads each; directory {}", plan.name, plan.runs.len(), shard.0, shard.1, mine.len(), jobs, threads, out.display());
+                for r in mine {
+                    let status = ebb::sweep::RunStatus::of(&out.join(&r.id));
+                    println!("  {} {:<8} {}", r.id, status.name(), r.point.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+                }
+                return Ok(());
+            }
+            let report = serde_json::json!({ "heatmap": plan.report.heatmap });
+            let opts = ebb::sweep::RunOptions { out: out.clone(), jobs, threads_per_job: threads, shard, quiet };
+            let outcome = ebb::sweep::run(&plan, &opts)?;
+            ebb::run_dir::write_atomic(&out.join("report.json"), report.to_string().as_bytes())?;
+            ebb::sweep::aggregate::aggregate(&out, &plan.report.heatmap)?;
+            println!("sweep {}: {} finished now, {} already done, {} diverged, {} failed, {} interrupted; aggregate in {}", plan.name, outcome.finished.len(), outcome.skipped.len(), outcome.diverged.len(), outcome.failed.len(), outcome.interrupted.len(), out.join("sweep.csv").display());
+            let bad: Vec<String> = outcome.failed.iter().map(|id| format!("{id} (failed: see {}/failed.txt)", out.join(id).display())).chain(outcome.diverged.iter().map(|id| format!("{id} (diverged)"))).collect();
+            if !bad.is_empty() {
+                return Err(Error::input(format!("runs that did not finish: {}", bad.join(", "))));
+            }
+            if !outcome.interrupted.is_empty() {
+                return Err(Error::input(format!("interrupted; run the same command again to resume: {}", outcome.interrupted.join(", "))));
+            }
+            Ok(())
+        }
+        Command::Aggregate { sweep_dir } => {
+            let heatmap: Vec<String> = std::fs::read_to_string(sweep_dir.join("report.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).and_then(|v| serde_json::from_value(v["heatmap"].clone()).ok()).unwrap_or_default();
+            for path in ebb::sweep::aggregate::aggregate(&sweep_dir, &heatmap)? {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
         }
         Command::Plot { run_dir, format } => {
             if !run_dir.join("config.toml").is_file() {

@@ -283,8 +283,11 @@ pub fn summarize(dir: &Path) -> Result<Value> {
         .filter(|e| e.event == "drop")
         .filter_map(|e| run.tasks.iter().find(|t| t.id == e.task).map(|t| drop_summary(&run, t, e.step)))
         .collect();
+    let model: Value = std::fs::read_to_string(dir.join("model.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
     Ok(json!({
         "run": run.config.name,
+        "params": model["params"],
+        "suite": model["suite"],
         "steps": run.config.train.steps,
         "last_logged_step": run.last_step,
         "finished": finished,

@@ -9,31 +9,33 @@ use serde_json::Value;
 use super::{DrawResult, PngArea, SvgArea};
 use crate::analysis::RunData;
 
+/// A chart that owns (or borrows) what it draws.
 pub trait Chart {
     /// File stem in `plots/`.
     fn name(&self) -> &'static str;
     fn title(&self) -> String;
-    fn draw_png(&self, area: &PngArea, data: &RunData) -> DrawResult;
-    fn draw_svg(&self, area: &SvgArea, data: &RunData) -> DrawResult;
+    fn draw_png(&self, area: &PngArea) -> DrawResult;
+    fn draw_svg(&self, area: &SvgArea) -> DrawResult;
 }
 
 /// Implements the two backend entry points with the chart's generic `draw`.
 macro_rules! both_backends {
     () => {
-        fn draw_png(&self, area: &PngArea, data: &RunData) -> DrawResult {
-            self.draw(area, data)
+        fn draw_png(&self, area: &$crate::plot::PngArea) -> $crate::plot::DrawResult {
+            self.draw(area)
         }
-        fn draw_svg(&self, area: &SvgArea, data: &RunData) -> DrawResult {
-            self.draw(area, data)
+        fn draw_svg(&self, area: &$crate::plot::SvgArea) -> $crate::plot::DrawResult {
+            self.draw(area)
         }
     };
 }
+pub(crate) use both_backends;
 
-fn err<E: std::fmt::Debug>(e: E) -> String {
+pub(crate) fn err<E: std::fmt::Debug>(e: E) -> String {
     format!("{e:?}")
 }
 
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 
 /// Twenty distinguishable colours; task i always gets colour i mod 20.
 const PALETTE: [(u8, u8, u8); 20] = [
@@ -173,10 +175,11 @@ fn max_step(data: &RunData) -> f64 {
 }
 
 /// Exact match of every task over training, the schedule marked.
-pub struct Accuracy;
+pub struct Accuracy<'a>(&'a RunData);
 
-impl Accuracy {
-    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, data: &RunData) -> DrawResult {
+impl Accuracy<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
+        let data = self.0;
         area.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(area)
             .caption(format!("{}: exact match on held-out problems (dashed: after the task's drop)", data.config.name), (FONT, 20))
@@ -195,7 +198,7 @@ impl Accuracy {
     }
 }
 
-impl Chart for Accuracy {
+impl Chart for Accuracy<'_> {
     fn name(&self) -> &'static str {
         "accuracy"
     }
@@ -206,10 +209,11 @@ impl Chart for Accuracy {
 }
 
 /// Held-out loss per task (log scale) above train loss and learning rate.
-pub struct Loss;
+pub struct Loss<'a>(&'a RunData);
 
-impl Loss {
-    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, data: &RunData) -> DrawResult {
+impl Loss<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
+        let data = self.0;
         area.fill(&WHITE).map_err(err)?;
         let (top, bottom) = area.split_vertically(HEIGHT_SPLIT);
         let lines = lines(data);
@@ -261,7 +265,7 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     if lo.is_finite() && hi > 0.0 { (lo * 0.8, hi * 1.25) } else { (0.01, 10.0) }
 }
 
-impl Chart for Loss {
+impl Chart for Loss<'_> {
     fn name(&self) -> &'static str {
         "loss"
     }
@@ -284,16 +288,17 @@ struct DropCurve {
 /// Retention of each dropped task against steps since its drop, with both
 /// fitted curves (exponential dashed, power law dotted) and the half-life.
 pub struct Retention {
+    run: String,
     curves: Vec<DropCurve>,
     log_x: bool,
 }
 
 impl Retention {
-    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, data: &RunData) -> DrawResult {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
         area.fill(&WHITE).map_err(err)?;
         let max_d = self.curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)).fold(1.0f64, f64::max);
         let (rlo, rhi) = self.curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)).fold((0.0f64, 1.05f64), |(lo, hi), r| (lo.min(r - 0.05), hi.max(r + 0.05)));
-        let caption = format!("{}: retention after the drop, {} (dashed: exponential fit, dotted: power law, |: half-life)", data.config.name, if self.log_x { "log steps" } else { "steps" });
+        let caption = format!("{}: retention after the drop, {} (dashed: exponential fit, dotted: power law, |: half-life)", self.run, if self.log_x { "log steps" } else { "steps" });
         let mut builder = ChartBuilder::on(area);
         builder.caption(caption, (FONT, 17)).margin(12).x_label_area_size(40).y_label_area_size(55);
         if self.log_x {
@@ -363,18 +368,19 @@ impl Chart for Retention {
 
 /// The accuracy matrix of a sequential run as a heatmap, values in the cells.
 pub struct Matrix {
+    run: String,
     order: Vec<String>,
     values: Vec<Vec<Option<f64>>>,
 }
 
 impl Matrix {
-    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, data: &RunData) -> DrawResult {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
         area.fill(&WHITE).map_err(err)?;
         let n = self.order.len();
         let rows = self.values.len();
         // Cells are centred on integer coordinates, so the axis ticks label them.
         let mut chart = ChartBuilder::on(area)
-            .caption(format!("{}: exact match of each task (columns) after each phase (rows)", data.config.name), (FONT, 18))
+            .caption(format!("{}: exact match of each task (columns) after each phase (rows)", self.run), (FONT, 18))
             .margin(12)
             .x_label_area_size(50)
             .y_label_area_size(120)
@@ -430,8 +436,9 @@ impl Chart for Matrix {
 
 /// The charts that apply to a run: accuracy and loss always; retention when
 /// a task was dropped and learned; the matrix for sequential runs.
-pub fn charts_for(data: &RunData, summary: &Value) -> Vec<Box<dyn Chart>> {
-    let mut charts: Vec<Box<dyn Chart>> = vec![Box::new(Accuracy), Box::new(Loss)];
+pub fn charts_for<'a>(data: &'a RunData, summary: &Value) -> Vec<Box<dyn Chart + 'a>> {
+    let mut charts: Vec<Box<dyn Chart + 'a>> = vec![Box::new(Accuracy(data)), Box::new(Loss(data))];
+    let run = data.config.name.clone();
     let color_of = |id: &str| color(data.tasks.iter().position(|t| t.id == id).unwrap_or(0));
     let curves: Vec<DropCurve> = summary["drops"]
         .as_array()
@@ -455,13 +462,13 @@ pub fn charts_for(data: &RunData, summary: &Value) -> Vec<Box<dyn Chart>> {
         .collect();
     if !curves.is_empty() {
         let copy = |c: &DropCurve| DropCurve { task: c.task.clone(), color: c.color, points: c.points.clone(), exp: c.exp, power: c.power, half_life: c.half_life };
-        charts.push(Box::new(Retention { curves: curves.iter().map(copy).collect(), log_x: false }));
-        charts.push(Box::new(Retention { curves, log_x: true }));
+        charts.push(Box::new(Retention { run: run.clone(), curves: curves.iter().map(copy).collect(), log_x: false }));
+        charts.push(Box::new(Retention { run: run.clone(), curves, log_x: true }));
     }
     if let Some(seq) = summary["sequential"].as_object() {
         let order: Vec<String> = seq["order"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
         let values = seq["accuracy_matrix"].as_array().into_iter().flatten().map(|row| row.as_array().into_iter().flatten().map(|v| v.as_f64()).collect()).collect();
-        charts.push(Box::new(Matrix { order, values }));
+        charts.push(Box::new(Matrix { run, order, values }));
     }
     charts
 }

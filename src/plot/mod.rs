@@ -6,7 +6,7 @@
 //! compiled in, so no system font library is involved. Every task keeps one
 //! colour across all plots of a run.
 
-mod charts;
+pub mod charts;
 mod report;
 
 use std::path::Path;
@@ -43,27 +43,48 @@ pub enum Format {
 }
 
 /// Draws `chart` to an SVG string.
-pub fn to_svg(chart: &dyn Chart, data: &RunData) -> std::result::Result<String, String> {
+pub fn to_svg(chart: &dyn Chart) -> std::result::Result<String, String> {
     register_font();
     let mut svg = String::new();
     {
         let area = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-        chart.draw_svg(&area, data)?;
+        chart.draw_svg(&area)?;
         area.present().map_err(|e| format!("{e:?}"))?;
     }
     Ok(svg)
 }
 
 /// Draws `chart` into a PNG file.
-pub fn to_png(chart: &dyn Chart, data: &RunData, path: &Path) -> std::result::Result<(), String> {
+pub fn to_png(chart: &dyn Chart, path: &Path) -> std::result::Result<(), String> {
     register_font();
     let tmp = path.with_extension("tmp.png");
     {
         let area = BitMapBackend::new(&tmp, (WIDTH, HEIGHT)).into_drawing_area();
-        chart.draw_png(&area, data)?;
+        chart.draw_png(&area)?;
         area.present().map_err(|e| format!("{e:?}"))?;
     }
     std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+}
+
+/// Draws `charts` into `dir/plots` in `format`; returns the files and each
+/// chart's (title, SVG) for a report.
+pub fn draw_all(dir: &Path, charts: &[Box<dyn Chart + '_>], format: Format) -> Result<(Vec<std::path::PathBuf>, Vec<(String, String)>)> {
+    let plots = dir.join("plots");
+    std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
+    let mut written = Vec::new();
+    let mut svgs = Vec::new();
+    for chart in charts {
+        let fail = |e: String| Error::input(format!("{}: cannot draw {}: {e}", dir.display(), chart.name()));
+        let svg = to_svg(chart.as_ref()).map_err(fail)?;
+        let path = plots.join(format!("{}.{}", chart.name(), if format == Format::Png { "png" } else { "svg" }));
+        match format {
+            Format::Png => to_png(chart.as_ref(), &path).map_err(fail)?,
+            Format::Svg => crate::run_dir::write_atomic(&path, svg.as_bytes())?,
+        }
+        written.push(path);
+        svgs.push((chart.title(), svg));
+    }
+    Ok((written, svgs))
 }
 
 /// The drawing areas the charts draw on.
@@ -75,21 +96,7 @@ pub type SvgArea<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 pub fn plot_run(dir: &Path, format: Format) -> Result<Vec<std::path::PathBuf>> {
     let data = RunData::load(dir)?;
     let summary = crate::analysis::summarize(dir)?;
-    let plots = dir.join("plots");
-    std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
-    let mut written = Vec::new();
-    let mut svgs = Vec::new();
-    for chart in charts_for(&data, &summary) {
-        let fail = |e: String| Error::input(format!("{}: cannot draw {}: {e}", dir.display(), chart.name()));
-        let svg = to_svg(chart.as_ref(), &data).map_err(fail)?;
-        let path = plots.join(format!("{}.{}", chart.name(), if format == Format::Png { "png" } else { "svg" }));
-        match format {
-            Format::Png => to_png(chart.as_ref(), &data, &path).map_err(fail)?,
-            Format::Svg => crate::run_dir::write_atomic(&path, svg.as_bytes())?,
-        }
-        written.push(path);
-        svgs.push((chart.title(), svg));
-    }
+    let (mut written, svgs) = draw_all(dir, &charts_for(&data, &summary), format)?;
     let html = report::render(&data, &summary, &svgs, &std::fs::read_to_string(dir.join("config.toml")).unwrap_or_default());
     let report = dir.join("report.html");
     crate::run_dir::write_atomic(&report, html.as_bytes())?;

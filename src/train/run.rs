@@ -102,6 +102,8 @@ impl<'a, B: Backend> Run<'a, B> {
             tasks.push_str(&format!("{},{},{},{},{}\n", t.id, t.family_name, t.chance, e.len(), w));
         }
         run_dir::write_atomic(&out.join("tasks.csv"), tasks.as_bytes())?;
+        let model = serde_json::json!({ "params": run.n_params(), "vocab": suite.vocab.len(), "suite": suite.name });
+        run_dir::write_atomic(&out.join("model.json"), format!("{model}\n").as_bytes())?;
         let _ = std::fs::remove_file(out.join("summary.json"));
         Ok(run)
     }
