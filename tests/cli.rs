@@ -230,10 +230,15 @@ fn every_shipped_experiment_config_loads() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with("exp-") || name == "quickstart.toml" {
             let (cfg, suite) = ebb::config::Config::load(&entry.path(), &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(suite.tasks.len() >= 10, "{name}");
+            assert!(suite.tasks.len() >= 3, "{name}");
             assert!(!cfg.schedule.is_empty() || cfg.sequential.is_some(), "{name} has no schedule");
             count += 1;
         }
+        if name.starts_with("sweep-") {
+            let plan = ebb::sweep::Plan::load(&entry.path()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(plan.runs.len() >= 12, "{name}");
+            count += 1;
+        }
     }
-    assert_eq!(count, 7);
+    assert_eq!(count, 10, "8 experiments and 2 sweeps");
 }
