@@ -156,11 +156,12 @@ where
     Ok(())
 }
 
-fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(chart: &mut ChartContext<'a, DB, CT>, lines: usize) -> DrawResult {
+/// The legend box at `position`, drawn when there are at most 24 entries.
+pub(crate) fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(chart: &mut ChartContext<'a, DB, CT>, lines: usize, position: SeriesLabelPosition) -> DrawResult {
     if lines <= 24 {
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(position)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.4))
             .label_font((FONT, 13))
@@ -194,7 +195,7 @@ impl Accuracy<'_> {
         for line in &lines {
             draw_line(&mut chart, &line.points(data, "exact_match"), line, 2)?;
         }
-        legend(&mut chart, lines.len())
+        legend(&mut chart, lines.len(), SeriesLabelPosition::UpperLeft)
     }
 }
 
@@ -231,7 +232,7 @@ impl Loss<'_> {
         for (line, pts) in lines.iter().zip(&all) {
             draw_line(&mut chart, pts, line, 2)?;
         }
-        legend(&mut chart, lines.len())?;
+        legend(&mut chart, lines.len(), SeriesLabelPosition::UpperLeft)?;
 
         let loss: Vec<(f64, f64)> = data.train.get("loss").map_or(Vec::new(), |s| s.iter().map(|&(t, v)| (t as f64, v)).collect());
         let lr: Vec<(f64, f64)> = data.train.get("lr").map_or(Vec::new(), |s| s.iter().map(|&(t, v)| (t as f64, v)).collect());
@@ -252,8 +253,7 @@ impl Loss<'_> {
         chart.draw_series(LineSeries::new(loss, ShapeStyle::from(&BLACK).stroke_width(1))).map_err(err)?.label("train loss").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
         let lr_color = RGBColor(230, 120, 0);
         chart.draw_secondary_series(LineSeries::new(lr, ShapeStyle::from(&lr_color).stroke_width(2))).map_err(err)?.label("learning rate").legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], lr_color));
-        chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.85)).border_style(BLACK.mix(0.4)).label_font((FONT, 13)).draw().map_err(err)?;
-        Ok(())
+        legend(&mut *chart, 2, SeriesLabelPosition::UpperRight)
     }
 }
 
@@ -344,15 +344,7 @@ impl Retention {
             }
         }
         chart.draw_series(DashedLineSeries::new(grid.iter().map(|&d| (d, 0.5)), 3, 6, ShapeStyle::from(&BLACK.mix(0.5)).stroke_width(1))).map_err(err)?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .label_font((FONT, 13))
-            .draw()
-            .map_err(err)?;
-        Ok(())
+        legend(chart, 3 * self.curves.len(), SeriesLabelPosition::UpperRight)
     }
 }
 

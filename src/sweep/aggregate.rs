@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::RunStatus;
 use crate::error::{Error, Result};
-use crate::plot::charts::{Chart, FONT, both_backends, color, err};
+use crate::plot::charts::{Chart, FONT, both_backends, color, err, legend};
 use crate::plot::{DrawResult, Format};
 
 /// One run as aggregated.
@@ -233,8 +233,7 @@ impl HalfLifeScaling {
                 chart.draw_series(DashedLineSeries::new(line, 8, 5, ShapeStyle::from(&c).stroke_width(2))).map_err(err)?;
             }
         }
-        chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.85)).border_style(BLACK.mix(0.4)).label_font((FONT, 12)).draw().map_err(err)?;
-        Ok(())
+        legend(&mut chart, self.groups.len(), SeriesLabelPosition::UpperLeft)
     }
 }
 
@@ -289,8 +288,7 @@ impl RetentionBySize {
                 }
             }
         }
-        chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.85)).border_style(BLACK.mix(0.4)).label_font((FONT, 12)).draw().map_err(err)?;
-        Ok(())
+        legend(&mut chart, sizes.len(), SeriesLabelPosition::UpperRight)
     }
 }
 
