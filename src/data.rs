@@ -99,6 +99,8 @@ impl<F: Float> Batch<F> {
 pub struct TrainStream {
     pub weights: Vec<f64>,
     cumulative: Vec<f64>,
+    /// The last task with a positive weight (catches rounding at the top of `cumulative`).
+    last_weighted: usize,
     pub full_batch: bool,
     epochs: Vec<EpochPosition>,
 }
@@ -114,7 +116,7 @@ struct EpochPosition {
 
 impl TrainStream {
     pub fn new(suite: &Suite, full_batch: bool) -> Self {
-        let mut s = TrainStream { weights: Vec::new(), cumulative: Vec::new(), full_batch, epochs: vec![EpochPosition::default(); suite.tasks.len()] };
+        let mut s = TrainStream { weights: Vec::new(), cumulative: Vec::new(), last_weighted: 0, full_batch, epochs: vec![EpochPosition::default(); suite.tasks.len()] };
         s.set_weights(&suite.weights);
         s
     }
@@ -122,6 +124,7 @@ impl TrainStream {
     /// New mixture weights (one per task; at least one positive).
     pub fn set_weights(&mut self, weights: &[f64]) {
         self.weights = weights.to_vec();
+        self.last_weighted = weights.iter().rposition(|&w| w > 0.0).unwrap_or(0);
         let total: f64 = weights.iter().sum();
         let mut acc = 0.0;
         self.cumulative = weights.iter().map(|w| {
@@ -132,8 +135,7 @@ impl TrainStream {
 
     /// The task whose cumulative-weight interval holds u ∈ [0, 1).
     fn pick_task(&self, u: f64) -> usize {
-        let last_weighted = self.weights.iter().rposition(|&w| w > 0.0).unwrap_or(0);
-        self.cumulative.iter().position(|&c| u < c).map_or(last_weighted, |i| i.min(last_weighted))
+        self.cumulative.iter().position(|&c| u < c).map_or(self.last_weighted, |i| i.min(self.last_weighted))
     }
 
     /// (epoch, position) in each task's training set, for checkpoints.

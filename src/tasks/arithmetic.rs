@@ -326,57 +326,34 @@ fn push_base(mut n: u64, base: u64, digits: &[u32], reversed: bool, out: &mut Ve
     }
 }
 
-/// One form's arithmetic: the prompt is the statement up to `=`, the answer the result.
-struct Arithmetic {
+/// Statements of the arithmetic problems. Without `source`, the prompt is
+/// the statement in `form` up to `=` and the answer its result; with a
+/// source (translation), the prompt is the whole statement in the source
+/// form and a target tag, and the answer the whole statement in `form`.
+struct Statements {
     space: ProblemSpace,
+    source: Option<(Form, u32)>,
     form: Form,
     max_len: usize,
 }
 
-impl Family for Arithmetic {
+impl Family for Statements {
     fn space(&self) -> u64 {
         self.space.size()
     }
 
     fn render(&self, p: u64, out: &mut Vec<u32>) -> usize {
         let (op, a, b) = self.space.problem(p);
-        self.form.statement(op, a, b, out)
-    }
-
-    fn split_key(&self, p: u64) -> u64 {
-        self.space.key(p)
-    }
-
-    fn split_group(&self) -> Option<&str> {
-        Some("arithmetic")
-    }
-
-    fn max_len(&self) -> usize {
-        self.max_len
-    }
-}
-
-/// A whole statement in one form, a target tag, then the statement in another.
-struct Translate {
-    space: ProblemSpace,
-    from: Form,
-    to: Form,
-    tag: u32,
-    max_len: usize,
-}
-
-impl Family for Translate {
-    fn space(&self) -> u64 {
-        self.space.size()
-    }
-
-    fn render(&self, p: u64, out: &mut Vec<u32>) -> usize {
-        let (op, a, b) = self.space.problem(p);
-        self.from.statement(op, a, b, out);
-        out.push(self.tag);
-        let prompt = out.len();
-        self.to.statement(op, a, b, out);
-        prompt
+        match &self.source {
+            None => self.form.statement(op, a, b, out),
+            Some((source, tag)) => {
+                source.statement(op, a, b, out);
+                out.push(*tag);
+                let prompt = out.len();
+                self.form.statement(op, a, b, out);
+                prompt
+            }
+        }
     }
 
     fn split_key(&self, p: u64) -> u64 {
@@ -453,7 +430,7 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
         check_form(p.form, &space, "form", ctx)?;
         let form = Form::new(p.form, vocab);
         let max_len = form.max_statement(&space);
-        return Ok(Box::new(Arithmetic { space, form, max_len }));
+        return Ok(Box::new(Statements { space, source: None, form, max_len }));
     }
     let p: TranslateParams = ctx.parse(params)?;
     if p.from == p.to {
@@ -465,5 +442,5 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
     let (from, to) = (Form::new(p.from, vocab), Form::new(p.to, vocab));
     let tag = vocab.intern(&format!("→{}", FORM_NAMES[p.to as usize]));
     let max_len = from.max_statement(&space) + 1 + to.max_statement(&space);
-    Ok(Box::new(Translate { space, from, to, tag, max_len }))
+    Ok(Box::new(Statements { space, source: Some((from, tag)), form: to, max_len }))
 }
