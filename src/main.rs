@@ -112,11 +112,46 @@ enum Command {
         /// Run only slice i of n of the runs (1-based), e.g. --shard 2/4.
         #[arg(long, value_name = "I/N")]
         shard: Option<String>,
-        /// Print the plan (every run, its id and status) and run nothing.
+        /// Print the plan (every run, its id and status) and run nothing; with
+        /// --slurm, write the batch script and submit nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print how many runs are finished, running, interrupted, failed, diverged, pending.
+        #[arg(long)]
+        status: bool,
+        /// Submit the sweep to Slurm as one job array (array task i runs shard i+1/n).
+        #[arg(long)]
+        slurm: bool,
+        /// With --slurm: array tasks running at once (sbatch --array=...%N).
+        #[arg(long, value_name = "N", requires = "slurm")]
+        array_parallel: Option<usize>,
+        /// With --slurm: number of array tasks n (default: one per run, at most 1000).
+        #[arg(long, value_name = "N", requires = "slurm")]
+        array_tasks: Option<usize>,
+        /// With --slurm: the partition.
+        #[arg(long, requires = "slurm")]
+        partition: Option<String>,
+        /// With --slurm: time limit of each array task (Slurm syntax, e.g. 2:00:00).
+        #[arg(long, requires = "slurm")]
+        time: Option<String>,
+        /// With --slurm: CPUs of each array task, the threads of its runs.
+        #[arg(long, value_name = "C", default_value_t = 1, requires = "slurm")]
+        cpus_per_task: usize,
+        /// With --slurm: one more #SBATCH option, verbatim (repeatable), e.g. --sbatch-arg=--mem=2G.
+        #[arg(long, value_name = "OPTION", allow_hyphen_values = true, requires = "slurm")]
+        sbatch_arg: Vec<String>,
+        /// With --slurm: wait until the array ends, then aggregate.
+        #[arg(long, requires = "slurm")]
+        wait: bool,
+        /// Run the runs only; leave aggregation to `ebb aggregate` (used by array tasks).
+        #[arg(long, hide = true)]
+        no_aggregate: bool,
         #[arg(long, short)]
         quiet: bool,
+    },
+    /// Where a sweep stands, from its directory: finished, running, interrupted, failed, diverged, pending.
+    Status {
+        sweep_dir: PathBuf,
     },
     /// Aggregate a sweep directory: sweep.csv, drops.csv, scaling.json, plots, report.html.
     Aggregate {
@@ -214,6 +249,35 @@ fn check_device(device: Device) -> Result<()> {
         Device::Cuda => Err(Error::input("--device cuda: the CUDA backend is not built yet; use --device cpu")),
         Device::Auto => Ok(()),
     }
+}
+
+/// `ebb sweep --slurm`: prepares the sweep directory, submits what is
+/// missing as one job array and says where everything lands.
+fn submit_to_slurm(plan: &ebb::sweep::Plan, sweep: &std::path::Path, out: &std::path::Path, opts: &ebb::sweep::slurm::SlurmOptions) -> Result<()> {
+    let sub = ebb::sweep::slurm::submit(plan, sweep, out, opts)?;
+    let running = if sub.running_runs > 0 { format!(" ({} running elsewhere, left to their job)", sub.running_runs) } else { String::new() };
+    if sub.indices.is_empty() {
+        println!("sweep {}: nothing to submit: {} of {} runs need running{running}; directory {}", plan.name, sub.missing_runs, plan.runs.len(), out.display());
+    } else {
+        let array = ebb::sweep::slurm::array_spec(&sub.indices);
+        match &sub.job {
+            Some(job) => println!("sweep {}: submitted job {job}: {} runs to do in array tasks {array} of {}{running}; directory {}", plan.name, sub.missing_runs, sub.array_tasks, out.display()),
+            None => println!("sweep {}: dry run: {} runs to do in array tasks {array} of {}{running}; submit with: sbatch {}", plan.name, sub.missing_runs, sub.array_tasks, sub.script.display()),
+        }
+        println!("batch script: {}", sub.script.display());
+    }
+    if sub.all_succeeded.is_some() || (opts.wait && sub.indices.is_empty()) {
+        let status = ebb::sweep::slurm::SweepStatus::read(out)?;
+        println!("{}", status.describe(out));
+        if status.complete() {
+            ebb::sweep::aggregate::aggregate(out, &plan.report.heatmap)?;
+            println!("aggregate in {}", out.join("sweep.csv").display());
+        }
+        if sub.all_succeeded == Some(false) || !status.complete() {
+            return Err(Error::input(format!("sweep {}: not every run finished; see `ebb status {}` and submit again to run what is missing", plan.name, out.display())));
+        }
+    }
+    Ok(())
 }
 
 /// Trains `cfg` into `out` (from `ckpt` when given) and prints the outcome.
@@ -316,10 +380,21 @@ fn dispatch(command: Command) -> Result<()> {
             let ckpt = ebb::checkpoint::read(&ebb::checkpoint::path_for(&run_dir, at))?;
             train(&cfg, &suite, &out, quiet, compute, Some(ckpt))
         }
-        Command::Sweep { sweep, out, jobs, threads, shard, dry_run, quiet } => {
+        Command::Sweep { sweep, out, jobs, threads, shard, dry_run, status, slurm, array_parallel, array_tasks, partition, time, cpus_per_task, sbatch_arg, wait, no_aggregate, quiet } => {
             let plan = ebb::sweep::Plan::load(&sweep)?;
-            let shard = shard.as_deref().map(ebb::sweep::parse_shard).transpose()?.unwrap_or((1, 1));
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&plan.name));
+            if status {
+                println!("{}", ebb::sweep::slurm::SweepStatus::read(&out)?.describe(&out));
+                return Ok(());
+            }
+            if slurm {
+                if shard.is_some() || jobs.is_some() || threads.is_some() {
+                    return Err(Error::input("--slurm: --shard, --jobs and --threads are set per array task; use --array-tasks and --cpus-per-task"));
+                }
+                let opts = ebb::sweep::slurm::SlurmOptions { array_parallel, array_tasks, partition, time, cpus_per_task, sbatch_args: sbatch_arg, wait, dry_run };
+                return submit_to_slurm(&plan, &sweep, &out, &opts);
+            }
+            let shard = shard.as_deref().map(ebb::sweep::parse_shard).transpose()?.unwrap_or((1, 1));
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             if jobs == Some(0) || threads == Some(0) {
                 return Err(Error::input("--jobs and --threads must be at least 1"));
@@ -331,16 +406,18 @@ fn dispatch(command: Command) -> Result<()> {
                 println!("sweep {}: {} runs, shard {}/{} has {}; {} at once, {} threads each; directory {}", plan.name, plan.runs.len(), shard.0, shard.1, mine.len(), jobs, threads, out.display());
                 for r in mine {
                     let status = ebb::sweep::RunStatus::of(&out.join(&r.id));
-                    println!("  {} {:<8} {}", r.id, status.name(), r.point.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+                    println!("  {} {:<11} {}", r.id, status.name(), r.point.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
                 }
                 return Ok(());
             }
-            let report = serde_json::json!({ "heatmap": plan.report.heatmap });
+            ebb::sweep::prepare(&plan, &out)?;
             let opts = ebb::sweep::RunOptions { out: out.clone(), jobs, threads_per_job: threads, shard, quiet };
             let outcome = ebb::sweep::run(&plan, &opts)?;
-            ebb::run_dir::write_atomic(&out.join("report.json"), report.to_string().as_bytes())?;
-            ebb::sweep::aggregate::aggregate(&out, &plan.report.heatmap)?;
-            println!("sweep {}: {} finished now, {} already done, {} diverged, {} failed, {} interrupted; aggregate in {}", plan.name, outcome.finished.len(), outcome.skipped.len(), outcome.diverged.len(), outcome.failed.len(), outcome.interrupted.len(), out.join("sweep.csv").display());
+            if !no_aggregate {
+                ebb::sweep::aggregate::aggregate(&out, &plan.report.heatmap)?;
+            }
+            let busy = if outcome.busy.is_empty() { String::new() } else { format!(", {} being run by another process", outcome.busy.len()) };
+            println!("sweep {}: {} finished now, {} already done, {} diverged, {} failed, {} interrupted{busy}; aggregate in {}", plan.name, outcome.finished.len(), outcome.skipped.len(), outcome.diverged.len(), outcome.failed.len(), outcome.interrupted.len(), out.join("sweep.csv").display());
             let bad: Vec<String> = outcome.failed.iter().map(|id| format!("{id} (failed: see {}/failed.txt)", out.join(id).display())).chain(outcome.diverged.iter().map(|id| format!("{id} (diverged)"))).collect();
             if !bad.is_empty() {
                 return Err(Error::input(format!("runs that did not finish: {}", bad.join(", "))));
@@ -348,6 +425,10 @@ fn dispatch(command: Command) -> Result<()> {
             if !outcome.interrupted.is_empty() {
                 return Err(Error::input(format!("interrupted; run the same command again to resume: {}", outcome.interrupted.join(", "))));
             }
+            Ok(())
+        }
+        Command::Status { sweep_dir } => {
+            println!("{}", ebb::sweep::slurm::SweepStatus::read(&sweep_dir)?.describe(&sweep_dir));
             Ok(())
         }
         Command::Aggregate { sweep_dir } => {

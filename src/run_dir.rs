@@ -25,6 +25,40 @@ pub fn create(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// An exclusive claim on a run directory (an advisory `flock` on its
+/// `.lock` file), held by the process that trains into it and released by
+/// the kernel when that process ends, however it ends. Two processes (two
+/// array tasks of a resubmitted sweep, say) never train into one directory.
+pub struct RunLock(#[allow(dead_code)] std::fs::File);
+
+impl RunLock {
+    /// Claims `dir` (which must exist), or says which process holds it.
+    pub fn take(dir: &Path) -> Result<RunLock> {
+        let path = dir.join(".lock");
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        // A status probe holds a shared lock for an instant: retry briefly.
+        for _ in 0..100 {
+            // SAFETY: flock on a file descriptor we own.
+            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                let _ = file.set_len(0);
+                let _ = std::io::Write::write_all(&mut &file, format!("{}\n", std::process::id()).as_bytes());
+                return Ok(RunLock(file));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let pid = std::fs::read_to_string(&path).unwrap_or_default();
+        Err(Error::input(format!("{}: in use by another ebb process (pid {}); wait for it or stop it", dir.display(), pid.trim())))
+    }
+
+    /// Whether some process holds `dir` now.
+    pub fn held(dir: &Path) -> bool {
+        let Ok(file) = std::fs::File::open(dir.join(".lock")) else { return false };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        // SAFETY: flock on a file descriptor we own; released when `file` drops.
+        unsafe { libc::flock(fd, libc::LOCK_SH | libc::LOCK_NB) != 0 }
+    }
+}
+
 /// A CSV log (e.g. `step,task,split,metric,value`), rewritten whole
 /// (atomically) on every flush; optionally mirrored as JSON lines.
 pub struct MetricsLog {

@@ -22,6 +22,7 @@
 //! sweep skips finished runs and resumes interrupted ones.
 
 pub mod aggregate;
+pub mod slurm;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -209,8 +210,10 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunStatus {
     Pending,
-    /// Started, not finished (running now, or interrupted).
-    Started,
+    /// A process is training it now (it holds the run's lock).
+    Running,
+    /// Started and stopped before the end: resumes from its newest checkpoint.
+    Interrupted,
     Finished,
     Diverged,
     Failed,
@@ -229,13 +232,20 @@ impl RunStatus {
                 return RunStatus::Finished;
             }
         }
-        if dir.join("config.toml").exists() { RunStatus::Started } else { RunStatus::Pending }
+        if crate::run_dir::RunLock::held(dir) {
+            RunStatus::Running
+        } else if dir.join("config.toml").exists() {
+            RunStatus::Interrupted
+        } else {
+            RunStatus::Pending
+        }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             RunStatus::Pending => "pending",
-            RunStatus::Started => "started",
+            RunStatus::Running => "running",
+            RunStatus::Interrupted => "interrupted",
             RunStatus::Finished => "finished",
             RunStatus::Diverged => "diverged",
             RunStatus::Failed => "failed",
@@ -260,28 +270,41 @@ pub struct SweepOutcome {
     pub diverged: Vec<String>,
     pub failed: Vec<String>,
     pub interrupted: Vec<String>,
+    /// Runs another process was training: left to it.
+    pub busy: Vec<String>,
 }
 
-/// Writes the manifest and every run's config, then runs this shard's runs
-/// that are not finished, `jobs` at a time, each as its own `ebb` process.
-pub fn run(plan: &Plan, opts: &RunOptions) -> Result<SweepOutcome> {
-    crate::run_dir::create(&opts.out)?;
-    crate::run_dir::write_atomic(&opts.out.join("manifest.csv"), plan.manifest().as_bytes())?;
-    let configs = opts.out.join("configs");
+/// Writes what every way of running a sweep starts from: the sweep
+/// directory, `manifest.csv`, `report.json` and every run's resolved config
+/// (`configs/<id>.toml`).
+pub fn prepare(plan: &Plan, out: &Path) -> Result<()> {
+    crate::run_dir::create(out)?;
+    crate::run_dir::write_atomic(&out.join("manifest.csv"), plan.manifest().as_bytes())?;
+    let report = serde_json::json!({ "heatmap": plan.report.heatmap });
+    crate::run_dir::write_atomic(&out.join("report.json"), report.to_string().as_bytes())?;
+    let configs = out.join("configs");
     std::fs::create_dir_all(&configs).map_err(|e| Error::io(&configs, e))?;
+    for r in &plan.runs {
+        let path = configs.join(format!("{}.toml", r.id));
+        if !path.exists() {
+            crate::run_dir::write_atomic(&path, r.config.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs this shard's runs that are not finished, `jobs` at a time, each as
+/// its own `ebb` process (after `prepare`). A run another process is
+/// training is left to it.
+pub fn run(plan: &Plan, opts: &RunOptions) -> Result<SweepOutcome> {
+    let configs = opts.out.join("configs");
     let mut outcome = SweepOutcome::default();
     let mut queue = VecDeque::new();
     for r in plan.shard(opts.shard.0, opts.shard.1) {
-        let dir = opts.out.join(&r.id);
-        match RunStatus::of(&dir) {
+        match RunStatus::of(&opts.out.join(&r.id)) {
             RunStatus::Finished | RunStatus::Diverged => outcome.skipped.push(r.id.clone()),
-            _ => {
-                let path = configs.join(format!("{}.toml", r.id));
-                if !path.exists() {
-                    crate::run_dir::write_atomic(&path, r.config.as_bytes())?;
-                }
-                queue.push_back(r);
-            }
+            RunStatus::Running => outcome.busy.push(r.id.clone()),
+            _ => queue.push_back(r),
         }
     }
     let exe = std::env::current_exe().map_err(|e| Error::input(format!("cannot find the ebb executable: {e}")))?;
@@ -296,7 +319,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<SweepOutcome> {
                     let dir = opts.out.join(&r.id);
                     let _ = std::fs::remove_file(dir.join("failed.txt"));
                     let mut cmd = Command::new(&exe);
-                    if RunStatus::of(&dir) == RunStatus::Started {
+                    if RunStatus::of(&dir) == RunStatus::Interrupted {
                         cmd.arg("resume").arg(&dir);
                     } else {
                         cmd.arg("run").arg(configs.join(format!("{}.toml", r.id))).arg("--out").arg(&dir);
@@ -311,9 +334,11 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<SweepOutcome> {
                         Ok(out) if std::os::unix::process::ExitStatusExt::signal(&out.status).is_some() => {
                             // Killed (Ctrl-C, preemption): resumable, not failed. Stop taking new runs.
                             stop.store(true, std::sync::atomic::Ordering::SeqCst);
-                            RunStatus::Started
+                            RunStatus::Interrupted
                         }
                         Ok(_) if RunStatus::of(&dir) == RunStatus::Diverged => RunStatus::Diverged,
+                        // Another process took the run between our look and the child's start.
+                        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("in use by another ebb process") => RunStatus::Running,
                         Ok(out) => {
                             let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
                             let _ = std::fs::create_dir_all(&dir);
@@ -339,6 +364,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<SweepOutcome> {
             RunStatus::Finished => outcome.finished.push(id),
             RunStatus::Diverged => outcome.diverged.push(id),
             RunStatus::Failed => outcome.failed.push(id),
+            RunStatus::Running => outcome.busy.push(id),
             _ => outcome.interrupted.push(id),
         }
     }

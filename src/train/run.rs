@@ -78,6 +78,8 @@ pub struct Run<'a, B: Backend> {
     suite: &'a Suite,
     schedule: Schedule,
     out: PathBuf,
+    /// Held while the run lives, so no second process trains into `out`.
+    _lock: run_dir::RunLock,
     trainer: Trainer<B>,
     stream: TrainStream,
     batch: Batch<B::F>,
@@ -94,10 +96,11 @@ impl<'a, B: Backend> Run<'a, B> {
     /// A fresh run writing into `out`.
     pub fn start(backend: &'a B, cfg: &'a Config, suite: &'a Suite, out: &Path) -> Result<Self> {
         run_dir::create(out)?;
+        let lock = run_dir::RunLock::take(out)?;
         run_dir::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
         let mut tasks = String::from("task,family,chance,eval_examples,weight\n");
         let schedule = Schedule::build(cfg, suite, Path::new("config.toml"))?;
-        let run = Self::assemble(backend, cfg, suite, schedule, out);
+        let run = Self::assemble(backend, cfg, suite, schedule, out, lock);
         for ((t, e), w) in suite.tasks.iter().zip(&run.evaluators).zip(&suite.weights) {
             tasks.push_str(&format!("{},{},{},{},{}\n", t.id, t.family_name, t.chance, e.len(), w));
         }
@@ -135,7 +138,7 @@ impl<'a, B: Backend> Run<'a, B> {
         Ok(run)
     }
 
-    fn assemble(backend: &'a B, cfg: &'a Config, suite: &'a Suite, schedule: Schedule, out: &Path) -> Self {
+    fn assemble(backend: &'a B, cfg: &'a Config, suite: &'a Suite, schedule: Schedule, out: &Path, lock: run_dir::RunLock) -> Self {
         let shape = cfg.model_shape(suite.vocab.len());
         let (rows, ctx) = (cfg.train.batch_size, shape.n_ctx);
         let model = Gpt::new(backend, shape.clone(), rows, cfg.seed);
@@ -147,6 +150,7 @@ impl<'a, B: Backend> Run<'a, B> {
             suite,
             schedule,
             out: out.to_path_buf(),
+            _lock: lock,
             trainer,
             stream: TrainStream::new(suite, cfg.data.full_batch),
             batch: Batch::new(rows, ctx),
