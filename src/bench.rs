@@ -4,6 +4,8 @@
 //! The configs match the PyTorch peer model (pre-LayerNorm, GELU, MLP 4·d,
 //! tied embeddings). Model FLOPs per step follow the peer's formula.
 
+pub mod ceilings;
+
 use std::time::Instant;
 
 use crate::backend::{Activation, Backend};

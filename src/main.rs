@@ -190,6 +190,10 @@ enum Command {
         /// file) at each config's shape, against the step.
         #[arg(long)]
         suite: Option<String>,
+        /// Also measure the machine's ceilings: the f32 FMA peak, the matrix-product
+        /// library on a 1024³ product and on exactly each config's step products.
+        #[arg(long)]
+        ceilings: bool,
         #[command(flatten)]
         compute: Compute,
     },
@@ -494,7 +498,7 @@ fn dispatch(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { config, steps, warmup, json, breakdown, suite, compute } => {
+        Command::Bench { config, steps, warmup, json, breakdown, suite, ceilings, compute } => {
             check_device(compute.device)?;
             if steps == 0 {
                 return Err(Error::input("--steps 0: need at least one timed step"));
@@ -529,6 +533,15 @@ fn dispatch(command: Command) -> Result<()> {
                         } else {
                             println!("  {op:<22} {ms:8.2} ms/step {:5.1}%  {calls} calls", 100.0 * ms / total);
                         }
+                    }
+                }
+                if ceilings {
+                    let m = pool.install(|| bench::ceilings::measure(c));
+                    let best_tokens = (c.batch * c.ctx) as f64 / (m.step_products_ms / 1e3);
+                    if json {
+                        println!("{}", serde_json::json!({"config": c.name, "threads": m.threads, "fma_peak_gflops": m.fma_gflops, "gemm_1024_gflops": m.square_gflops, "step_products_gflops": m.step_products_gflops, "step_products_ms": m.step_products_ms, "products_only_tokens_per_s": best_tokens, "step_share_of_fma_peak": r.gflops / m.fma_gflops}));
+                    } else {
+                        println!("  ceilings, {} threads: f32 FMA peak {:.0} GFLOP/s; gemm 1024³ {:.0} GFLOP/s; gemm on this step's products {:.0} GFLOP/s = {:.2} ms/step, i.e. at most {:.0} tok/s if all else were free; this step runs at {:.0}% of the FMA peak", m.threads, m.fma_gflops, m.square_gflops, m.step_products_gflops, m.step_products_ms, best_tokens, 100.0 * r.gflops / m.fma_gflops);
                     }
                 }
             }
