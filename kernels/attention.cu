@@ -32,7 +32,7 @@ extern "C" __global__ void attention_forward_softmax(float* att, float* att_drop
     if (row >= rows) return;
     int i = row % t;
     float* a = att + (i64)row * t;
-    float m = -INFINITY;
+    float m = -INF_F;
     for (int j = lane; j <= i; j += 32) m = fmaxf(m, a[j]);
     m = warp_max(m);
     float s = 0.0f;

@@ -11,6 +11,9 @@ typedef unsigned int u32;
 typedef unsigned long long u64;
 typedef long long i64;
 
+// +infinity (NVRTC has no <math.h> INFINITY without CUDA headers).
+#define INF_F __int_as_float(0x7f800000)
+
 // rng::mix64: the SplitMix64 finalizer, bit for bit.
 __device__ __forceinline__ u64 mix64(u64 z) {
     z += 0x9E3779B97F4A7C15ull;

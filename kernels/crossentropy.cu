@@ -11,7 +11,7 @@ extern "C" __global__ void crossentropy_forward(float* losses, float* probs, con
     if (row >= n) return;
     const float* z = logits + (i64)row * v;
     float* p = probs + (i64)row * v;
-    float zmax = -INFINITY;
+    float zmax = -INF_F;
     for (int j = lane; j < v; j += 32) zmax = fmaxf(zmax, z[j]);
     zmax = warp_max(zmax);
     float s = 0.0f;
