@@ -313,6 +313,9 @@ impl Backend for CudaBackend {
         if dst.len != src.len() {
             fail("upload", format!("{} host elements into a buffer of {}", src.len(), dst.len));
         }
+        if src.is_empty() {
+            return;
+        }
         let mut view = dst.data.slice_mut(0..src.len());
         self.stream.memcpy_htod(src, &mut view).unwrap_or_else(|e| fail("upload", e));
     }
@@ -320,6 +323,9 @@ impl Backend for CudaBackend {
     fn upload_tokens(&self, dst: &mut DeviceBuf<u32>, src: &[u32]) {
         if dst.len != src.len() {
             fail("upload_tokens", format!("{} host tokens into a buffer of {}", src.len(), dst.len));
+        }
+        if src.is_empty() {
+            return;
         }
         let mut view = dst.data.slice_mut(0..src.len());
         self.stream.memcpy_htod(src, &mut view).unwrap_or_else(|e| fail("upload_tokens", e));
@@ -329,8 +335,12 @@ impl Backend for CudaBackend {
         if dst.len() != src.len {
             fail("download", format!("a buffer of {} into {} host elements", src.len, dst.len()));
         }
+        if dst.is_empty() {
+            return;
+        }
         let view = src.data.slice(0..dst.len());
         self.stream.memcpy_dtoh(&view, dst).unwrap_or_else(|e| fail("download", e));
+        self.synchronize();
     }
 
     fn zero(&self, buf: &mut DeviceBuf<f32>) {
@@ -566,6 +576,7 @@ impl Backend for CudaBackend {
         let Scratch { squares, host_squares, .. } = &mut *scratch;
         let view = squares.as_ref().expect("allocated above").data.slice(0..chunks);
         self.stream.memcpy_dtoh(&view, host_squares.as_mut_slice()).unwrap_or_else(|e| fail("sum_squares", e));
+        self.synchronize();
         host_squares.iter().sum()
     }
 
