@@ -43,7 +43,7 @@ extern "C" __global__ void sum_squares(double* partial, const float* x, i64 n, i
     }
     sh[threadIdx.x] = s;
     __syncthreads();
-    for (int half = 128; half > 0; half >>= 1) {
+    for (unsigned half = 128; half > 0; half >>= 1) {
         if (threadIdx.x < half) sh[threadIdx.x] += sh[threadIdx.x + half];
         __syncthreads();
     }
