@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use ebb::backend::Backend;
 use ebb::backend::cpu::CpuBackend;
+use ebb::backend::cuda::CudaBackend;
 use ebb::bench::{self, BenchConfig};
 use ebb::config::Config;
 use ebb::{Error, Result};
@@ -245,13 +247,20 @@ fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| Error::input(format!("--threads {n}: {e}")))
 }
 
-/// Resolves `--device` to the CPU, the only backend built so far, and says so.
-fn check_device(device: Device) -> Result<()> {
+/// Where `--device` sends the work.
+enum Chosen {
+    Gpu(Box<CudaBackend>),
+    /// The CPU, with the reason when `auto` passed the GPU over.
+    Cpu(Option<String>),
+}
+
+/// Resolves `--device`: `cuda` opens the GPU (an error when none works),
+/// `auto` takes it when one works and the CPU otherwise.
+fn check_device(device: Device) -> Result<Chosen> {
     match device {
-        Device::Cpu => Ok(()),
-        Device::Cuda if !ebb::backend::cuda_driver_present() => Err(Error::input("--device cuda: no CUDA driver library (libcuda) on this machine; use --device cpu")),
-        Device::Cuda => Err(Error::input("--device cuda: the CUDA backend is not built yet; use --device cpu")),
-        Device::Auto => Ok(()),
+        Device::Cpu => Ok(Chosen::Cpu(None)),
+        Device::Cuda => CudaBackend::new().map(|b| Chosen::Gpu(Box::new(b))).map_err(|e| Error::input(format!("--device cuda: {e}; use --device cpu"))),
+        Device::Auto => Ok(CudaBackend::new().map_or_else(|e| Chosen::Cpu(Some(format!("auto: no usable GPU: {e}"))), |b| Chosen::Gpu(Box::new(b)))),
     }
 }
 
@@ -284,21 +293,34 @@ fn submit_to_slurm(plan: &ebb::sweep::Plan, sweep: &std::path::Path, out: &std::
     Ok(())
 }
 
+/// Trains `cfg` into `out` on `backend`, from `ckpt` when given.
+fn train_on<B: Backend>(backend: &B, cfg: &Config, suite: &ebb::tasks::Suite, out: &std::path::Path, quiet: bool, ckpt: Option<ebb::checkpoint::Checkpoint>) -> Result<ebb::train::run::RunOutcome> {
+    let run = match ckpt {
+        Some(c) => ebb::train::run::Run::from_checkpoint(backend, cfg, suite, out, c)?,
+        None => ebb::train::run::Run::start(backend, cfg, suite, out)?,
+    };
+    run.train(quiet)
+}
+
 /// Trains `cfg` into `out` (from `ckpt` when given) and prints the outcome.
 fn train(cfg: &Config, suite: &ebb::tasks::Suite, out: &std::path::Path, quiet: bool, compute: Compute, ckpt: Option<ebb::checkpoint::Checkpoint>) -> Result<()> {
-    check_device(compute.device)?;
+    let device = check_device(compute.device)?;
     let pool = thread_pool(compute.threads)?;
-    let backend = CpuBackend::<f32>::new();
-    if !quiet {
-        eprintln!("device: cpu, {} threads; run directory {}", pool.current_num_threads(), out.display());
-    }
-    let outcome = pool.install(|| {
-        let run = match ckpt {
-            Some(c) => ebb::train::run::Run::from_checkpoint(&backend, cfg, suite, out, c)?,
-            None => ebb::train::run::Run::start(&backend, cfg, suite, out)?,
-        };
-        run.train(quiet)
-    });
+    let outcome = match device {
+        Chosen::Gpu(gpu) => {
+            if !quiet {
+                eprintln!("device: cuda, {}; run directory {}", gpu.describe(), out.display());
+            }
+            pool.install(|| train_on(&*gpu, cfg, suite, out, quiet, ckpt))
+        }
+        Chosen::Cpu(why) => {
+            if !quiet {
+                let why = why.map_or(String::new(), |w| format!(" ({w})"));
+                eprintln!("device: cpu{why}, {} threads; run directory {}", pool.current_num_threads(), out.display());
+            }
+            pool.install(|| train_on(&CpuBackend::<f32>::new(), cfg, suite, out, quiet, ckpt))
+        }
+    };
     // Draw whatever was logged, a diverged run included.
     if matches!(outcome, Ok(_) | Err(Error::Diverged { .. })) {
         ebb::plot::plot_run(out, ebb::plot::Format::Png)?;
@@ -499,7 +521,10 @@ fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Bench { config, steps, warmup, json, breakdown, suite, ceilings, compute } => {
-            check_device(compute.device)?;
+            let device = check_device(compute.device)?;
+            if let Chosen::Cpu(Some(why)) = &device {
+                eprintln!("device: cpu ({why})");
+            }
             if steps == 0 {
                 return Err(Error::input("--steps 0: need at least one timed step"));
             }
@@ -514,7 +539,10 @@ fn dispatch(command: Command) -> Result<()> {
                 None => None,
             };
             for c in &configs {
-                let r = pool.install(|| bench::run(&backend, c, warmup, steps));
+                let r = match &device {
+                    Chosen::Gpu(gpu) => bench::run(&**gpu, c, warmup, steps),
+                    Chosen::Cpu(_) => pool.install(|| bench::run(&backend, c, warmup, steps)),
+                };
                 println!("{}", if json { r.json() } else { r.line() });
                 if let Some(suite) = &suite {
                     let ms = bench::batch_generation_ms(suite, c.batch, c.ctx, 50);
@@ -525,7 +553,15 @@ fn dispatch(command: Command) -> Result<()> {
                     }
                 }
                 if breakdown {
-                    let rows = pool.install(|| bench::breakdown(CpuBackend::<f32>::new(), c, warmup, steps));
+                    let rows = match &device {
+                        Chosen::Gpu(_) => {
+                            // A fresh GPU backend that waits for each op, so each is timed.
+                            let gpu = CudaBackend::new().map_err(|e| Error::input(format!("--device cuda: {e}")))?;
+                            gpu.set_synchronous(true);
+                            bench::breakdown(gpu, c, warmup, steps)
+                        }
+                        Chosen::Cpu(_) => pool.install(|| bench::breakdown(CpuBackend::<f32>::new(), c, warmup, steps)),
+                    };
                     let total: f64 = rows.iter().map(|r| r.1).sum();
                     for (op, ms, calls) in rows {
                         if json {

@@ -11,6 +11,7 @@
 //!   unless an op takes `accumulate: bool`.
 
 pub mod cpu;
+pub mod cuda;
 pub mod profiled;
 
 use crate::float::Float;

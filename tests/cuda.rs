@@ -1,0 +1,547 @@
+//! The CUDA backend.
+//!
+//! - Without a GPU: every kernel file compiles with NVRTC for sm_80 and
+//!   sm_90 (ptxas runs: no spills), and the dropout mask the kernels compute
+//!   is the CPU's. The compile test skips when NVRTC is absent, and fails
+//!   instead under `CI=true` or `EBB_REQUIRE_NVRTC=1`. NVRTC is found on the
+//!   loader path or in `EBB_NVRTC_DIR` (see `.ci/nvrtc.sh`).
+//! - With a GPU: every op against the CPU backend at several shapes (not
+//!   multiples of any tile), training runs against the CPU's loss curve,
+//!   determinism, checkpoints across devices. These skip with a printed
+//!   reason when no GPU works, and fail instead under `EBB_REQUIRE_GPU=1`.
+
+use ebb::backend::cpu::CpuBackend;
+use ebb::backend::cuda::compile::{self, FILES};
+use ebb::backend::cuda::{CudaBackend, DropoutArgs};
+use ebb::backend::{Activation, AdamW, Backend, DecayGroup, Dropout, View};
+use ebb::rng;
+
+fn env_is(name: &str, value: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == value)
+}
+
+// ---------------------------------------------------------------- without a GPU
+
+#[test]
+fn kernels_compile_for_sm80_and_sm90() {
+    if let Err(why) = compile::load_nvrtc() {
+        if env_is("CI", "true") || env_is("EBB_REQUIRE_NVRTC", "1") {
+            panic!("NVRTC is required here (CI=true or EBB_REQUIRE_NVRTC=1): {why}");
+        }
+        eprintln!("skipped kernels_compile_for_sm80_and_sm90: {why}");
+        return;
+    }
+    let (major, minor) = compile::nvrtc_version().expect("NVRTC version");
+    eprintln!("NVRTC {major}.{minor}");
+    for arch in ["sm_80", "sm_90"] {
+        let all = compile::compile_all(arch).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(all.len(), FILES.len());
+        for (file, c) in FILES.iter().zip(&all) {
+            assert!(c.cubin.len() > 100, "{} for {arch}: CUBIN of {} bytes", file.name, c.cubin.len());
+            for line in c.log.lines() {
+                assert!(!line.to_lowercase().contains("warning"), "{} for {arch}: {line}", file.name);
+            }
+            let report = compile::resources(&c.log);
+            for &k in file.kernels {
+                let r = report.iter().find(|r| r.kernel == k).unwrap_or_else(|| panic!("{} for {arch}: ptxas reported no kernel {k}; log:\n{}", file.name, c.log));
+                eprintln!("{arch} {:<28} {:>3} registers {:>6} B smem {:>4} B stack", k, r.registers, r.shared_bytes, r.stack_bytes);
+                assert!(r.registers > 0 && r.registers <= 255, "{k} for {arch}: {} registers", r.registers);
+                assert_eq!((r.spill_store_bytes, r.spill_load_bytes), (0, 0), "{k} for {arch} spills registers");
+                assert!(r.shared_bytes <= 48 * 1024, "{k} for {arch}: {} bytes of static shared memory", r.shared_bytes);
+            }
+            assert_eq!(report.len(), file.kernels.len(), "{} for {arch}: kernels in the file vs. FILES: {:?}", file.name, report.iter().map(|r| &r.kernel).collect::<Vec<_>>());
+        }
+    }
+}
+
+/// Every kernel run on the CPU through `kernels/emu/emu.h` (blocks one after
+/// another, a block's threads as real threads, barriers for `__syncthreads`
+/// and the warp shuffles) against double-precision references at shapes
+/// that are not multiples of any tile: the kernels' indexing, reductions,
+/// causal masks and dropout, checked with no GPU. Needs a C++20 compiler;
+/// skips without one, except under CI=true.
+#[test]
+fn kernels_match_f64_references_on_the_cpu_emulator() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = tempfile::tempdir().unwrap();
+    let bin = exe.path().join("ebb-emu");
+    let built = match std::process::Command::new("g++").args(["-std=c++20", "-O1", "-pthread", "-ffp-contract=off", "-Ikernels", "kernels/emu/check.cpp", "-o"]).arg(&bin).current_dir(root).output() {
+        Err(e) => {
+            assert!(!env_is("CI", "true"), "g++ is required under CI=true: {e}");
+            eprintln!("skipped: no g++ ({e})");
+            return;
+        }
+        Ok(o) => o,
+    };
+    assert!(built.status.success(), "the kernels do not compile as C++:\n{}", String::from_utf8_lossy(&built.stderr));
+    let run = std::process::Command::new(&bin).output().unwrap();
+    let report = String::from_utf8_lossy(&run.stdout);
+    eprintln!("{report}");
+    assert!(run.status.success() && report.trim_end().ends_with("all ok"), "{report}");
+    assert!(!report.contains("FAIL"), "{report}");
+}
+
+#[test]
+fn a_broken_kernel_fails_to_compile_with_its_log() {
+    if compile::load_nvrtc().is_err() {
+        eprintln!("skipped: no NVRTC");
+        return;
+    }
+    let bad = compile::KernelFile { name: "bad.cu", source: "#include \"common.cuh\"\nextern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }\n", kernels: &["k"] };
+    let err = compile::compile(&bad, "sm_80").unwrap_err();
+    assert!(err.contains("bad.cu") && err.contains("undefined_name"), "{err}");
+    assert!(compile::compile(&FILES[0], "compute_90").unwrap_err().contains("real one"));
+}
+
+#[test]
+fn dropout_args_give_the_cpu_mask_bit_for_bit() {
+    // The kernels compute DropoutArgs::factor (kernels/common.cuh); it must
+    // be Dropout::factor exactly, edges of the threshold included.
+    let edge = 5.0 / (1u64 << 24) as f64; // p exactly on the 2^-24 grid
+    for p in [0.0, 0.1, 0.25, 0.5, 0.9, edge, edge + 1e-12, 1.0 / 3.0] {
+        for key in [0u64, 99, 0xdead_beef_1234_5678] {
+            let d = Dropout { p, key };
+            let args = DropoutArgs::of(d);
+            for i in 0..20_000u64 {
+                let want: f32 = d.factor(i as usize);
+                assert_eq!(args.factor(i).to_bits(), want.to_bits(), "p {p} key {key} element {i}");
+            }
+        }
+    }
+    // On the threshold: for element i with top bits u, p = u/2^24 keeps it
+    // (u < p fails), p just above drops it.
+    let key = 7u64;
+    let grid = (1u64 << 24) as f64;
+    for i in 0..300u64 {
+        let u = (rng::mix64(key ^ rng::mix64(i)) >> 40) as f64;
+        for p in [u / grid, (u + 0.5) / grid, (u + 1.0) / grid, (u - 0.5) / grid, u / grid + 1e-12, u / grid - 1e-12] {
+            if p <= 0.0 || p >= 1.0 {
+                continue;
+            }
+            let d = Dropout { p, key };
+            assert_eq!(DropoutArgs::of(d).factor(i).to_bits(), d.factor::<f32>(i as usize).to_bits(), "p {p} element {i}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- with a GPU
+
+/// The GPU backend, or None (with the reason printed) where none works;
+/// panics instead under EBB_REQUIRE_GPU=1.
+fn gpu() -> Option<CudaBackend> {
+    match CudaBackend::new() {
+        Ok(b) => Some(b),
+        Err(why) if env_is("EBB_REQUIRE_GPU", "1") => panic!("EBB_REQUIRE_GPU=1 but no GPU backend: {why}"),
+        Err(why) => {
+            eprintln!("skipped: no GPU: {why}");
+            None
+        }
+    }
+}
+
+/// Tolerances of the GPU against the CPU, relative to the largest
+/// magnitude of the reference output. Ops that do the same float operations
+/// in the same order are compared bit for bit (`EXACT`).
+const EXACT: f64 = 0.0;
+/// Sums of up to a few hundred terms, in another order (and with FMA).
+const TOL_SUM: f64 = 2e-5;
+/// Long sums (weight gradients over N rows) and chained ops (attention backward).
+const TOL_LONG_SUM: f64 = 1e-4;
+/// Element-wise transcendental functions (tanh, exp) against the CPU's own.
+const TOL_ELEMENTWISE: f64 = 1e-6;
+
+/// Shapes (rows N, width C, output width OC) for the matrix products: none
+/// a multiple of the 64×64 tile, plus degenerate ones.
+const MATMUL_SHAPES: [(usize, usize, usize); 6] = [(1, 1, 1), (7, 5, 3), (37, 19, 23), (130, 64, 192), (257, 96, 65), (640, 128, 512)];
+/// (B, T, C, H) for attention.
+const ATTENTION_SHAPES: [(usize, usize, usize, usize); 5] = [(1, 1, 4, 1), (2, 5, 12, 3), (3, 17, 20, 4), (2, 77, 8, 2), (2, 64, 64, 4)];
+/// (N, C) for LayerNorm and the encoder.
+const ROW_SHAPES: [(usize, usize); 5] = [(1, 3), (9, 31), (40, 64), (131, 96), (300, 33)];
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = rng::stream(seed, "cuda-test", n as u64);
+    (0..n).map(|_| rng::normal(&mut r) as f32).collect()
+}
+
+fn up(g: &CudaBackend, x: &[f32]) -> <CudaBackend as Backend>::Buf {
+    let mut b = g.alloc(x.len());
+    g.upload(&mut b, x);
+    b
+}
+
+fn up_tokens(g: &CudaBackend, x: &[u32]) -> <CudaBackend as Backend>::Tokens {
+    let mut b = g.alloc_tokens(x.len());
+    g.upload_tokens(&mut b, x);
+    b
+}
+
+fn down(g: &CudaBackend, b: &<CudaBackend as Backend>::Buf) -> Vec<f32> {
+    let mut out = vec![0.0; b.len()];
+    g.download(&mut out, b);
+    out
+}
+
+/// got ≈ want within `tol` of want's largest magnitude (bit for bit when tol = 0).
+fn assert_close(got: &[f32], want: &[f32], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if tol == EXACT {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(g.to_bits() == w.to_bits(), "{what}[{i}]: got {g}, want {w} bit for bit");
+        }
+        return;
+    }
+    let scale = want.iter().fold(1e-3f64, |m, &x| m.max(x.abs() as f64));
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w as f64).abs() / scale;
+        assert!(err <= tol, "{what}[{i}]: got {g}, want {w} (error {err:e} of scale {scale:e}, tolerance {tol:e})");
+    }
+}
+
+#[test]
+fn gpu_encoder_matches_cpu_bit_for_bit() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    for (i, &(n_rows, c)) in ROW_SHAPES.iter().enumerate() {
+        let (t, v) = (5 + i, 7 + 3 * i);
+        let n = n_rows * t;
+        let (wte, wpe) = (View { offset: 3, len: v * c }, View { offset: 3 + v * c + 2, len: t * c });
+        let params = random(wpe.offset + wpe.len, 1);
+        let tokens: Vec<u32> = (0..n as u32).map(|k| (k * 7 + k / 3) % v as u32).collect();
+        let mut out = vec![0.0; n * c];
+        cpu.encoder_forward(&mut out, &tokens, &params, wte, wpe, n, t, c);
+        let (gp, gt) = (up(&g, &params), up_tokens(&g, &tokens));
+        let mut gout = g.alloc(n * c);
+        g.encoder_forward(&mut gout, &gt, &gp, wte, wpe, n, t, c);
+        assert_close(&down(&g, &gout), &out, EXACT, &format!("encoder_forward n{n} c{c}"));
+
+        // Backward accumulates into existing gradients.
+        let dout = random(n * c, 2);
+        let mut grads = random(params.len(), 3);
+        let mut ggrads = up(&g, &grads);
+        cpu.encoder_backward(&mut grads, wte, wpe, &dout, &tokens, n, t, c);
+        g.encoder_backward(&mut ggrads, wte, wpe, &up(&g, &dout), &gt, n, t, c);
+        assert_close(&down(&g, &ggrads), &grads, EXACT, &format!("encoder_backward n{n} c{c}"));
+    }
+}
+
+#[test]
+fn gpu_layernorm_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    for &(n, c) in &ROW_SHAPES {
+        let (w, b) = (View { offset: 1, len: c }, View { offset: 1 + c + 5, len: c });
+        let params = random(b.offset + c, 4);
+        let inp: Vec<f32> = random(n * c, 5).iter().map(|x| 2.0 * x + 0.5).collect();
+        let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+        cpu.layernorm_forward(&mut out, &mut mean, &mut rstd, &inp, &params, w, b, n, c);
+        let (gp, gi) = (up(&g, &params), up(&g, &inp));
+        let (mut gout, mut gmean, mut grstd) = (g.alloc(n * c), g.alloc(n), g.alloc(n));
+        g.layernorm_forward(&mut gout, &mut gmean, &mut grstd, &gi, &gp, w, b, n, c);
+        assert_close(&down(&g, &gout), &out, TOL_SUM, &format!("layernorm out {n}x{c}"));
+        assert_close(&down(&g, &gmean), &mean, TOL_SUM, &format!("layernorm mean {n}x{c}"));
+        assert_close(&down(&g, &grstd), &rstd, TOL_SUM, &format!("layernorm rstd {n}x{c}"));
+
+        let dout = random(n * c, 6);
+        for accumulate in [false, true] {
+            let mut dinp = random(n * c, 7);
+            let mut grads = random(params.len(), 8);
+            let (mut gdinp, mut ggrads) = (up(&g, &dinp), up(&g, &grads));
+            // Same statistics on both sides, so only the backward differs.
+            let (gm, gr) = (up(&g, &mean), up(&g, &rstd));
+            cpu.layernorm_backward(&mut dinp, accumulate, &mut grads, w, b, &dout, &inp, &params, &mean, &rstd, n, c);
+            g.layernorm_backward(&mut gdinp, accumulate, &mut ggrads, w, b, &up(&g, &dout), &gi, &gp, &gm, &gr, n, c);
+            let what = format!("layernorm_backward {n}x{c} accumulate={accumulate}");
+            assert_close(&down(&g, &gdinp), &dinp, TOL_SUM, &format!("{what} dinp"));
+            let gg = down(&g, &ggrads);
+            assert_close(&gg[w.range()], &grads[w.range()], TOL_LONG_SUM, &format!("{what} dw"));
+            // db adds the same terms in the same order as the CPU.
+            assert_close(&gg[b.range()], &grads[b.range()], EXACT, &format!("{what} db"));
+            let untouched: Vec<usize> = (0..params.len()).filter(|i| !w.range().contains(i) && !b.range().contains(i)).collect();
+            assert!(untouched.iter().all(|&i| gg[i].to_bits() == grads[i].to_bits()), "{what}: wrote outside dw/db");
+        }
+    }
+}
+
+#[test]
+fn gpu_matmul_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    for &(n, c, oc) in &MATMUL_SHAPES {
+        let (w, b) = (View { offset: 2, len: oc * c }, View { offset: 2 + oc * c + 1, len: oc });
+        let params = random(b.offset + oc + 3, 9);
+        let inp = random(n * c, 10);
+        let (gp, gi) = (up(&g, &params), up(&g, &inp));
+        // Tolerance grows with the reduction length.
+        let tol = |k: usize| if k > 256 { TOL_LONG_SUM } else { TOL_SUM };
+        for bias in [None, Some(b)] {
+            let what = format!("matmul {n}x{c}x{oc} bias={}", bias.is_some());
+            let mut out = vec![0.0; n * oc];
+            cpu.matmul_forward(&mut out, &inp, &params, w, bias, n, c, oc);
+            let mut gout = g.alloc(n * oc);
+            g.matmul_forward(&mut gout, &gi, &gp, w, bias, n, c, oc);
+            assert_close(&down(&g, &gout), &out, tol(c), &format!("{what} forward"));
+
+            let dout = random(n * oc, 11);
+            for accumulate in [false, true] {
+                let mut dinp = random(n * c, 12);
+                let mut grads = random(params.len(), 13);
+                let (mut gdinp, mut ggrads) = (up(&g, &dinp), up(&g, &grads));
+                cpu.matmul_backward(&mut dinp, accumulate, &mut grads, w, bias, &dout, &inp, &params, n, c, oc);
+                g.matmul_backward(&mut gdinp, accumulate, &mut ggrads, w, bias, &up(&g, &dout), &gi, &gp, n, c, oc);
+                let what = format!("{what} accumulate={accumulate}");
+                assert_close(&down(&g, &gdinp), &dinp, tol(oc), &format!("{what} dinp"));
+                let gg = down(&g, &ggrads);
+                assert_close(&gg[w.range()], &grads[w.range()], tol(n), &format!("{what} dw"));
+                // db: the same additions in the same order as the CPU.
+                assert_close(&gg[b.range()], &grads[b.range()], EXACT, &format!("{what} db"));
+                assert_close(&gg[..w.offset], &grads[..w.offset], EXACT, &format!("{what} before dw"));
+                assert_close(&gg[b.offset + oc..], &grads[b.offset + oc..], EXACT, &format!("{what} after db"));
+            }
+        }
+    }
+}
+
+#[test]
+fn gpu_attention_matches_cpu_with_and_without_dropout() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    for &(b, t, c, h) in &ATTENTION_SHAPES {
+        for dropout in [Dropout::OFF, Dropout { p: 0.2, key: 1234 }] {
+            let what = format!("attention b{b} t{t} c{c} h{h} p{}", dropout.p);
+            let tt = b * h * t * t;
+            let qkv = random(b * t * 3 * c, 14);
+            let drop_len = if dropout.active() { tt } else { 0 };
+            let (mut out, mut att, mut att_drop) = (vec![0.0; b * t * c], vec![0.0; tt], vec![0.0; drop_len]);
+            cpu.attention_forward(&mut out, &mut att, &mut att_drop, &qkv, b, t, c, h, dropout);
+            let gq = up(&g, &qkv);
+            let (mut gout, mut gatt, mut gdrop) = (g.alloc(b * t * c), g.alloc(tt), g.alloc(drop_len));
+            g.attention_forward(&mut gout, &mut gatt, &mut gdrop, &gq, b, t, c, h, dropout);
+            assert_close(&down(&g, &gout), &out, TOL_SUM, &format!("{what} out"));
+            let gatt_host = down(&g, &gatt);
+            assert_close(&gatt_host, &att, TOL_SUM, &format!("{what} att"));
+            if dropout.active() {
+                let gd = down(&g, &gdrop);
+                assert_close(&gd, &att_drop, TOL_SUM, &format!("{what} att_drop"));
+                for (i, (&x, &y)) in gd.iter().zip(&att_drop).enumerate() {
+                    assert_eq!(x == 0.0, y == 0.0, "{what}: dropout mask differs at {i}");
+                }
+            }
+
+            // Backward from the CPU's forward state, so only the backward differs.
+            let dout = random(b * t * c, 15);
+            let (mut dqkv, mut datt) = (vec![0.0; b * t * 3 * c], vec![0.0; tt]);
+            cpu.attention_backward(&mut dqkv, &mut datt, &dout, &qkv, &att, &att_drop, b, t, c, h, dropout);
+            let (mut gdqkv, mut gdatt) = (g.alloc(b * t * 3 * c), g.alloc(tt));
+            g.attention_backward(&mut gdqkv, &mut gdatt, &up(&g, &dout), &gq, &up(&g, &att), &up(&g, &att_drop), b, t, c, h, dropout);
+            assert_close(&down(&g, &gdqkv), &dqkv, TOL_LONG_SUM, &format!("{what} dqkv"));
+        }
+    }
+}
+
+#[test]
+fn gpu_elementwise_ops_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    for n in [1, 1000, 65_537] {
+        let x: Vec<f32> = random(n, 16).iter().map(|v| 3.0 * v).collect();
+        let d = random(n, 17);
+        let (gx, gd) = (up(&g, &x), up(&g, &d));
+        for (act, tol) in [(Activation::Gelu, TOL_ELEMENTWISE), (Activation::Relu, EXACT)] {
+            let mut y = vec![0.0; n];
+            cpu.activation_forward(&mut y, &x, act);
+            let mut gy = g.alloc(n);
+            g.activation_forward(&mut gy, &gx, act);
+            assert_close(&down(&g, &gy), &y, tol, &format!("{act:?} forward n{n}"));
+            cpu.activation_backward(&mut y, &d, &x, act);
+            g.activation_backward(&mut gy, &gd, &gx, act);
+            assert_close(&down(&g, &gy), &y, tol, &format!("{act:?} backward n{n}"));
+        }
+        for dropout in [Dropout::OFF, Dropout { p: 0.1, key: 5 }, Dropout { p: 0.5, key: u64::MAX }] {
+            let mut y = vec![0.0; n];
+            let mut gy = g.alloc(n);
+            cpu.residual_forward(&mut y, &x, &d, dropout);
+            g.residual_forward(&mut gy, &gx, &gd, dropout);
+            assert_close(&down(&g, &gy), &y, EXACT, &format!("residual_forward n{n} p{}", dropout.p));
+            cpu.dropout_backward(&mut y, &d, dropout);
+            g.dropout_backward(&mut gy, &gd, dropout);
+            assert_close(&down(&g, &gy), &y, EXACT, &format!("dropout_backward n{n} p{}", dropout.p));
+        }
+    }
+}
+
+#[test]
+fn gpu_crossentropy_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    for (n, v) in [(1, 2), (13, 29), (200, 64), (37, 1000)] {
+        let logits: Vec<f32> = random(n * v, 18).iter().map(|x| 3.0 * x).collect();
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7) % v as u32).collect();
+        let mask: Vec<f32> = (0..n).map(|i| if i % 4 == 0 { 0.0 } else { 1.0 }).collect();
+        let (mut losses, mut probs) = (vec![0.0; n], vec![0.0; n * v]);
+        cpu.crossentropy_forward(&mut losses, &mut probs, &logits, &targets, &mask, n, v);
+        let (gt, gm) = (up_tokens(&g, &targets), up(&g, &mask));
+        let (mut gl, mut gp) = (g.alloc(n), g.alloc(n * v));
+        g.crossentropy_forward(&mut gl, &mut gp, &up(&g, &logits), &gt, &gm, n, v);
+        assert_close(&down(&g, &gp), &probs, TOL_SUM, &format!("softmax {n}x{v}"));
+        assert_close(&down(&g, &gl), &losses, TOL_SUM, &format!("losses {n}x{v}"));
+
+        let mut dl = vec![0.0; n * v];
+        cpu.crossentropy_backward(&mut dl, &probs, &targets, &mask, 1.0 / 7.0, n, v);
+        let mut gdl = g.alloc(n * v);
+        g.crossentropy_backward(&mut gdl, &up(&g, &probs), &gt, &gm, 1.0 / 7.0, n, v);
+        assert_close(&down(&g, &gdl), &dl, EXACT, &format!("crossentropy_backward {n}x{v}"));
+    }
+}
+
+#[test]
+fn gpu_sum_squares_and_adamw_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    for n in [1, 100, 16_384, 16_385, 300_001] {
+        let x = random(n, 19);
+        let want = cpu.sum_squares(&x);
+        let got = g.sum_squares(&up(&g, &x));
+        assert!((got - want).abs() <= 1e-12 * want, "sum_squares n{n}: got {got}, want {want}");
+        assert_eq!(got.to_bits(), g.sum_squares(&up(&g, &x)).to_bits(), "sum_squares repeats");
+    }
+    // AdamW: the same f32 operations as the CPU, so the same bits, over
+    // groups with different decays and a gap no group covers.
+    let n = 5000;
+    let groups = [
+        DecayGroup { view: View { offset: 0, len: 1000 }, weight_decay: 0.1 },
+        DecayGroup { view: View { offset: 1000, len: 500 }, weight_decay: 0.1 },
+        DecayGroup { view: View { offset: 1500, len: 1500 }, weight_decay: 0.0 },
+        DecayGroup { view: View { offset: 3100, len: 1900 }, weight_decay: 0.05 },
+    ];
+    let (mut p, grads) = (random(n, 20), random(n, 21));
+    let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+    let (mut gp, gg, mut gm, mut gv) = (up(&g, &p), up(&g, &grads), g.alloc(n), g.alloc(n));
+    for t in 1..=3 {
+        let hp = AdamW { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, t, grad_scale: if t == 2 { 0.37 } else { 1.0 } };
+        cpu.adamw_update(&mut p, &grads, &mut m, &mut v, &groups, hp);
+        g.adamw_update(&mut gp, &gg, &mut gm, &mut gv, &groups, hp);
+    }
+    assert_close(&down(&g, &gp), &p, EXACT, "adamw params");
+    assert_close(&down(&g, &gm), &m, EXACT, "adamw m");
+    assert_close(&down(&g, &gv), &v, EXACT, "adamw v");
+}
+
+// ------------------------------------------------- whole runs on the GPU
+
+mod runs {
+    use super::*;
+    use ebb::config::Config;
+    use std::path::Path;
+
+    /// A small run with dropout: 1-digit addition, a 2-layer d32 model, 200 steps.
+    const CONFIG: &str = r#"
+name = "cuda-small"
+seed = 5
+
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 4
+n_ctx = 8
+dropout = 0.1
+
+[train]
+steps = 200
+batch_size = 16
+lr = 3e-3
+warmup_steps = 5
+log_every = 10
+checkpoint_every = 100
+
+[[data.tasks]]
+id = "add1"
+family = "addition"
+digits = 1
+
+[eval]
+every = 50
+examples = 8
+"#;
+
+    fn config(dir: &Path) -> (Config, ebb::tasks::Suite) {
+        let path = dir.join("cuda-small.toml");
+        std::fs::write(&path, CONFIG).unwrap();
+        Config::load(&path, &[]).expect("config loads")
+    }
+
+    /// The logged training losses (step, loss) of a run directory.
+    fn losses(dir: &Path) -> Vec<(u64, f64)> {
+        let text = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
+        text.lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[1] == "all" && f[2] == "train" && f[3] == "loss").then(|| (f[0].parse().unwrap(), f[4].parse().unwrap()))
+            })
+            .collect()
+    }
+
+    /// The two loss curves log the same steps and stay within `tol` of
+    /// each other (absolute, in nats).
+    fn assert_curves_close(a: &[(u64, f64)], b: &[(u64, f64)], tol: f64, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: logged steps");
+        assert!(a.len() >= 10, "{what}: too few losses logged");
+        for (&(sa, la), &(sb, lb)) in a.iter().zip(b) {
+            assert_eq!(sa, sb);
+            assert!((la - lb).abs() <= tol, "{what}: at step {sa} loss {la} vs {lb} (tolerance {tol})");
+        }
+    }
+
+    fn run_on<B: Backend>(backend: &B, dir: &Path) -> ebb::train::run::RunOutcome {
+        let (cfg, suite) = config(dir.parent().unwrap());
+        ebb::train::run::run(backend, &cfg, &suite, dir, true).expect("run finishes")
+    }
+
+    fn resume_on<B: Backend>(backend: &B, from: &Path, at: u64, dir: &Path) -> ebb::train::run::RunOutcome {
+        let (cfg, suite) = config(dir.parent().unwrap());
+        let ckpt = ebb::checkpoint::read(&ebb::checkpoint::path_for(from, at)).expect("checkpoint");
+        ebb::train::run::Run::from_checkpoint(backend, &cfg, &suite, dir, ckpt).expect("resumes").train(true).expect("run finishes")
+    }
+
+    /// Loss-curve tolerance between devices: the GPU sums in other orders,
+    /// so the runs drift apart slowly over 200 steps.
+    const CURVE_TOL: f64 = 0.05;
+
+    #[test]
+    fn gpu_training_follows_the_cpu_loss_curve_and_repeats_bit_for_bit() {
+        let Some(g) = gpu() else { return };
+        let tmp = tempfile::tempdir().unwrap();
+        run_on(&CpuBackend::<f32>::new(), &tmp.path().join("cpu"));
+        let a = run_on(&g, &tmp.path().join("gpu-a"));
+        let b = run_on(&CudaBackend::new().unwrap(), &tmp.path().join("gpu-b"));
+        assert_eq!(a.fingerprint, b.fingerprint, "two GPU runs of one config differ");
+        assert_eq!(losses(&tmp.path().join("gpu-a")), losses(&tmp.path().join("gpu-b")), "two GPU runs log different losses");
+        let (cpu_losses, gpu_losses) = (losses(&tmp.path().join("cpu")), losses(&tmp.path().join("gpu-a")));
+        assert_curves_close(&gpu_losses, &cpu_losses, CURVE_TOL, "GPU vs CPU");
+        let (first, last) = (gpu_losses[0].1, gpu_losses.last().unwrap().1);
+        assert!(last < 0.7 * first, "the GPU run did not learn: loss {first} -> {last}");
+    }
+
+    #[test]
+    fn checkpoints_move_between_gpu_and_cpu() {
+        let Some(g) = gpu() else { return };
+        let cpu = CpuBackend::<f32>::new();
+        let tmp = tempfile::tempdir().unwrap();
+        let (gpu_dir, cpu_dir) = (tmp.path().join("gpu"), tmp.path().join("cpu"));
+        run_on(&g, &gpu_dir);
+        run_on(&cpu, &cpu_dir);
+        // A GPU checkpoint continues on the CPU, and a CPU one on the GPU;
+        // each follows the run it came from.
+        resume_on(&cpu, &gpu_dir, 100, &tmp.path().join("gpu-then-cpu"));
+        resume_on(&g, &cpu_dir, 100, &tmp.path().join("cpu-then-gpu"));
+        assert_curves_close(&losses(&tmp.path().join("gpu-then-cpu")), &losses(&gpu_dir), CURVE_TOL, "GPU run resumed on the CPU");
+        assert_curves_close(&losses(&tmp.path().join("cpu-then-gpu")), &losses(&cpu_dir), CURVE_TOL, "CPU run resumed on the GPU");
+        // Up to the checkpoint the resumed logs are the original's, bit for bit.
+        let upto = |v: Vec<(u64, f64)>| v.into_iter().filter(|&(s, _)| s <= 100).collect::<Vec<_>>();
+        assert_eq!(upto(losses(&tmp.path().join("gpu-then-cpu"))), upto(losses(&gpu_dir)));
+        // And a GPU run resumed on the GPU is the uninterrupted run, bit for bit.
+        let again = resume_on(&g, &gpu_dir, 100, &tmp.path().join("gpu-then-gpu"));
+        assert_eq!(losses(&tmp.path().join("gpu-then-gpu")), losses(&gpu_dir));
+        assert_eq!(again.fingerprint, run_on(&g, &tmp.path().join("gpu-again")).fingerprint);
+    }
+}
