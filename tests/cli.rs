@@ -209,6 +209,20 @@ fn bench_json_prints_one_object_per_config() {
 }
 
 #[test]
+fn bench_ceilings_report_the_machine_limits_beside_the_step() {
+    let out = run_ok(ebb().args(["bench", "--config", "tiny", "--steps", "1", "--warmup", "0", "--json", "--threads", "1", "--ceilings"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let c = &lines[1];
+    assert_eq!((c["config"].as_str(), c["threads"].as_u64()), (Some("tiny"), Some(1)), "{c}");
+    for key in ["fma_peak_gflops", "gemm_1024_gflops", "step_products_gflops", "step_products_ms", "products_only_tokens_per_s", "step_share_of_fma_peak"] {
+        let v = c[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {c}"));
+        assert!(v.is_finite() && v > 0.0, "{key} = {v} in {c}");
+    }
+}
+
+#[test]
 fn every_shipped_suite_trains() {
     for suite in ["a-unrelated", "b-shared", "c-translate", "d-zero-shot"] {
         let tmp = tempfile::tempdir().unwrap();

@@ -189,4 +189,7 @@ fn a_dry_run_writes_a_batch_script_one_can_read_and_submit() {
     let shard: Vec<String> = stdout(&run_ok(ebb().arg("sweep").arg(smoke()).arg("--out").arg(&out).args(["--dry-run", "--shard", "3/5"]))).lines().skip(1).map(|l| l.split_whitespace().next().unwrap().to_string()).collect();
     assert_eq!(count(&counts, "finished"), shard.len(), "{counts:?}");
     assert_eq!(count(&counts, "pending"), 12 - shard.len(), "{counts:?}");
+    // `ebb sweep FILE --status` reads the same directory the same way.
+    let via_sweep = run_ok(ebb().arg("sweep").arg(smoke()).arg("--out").arg(&out).arg("--status"));
+    assert_eq!(stdout(&via_sweep), stdout(&run_ok(ebb().arg("status").arg(&out))));
 }
