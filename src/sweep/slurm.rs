@@ -251,7 +251,7 @@ impl SweepStatus {
             s.push_str(&format!("\n  {:<12} {}", status.name(), self.count(status)));
         }
         if let Some(job) = &self.last_job {
-            s.push_str(&format!("\nlast Slurm job: {job} (array task output in {})", out.join("slurm").display()));
+            s.push_str(&format!("\nlast Slurm job: {job}, {}; array task output in {}", queue_state(job), out.join("slurm").display()));
         }
         for (id, _) in self.runs.iter().filter(|(_, st)| *st == RunStatus::Failed) {
             let why = std::fs::read_to_string(out.join(id).join("failed.txt")).unwrap_or_default();
@@ -259,6 +259,36 @@ impl SweepStatus {
         }
         s
     }
+}
+
+/// What `squeue` says of `job`'s array tasks, e.g. "in the queue: 3 running, 8 pending".
+fn queue_state(job: &str) -> String {
+    if on_path("squeue").is_none() {
+        return "queue unknown (no squeue here)".to_string();
+    }
+    let Ok(out) = Command::new("squeue").args(["-h", "-r", "-j", job, "-o", "%T"]).output() else {
+        return "queue unknown (squeue does not start)".to_string();
+    };
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        // A job purged from the controller's memory is an "invalid job id".
+        if err.to_lowercase().contains("invalid job id") {
+            return "no longer in the queue".to_string();
+        }
+        return format!("queue unknown (squeue: {})", err.lines().next().unwrap_or("failed").trim());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut states: Vec<(String, usize)> = Vec::new();
+    for state in text.lines().map(|l| l.trim().to_lowercase()).filter(|l| !l.is_empty()) {
+        match states.iter_mut().find(|(s, _)| *s == state) {
+            Some((_, n)) => *n += 1,
+            None => states.push((state, 1)),
+        }
+    }
+    if states.is_empty() {
+        return "no longer in the queue".to_string();
+    }
+    format!("in the queue: {}", states.iter().map(|(s, n)| format!("{n} {s}")).collect::<Vec<_>>().join(", "))
 }
 
 #[cfg(test)]
