@@ -23,7 +23,7 @@ if [ ! -f "$dir/.complete" ]; then
 fi
 lib=$(dirname "$(find "$dir" -name 'libnvrtc.so.*' ! -name '*alt*' -print -quit)")
 include=$(dirname "$(find "$dir" -path '*/include/cuda_runtime.h' -print -quit)")
-if [ ! -f "$lib/libnvrtc.so.13" ] || [ ! -d "$include" ]; then
+if [ ! -f "$lib/libnvrtc.so.13" ] || [ ! -f "$include/cuda_runtime.h" ]; then
     echo "NVRTC install in $dir is incomplete (lib: $lib, include: $include)" >&2
     exit 1
 fi

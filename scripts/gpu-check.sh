@@ -16,7 +16,9 @@ EBB_REQUIRE_GPU=1 "$pack/cuda-tests" --test-threads 1 >"$out/gpu-tests.log" 2>&1
 tests_rc=$?
 "$pack/ebb" bench --device cuda --steps 50 --warmup 10 >"$out/bench-cuda.txt" 2>&1
 "$pack/ebb" bench --device cuda --steps 20 --breakdown >"$out/bench-cuda-breakdown.txt" 2>&1
-"$pack/ebb" run tasks/quickstart.toml --device cuda --out "$out/quickstart" >"$out/quickstart.txt" 2>&1
+# The run directory stays outside $OUT (few files come back); keep its summary.
+"$pack/ebb" run tasks/quickstart.toml --device cuda --out /tmp/ebb-gpu-quickstart >"$out/quickstart.txt" 2>&1
+cp /tmp/ebb-gpu-quickstart/summary.json "$out/quickstart-summary.json" 2>/dev/null
 if [[ -f $pack/torch_gpt.py ]]; then
   python3 "$pack/torch_gpt.py" --device cuda --steps 50 >"$out/torch-eager.txt" 2>&1
   python3 "$pack/torch_gpt.py" --device cuda --steps 50 --compile >"$out/torch-compile.txt" 2>&1

@@ -286,7 +286,8 @@ fn submit_to_slurm(plan: &ebb::sweep::Plan, sweep: &std::path::Path, out: &std::
             ebb::sweep::aggregate::aggregate(out, &plan.report.heatmap)?;
             println!("aggregate in {}", out.join("sweep.csv").display());
         }
-        if sub.all_succeeded == Some(false) || !status.complete() {
+        // Diverged runs are complete (and reported): only unfinished runs fail the sweep.
+        if !status.complete() {
             return Err(Error::input(format!("sweep {}: not every run finished; see `ebb status {}` and submit again to run what is missing", plan.name, out.display())));
         }
     }
@@ -527,6 +528,9 @@ fn dispatch(command: Command) -> Result<()> {
             }
             if steps == 0 {
                 return Err(Error::input("--steps 0: need at least one timed step"));
+            }
+            if ceilings && matches!(device, Chosen::Gpu(_)) {
+                return Err(Error::input("--ceilings measures the CPU's limits; use it with --device cpu"));
             }
             let pool = thread_pool(compute.threads)?;
             let configs: Vec<BenchConfig> = if config.is_empty() { bench::CONFIGS.to_vec() } else { config.iter().filter_map(|n| BenchConfig::by_name(n)).collect() };

@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Writes `contents` to `path` through `path.tmp` and a rename, so a reader
-/// (or a kill) never sees a half-written file.
+/// Writes `contents` to `path` through a temporary file beside it and a
+/// rename, so a reader (or a kill) never sees a half-written file. The
+/// temporary name is unique to this process and call, so processes writing
+/// the same file (array tasks of one sweep) never write into each other's.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(".{}-{}.tmp", std::process::id(), CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
     let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, contents).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
@@ -38,25 +41,38 @@ impl RunLock {
         let file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
         // A status probe holds a shared lock for an instant: retry briefly.
         for _ in 0..100 {
-            // SAFETY: flock on a file descriptor we own.
-            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                let _ = file.set_len(0);
-                let _ = std::io::Write::write_all(&mut &file, format!("{}\n", std::process::id()).as_bytes());
-                return Ok(RunLock(file));
+            match flock(&file, libc::LOCK_EX) {
+                Ok(true) => {
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                    let _ = file.set_len(0);
+                    let _ = std::io::Write::write_all(&mut &file, format!("pid {} on {}\n", std::process::id(), host.trim()).as_bytes());
+                    return Ok(RunLock(file));
+                }
+                Ok(false) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                Err(e) => return Err(Error::input(format!("{}: cannot lock it ({e}); run directories need a filesystem with working flock, shared by every node that runs them", path.display()))),
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        let pid = std::fs::read_to_string(&path).unwrap_or_default();
-        Err(Error::input(format!("{}: in use by another ebb process (pid {}); wait for it or stop it", dir.display(), pid.trim())))
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        Err(Error::input(format!("{}: in use by another ebb process ({}); wait for it or stop it", dir.display(), holder.trim())))
     }
 
     /// Whether some process holds `dir` now.
     pub fn held(dir: &Path) -> bool {
         let Ok(file) = std::fs::File::open(dir.join(".lock")) else { return false };
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-        // SAFETY: flock on a file descriptor we own; released when `file` drops.
-        unsafe { libc::flock(fd, libc::LOCK_SH | libc::LOCK_NB) != 0 }
+        // Released when `file` drops. A filesystem without flock reads as not held.
+        matches!(flock(&file, libc::LOCK_SH), Ok(false))
     }
+}
+
+/// A non-blocking `flock`: Ok(true) when taken, Ok(false) when another
+/// holder has it, Err for anything else (no lock support, …).
+fn flock(file: &std::fs::File, mode: libc::c_int) -> std::io::Result<bool> {
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(file), mode | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(e) }
 }
 
 /// A CSV log (e.g. `step,task,split,metric,value`), rewritten whole

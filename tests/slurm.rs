@@ -95,6 +95,11 @@ fn a_slurm_sweep_aggregates_like_a_local_one_and_resubmission_runs_only_what_is_
     let killed = tmp.path().join("killed");
     let o = run_ok(ebb().arg("sweep").arg(smoke()).arg("--out").arg(&killed).args(["--slurm", "--array-parallel", "2"]));
     let job = stdout(&o).split("submitted job ").nth(1).and_then(|s| s.split(':').next()).expect("a job id").to_string();
+    // While that array is queued, another submission would run its shards twice: refused.
+    let again = ebb().arg("sweep").arg(smoke()).arg("--out").arg(&killed).arg("--slurm").output().unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("job {job} of this sweep is still in the queue")), "{err}");
     let ids: Vec<String> = std::fs::read_to_string(killed.join("manifest.csv")).unwrap().lines().skip(1).map(|l| l.split(',').next().unwrap().to_string()).collect();
     let finished = |id: &String| killed.join(id).join("summary.json").exists();
     let mut victim = None;

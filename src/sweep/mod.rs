@@ -279,9 +279,14 @@ pub struct SweepOutcome {
 /// (`configs/<id>.toml`).
 pub fn prepare(plan: &Plan, out: &Path) -> Result<()> {
     crate::run_dir::create(out)?;
-    crate::run_dir::write_atomic(&out.join("manifest.csv"), plan.manifest().as_bytes())?;
-    let report = serde_json::json!({ "heatmap": plan.report.heatmap });
-    crate::run_dir::write_atomic(&out.join("report.json"), report.to_string().as_bytes())?;
+    // Rewritten only when different: array tasks all prepare the same directory.
+    let report = serde_json::json!({ "heatmap": plan.report.heatmap }).to_string();
+    for (name, text) in [("manifest.csv", plan.manifest()), ("report.json", report)] {
+        let path = out.join(name);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            crate::run_dir::write_atomic(&path, text.as_bytes())?;
+        }
+    }
     let configs = out.join("configs");
     std::fs::create_dir_all(&configs).map_err(|e| Error::io(&configs, e))?;
     for r in &plan.runs {
@@ -310,6 +315,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<SweepOutcome> {
     let exe = std::env::current_exe().map_err(|e| Error::input(format!("cannot find the ebb executable: {e}")))?;
     let queue = Mutex::new(queue);
     let results = Mutex::new(Vec::new());
+    let done_elsewhere = Mutex::new(Vec::new());
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         for _ in 0..opts.jobs.max(1) {
@@ -317,6 +323,18 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<SweepOutcome> {
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     let Some(r) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else { break };
                     let dir = opts.out.join(&r.id);
+                    // Another process may have finished or taken it since the queue was made.
+                    match RunStatus::of(&dir) {
+                        RunStatus::Finished | RunStatus::Diverged => {
+                            done_elsewhere.lock().unwrap_or_else(|e| e.into_inner()).push(r.id.clone());
+                            continue;
+                        }
+                        RunStatus::Running => {
+                            results.lock().unwrap_or_else(|e| e.into_inner()).push((r.id.clone(), RunStatus::Running));
+                            continue;
+                        }
+                        _ => {}
+                    }
                     let _ = std::fs::remove_file(dir.join("failed.txt"));
                     let mut cmd = Command::new(&exe);
                     if RunStatus::of(&dir) == RunStatus::Interrupted {
@@ -359,6 +377,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<SweepOutcome> {
             });
         }
     });
+    outcome.skipped.extend(done_elsewhere.into_inner().unwrap_or_else(|e| e.into_inner()));
     for (id, status) in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
         match status {
             RunStatus::Finished => outcome.finished.push(id),

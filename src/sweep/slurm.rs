@@ -104,11 +104,12 @@ fn on_path(name: &str) -> Option<PathBuf> {
 fn batch_script(plan: &Plan, sweep_file: &Path, out: &Path, exe: &Path, n: usize, indices: &[usize], opts: &SlurmOptions) -> String {
     let mut s = String::new();
     s.push_str("#!/bin/bash\n");
-    s.push_str(&format!("# ebb sweep {}: {} runs as a Slurm job array of {n} tasks, written by `ebb sweep --slurm`.\n", plan.name, plan.runs.len()));
+    s.push_str(&format!("# ebb sweep: {} runs as a Slurm job array of {n} tasks, written by `ebb sweep --slurm`.\n", plan.runs.len()));
     s.push_str(&format!("# Array task i runs shard i+1/{n} of the plan: finished runs are skipped and interrupted\n"));
     s.push_str("# ones resume from their checkpoints, so submitting again is always safe.\n");
     s.push_str(&format!("# Submit by hand: sbatch {}\n", quote(&out.join("slurm/sweep.sbatch"))));
-    s.push_str(&format!("#SBATCH --job-name=ebb-{}\n", plan.name));
+    let job_name: String = plan.name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' }).collect();
+    s.push_str(&format!("#SBATCH --job-name=ebb-{job_name}\n"));
     let parallel = opts.array_parallel.map(|p| format!("%{p}")).unwrap_or_default();
     s.push_str(&format!("#SBATCH --array={}{parallel}\n", array_spec(indices)));
     s.push_str(&format!("#SBATCH --cpus-per-task={}\n", opts.cpus_per_task));
@@ -175,6 +176,14 @@ pub fn submit(plan: &Plan, sweep_file: &Path, out: &Path, opts: &SlurmOptions) -
     }
     crate::run_dir::write_atomic(&script, batch_script(plan, &sweep_file, &out, &exe, n, &submission.indices, opts).as_bytes())?;
     let Some(sbatch) = sbatch else { return Ok(submission) };
+    // An earlier array still queued would run the same shards again: wait for it.
+    if let Some(job) = last_job(&out) {
+        if let Ok(states) = queued_tasks(&job) {
+            if !states.is_empty() {
+                return Err(Error::input(format!("--slurm: job {job} of this sweep is still in the queue ({}); wait for it to end or `scancel {job}`, then submit again", describe_states(&states))));
+            }
+        }
+    }
 
     // `--parsable` prints "<job>[;cluster]" as soon as the job is queued;
     // with --wait sbatch then blocks until the array ends.
@@ -231,8 +240,7 @@ impl SweepStatus {
         let manifest = out.join("manifest.csv");
         let text = std::fs::read_to_string(&manifest).map_err(|e| Error::input(format!("{}: not a sweep directory (cannot read manifest.csv: {e})", out.display())))?;
         let runs = text.lines().skip(1).filter_map(|l| l.split(',').next()).filter(|id| !id.is_empty()).map(|id| (id.to_string(), RunStatus::of(&out.join(id)))).collect();
-        let last_job = std::fs::read_to_string(out.join("slurm/jobs.csv")).ok().and_then(|t| t.lines().skip(1).last().and_then(|l| l.split(',').next()).map(str::to_string));
-        Ok(SweepStatus { runs, last_job })
+        Ok(SweepStatus { runs, last_job: last_job(out) })
     }
 
     pub fn count(&self, status: RunStatus) -> usize {
@@ -261,34 +269,48 @@ impl SweepStatus {
     }
 }
 
-/// What `squeue` says of `job`'s array tasks, e.g. "in the queue: 3 running, 8 pending".
-fn queue_state(job: &str) -> String {
+/// `job`'s array tasks still in the queue, counted by state (e.g.
+/// [("pending", 8), ("running", 2)]; empty once the job has left the queue),
+/// or why squeue could not say.
+fn queued_tasks(job: &str) -> std::result::Result<Vec<(String, usize)>, String> {
     if on_path("squeue").is_none() {
-        return "queue unknown (no squeue here)".to_string();
+        return Err("no squeue here".to_string());
     }
-    let Ok(out) = Command::new("squeue").args(["-h", "-r", "-j", job, "-o", "%T"]).output() else {
-        return "queue unknown (squeue does not start)".to_string();
-    };
+    let out = Command::new("squeue").args(["-h", "-r", "-j", job, "-o", "%T"]).output().map_err(|e| format!("squeue does not start: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         // A job purged from the controller's memory is an "invalid job id".
         if err.to_lowercase().contains("invalid job id") {
-            return "no longer in the queue".to_string();
+            return Ok(Vec::new());
         }
-        return format!("queue unknown (squeue: {})", err.lines().next().unwrap_or("failed").trim());
+        return Err(format!("squeue: {}", err.lines().next().unwrap_or("failed").trim()));
     }
-    let text = String::from_utf8_lossy(&out.stdout);
     let mut states: Vec<(String, usize)> = Vec::new();
-    for state in text.lines().map(|l| l.trim().to_lowercase()).filter(|l| !l.is_empty()) {
+    for state in String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_lowercase()).filter(|l| !l.is_empty()) {
         match states.iter_mut().find(|(s, _)| *s == state) {
             Some((_, n)) => *n += 1,
             None => states.push((state, 1)),
         }
     }
-    if states.is_empty() {
-        return "no longer in the queue".to_string();
+    Ok(states)
+}
+
+fn describe_states(states: &[(String, usize)]) -> String {
+    states.iter().map(|(s, n)| format!("{n} {s}")).collect::<Vec<_>>().join(", ")
+}
+
+/// What `squeue` says of `job`, for `ebb status`.
+fn queue_state(job: &str) -> String {
+    match queued_tasks(job) {
+        Err(why) => format!("queue unknown ({why})"),
+        Ok(states) if states.is_empty() => "no longer in the queue".to_string(),
+        Ok(states) => format!("in the queue: {}", describe_states(&states)),
     }
-    format!("in the queue: {}", states.iter().map(|(s, n)| format!("{n} {s}")).collect::<Vec<_>>().join(", "))
+}
+
+/// The job id of the newest submission recorded in `out`.
+fn last_job(out: &Path) -> Option<String> {
+    std::fs::read_to_string(out.join("slurm/jobs.csv")).ok().and_then(|t| t.lines().skip(1).last().and_then(|l| l.split(',').next()).map(str::to_string))
 }
 
 #[cfg(test)]
