@@ -148,6 +148,11 @@ status() {
   if running slurmctld; then sinfo; fi
 }
 
+# Daemons and packages need root: go through sudo when it asks no password.
+if [[ ${1:-} == up || ${1:-} == down ]] && [[ $EUID -ne 0 ]] && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+  exec sudo -n EBB_SLURM_ROOT="$ROOT" bash "$0" "$@"
+fi
+
 case ${1:-} in
   up) up ;;
   down) down ;;
