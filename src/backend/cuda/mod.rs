@@ -105,10 +105,14 @@ pub struct CudaBackend {
     arch: String,
 }
 
+/// How every failure inside an op begins: the binary turns panics with this
+/// prefix back into one-line errors.
+pub const FAILURE: &str = "ebb cuda:";
+
 /// A failed driver call inside an op: the trait has no error path.
 #[cold]
 fn fail(what: &str, err: impl std::fmt::Display) -> ! {
-    panic!("ebb cuda: {what}: {err}")
+    panic!("{FAILURE} {what}: {err}")
 }
 
 /// Elements that fit the kernels' `int` shapes.
