@@ -286,7 +286,8 @@ fn submit_to_slurm(plan: &ebb::sweep::Plan, sweep: &std::path::Path, out: &std::
         }
         println!("batch script: {}", sub.script.display());
     }
-    if sub.all_succeeded.is_some() || (opts.wait && sub.indices.is_empty()) {
+    // After --wait (or with nothing left to wait for), say where the sweep stands.
+    if opts.wait && !opts.dry_run {
         let status = ebb::sweep::slurm::SweepStatus::read(out)?;
         println!("{}", status.describe(out));
         if status.complete() {

@@ -12,14 +12,8 @@ fn rejects(config_text: &str, extra: &[&str], expect: &[&str]) {
     let cfg = tmp.path().join("exp.toml");
     write(&cfg, config_text);
     let out = ebb().arg("run").arg(&cfg).arg("--out").arg(tmp.path().join("out")).args(extra).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "expected exit 2, stderr: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "expected one line, got: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    let stderr = assert_input_error(&out, expect);
     assert!(stderr.contains("exp.toml") || extra.iter().any(|e| stderr.contains(e)), "error does not name the file: {stderr}");
-    for e in expect {
-        assert!(stderr.contains(e), "error lacks {e:?}: {stderr}");
-    }
 }
 
 fn with(line_in_section: (&str, &str)) -> String {

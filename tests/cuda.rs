@@ -10,6 +10,8 @@
 //!   determinism, checkpoints across devices. These skip with a printed
 //!   reason when no GPU works, and fail instead under `EBB_REQUIRE_GPU=1`.
 
+mod common;
+
 use ebb::backend::cpu::CpuBackend;
 use ebb::backend::cuda::compile::{self, FILES};
 use ebb::backend::cuda::{CudaBackend, DropoutArgs};
@@ -433,52 +435,18 @@ mod runs {
     use ebb::config::Config;
     use std::path::Path;
 
-    /// A small run with dropout: 1-digit addition, a 2-layer d32 model, 200 steps.
-    const CONFIG: &str = r#"
-name = "cuda-small"
-seed = 5
-
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 4
-n_ctx = 8
-dropout = 0.1
-
-[train]
-steps = 200
-batch_size = 16
-lr = 3e-3
-warmup_steps = 5
-log_every = 10
-checkpoint_every = 100
-
-[[data.tasks]]
-id = "add1"
-family = "addition"
-digits = 1
-
-[eval]
-every = 50
-examples = 8
-"#;
-
+    /// The tests' small config (1-digit addition, a 2-layer d32 model, with
+    /// dropout) for 200 steps, checkpointed at 100.
     fn config(dir: &Path) -> (Config, ebb::tasks::Suite) {
         let path = dir.join("cuda-small.toml");
-        std::fs::write(&path, CONFIG).unwrap();
-        Config::load(&path, &[]).expect("config loads")
+        std::fs::write(&path, common::SMALL_CONFIG).unwrap();
+        let overrides: Vec<String> = ["train.steps=200", "train.log_every=10", "train.checkpoint_every=100", "eval.every=50"].map(String::from).to_vec();
+        Config::load(&path, &overrides).expect("config loads")
     }
 
     /// The logged training losses (step, loss) of a run directory.
     fn losses(dir: &Path) -> Vec<(u64, f64)> {
-        let text = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
-        text.lines()
-            .skip(1)
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                (f[1] == "all" && f[2] == "train" && f[3] == "loss").then(|| (f[0].parse().unwrap(), f[4].parse().unwrap()))
-            })
-            .collect()
+        common::metric(dir, "all", "train", "loss")
     }
 
     /// The two loss curves log the same steps and stay within `tol` of

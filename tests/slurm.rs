@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn smoke() -> std::path::PathBuf {
-    root().join("tasks/sweep-smoke.toml")
-}
-
-fn aggregate(dir: &Path) -> Vec<String> {
-    ["sweep.csv", "drops.csv", "scaling.json"].iter().map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(f).display()))).collect()
-}
-
 /// Why there is no usable Slurm here, if there is none.
 fn no_slurm() -> Option<String> {
     match Command::new("sinfo").args(["-h", "-o", "%t"]).output() {
@@ -77,29 +69,27 @@ fn a_slurm_sweep_aggregates_like_a_local_one_and_resubmission_runs_only_what_is_
     }
     let tmp = tempfile::tempdir().unwrap();
     let local = tmp.path().join("local");
-    run_ok(ebb().arg("sweep").arg(smoke()).arg("--out").arg(&local).args(["--jobs", "2", "--quiet"]));
-    let want = aggregate(&local);
+    run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&local).args(["--jobs", "2", "--quiet"]));
+    let want = sweep_aggregate(&local);
 
     // The whole sweep as one job array, two array tasks at a time.
     let whole = tmp.path().join("whole");
-    let o = run_ok(ebb().arg("sweep").arg(smoke()).arg("--out").arg(&whole).args(["--slurm", "--array-parallel", "2", "--wait"]));
+    let o = run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&whole).args(["--slurm", "--array-parallel", "2", "--wait"]));
     assert!(stdout(&o).contains("submitted job") && stdout(&o).contains("array tasks 0-11 of 12"), "{}", stdout(&o));
     assert_eq!(std::fs::read_dir(whole.join("slurm")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".out")).count(), 12, "one output file per array task");
-    assert_eq!(aggregate(&whole), want, "the Slurm sweep aggregates differently from the local one");
+    assert_eq!(sweep_aggregate(&whole), want, "the Slurm sweep aggregates differently from the local one");
     assert_eq!(count(&status_counts(&whole), "finished"), 12);
     // `ebb aggregate` on the directory gives the same files again.
     run_ok(ebb().arg("aggregate").arg(&whole));
-    assert_eq!(aggregate(&whole), want);
+    assert_eq!(sweep_aggregate(&whole), want);
 
     // Again, and cancel one array task while its run is training.
     let killed = tmp.path().join("killed");
-    let o = run_ok(ebb().arg("sweep").arg(smoke()).arg("--out").arg(&killed).args(["--slurm", "--array-parallel", "2"]));
+    let o = run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&killed).args(["--slurm", "--array-parallel", "2"]));
     let job = stdout(&o).split("submitted job ").nth(1).and_then(|s| s.split(':').next()).expect("a job id").to_string();
     // While that array is queued, another submission would run its shards twice: refused.
-    let again = ebb().arg("sweep").arg(smoke()).arg("--out").arg(&killed).arg("--slurm").output().unwrap();
-    let err = String::from_utf8_lossy(&again.stderr);
-    assert_eq!(again.status.code(), Some(2), "{err}");
-    assert!(err.contains(&format!("job {job} of this sweep is still in the queue")), "{err}");
+    let again = ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&killed).arg("--slurm").output().unwrap();
+    assert_input_error(&again, &[&format!("job {job} of this sweep is still in the queue")]);
     let ids: Vec<String> = std::fs::read_to_string(killed.join("manifest.csv")).unwrap().lines().skip(1).map(|l| l.split(',').next().unwrap().to_string()).collect();
     let finished = |id: &String| killed.join(id).join("summary.json").exists();
     let mut victim = None;
@@ -120,41 +110,33 @@ fn a_slurm_sweep_aggregates_like_a_local_one_and_resubmission_runs_only_what_is_
     let before: Vec<_> = ids.iter().filter(|id| finished(id)).map(|id| (id.clone(), stamp(id))).collect();
 
     // Resubmitting runs only the cancelled run's array task, resumed from its checkpoint.
-    let o = run_ok(ebb().arg("sweep").arg(smoke()).arg("--out").arg(&killed).args(["--slurm", "--wait"]));
+    let o = run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&killed).args(["--slurm", "--wait"]));
     assert!(stdout(&o).contains(&format!("1 runs to do in array tasks {k} of 12")), "{}", stdout(&o));
     assert!(std::fs::read_to_string(killed.join("slurm/sweep.sbatch")).unwrap().contains(&format!("#SBATCH --array={k}\n")));
     for (id, t) in &before {
         assert_eq!(&stamp(id), t, "finished run {id} was run again");
     }
-    assert_eq!(aggregate(&killed), want, "the resubmitted sweep aggregates differently");
+    assert_eq!(sweep_aggregate(&killed), want, "the resubmitted sweep aggregates differently");
 
     // Nothing is missing now: a third submission submits nothing.
-    let o = run_ok(ebb().arg("sweep").arg(smoke()).arg("--out").arg(&killed).arg("--slurm"));
+    let o = run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&killed).arg("--slurm"));
     assert!(stdout(&o).contains("nothing to submit"), "{}", stdout(&o));
 
     // A partition the cluster lacks: sbatch's own words, exit 2, no job.
-    let o = ebb().arg("sweep").arg(smoke()).arg("--out").arg(tmp.path().join("bad")).args(["--slurm", "--partition", "no-such-partition"]).output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains("sbatch refused the job") && err.to_lowercase().contains("partition"), "{err}");
+    let o = ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(tmp.path().join("bad")).args(["--slurm", "--partition", "no-such-partition"]).output().unwrap();
+    let err = assert_input_error(&o, &["sbatch refused the job"]);
+    assert!(err.to_lowercase().contains("partition"), "{err}");
     assert!(!tmp.path().join("bad/slurm/jobs.csv").exists(), "a job was recorded");
 }
 
 /// `ebb sweep` with `args`: exit 2, one line containing every `expect`.
 fn refused(args: &[&str], path: Option<&str>, expect: &[&str]) {
     let mut cmd = ebb();
-    cmd.arg("sweep").arg(smoke()).args(args);
+    cmd.arg("sweep").arg(smoke_sweep()).args(args);
     if let Some(p) = path {
         cmd.env("PATH", p);
     }
-    let o = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    for e in expect {
-        assert!(err.contains(e), "error lacks {e:?}: {err}");
-    }
+    assert_input_error(&cmd.output().unwrap(), expect);
 }
 
 #[test]
@@ -178,7 +160,7 @@ fn bad_slurm_submissions_are_refused_before_anything_is_submitted() {
 fn a_dry_run_writes_a_batch_script_one_can_read_and_submit() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let o = run_ok(ebb().arg("sweep").arg(smoke()).arg("--out").arg(&out).args(["--slurm", "--dry-run", "--array-parallel", "3", "--array-tasks", "5", "--partition", "gpu", "--time", "1:00:00", "--cpus-per-task", "2", "--sbatch-arg=--mem=2G"]));
+    let o = run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&out).args(["--slurm", "--dry-run", "--array-parallel", "3", "--array-tasks", "5", "--partition", "gpu", "--time", "1:00:00", "--cpus-per-task", "2", "--sbatch-arg=--mem=2G"]));
     assert!(stdout(&o).contains("12 runs to do in array tasks 0-4 of 5"), "{}", stdout(&o));
     let script = std::fs::read_to_string(out.join("slurm/sweep.sbatch")).unwrap();
     for line in ["#SBATCH --array=0-4%3\n", "#SBATCH --partition=gpu\n", "#SBATCH --time=1:00:00\n", "#SBATCH --cpus-per-task=2\n", "#SBATCH --mem=2G\n", "--shard \"$((SLURM_ARRAY_TASK_ID + 1))/5\""] {
@@ -191,10 +173,10 @@ fn a_dry_run_writes_a_batch_script_one_can_read_and_submit() {
     let shell = Command::new("bash").arg("-c").arg(exec).env("SLURM_ARRAY_TASK_ID", "2").env("SLURM_CPUS_PER_TASK", "2").output().unwrap();
     assert!(shell.status.success(), "{}", String::from_utf8_lossy(&shell.stderr));
     let counts = status_counts(&out);
-    let shard: Vec<String> = stdout(&run_ok(ebb().arg("sweep").arg(smoke()).arg("--out").arg(&out).args(["--dry-run", "--shard", "3/5"]))).lines().skip(1).map(|l| l.split_whitespace().next().unwrap().to_string()).collect();
+    let shard: Vec<String> = stdout(&run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&out).args(["--dry-run", "--shard", "3/5"]))).lines().skip(1).map(|l| l.split_whitespace().next().unwrap().to_string()).collect();
     assert_eq!(count(&counts, "finished"), shard.len(), "{counts:?}");
     assert_eq!(count(&counts, "pending"), 12 - shard.len(), "{counts:?}");
     // `ebb sweep FILE --status` reads the same directory the same way.
-    let via_sweep = run_ok(ebb().arg("sweep").arg(smoke()).arg("--out").arg(&out).arg("--status"));
+    let via_sweep = run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&out).arg("--status"));
     assert_eq!(stdout(&via_sweep), stdout(&run_ok(ebb().arg("status").arg(&out))));
 }

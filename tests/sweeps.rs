@@ -9,17 +9,8 @@ use std::time::Duration;
 
 use common::*;
 
-fn smoke() -> std::path::PathBuf {
-    root().join("tasks/sweep-smoke.toml")
-}
-
-/// The aggregate files, which must not depend on how the sweep was run.
-fn aggregate(dir: &Path) -> Vec<String> {
-    ["sweep.csv", "drops.csv", "scaling.json"].iter().map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"))).collect()
-}
-
 fn dry_run_ids(extra: &[&str], out: &Path) -> Vec<String> {
-    let o = run_ok(ebb().arg("sweep").arg(smoke()).arg("--out").arg(out).arg("--dry-run").args(extra));
+    let o = run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(out).arg("--dry-run").args(extra));
     String::from_utf8_lossy(&o.stdout).lines().skip(1).map(|l| l.split_whitespace().next().unwrap().to_string()).collect()
 }
 
@@ -27,14 +18,14 @@ fn dry_run_ids(extra: &[&str], out: &Path) -> Vec<String> {
 fn a_killed_sweep_resumes_to_the_same_aggregate_and_shards_partition_it() {
     let tmp = tempfile::tempdir().unwrap();
     let whole = tmp.path().join("whole");
-    run_ok(ebb().arg("sweep").arg(smoke()).arg("--out").arg(&whole).args(["--jobs", "2", "--quiet"]));
-    let want = aggregate(&whole);
+    run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&whole).args(["--jobs", "2", "--quiet"]));
+    let want = sweep_aggregate(&whole);
     assert_eq!(want[0].lines().count(), 13, "12 runs and a header:\n{}", want[0]);
     assert!(want[0].lines().skip(1).all(|l| l.contains(",finished,")), "{}", want[0]);
 
     // The same sweep, killed (runner and runs, SIGKILL) partway, then run again.
     let killed = tmp.path().join("killed");
-    let mut child = ebb().arg("sweep").arg(smoke()).arg("--out").arg(&killed).args(["--jobs", "2", "--quiet"]).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0).spawn().unwrap();
+    let mut child = ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&killed).args(["--jobs", "2", "--quiet"]).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0).spawn().unwrap();
     // Kill once a few runs have finished, while others are in flight.
     let finished = |dir: &Path| std::fs::read_dir(dir).map_or(0, |d| d.flatten().filter(|e| e.path().join("summary.json").exists()).count());
     for _ in 0..600 {
@@ -49,10 +40,10 @@ fn a_killed_sweep_resumes_to_the_same_aggregate_and_shards_partition_it() {
     child.wait().unwrap();
     let done_before = std::fs::read_dir(&killed).unwrap().flatten().filter(|e| e.path().join("summary.json").exists()).count();
     assert!(done_before < 12, "the kill came too late to interrupt anything");
-    let again = run_ok(ebb().arg("sweep").arg(smoke()).arg("--out").arg(&killed).args(["--jobs", "2"]));
+    let again = run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&killed).args(["--jobs", "2"]));
     let said = String::from_utf8_lossy(&again.stdout);
     assert!(said.contains(&format!("{} already done", done_before)), "{said}");
-    assert_eq!(aggregate(&killed), want, "the resumed sweep aggregates differently");
+    assert_eq!(sweep_aggregate(&killed), want, "the resumed sweep aggregates differently");
 
     // Shards 1/2 and 2/2 cover the plan exactly once.
     let sharded = tmp.path().join("sharded");
@@ -65,12 +56,12 @@ fn a_killed_sweep_resumes_to_the_same_aggregate_and_shards_partition_it() {
     let mut sorted = all.clone();
     sorted.sort();
     assert_eq!(union, sorted);
-    run_ok(ebb().arg("sweep").arg(smoke()).arg("--out").arg(&sharded).args(["--shard", "1/2", "--quiet"]));
+    run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&sharded).args(["--shard", "1/2", "--quiet"]));
     let ran: Vec<String> = std::fs::read_dir(&sharded).unwrap().flatten().filter(|e| e.path().join("summary.json").exists()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(ran.len(), one.len());
     assert!(ran.iter().all(|id| one.contains(id)), "shard 1/2 ran a run of shard 2/2");
-    run_ok(ebb().arg("sweep").arg(smoke()).arg("--out").arg(&sharded).args(["--shard", "2/2", "--quiet"]));
-    assert_eq!(aggregate(&sharded), want);
+    run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&sharded).args(["--shard", "2/2", "--quiet"]));
+    assert_eq!(sweep_aggregate(&sharded), want);
 }
 
 /// Writes a sweep file next to a copy of the smoke experiment; asserts exit 2,
@@ -82,12 +73,7 @@ fn rejects(sweep: &str, extra: &[&str], expect: &[&str]) {
     write(&path, sweep);
     let out_dir = tmp.path().join("out");
     let out = ebb().arg("sweep").arg(&path).arg("--out").arg(&out_dir).args(extra).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    for e in expect {
-        assert!(stderr.contains(e), "error lacks {e:?}: {stderr}");
-    }
+    assert_input_error(&out, expect);
     assert!(!out_dir.exists(), "something ran");
 }
 

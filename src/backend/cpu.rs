@@ -66,7 +66,8 @@ struct Strided<F> {
     cs: usize,
 }
 
-fn threads_for_gemm() -> Parallelism {
+/// gemm's threading for the current rayon pool: none on one thread.
+pub(crate) fn threads_for_gemm() -> Parallelism {
     match rayon::current_num_threads() {
         1 => Parallelism::None,
         n => Parallelism::Rayon(n),

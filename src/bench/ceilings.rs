@@ -10,8 +10,6 @@
 
 use std::time::Instant;
 
-use gemm::Parallelism;
-
 use super::BenchConfig;
 
 /// Measured ceilings for one config on the current rayon pool.
@@ -25,13 +23,6 @@ pub struct Ceilings {
     /// `gemm` on the step's own products: GFLOP/s, and ms per step.
     pub step_products_gflops: f64,
     pub step_products_ms: f64,
-}
-
-fn parallelism() -> Parallelism {
-    match rayon::current_num_threads() {
-        1 => Parallelism::None,
-        n => Parallelism::Rayon(n),
-    }
 }
 
 /// Twelve independent FMA chains on 512-bit registers (two FMA ports with a
@@ -122,7 +113,7 @@ fn time_products(products: &[Product], rounds: usize) -> f64 {
     let lhs: Vec<f32> = (0..size(|p| p.m * p.k)).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
     let rhs: Vec<f32> = (0..size(|p| p.k * p.n)).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
     let mut dst = vec![0f32; size(|p| p.m * p.n)];
-    let par = parallelism();
+    let par = crate::backend::cpu::threads_for_gemm();
     let mut best = f64::INFINITY;
     for _ in 0..rounds {
         let t0 = Instant::now();

@@ -48,8 +48,6 @@ pub struct Submission {
     pub running_runs: usize,
     /// The job id (none for a dry run or when nothing was missing).
     pub job: Option<String>,
-    /// With `wait`: whether every array task succeeded.
-    pub all_succeeded: Option<bool>,
 }
 
 /// Array task of run `k` (0-based position in the plan) when the plan is cut into `n` shards.
@@ -170,7 +168,7 @@ pub fn submit(plan: &Plan, sweep_file: &Path, out: &Path, opts: &SlurmOptions) -
     let dir = out.join("slurm");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let script = dir.join("sweep.sbatch");
-    let mut submission = Submission { script: script.clone(), indices, array_tasks: n, missing_runs, running_runs, job: None, all_succeeded: None };
+    let mut submission = Submission { script: script.clone(), indices, array_tasks: n, missing_runs, running_runs, job: None };
     if submission.indices.is_empty() {
         return Ok(submission);
     }
@@ -203,7 +201,10 @@ pub fn submit(plan: &Plan, sweep_file: &Path, out: &Path, opts: &SlurmOptions) -
         let row = format!("{job},{},{},{n}\n", unix_seconds(), array_spec(&submission.indices).replace(',', " "));
         append(&dir.join("jobs.csv"), "job,submitted_unix,array,array_tasks\n", &row)?;
     }
-    let status = child.wait().map_err(|e| Error::input(format!("--slurm: waiting for sbatch: {e}")))?;
+    // With --wait, sbatch's exit status says whether every array task
+    // succeeded; the run directories say it better (a diverged run fails
+    // its task yet completes the sweep), so the caller reads those instead.
+    child.wait().map_err(|e| Error::input(format!("--slurm: waiting for sbatch: {e}")))?;
     let mut err = String::new();
     let _ = child.stderr.as_mut().expect("piped").read_to_string(&mut err);
     if job.is_empty() {
@@ -211,9 +212,6 @@ pub fn submit(plan: &Plan, sweep_file: &Path, out: &Path, opts: &SlurmOptions) -
         return Err(Error::input(format!("sbatch refused the job ({}): {why}", script.display())));
     }
     submission.job = Some(job);
-    if opts.wait {
-        submission.all_succeeded = Some(status.success());
-    }
     Ok(submission)
 }
 

@@ -27,6 +27,29 @@ pub fn fingerprint(out: &Output) -> String {
     last.strip_prefix("params fingerprint: ").unwrap_or_else(|| panic!("last line is not the fingerprint: {last}")).to_string()
 }
 
+/// Asserts that `out` is a refusal: exit code 2, one line on stderr, no
+/// panic report, every string of `expect` in it. Returns that line.
+pub fn assert_input_error(out: &Output, expect: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "expected exit 2, stderr: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "expected one line, got: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for e in expect {
+        assert!(stderr.contains(e), "error lacks {e:?}: {stderr}");
+    }
+    stderr
+}
+
+/// The smoke sweep, `tasks/sweep-smoke.toml`.
+pub fn smoke_sweep() -> PathBuf {
+    root().join("tasks/sweep-smoke.toml")
+}
+
+/// A sweep's aggregate files, which must not depend on how the sweep was run.
+pub fn sweep_aggregate(dir: &Path) -> Vec<String> {
+    ["sweep.csv", "drops.csv", "scaling.json"].iter().map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(f).display()))).collect()
+}
+
 pub fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write test file");
 }
