@@ -156,10 +156,21 @@ fn dot_with<F: Float>(x: &[F], a: impl Fn(usize) -> F, b: impl Fn(usize) -> F) -
     total
 }
 
-/// The largest element (order does not matter for max; NaN-free input).
+/// The largest element of NaN-free input. Eight independent running maxima
+/// (a max is the same whatever the order) instead of one chain of compares,
+/// each waiting for the last.
 #[inline]
 fn max<F: Float>(x: &[F]) -> F {
-    x.iter().fold(F::neg_infinity(), |m, &v| if v > m { v } else { m })
+    let larger = |m: F, v: F| if v > m { v } else { m };
+    let mut acc = [F::neg_infinity(); 8];
+    let lanes = x.chunks_exact(8);
+    let tail = lanes.remainder();
+    for chunk in lanes {
+        for (m, &v) in acc.iter_mut().zip(chunk) {
+            *m = larger(*m, v);
+        }
+    }
+    acc.iter().chain(tail).fold(F::neg_infinity(), |m, &v| larger(m, v))
 }
 
 /// out += x, element-wise.
@@ -243,16 +254,18 @@ unsafe fn causal_transposed_times<F: Float>(t: usize, n: usize, dst: *mut F, dst
 fn causal_softmax_rows<F: Float>(block: &mut [F], t: usize) {
     for i in 0..t {
         let row = &mut block[i * t..(i + 1) * t];
+        // Whole 8-lane chunks cover 0..=i: the few entries past i (the
+        // diagonal block's upper part, finite) go through exp too and are
+        // zeroed after, which is cheaper than a scalar tail on every row.
+        let padded = (i + 1).next_multiple_of(8).min(t);
         let m = max(&row[..=i]);
-        for x in &mut row[..=i] {
+        for x in &mut row[..padded] {
             *x = (*x - m).fast_exp();
         }
-        let inv = F::one() / sum(&row[..=i]);
-        for x in &mut row[..=i] {
+        row[i + 1..].fill(F::zero());
+        let inv = F::one() / sum(&row[..padded]);
+        for x in &mut row[..padded] {
             *x *= inv;
-        }
-        for x in &mut row[i + 1..] {
-            *x = F::zero();
         }
     }
 }
