@@ -160,3 +160,31 @@ fn encoder_and_elementwise_ops_match_reference() {
     }
     assert!((200..300).contains(&dropped), "dropped {dropped} of 1000 at p = 0.25");
 }
+
+#[test]
+fn attention_builds_with_and_without_avx512_give_the_same_bits() {
+    // On a CPU without AVX-512 both backends run the same build and this
+    // checks nothing beyond repeatability; on one with it (the development
+    // machine and CI), the 16-lane build against the 8-lane one.
+    let (wide, narrow) = (CpuBackend::<f32>::new(), CpuBackend::<f32>::new().without_avx512());
+    for dropout in [Dropout::OFF, Dropout { p: 0.2, key: 7 }] {
+        for (b, t, c, h) in [(2, 128, 64, 2), (3, 37, 48, 3), (1, 64, 64, 4), (2, 9, 8, 1)] {
+            let what = format!("b{b} t{t} c{c} h{h} p{}", dropout.p);
+            let qkv = random(b * t * 3 * c, 11);
+            let dout = random(b * t * c, 12);
+            let tt = b * h * t * t;
+            let drop_len = if dropout.active() { tt } else { 0 };
+            let run = |cpu: &CpuBackend<f32>| {
+                let (mut out, mut att, mut att_drop) = (vec![0.0f32; b * t * c], vec![0.0f32; tt], vec![0.0f32; drop_len]);
+                cpu.attention_forward(&mut out, &mut att, &mut att_drop, &qkv, b, t, c, h, dropout);
+                let (mut dqkv, mut datt) = (vec![0.0f32; b * t * 3 * c], vec![0.0f32; tt]);
+                cpu.attention_backward(&mut dqkv, &mut datt, &dout, &qkv, &att, &att_drop, b, t, c, h, dropout);
+                [out, att, dqkv].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
+            };
+            let (w, n) = (run(&wide), run(&narrow));
+            for (name, (w, n)) in ["out", "att", "dqkv"].iter().zip(w.iter().zip(&n)) {
+                assert!(w == n, "{what}: {name} differs between the AVX-512 and 8-lane builds");
+            }
+        }
+    }
+}
