@@ -161,30 +161,54 @@ fn encoder_and_elementwise_ops_match_reference() {
     assert!((200..300).contains(&dropped), "dropped {dropped} of 1000 at p = 0.25");
 }
 
+/// The bits of each buffer, for exact comparisons.
+fn bits(bufs: &[&[f32]]) -> Vec<Vec<u32>> {
+    bufs.iter().map(|b| b.iter().map(|x| x.to_bits()).collect()).collect()
+}
+
+/// The CPU backend with and without its AVX-512 builds. On a CPU without
+/// AVX-512 both run the same build and the comparisons check repeatability
+/// only; on one with it (the development machine), 16-lane against 8-lane.
+fn both_builds() -> [CpuBackend<f32>; 2] {
+    [CpuBackend::<f32>::new(), CpuBackend::<f32>::new().without_avx512()]
+}
+
 #[test]
 fn attention_builds_with_and_without_avx512_give_the_same_bits() {
-    // On a CPU without AVX-512 both backends run the same build and this
-    // checks nothing beyond repeatability; on one with it (the development
-    // machine and CI), the 16-lane build against the 8-lane one.
-    let (wide, narrow) = (CpuBackend::<f32>::new(), CpuBackend::<f32>::new().without_avx512());
     for dropout in [Dropout::OFF, Dropout { p: 0.2, key: 7 }] {
         for (b, t, c, h) in [(2, 128, 64, 2), (3, 37, 48, 3), (1, 64, 64, 4), (2, 9, 8, 1)] {
-            let what = format!("b{b} t{t} c{c} h{h} p{}", dropout.p);
             let qkv = random(b * t * 3 * c, 11);
             let dout = random(b * t * c, 12);
             let tt = b * h * t * t;
             let drop_len = if dropout.active() { tt } else { 0 };
-            let run = |cpu: &CpuBackend<f32>| {
+            let [wide, narrow] = both_builds().map(|cpu| {
                 let (mut out, mut att, mut att_drop) = (vec![0.0f32; b * t * c], vec![0.0f32; tt], vec![0.0f32; drop_len]);
                 cpu.attention_forward(&mut out, &mut att, &mut att_drop, &qkv, b, t, c, h, dropout);
                 let (mut dqkv, mut datt) = (vec![0.0f32; b * t * 3 * c], vec![0.0f32; tt]);
                 cpu.attention_backward(&mut dqkv, &mut datt, &dout, &qkv, &att, &att_drop, b, t, c, h, dropout);
-                [out, att, dqkv].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
-            };
-            let (w, n) = (run(&wide), run(&narrow));
-            for (name, (w, n)) in ["out", "att", "dqkv"].iter().zip(w.iter().zip(&n)) {
-                assert!(w == n, "{what}: {name} differs between the AVX-512 and 8-lane builds");
-            }
+                bits(&[&out, &att, &dqkv])
+            });
+            assert!(wide == narrow, "attention b{b} t{t} c{c} h{h} p{}: the AVX-512 and 8-lane builds differ", dropout.p);
         }
     }
+}
+
+#[test]
+fn elementwise_builds_with_and_without_avx512_give_the_same_bits() {
+    let (n, c) = (37, 48);
+    let inp = random(n * c, 13);
+    let dout = random(n * c, 14);
+    let params = random(2 * c, 15);
+    let (w, b) = (View { offset: 0, len: c }, View { offset: c, len: c });
+    let [wide, narrow] = both_builds().map(|cpu| {
+        let (mut gelu, mut dgelu) = (vec![0.0f32; n * c], vec![0.0f32; n * c]);
+        cpu.activation_forward(&mut gelu, &inp, Activation::Gelu);
+        cpu.activation_backward(&mut dgelu, &dout, &inp, Activation::Gelu);
+        let (mut ln, mut mean, mut rstd) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
+        cpu.layernorm_forward(&mut ln, &mut mean, &mut rstd, &inp, &params, w, b, n, c);
+        let (mut dln, mut grads) = (vec![0.0f32; n * c], vec![0.0f32; 2 * c]);
+        cpu.layernorm_backward(&mut dln, false, &mut grads, w, b, &dout, &inp, &params, &mean, &rstd, n, c);
+        bits(&[&gelu, &dgelu, &ln, &mean, &rstd, &dln, &grads])
+    });
+    assert!(wide == narrow, "GELU or LayerNorm: the AVX-512 and 8-lane builds differ");
 }

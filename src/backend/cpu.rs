@@ -469,6 +469,18 @@ impl<F: Float> Heads<F> {
     }
 }
 
+/// Runs `f`, built for AVX-512 when `avx512` is set: `f` is inlined into a
+/// function compiled with those features, so its loops use 16-lane vectors.
+/// Element-wise work does the same operations in the same order either way.
+#[inline(always)]
+fn with_avx512<R>(avx512: bool, f: impl FnOnce() -> R) -> R {
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl"))]
+    unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+    if avx512 { unsafe { wide(f) } } else { f() }
+}
+
 /// Whether this CPU runs AVX-512 (the answer is cached by std).
 fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -649,15 +661,17 @@ impl<F: Float> Backend for CpuBackend<F> {
             .enumerate()
             .with_min_len(ROWS_PER_TASK)
             .for_each(|(row, (o, (mu, rs)))| {
-                let x = &inp[row * c..(row + 1) * c];
-                let m = sum(x) / cf;
-                let var = dot_with(x, |j| x[j] - m, |j| x[j] - m) / cf;
-                let r = F::one() / (var + eps).sqrt();
-                for j in 0..c {
-                    o[j] = (x[j] - m) * r * w[j] + b[j];
-                }
-                *mu = m;
-                *rs = r;
+                with_avx512(self.avx512, || {
+                    let x = &inp[row * c..(row + 1) * c];
+                    let m = sum(x) / cf;
+                    let var = dot_with(x, |j| x[j] - m, |j| x[j] - m) / cf;
+                    let r = F::one() / (var + eps).sqrt();
+                    for (o, (&x, (&w, &b))) in o.iter_mut().zip(x.iter().zip(w.iter().zip(b))) {
+                        *o = (x - m) * r * w + b;
+                    }
+                    *mu = m;
+                    *rs = r;
+                })
             });
     }
 
@@ -669,22 +683,24 @@ impl<F: Float> Backend for CpuBackend<F> {
         let (dw, db) = grads_pair(grads, w, b);
         // Each row block writes its rows of dinp and its partial (dw, db).
         self.add_block_sums(&mut [dw, db], n, |rows, part| {
-            let (pw, pb) = part.split_at_mut(c);
-            for row in rows {
-                let x = &inp[row * c..(row + 1) * c];
-                let d = &dout[row * c..(row + 1) * c];
-                let (m, r) = (mean[row], rstd[row]);
-                let mean_dxhat = dot(d, wt) / cf;
-                let mean_dxhat_xhat = dot_with(d, |j| d[j] * wt[j], |j| (x[j] - m) * r) / cf;
-                let di = unsafe { std::slice::from_raw_parts_mut(dinp.at(row * c), c) };
-                for j in 0..c {
-                    let xhat = (x[j] - m) * r;
-                    let g = r * (d[j] * wt[j] - mean_dxhat - xhat * mean_dxhat_xhat);
-                    if accumulate { di[j] += g } else { di[j] = g }
-                    pw[j] += xhat * d[j];
-                    pb[j] += d[j];
+            with_avx512(self.avx512, || {
+                let (pw, pb) = part.split_at_mut(c);
+                for row in rows {
+                    let x = &inp[row * c..(row + 1) * c];
+                    let d = &dout[row * c..(row + 1) * c];
+                    let (m, r) = (mean[row], rstd[row]);
+                    let mean_dxhat = dot(d, wt) / cf;
+                    let mean_dxhat_xhat = dot_with(d, |j| d[j] * wt[j], |j| (x[j] - m) * r) / cf;
+                    let di = unsafe { std::slice::from_raw_parts_mut(dinp.at(row * c), c) };
+                    for j in 0..c {
+                        let xhat = (x[j] - m) * r;
+                        let g = r * (d[j] * wt[j] - mean_dxhat - xhat * mean_dxhat_xhat);
+                        if accumulate { di[j] += g } else { di[j] = g }
+                        pw[j] += xhat * d[j];
+                        pb[j] += d[j];
+                    }
                 }
-            }
+            })
         });
     }
 
@@ -770,16 +786,20 @@ impl<F: Float> Backend for CpuBackend<F> {
     }
 
     fn activation_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, act: Activation) {
-        out.par_chunks_mut(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK)).for_each(|(o, x)| match act {
-            Activation::Gelu => o.iter_mut().zip(x).for_each(|(o, &x)| *o = gelu(x)),
-            Activation::Relu => o.iter_mut().zip(x).for_each(|(o, &x)| *o = x.max(F::zero())),
+        out.par_chunks_mut(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK)).for_each(|(o, x)| {
+            with_avx512(self.avx512, || match act {
+                Activation::Gelu => o.iter_mut().zip(x).for_each(|(o, &x)| *o = gelu(x)),
+                Activation::Relu => o.iter_mut().zip(x).for_each(|(o, &x)| *o = x.max(F::zero())),
+            })
         });
     }
 
     fn activation_backward(&self, dinp: &mut Vec<F>, dout: &Vec<F>, inp: &Vec<F>, act: Activation) {
-        dinp.par_chunks_mut(ELEMS_PER_TASK).zip(dout.par_chunks(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK))).for_each(|(di, (d, x))| match act {
-            Activation::Gelu => di.iter_mut().zip(d.iter().zip(x)).for_each(|(di, (&d, &x))| *di = d * gelu_grad(x)),
-            Activation::Relu => di.iter_mut().zip(d.iter().zip(x)).for_each(|(di, (&d, &x))| *di = if x > F::zero() { d } else { F::zero() }),
+        dinp.par_chunks_mut(ELEMS_PER_TASK).zip(dout.par_chunks(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK))).for_each(|(di, (d, x))| {
+            with_avx512(self.avx512, || match act {
+                Activation::Gelu => di.iter_mut().zip(d.iter().zip(x)).for_each(|(di, (&d, &x))| *di = d * gelu_grad(x)),
+                Activation::Relu => di.iter_mut().zip(d.iter().zip(x)).for_each(|(di, (&d, &x))| *di = if x > F::zero() { d } else { F::zero() }),
+            })
         });
     }
 
