@@ -2,6 +2,12 @@
 //!
 //! - The f32 FMA peak: every thread of the pool runs independent fused
 //!   multiply-adds on full vector registers, nothing else.
+//! - A register-tiled product kernel (the inner loop of every fast matrix
+//!   product) on packed operands held in cache: what products can reach
+//!   once the arithmetic has to be fed from memory, however good the
+//!   library around the kernel.
+//! - Copy bandwidth: how fast the element-wise passes (GELU, LayerNorm,
+//!   residuals, AdamW) can stream their operands at best.
 //! - The matrix-product library (`gemm`, as the CPU backend calls it) on a
 //!   large square product, its best case.
 //! - The same library on exactly the products of one training step of a
@@ -18,6 +24,8 @@ pub struct Ceilings {
     pub threads: usize,
     /// f32 FMA peak, GFLOP/s.
     pub fma_gflops: f64,
+    pub kernel_gflops: f64,
+    pub copy_gb_per_s: f64,
     /// `gemm` on a 1024³ product, GFLOP/s.
     pub square_gflops: f64,
     /// `gemm` on the step's own products: GFLOP/s, and ms per step.
@@ -80,6 +88,99 @@ fn fma_loop() -> Option<(f64, fn(u64) -> f32)> {
 
 /// f32 FMA GFLOP/s with every thread of the pool busy (best of 5 rounds of
 /// about 0.2 s); NaN where no FMA vector unit is known.
+/// Accumulator rows of the tiled kernel; each row is two 16-lane vectors
+/// (32 columns), so 24 of the 32 vector registers hold the tile.
+const KERNEL_ROWS: usize = 12;
+const KERNEL_COLS: usize = 32;
+
+/// c (12×32) = Σ_k a[k] (12) ⊗ b[k] (32): a packed as 12 values per k, b as
+/// 32 per k; per k two vector loads, twelve broadcasts, 24 FMAs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_kernel_avx512(k: usize, a: *const f32, b: *const f32, c: *mut f32) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; KERNEL_ROWS];
+        for p in 0..k {
+            let (b0, b1) = (_mm512_loadu_ps(b.add(p * KERNEL_COLS)), _mm512_loadu_ps(b.add(p * KERNEL_COLS + 16)));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*a.add(p * KERNEL_ROWS + r));
+                row[0] = _mm512_fmadd_ps(x, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(x, b1, row[1]);
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add(r * KERNEL_COLS), _mm512_add_ps(_mm512_loadu_ps(c.add(r * KERNEL_COLS)), row[0]));
+            _mm512_storeu_ps(c.add(r * KERNEL_COLS + 16), _mm512_add_ps(_mm512_loadu_ps(c.add(r * KERNEL_COLS + 16)), row[1]));
+        }
+    }
+}
+
+/// The tiled kernel's rate on every thread at once, GFLOP/s in all: each
+/// thread multiplies a 120×256 packed block of a (120 KB, in L2) by 24
+/// packed 256×32 panels of b (32 KB each, one in L1 at a time), i.e. base's
+/// qkv product shape with everything in cache. NaN without AVX-512.
+pub fn tiled_kernel_rate() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !is_x86_feature_detected!("avx512f") {
+            return f64::NAN;
+        }
+        let (k, row_tiles, col_tiles) = (256, 10, 24);
+        let flops_per_pass = 2.0 * (row_tiles * KERNEL_ROWS * k * col_tiles * KERNEL_COLS) as f64;
+        let passes = 200;
+        let threads = rayon::current_num_threads() as f64;
+        let once = || {
+            let a: Vec<f32> = (0..row_tiles * KERNEL_ROWS * k).map(|i| (i % 13) as f32 * 1e-3).collect();
+            let b: Vec<f32> = (0..col_tiles * KERNEL_COLS * k).map(|i| (i % 7) as f32 * 1e-3).collect();
+            let mut c = vec![0f32; KERNEL_ROWS * KERNEL_COLS];
+            let t0 = Instant::now();
+            for _ in 0..passes {
+                for jt in 0..col_tiles {
+                    for it in 0..row_tiles {
+                        unsafe { tile_kernel_avx512(k, a[it * KERNEL_ROWS * k..].as_ptr(), b[jt * KERNEL_COLS * k..].as_ptr(), c.as_mut_ptr()) };
+                    }
+                }
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            std::hint::black_box(&c);
+            secs
+        };
+        (0..5)
+            .map(|_| {
+                let secs = rayon::broadcast(|_| once()).into_iter().fold(0.0, f64::max);
+                flops_per_pass * passes as f64 * threads / secs / 1e9
+            })
+            .fold(0.0, f64::max)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        f64::NAN
+    }
+}
+
+/// Copy bandwidth, GB/s counting the bytes read and written: every thread
+/// copies its own 64 MB buffer (far past any cache) into another.
+pub fn copy_bandwidth() -> f64 {
+    let len = 16 << 20;
+    let threads = rayon::current_num_threads() as f64;
+    let buffers: Vec<(Vec<f32>, std::sync::Mutex<Vec<f32>>)> = (0..rayon::current_num_threads()).map(|i| (vec![i as f32; len], std::sync::Mutex::new(vec![0f32; len]))).collect();
+    (0..5)
+        .map(|_| {
+            let secs = rayon::broadcast(|ctx| {
+                let (src, dst) = &buffers[ctx.index()];
+                let mut dst = dst.lock().unwrap_or_else(|e| e.into_inner());
+                let t0 = Instant::now();
+                dst.copy_from_slice(src);
+                t0.elapsed().as_secs_f64()
+            })
+            .into_iter()
+            .fold(0.0, f64::max);
+            2.0 * 4.0 * len as f64 * threads / secs / 1e9
+        })
+        .fold(0.0, f64::max)
+}
+
 pub fn fma_peak() -> f64 {
     let Some((flops_per_iter, chains)) = fma_loop() else { return f64::NAN };
     let iters = 20_000_000u64;
@@ -168,6 +269,8 @@ pub fn measure(cfg: &BenchConfig) -> Ceilings {
     Ceilings {
         threads: rayon::current_num_threads(),
         fma_gflops: fma_peak(),
+        kernel_gflops: tiled_kernel_rate(),
+        copy_gb_per_s: copy_bandwidth(),
         square_gflops,
         step_products_gflops: products.iter().map(Product::flops).sum::<f64>() / secs / 1e9,
         step_products_ms: secs * 1e3,
