@@ -469,16 +469,82 @@ impl<F: Float> Heads<F> {
     }
 }
 
-/// Runs `f`, built for AVX-512 when `avx512` is set: `f` is inlined into a
-/// function compiled with those features, so its loops use 16-lane vectors.
-/// Element-wise work does the same operations in the same order either way.
-#[inline(always)]
-fn with_avx512<R>(avx512: bool, f: impl FnOnce() -> R) -> R {
-    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl"))]
-    unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
-        f()
+/// Declares `fn NAME<F: Float>(avx512: bool, args…)`: the body is built twice,
+/// once as usual (8-lane vectors) and once with AVX-512 enabled (16-lane),
+/// and `avx512` picks the build. Both do the same operations in the same
+/// order, so they give the same bits (tests/ops.rs checks it).
+macro_rules! built_for_avx512_too {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        mod $name {
+            use super::*;
+
+            #[inline(always)]
+            pub(super) fn plain<F: Float>($($arg: $ty),*) $(-> $ret)? $body
+
+            #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl"))]
+            pub(super) unsafe fn avx512<F: Float>($($arg: $ty),*) $(-> $ret)? {
+                plain($($arg),*)
+            }
+        }
+
+        $(#[$doc])*
+        fn $name<F: Float>(avx512: bool, $($arg: $ty),*) $(-> $ret)? {
+            if avx512 { unsafe { $name::avx512($($arg),*) } } else { $name::plain($($arg),*) }
+        }
+    };
+}
+
+built_for_avx512_too! {
+    /// out = GELU(inp), element-wise.
+    fn gelu_forward(out: &mut [F], inp: &[F]) {
+        for (o, &x) in out.iter_mut().zip(inp) {
+            *o = gelu(x);
+        }
     }
-    if avx512 { unsafe { wide(f) } } else { f() }
+}
+
+built_for_avx512_too! {
+    /// dinp = dout · GELU'(inp), element-wise.
+    fn gelu_backward(dinp: &mut [F], dout: &[F], inp: &[F]) {
+        for (di, (&d, &x)) in dinp.iter_mut().zip(dout.iter().zip(inp)) {
+            *di = d * gelu_grad(x);
+        }
+    }
+}
+
+built_for_avx512_too! {
+    /// One LayerNorm row: out (C) = (x − mean) · rstd · w + b; returns (mean, rstd).
+    fn layernorm_row(out: &mut [F], x: &[F], w: &[F], b: &[F]) -> (F, F) {
+        let cf = F::of(x.len() as f64);
+        let m = sum(x) / cf;
+        let var = dot_with(x, |j| x[j] - m, |j| x[j] - m) / cf;
+        let r = F::one() / (var + F::of(1e-5)).sqrt();
+        for (o, (&x, (&w, &b))) in out.iter_mut().zip(x.iter().zip(w.iter().zip(b))) {
+            *o = (x - m) * r * w + b;
+        }
+        (m, r)
+    }
+}
+
+built_for_avx512_too! {
+    /// One LayerNorm row backward: dinp (C) (+)= its input gradient, and the
+    /// row's share of the weight and bias gradients is added to dw, db.
+    fn layernorm_row_backward(dinp: &mut [F], accumulate: bool, dw: &mut [F], db: &mut [F], dout: &[F], x: &[F], w: &[F], mean: F, rstd: F) {
+        let c = x.len();
+        let cf = F::of(c as f64);
+        // Every slice cut to C, so the loop below needs no bounds checks.
+        let (dinp, dw, db, d, w) = (&mut dinp[..c], &mut dw[..c], &mut db[..c], &dout[..c], &w[..c]);
+        let (m, r) = (mean, rstd);
+        let mean_dxhat = dot(d, w) / cf;
+        let mean_dxhat_xhat = dot_with(d, |j| d[j] * w[j], |j| (x[j] - m) * r) / cf;
+        for j in 0..c {
+            let xhat = (x[j] - m) * r;
+            let g = r * (d[j] * w[j] - mean_dxhat - xhat * mean_dxhat_xhat);
+            if accumulate { dinp[j] += g } else { dinp[j] = g }
+            dw[j] += xhat * d[j];
+            db[j] += d[j];
+        }
+    }
 }
 
 /// Whether this CPU runs AVX-512 (the answer is cached by std).
@@ -653,54 +719,27 @@ impl<F: Float> Backend for CpuBackend<F> {
 
     fn layernorm_forward(&self, out: &mut Vec<F>, mean: &mut Vec<F>, rstd: &mut Vec<F>, inp: &Vec<F>, params: &Vec<F>, w: View, b: View, n: usize, c: usize) {
         let (w, b) = (&params[w.range()], &params[b.range()]);
-        let eps = F::of(1e-5);
-        let cf = F::of(c as f64);
         out[..n * c]
             .par_chunks_mut(c)
             .zip(mean[..n].par_iter_mut().zip(rstd[..n].par_iter_mut()))
             .enumerate()
             .with_min_len(ROWS_PER_TASK)
-            .for_each(|(row, (o, (mu, rs)))| {
-                with_avx512(self.avx512, || {
-                    let x = &inp[row * c..(row + 1) * c];
-                    let m = sum(x) / cf;
-                    let var = dot_with(x, |j| x[j] - m, |j| x[j] - m) / cf;
-                    let r = F::one() / (var + eps).sqrt();
-                    for (o, (&x, (&w, &b))) in o.iter_mut().zip(x.iter().zip(w.iter().zip(b))) {
-                        *o = (x - m) * r * w + b;
-                    }
-                    *mu = m;
-                    *rs = r;
-                })
-            });
+            .for_each(|(row, (o, (mu, rs)))| (*mu, *rs) = layernorm_row(self.avx512, o, &inp[row * c..(row + 1) * c], w, b));
     }
 
     fn layernorm_backward(&self, dinp: &mut Vec<F>, accumulate: bool, grads: &mut Vec<F>, w: View, b: View, dout: &Vec<F>, inp: &Vec<F>, params: &Vec<F>, mean: &Vec<F>, rstd: &Vec<F>, n: usize, c: usize) {
         let wt = &params[w.range()];
-        let cf = F::of(c as f64);
         assert!(dinp.len() >= n * c && dout.len() >= n * c && inp.len() >= n * c);
         let dinp = SharedMut(dinp.as_mut_ptr());
         let (dw, db) = grads_pair(grads, w, b);
         // Each row block writes its rows of dinp and its partial (dw, db).
         self.add_block_sums(&mut [dw, db], n, |rows, part| {
-            with_avx512(self.avx512, || {
-                let (pw, pb) = part.split_at_mut(c);
-                for row in rows {
-                    let x = &inp[row * c..(row + 1) * c];
-                    let d = &dout[row * c..(row + 1) * c];
-                    let (m, r) = (mean[row], rstd[row]);
-                    let mean_dxhat = dot(d, wt) / cf;
-                    let mean_dxhat_xhat = dot_with(d, |j| d[j] * wt[j], |j| (x[j] - m) * r) / cf;
-                    let di = unsafe { std::slice::from_raw_parts_mut(dinp.at(row * c), c) };
-                    for j in 0..c {
-                        let xhat = (x[j] - m) * r;
-                        let g = r * (d[j] * wt[j] - mean_dxhat - xhat * mean_dxhat_xhat);
-                        if accumulate { di[j] += g } else { di[j] = g }
-                        pw[j] += xhat * d[j];
-                        pb[j] += d[j];
-                    }
-                }
-            })
+            let (pw, pb) = part.split_at_mut(c);
+            for row in rows {
+                let di = unsafe { std::slice::from_raw_parts_mut(dinp.at(row * c), c) };
+                let (d, x) = (&dout[row * c..(row + 1) * c], &inp[row * c..(row + 1) * c]);
+                layernorm_row_backward(self.avx512, di, accumulate, pw, pb, d, x, wt, mean[row], rstd[row]);
+            }
         });
     }
 
@@ -787,19 +826,19 @@ impl<F: Float> Backend for CpuBackend<F> {
 
     fn activation_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, act: Activation) {
         out.par_chunks_mut(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK)).for_each(|(o, x)| {
-            with_avx512(self.avx512, || match act {
-                Activation::Gelu => o.iter_mut().zip(x).for_each(|(o, &x)| *o = gelu(x)),
+            match act {
+                Activation::Gelu => gelu_forward(self.avx512, o, x),
                 Activation::Relu => o.iter_mut().zip(x).for_each(|(o, &x)| *o = x.max(F::zero())),
-            })
+            }
         });
     }
 
     fn activation_backward(&self, dinp: &mut Vec<F>, dout: &Vec<F>, inp: &Vec<F>, act: Activation) {
         dinp.par_chunks_mut(ELEMS_PER_TASK).zip(dout.par_chunks(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK))).for_each(|(di, (d, x))| {
-            with_avx512(self.avx512, || match act {
-                Activation::Gelu => di.iter_mut().zip(d.iter().zip(x)).for_each(|(di, (&d, &x))| *di = d * gelu_grad(x)),
+            match act {
+                Activation::Gelu => gelu_backward(self.avx512, di, d, x),
                 Activation::Relu => di.iter_mut().zip(d.iter().zip(x)).for_each(|(di, (&d, &x))| *di = if x > F::zero() { d } else { F::zero() }),
-            })
+            }
         });
     }
 
