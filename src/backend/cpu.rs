@@ -177,6 +177,26 @@ fn dot_with<F: Float>(x: &[F], a: impl Fn(usize) -> F, b: impl Fn(usize) -> F) -
     total
 }
 
+/// Σ x² in f64, in a fixed order: eight interleaved partial sums combined
+/// pairwise, then the tail, like `sum` (one running sum would make every
+/// add wait for the last).
+#[inline]
+fn sum_squares_f64<F: Float>(x: &[F]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let lanes = x.chunks_exact(8);
+    let tail = lanes.remainder();
+    for chunk in lanes {
+        for (s, &v) in acc.iter_mut().zip(chunk) {
+            *s += v.f64() * v.f64();
+        }
+    }
+    let mut total = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+    for &v in tail {
+        total += v.f64() * v.f64();
+    }
+    total
+}
+
 /// The largest element of NaN-free input. Eight independent running maxima
 /// (a max is the same whatever the order) instead of one chain of compares,
 /// each waiting for the last.
@@ -897,7 +917,7 @@ impl<F: Float> Backend for CpuBackend<F> {
         if partials.len() != chunks {
             partials.resize(chunks, 0.0); // first call only: the buffer size never changes
         }
-        partials.par_iter_mut().zip(buf.par_chunks(ELEMS_PER_TASK)).for_each(|(s, c)| *s = c.iter().map(|&g| g.f64() * g.f64()).sum());
+        partials.par_iter_mut().zip(buf.par_chunks(ELEMS_PER_TASK)).for_each(|(s, c)| *s = sum_squares_f64(c));
         partials.iter().sum()
     }
 
