@@ -1,0 +1,309 @@
+//! Causal self-attention on the CPU, one (batch row, head) at a time.
+//!
+//! The products inside a head are short (T up to a few hundred, head size
+//! 16 to 64), too short for a general matrix library: its per-call packing
+//! costs more than the arithmetic. Here they are register tiles over the
+//! causal triangle, and each head's softmax runs on rows still in cache.
+//! Every head function is built twice, for 8-lane vectors and for AVX-512,
+//! with the same operations in the same order (so the same bits).
+
+use rayon::prelude::*;
+
+use super::{dot, max, scratch_slot, scratch_slots, sum, CpuBackend, SharedMut, Strided};
+use crate::backend::Dropout;
+use crate::float::Float;
+
+/// The attention op's forward (see `Backend::attention_forward`): heads in
+/// parallel, each with its own slot of the backend's scratch.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward<F: Float>(cpu: &CpuBackend<F>, out: &mut [F], att: &mut [F], att_drop: &mut [F], qkv: &[F], b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
+    assert!(qkv.len() >= b * t * 3 * c && out.len() >= b * t * c && att.len() >= b * h * t * t);
+    let mut scratch = cpu.scratch(Heads::<F>::scratch_len(t, c, h));
+    let heads = Heads::new(t, c, h, dropout, &mut scratch, cpu.avx512);
+    let out = SharedMut(out.as_mut_ptr());
+    let drop = SharedMut(att_drop.as_mut_ptr());
+    att[..b * h * t * t].par_chunks_mut(t * t).enumerate().for_each(|(bh, a)| unsafe {
+        if heads.wide {
+            head_forward_avx512(&heads, bh, a, out, drop, qkv);
+        } else {
+            head_forward::<F, 4>(&heads, bh, a, out, drop, qkv);
+        }
+    });
+}
+
+/// The attention op's backward (see `Backend::attention_backward`), laid
+/// out as `forward`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward<F: Float>(cpu: &CpuBackend<F>, dqkv: &mut [F], datt: &mut [F], dout: &[F], qkv: &[F], att: &[F], att_drop: &[F], b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
+    assert!(dqkv.len() >= b * t * 3 * c && dout.len() >= b * t * c && att.len() >= b * h * t * t && datt.len() >= b * h * t * t);
+    let mut scratch = cpu.scratch(Heads::<F>::scratch_len(t, c, h));
+    let heads = Heads::new(t, c, h, dropout, &mut scratch, cpu.avx512);
+    let dqkv = SharedMut(dqkv.as_mut_ptr());
+    datt[..b * h * t * t].par_chunks_mut(t * t).enumerate().for_each(|(bh, ds)| unsafe {
+        if heads.wide {
+            head_backward_avx512(&heads, bh, ds, dqkv, dout, qkv, att, att_drop);
+        } else {
+            head_backward::<F, 4>(&heads, bh, ds, dqkv, dout, qkv, att, att_drop);
+        }
+    });
+}
+
+/// Output columns per attention tile: two 8-lane vectors of f32, or one
+/// 16-lane vector. A tile also has R rows: 4 with 8-lane vectors, 8 with
+/// 16-lane ones, so 8 vector accumulators, enough independent chains to keep
+/// both FMA units busy and few enough to stay in registers.
+const TILE_COLS: usize = 16;
+
+/// The operands of a small product dst = scale · lhs · rhs whose rhs rows
+/// are contiguous (element (k, j) at `rhs + k·rhs_rs + j`), as are dst's.
+#[derive(Clone, Copy)]
+struct SmallProduct<F> {
+    dst: *mut F,
+    dst_rs: usize,
+    lhs: Strided<F>,
+    rhs: *const F,
+    rhs_rs: usize,
+    scale: F,
+}
+
+impl<F: Float> SmallProduct<F> {
+    /// dst[i0+r, j0+c] = scale · Σ_{k ∈ ks} lhs(i0+r, k) · rhs(k, j0+c) for
+    /// r < R, c < C: the R·C sums stay in registers for the whole reduction
+    /// and each runs over k in increasing order.
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const C: usize>(&self, i0: usize, j0: usize, ks: std::ops::Range<usize>) {
+        let mut acc = [[F::zero(); C]; R];
+        unsafe {
+            for k in ks {
+                let row = self.rhs.add(k * self.rhs_rs + j0);
+                let b: [F; C] = std::array::from_fn(|c| *row.add(c));
+                for (r, sums) in acc.iter_mut().enumerate() {
+                    let a = *self.lhs.ptr.add((i0 + r) * self.lhs.rs + k * self.lhs.cs);
+                    for (s, &b) in sums.iter_mut().zip(&b) {
+                        *s = a.mul_add(b, *s);
+                    }
+                }
+            }
+            for (r, sums) in acc.iter().enumerate() {
+                let out = self.dst.add((i0 + r) * self.dst_rs + j0);
+                for (c, &s) in sums.iter().enumerate() {
+                    *out.add(c) = s * self.scale;
+                }
+            }
+        }
+    }
+
+    /// Output rows [i0, i0+R), columns [0, n), summing over `ks`.
+    #[inline(always)]
+    unsafe fn tile_row<const R: usize>(&self, i0: usize, n: usize, ks: std::ops::Range<usize>) {
+        let whole = n / TILE_COLS * TILE_COLS;
+        unsafe {
+            for j0 in (0..whole).step_by(TILE_COLS) {
+                self.tile::<R, TILE_COLS>(i0, j0, ks.clone());
+            }
+            for j0 in whole..n {
+                self.tile::<R, 1>(i0, j0, ks.clone());
+            }
+        }
+    }
+
+    /// All m output rows, R at a time: row block [i0, i1) writes columns
+    /// [0, width(i1)) and sums over k ∈ reduce(i0, i1), which is how the
+    /// causal products skip the zeros above the diagonal.
+    #[inline(always)]
+    unsafe fn run<const R: usize>(&self, m: usize, width: impl Fn(usize) -> usize, reduce: impl Fn(usize, usize) -> std::ops::Range<usize>) {
+        for i0 in (0..m).step_by(R) {
+            let i1 = (i0 + R).min(m);
+            let (n, ks) = (width(i1), reduce(i0, i1));
+            unsafe {
+                if i1 - i0 == R {
+                    self.tile_row::<R>(i0, n, ks);
+                } else {
+                    for i in i0..i1 {
+                        self.tile_row::<1>(i, n, ks.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dst (k,T) = src (T,k)ᵀ, for a product operand that needs contiguous rows.
+#[inline(always)]
+unsafe fn transpose_into<F: Float>(t: usize, k: usize, dst: *mut F, src: Strided<F>) {
+    for i in 0..t {
+        for d in 0..k {
+            unsafe { *dst.add(d * t + i) = *src.ptr.add(i * src.rs + d * src.cs) };
+        }
+    }
+}
+
+/// The lower triangle of dst (T,T) = scale · lhs (T,k) · rhsᵀ (k,T), given
+/// rhs (T,k) and scratch for its transpose: row block [i0, i1) gets columns
+/// [0, i1) rounded up to whole tiles. Entries above the diagonal are
+/// computed too where a tile straddles it; callers ignore them.
+#[inline(always)]
+unsafe fn causal_scores<F: Float, const R: usize>(t: usize, k: usize, dst: *mut F, lhs: Strided<F>, rhs: Strided<F>, rhs_t: *mut F, scale: F) {
+    unsafe {
+        transpose_into(t, k, rhs_t, rhs);
+        SmallProduct { dst, dst_rs: t, lhs, rhs: rhs_t, rhs_rs: t, scale }.run::<R>(t, |i1| i1.next_multiple_of(TILE_COLS).min(t), |_, _| 0..k);
+    }
+}
+
+/// dst (T,n) = a (T,T) · rhs (T,n) for a lower-triangular `a` (zero above
+/// the diagonal): row block [i0, i1) sums over columns [0, i1) of `a`.
+#[inline(always)]
+unsafe fn causal_times<F: Float, const R: usize>(t: usize, n: usize, dst: *mut F, dst_rs: usize, a: Strided<F>, rhs: Strided<F>) {
+    debug_assert_eq!(rhs.cs, 1);
+    unsafe { SmallProduct { dst, dst_rs, lhs: a, rhs: rhs.ptr, rhs_rs: rhs.rs, scale: F::one() }.run::<R>(t, |_| n, |_, i1| 0..i1) }
+}
+
+/// dst (T,n) = aᵀ (T,T) · rhs (T,n) for a lower-triangular `a` (given as its
+/// transpose `at`, upper-triangular): row block [i0, i1) sums over rows
+/// [i0, T) of `a` only.
+#[inline(always)]
+unsafe fn causal_transposed_times<F: Float, const R: usize>(t: usize, n: usize, dst: *mut F, dst_rs: usize, at: Strided<F>, rhs: Strided<F>) {
+    debug_assert_eq!(rhs.cs, 1);
+    unsafe { SmallProduct { dst, dst_rs, lhs: at, rhs: rhs.ptr, rhs_rs: rhs.rs, scale: F::one() }.run::<R>(t, |_| n, |i0, _| i0..t) }
+}
+
+/// In-place causal softmax of a (T,T) score block: row i keeps columns j ≤ i.
+#[inline(always)]
+fn causal_softmax_rows<F: Float>(block: &mut [F], t: usize) {
+    for i in 0..t {
+        let row = &mut block[i * t..(i + 1) * t];
+        // Whole 8-lane chunks cover 0..=i: the few entries past i (the
+        // diagonal block's upper part, finite) go through exp too and are
+        // zeroed after, which is cheaper than a scalar tail on every row.
+        let padded = (i + 1).next_multiple_of(8).min(t);
+        let m = max(&row[..=i]);
+        for x in &mut row[..padded] {
+            *x = (*x - m).fast_exp();
+        }
+        row[i + 1..].fill(F::zero());
+        let inv = F::one() / sum(&row[..padded]);
+        for x in &mut row[..padded] {
+            *x *= inv;
+        }
+    }
+}
+
+/// The shape of one attention call, shared by its heads.
+struct Heads<F> {
+    t: usize,
+    c: usize,
+    h: usize,
+    hs: usize,
+    scale: F,
+    dropout: Dropout,
+    /// Per-thread scratch (see `scratch_slot`) for one transposed (T, hs) operand.
+    transposes: SharedMut<F>,
+    /// Run the AVX-512 build of the head functions.
+    wide: bool,
+}
+
+impl<F: Float> Heads<F> {
+    /// `scratch` must hold `scratch_len(t, c, h)` elements and outlive the heads.
+    fn new(t: usize, c: usize, h: usize, dropout: Dropout, scratch: &mut [F], wide: bool) -> Self {
+        let hs = c / h;
+        assert!(scratch.len() >= Self::scratch_len(t, c, h));
+        Heads { t, c, h, hs, scale: F::of(1.0 / (hs as f64).sqrt()), dropout, transposes: SharedMut(scratch.as_mut_ptr()), wide }
+    }
+
+    fn scratch_len(t: usize, c: usize, h: usize) -> usize {
+        scratch_slots() * (c / h) * t
+    }
+}
+
+/// One head's forward: att (T,T) gets the softmax of its causal scores,
+/// out[b, :, head] (T,hs) = probs · v. R output rows per product tile.
+///
+/// # Safety
+/// `out` and `drop` must be the op's buffers; each head writes its own part.
+#[inline(always)]
+unsafe fn head_forward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, a: &mut [F], out: SharedMut<F>, drop: SharedMut<F>, qkv: &[F]) {
+    let Heads { t, c, h, hs, scale, dropout, .. } = *heads;
+    let (bi, hi) = (bh / h, bh % h);
+    let q = qkv[bi * t * 3 * c + hi * hs..].as_ptr();
+    unsafe {
+        let k = q.add(c);
+        let v = q.add(2 * c);
+        // scores (T,T) = scale · q (T,hs) · kᵀ (hs,T), lower triangle
+        let kt = heads.transposes.at(scratch_slot() * hs * t);
+        causal_scores::<F, R>(t, hs, a.as_mut_ptr(), Strided { ptr: q, rs: 3 * c, cs: 1 }, Strided { ptr: k, rs: 3 * c, cs: 1 }, kt, scale);
+        causal_softmax_rows(a, t);
+        let probs = if dropout.active() {
+            let d = std::slice::from_raw_parts_mut(drop.at(bh * t * t), t * t);
+            for (idx, (d, &p)) in d.iter_mut().zip(a.iter()).enumerate() {
+                *d = p * dropout.factor::<F>(bh * t * t + idx);
+            }
+            d.as_ptr()
+        } else {
+            a.as_ptr()
+        };
+        // out[b, :, head] (T,hs) = probs (T,T) · v (T,hs)
+        causal_times::<F, R>(t, hs, out.at(bi * t * c + hi * hs), c, Strided { ptr: probs, rs: t, cs: 1 }, Strided { ptr: v, rs: 3 * c, cs: 1 });
+    }
+}
+
+/// One head's backward: ds (T,T) is scratch for the score gradients;
+/// dq, dk, dv of the head are written into dqkv.
+///
+/// # Safety
+/// `dqkv` must be the op's buffer; each head writes its own part.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn head_backward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, ds: &mut [F], dqkv: SharedMut<F>, dout: &[F], qkv: &[F], att: &[F], att_drop: &[F]) {
+    let Heads { t, c, h, hs, scale, dropout, .. } = *heads;
+    let (bi, hi) = (bh / h, bh % h);
+    let p = &att[bh * t * t..(bh + 1) * t * t];
+    let pd = if dropout.active() { &att_drop[bh * t * t..(bh + 1) * t * t] } else { p };
+    let base = bi * t * 3 * c + hi * hs;
+    let dy = dout[bi * t * c + hi * hs..].as_ptr();
+    unsafe {
+        let v = qkv.as_ptr().add(base + 2 * c);
+        // d(probs after dropout) (T,T) = dy (T,hs) · vᵀ (hs,T), lower triangle
+        let vt = heads.transposes.at(scratch_slot() * hs * t);
+        causal_scores::<F, R>(t, hs, ds.as_mut_ptr(), Strided { ptr: dy, rs: c, cs: 1 }, Strided { ptr: v, rs: 3 * c, cs: 1 }, vt, F::one());
+        // dv (T,hs) = pdᵀ (T,T) · dy (T,hs)
+        causal_transposed_times::<F, R>(t, hs, dqkv.at(base + 2 * c), 3 * c, Strided { ptr: pd.as_ptr(), rs: 1, cs: t }, Strided { ptr: dy, rs: c, cs: 1 });
+    }
+    // through dropout, then the softmax: ds = p ⊙ (dp − Σⱼ p·dp) · scale on j ≤ i
+    for i in 0..t {
+        let row = &mut ds[i * t..(i + 1) * t];
+        let prow = &p[i * t..(i + 1) * t];
+        if dropout.active() {
+            for (j, x) in row[..=i].iter_mut().enumerate() {
+                *x *= dropout.factor::<F>(bh * t * t + i * t + j);
+            }
+        }
+        let dp = dot(&row[..=i], &prow[..=i]);
+        for (x, &p) in row[..=i].iter_mut().zip(&prow[..=i]) {
+            *x = p * (*x - dp) * scale;
+        }
+        row[i + 1..].fill(F::zero());
+    }
+    unsafe {
+        let q = qkv.as_ptr().add(base);
+        let k = q.add(c);
+        // dq (T,hs) = ds (T,T) · k (T,hs)
+        causal_times::<F, R>(t, hs, dqkv.at(base), 3 * c, Strided { ptr: ds.as_ptr(), rs: t, cs: 1 }, Strided { ptr: k, rs: 3 * c, cs: 1 });
+        // dk (T,hs) = dsᵀ (T,T) · q (T,hs)
+        causal_transposed_times::<F, R>(t, hs, dqkv.at(base + c), 3 * c, Strided { ptr: ds.as_ptr(), rs: 1, cs: t }, Strided { ptr: q, rs: 3 * c, cs: 1 });
+    }
+}
+
+/// `head_forward` compiled for AVX-512: 16-lane vectors, 8-row tiles. The
+/// same operations in the same order, so the same bits as the 8-lane build.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl"))]
+unsafe fn head_forward_avx512<F: Float>(heads: &Heads<F>, bh: usize, a: &mut [F], out: SharedMut<F>, drop: SharedMut<F>, qkv: &[F]) {
+    unsafe { head_forward::<F, 8>(heads, bh, a, out, drop, qkv) }
+}
+
+/// `head_backward` compiled for AVX-512, as `head_forward_avx512`.
+#[allow(clippy::too_many_arguments)]
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl"))]
+unsafe fn head_backward_avx512<F: Float>(heads: &Heads<F>, bh: usize, ds: &mut [F], dqkv: SharedMut<F>, dout: &[F], qkv: &[F], att: &[F], att_drop: &[F]) {
+    unsafe { head_backward::<F, 8>(heads, bh, ds, dqkv, dout, qkv, att, att_drop) }
+}
+
