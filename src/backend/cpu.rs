@@ -153,28 +153,31 @@ fn tanh<F: Float>(x: F) -> F {
 /// chains let the adds overlap and vectorize, unlike one running sum.
 #[inline(always)]
 fn sum<F: Float>(x: &[F]) -> F {
-    dot_with(x, |i| x[i], |_| F::one())
+    sum_zip(x, x, x, |x, _, _| x)
 }
 
 /// Σ a·b in the same fixed order as `sum`.
 #[inline(always)]
 fn dot<F: Float>(a: &[F], b: &[F]) -> F {
-    let b = &b[..a.len()];
-    dot_with(a, |i| a[i], |i| b[i])
+    sum_zip(a, b, b, |a, b, _| a * b)
 }
 
+/// Σ f(a[j], b[j], c[j]) over three slices of a's length, in `sum`'s fixed
+/// order. Whole chunks of eight, so no element access needs a bounds check
+/// and the lanes vectorize.
 #[inline(always)]
-fn dot_with<F: Float>(x: &[F], a: impl Fn(usize) -> F, b: impl Fn(usize) -> F) -> F {
+fn sum_zip<F: Float>(a: &[F], b: &[F], c: &[F], f: impl Fn(F, F, F) -> F) -> F {
+    let n = a.len();
+    let (b, c) = (&b[..n], &c[..n]);
     let mut acc = [F::zero(); 8];
-    let whole = x.len() / 8 * 8;
-    for base in (0..whole).step_by(8) {
+    for ((a, b), c) in a.chunks_exact(8).zip(b.chunks_exact(8)).zip(c.chunks_exact(8)) {
         for (lane, s) in acc.iter_mut().enumerate() {
-            *s += a(base + lane) * b(base + lane);
+            *s += f(a[lane], b[lane], c[lane]);
         }
     }
     let mut total = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-    for i in whole..x.len() {
-        total += a(i) * b(i);
+    for j in n / 8 * 8..n {
+        total += f(a[j], b[j], c[j]);
     }
     total
 }
@@ -375,7 +378,7 @@ built_for_avx512_too! {
     fn layernorm_row(out: &mut [F], x: &[F], w: &[F], b: &[F]) -> (F, F) {
         let cf = F::of(x.len() as f64);
         let m = sum(x) / cf;
-        let var = dot_with(x, |j| x[j] - m, |j| x[j] - m) / cf;
+        let var = sum_zip(x, x, x, |x, _, _| (x - m) * (x - m)) / cf;
         let r = F::one() / (var + F::of(1e-5)).sqrt();
         for (o, (&x, (&w, &b))) in out.iter_mut().zip(x.iter().zip(w.iter().zip(b))) {
             *o = (x - m) * r * w + b;
@@ -390,17 +393,16 @@ built_for_avx512_too! {
     fn layernorm_row_backward(dinp: &mut [F], accumulate: bool, dw: &mut [F], db: &mut [F], dout: &[F], x: &[F], w: &[F], mean: F, rstd: F) {
         let c = x.len();
         let cf = F::of(c as f64);
-        // Every slice cut to C, so the loop below needs no bounds checks.
-        let (dinp, dw, db, d, w) = (&mut dinp[..c], &mut dw[..c], &mut db[..c], &dout[..c], &w[..c]);
+        let (d, w) = (&dout[..c], &w[..c]);
         let (m, r) = (mean, rstd);
         let mean_dxhat = dot(d, w) / cf;
-        let mean_dxhat_xhat = dot_with(d, |j| d[j] * w[j], |j| (x[j] - m) * r) / cf;
-        for j in 0..c {
-            let xhat = (x[j] - m) * r;
-            let g = r * (d[j] * w[j] - mean_dxhat - xhat * mean_dxhat_xhat);
-            if accumulate { dinp[j] += g } else { dinp[j] = g }
-            dw[j] += xhat * d[j];
-            db[j] += d[j];
+        let mean_dxhat_xhat = sum_zip(d, w, x, |d, w, x| (d * w) * ((x - m) * r)) / cf;
+        for (((di, dw), db), (&d, (&x, &w))) in dinp.iter_mut().zip(dw).zip(db).zip(d.iter().zip(x.iter().zip(w))) {
+            let xhat = (x - m) * r;
+            let g = r * (d * w - mean_dxhat - xhat * mean_dxhat_xhat);
+            if accumulate { *di += g } else { *di = g }
+            *dw += xhat * d;
+            *db += d;
         }
     }
 }
