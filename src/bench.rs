@@ -25,12 +25,14 @@ pub struct BenchConfig {
     pub n_layers: usize,
     pub n_heads: usize,
     pub batch: usize,
+    /// Dropout probability (residual branches and attention weights).
+    pub dropout: f64,
 }
 
 pub const CONFIGS: [BenchConfig; 3] = [
-    BenchConfig { name: "tiny", vocab: 64, ctx: 64, d_model: 64, n_layers: 2, n_heads: 4, batch: 32 },
-    BenchConfig { name: "small", vocab: 64, ctx: 64, d_model: 128, n_layers: 2, n_heads: 4, batch: 32 },
-    BenchConfig { name: "base", vocab: 64, ctx: 128, d_model: 256, n_layers: 4, n_heads: 8, batch: 32 },
+    BenchConfig { name: "tiny", vocab: 64, ctx: 64, d_model: 64, n_layers: 2, n_heads: 4, batch: 32, dropout: 0.0 },
+    BenchConfig { name: "small", vocab: 64, ctx: 64, d_model: 128, n_layers: 2, n_heads: 4, batch: 32, dropout: 0.0 },
+    BenchConfig { name: "base", vocab: 64, ctx: 128, d_model: 256, n_layers: 4, n_heads: 8, batch: 32, dropout: 0.0 },
 ];
 
 impl BenchConfig {
@@ -49,7 +51,7 @@ impl BenchConfig {
             activation: Activation::Gelu,
             norm: Norm::Pre,
             tied_embeddings: true,
-            dropout: 0.0,
+            dropout: self.dropout,
         }
     }
 }
@@ -57,6 +59,7 @@ impl BenchConfig {
 #[derive(Clone, Debug)]
 pub struct BenchResult {
     pub config: &'static str,
+    pub dropout: f64,
     pub device: String,
     pub threads: usize,
     pub n_params: usize,
@@ -72,6 +75,7 @@ impl BenchResult {
     pub fn json(&self) -> String {
         serde_json::json!({
             "config": self.config,
+            "dropout": self.dropout,
             "device": self.device,
             "threads": self.threads,
             "params": self.n_params,
@@ -83,8 +87,9 @@ impl BenchResult {
     }
 
     pub fn line(&self) -> String {
+        let dropout = if self.dropout > 0.0 { format!(" dropout={}", self.dropout) } else { String::new() };
         format!(
-            "ebb-{} threads={} {:<5} params={} tok/step={} median_step={:.2}ms tok/s={:.0} GFLOP/s={:.1}",
+            "ebb-{} threads={} {:<5}{dropout} params={} tok/step={} median_step={:.2}ms tok/s={:.0} GFLOP/s={:.1}",
             self.device, self.threads, self.config, self.n_params, self.tokens_per_step, self.ms_per_step, self.tokens_per_s, self.gflops
         )
     }
@@ -128,6 +133,7 @@ fn run_with<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, steps: us
     let tokens = cfg.batch * cfg.ctx;
     BenchResult {
         config: cfg.name,
+        dropout: cfg.dropout,
         device: backend.name(),
         threads: rayon::current_num_threads(),
         n_params,

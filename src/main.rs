@@ -197,6 +197,10 @@ enum Command {
         /// library on a 1024³ product and on exactly each config's step products.
         #[arg(long)]
         ceilings: bool,
+        /// Dropout probability on the residual branches and attention weights
+        /// (0 ≤ p < 1), to time the regularized step.
+        #[arg(long, default_value_t = 0.0)]
+        dropout: f64,
         #[command(flatten)]
         compute: Compute,
     },
@@ -549,19 +553,23 @@ fn dispatch(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { config, steps, warmup, json, breakdown, suite, ceilings, compute } => {
+        Command::Bench { config, steps, warmup, json, breakdown, suite, ceilings, dropout, compute } => {
+            if steps == 0 {
+                return Err(Error::input("--steps 0: need at least one timed step"));
+            }
+            if !(0.0..1.0).contains(&dropout) {
+                return Err(Error::input(format!("--dropout {dropout}: must be in [0, 1)")));
+            }
             let device = check_device(compute.device)?;
             if let Chosen::Cpu(Some(why)) = &device {
                 eprintln!("device: cpu ({why})");
-            }
-            if steps == 0 {
-                return Err(Error::input("--steps 0: need at least one timed step"));
             }
             if ceilings && matches!(device, Chosen::Gpu(_)) {
                 return Err(Error::input("--ceilings measures the CPU's limits; use it with --device cpu"));
             }
             let pool = thread_pool(compute.threads)?;
             let configs: Vec<BenchConfig> = if config.is_empty() { bench::CONFIGS.to_vec() } else { config.iter().filter_map(|n| BenchConfig::by_name(n)).collect() };
+            let configs: Vec<BenchConfig> = configs.into_iter().map(|c| BenchConfig { dropout, ..c }).collect();
             let backend = CpuBackend::<f32>::new();
             let suite = match suite {
                 Some(name) => {

@@ -203,6 +203,16 @@ fn bench_json_prints_one_object_per_config() {
 }
 
 #[test]
+fn bench_times_the_step_with_dropout_and_refuses_a_bad_probability() {
+    let out = run_ok(ebb().args(["bench", "--config", "tiny", "--steps", "2", "--warmup", "1", "--json", "--threads", "1", "--dropout", "0.1"]));
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(v["dropout"].as_f64(), Some(0.1), "{v}");
+    assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    let out = ebb().args(["bench", "--config", "tiny", "--steps", "1", "--dropout", "1"]).output().unwrap();
+    assert_input_error(&out, &["--dropout 1", "[0, 1)"]);
+}
+
+#[test]
 fn bench_ceilings_report_the_machine_limits_beside_the_step() {
     let out = run_ok(ebb().args(["bench", "--config", "tiny", "--steps", "1", "--warmup", "0", "--json", "--threads", "1", "--ceilings"]));
     let stdout = String::from_utf8_lossy(&out.stdout);
