@@ -208,7 +208,11 @@ fn elementwise_builds_with_and_without_avx512_give_the_same_bits() {
         cpu.layernorm_forward(&mut ln, &mut mean, &mut rstd, &inp, &params, w, b, n, c);
         let (mut dln, mut grads) = (vec![0.0f32; n * c], vec![0.0f32; 2 * c]);
         cpu.layernorm_backward(&mut dln, false, &mut grads, w, b, &dout, &inp, &params, &mean, &rstd, n, c);
-        bits(&[&gelu, &dgelu, &ln, &mean, &rstd, &dln, &grads])
+        let drop = Dropout { p: 0.3, key: 5 };
+        let (mut res, mut dres) = (vec![0.0f32; n * c], vec![0.0f32; n * c]);
+        cpu.residual_forward(&mut res, &inp, &dout, drop);
+        cpu.dropout_backward(&mut dres, &dout, drop);
+        bits(&[&gelu, &dgelu, &ln, &mean, &rstd, &dln, &grads, &res, &dres])
     });
-    assert!(wide == narrow, "GELU or LayerNorm: the AVX-512 and 8-lane builds differ");
+    assert!(wide == narrow, "GELU, LayerNorm or dropout: the AVX-512 and 8-lane builds differ");
 }

@@ -407,6 +407,25 @@ built_for_avx512_too! {
     }
 }
 
+built_for_avx512_too! {
+    /// out = x + branch ⊙ mask, the mask's elements numbered from `first`
+    /// (AVX-512 has the 64-bit multiplies the mask's hash needs in vectors).
+    fn residual_dropout(out: &mut [F], x: &[F], branch: &[F], dropout: Dropout, first: usize) {
+        for (i, (o, (&x, &br))) in out.iter_mut().zip(x.iter().zip(branch)).enumerate() {
+            *o = x + br * dropout.factor::<F>(first + i);
+        }
+    }
+}
+
+built_for_avx512_too! {
+    /// dinp = dout ⊙ mask, the mask's elements numbered from `first`.
+    fn dropout_scale(dinp: &mut [F], dout: &[F], dropout: Dropout, first: usize) {
+        for (i, (di, &d)) in dinp.iter_mut().zip(dout).enumerate() {
+            *di = d * dropout.factor::<F>(first + i);
+        }
+    }
+}
+
 /// Whether this CPU runs AVX-512 (the answer is cached by std).
 fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -592,10 +611,7 @@ impl<F: Float> Backend for CpuBackend<F> {
     fn residual_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, branch: &Vec<F>, dropout: Dropout) {
         out.par_chunks_mut(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK).zip(branch.par_chunks(ELEMS_PER_TASK))).enumerate().for_each(|(chunk, (o, (x, br)))| {
             if dropout.active() {
-                let base = chunk * ELEMS_PER_TASK;
-                for (i, (o, (&x, &br))) in o.iter_mut().zip(x.iter().zip(br)).enumerate() {
-                    *o = x + br * dropout.factor::<F>(base + i);
-                }
+                residual_dropout(self.avx512, o, x, br, dropout, chunk * ELEMS_PER_TASK);
             } else {
                 o.iter_mut().zip(x.iter().zip(br)).for_each(|(o, (&x, &br))| *o = x + br);
             }
@@ -604,10 +620,7 @@ impl<F: Float> Backend for CpuBackend<F> {
 
     fn dropout_backward(&self, dinp: &mut Vec<F>, dout: &Vec<F>, dropout: Dropout) {
         dinp.par_chunks_mut(ELEMS_PER_TASK).zip(dout.par_chunks(ELEMS_PER_TASK)).enumerate().for_each(|(chunk, (di, d))| {
-            let base = chunk * ELEMS_PER_TASK;
-            for (i, (di, &d)) in di.iter_mut().zip(d).enumerate() {
-                *di = d * dropout.factor::<F>(base + i);
-            }
+            dropout_scale(self.avx512, di, d, dropout, chunk * ELEMS_PER_TASK);
         });
     }
 
