@@ -682,13 +682,13 @@ impl<F: Float> Backend for CpuBackend<F> {
                 .zip(grads[r.clone()].par_chunks(ELEMS_PER_TASK))
                 .zip(m[r.clone()].par_chunks_mut(ELEMS_PER_TASK).zip(v[r].par_chunks_mut(ELEMS_PER_TASK)))
                 .for_each(|((p, g), (m, v))| {
-                    for i in 0..p.len() {
-                        let g = g[i] * gscale;
-                        m[i] = b1 * m[i] + one_b1 * g;
-                        v[i] = b2 * v[i] + one_b2 * g * g;
-                        let mhat = m[i] * bc1;
-                        let vhat = v[i] * bc2;
-                        p[i] = p[i] * decay - lr * mhat / (vhat.sqrt() + eps);
+                    for ((p, &g), (m, v)) in p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut())) {
+                        let g = g * gscale;
+                        *m = b1 * *m + one_b1 * g;
+                        *v = b2 * *v + one_b2 * g * g;
+                        let mhat = *m * bc1;
+                        let vhat = *v * bc2;
+                        *p = *p * decay - lr * mhat / (vhat.sqrt() + eps);
                     }
                 });
         }
