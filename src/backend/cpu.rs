@@ -140,14 +140,6 @@ unsafe fn gemm_strided<F: Float>(
     }
 }
 
-/// tanh through exp, which is several times faster than libm's tanh and
-/// exact in the same sense (the error is a few ulps).
-#[inline]
-fn tanh<F: Float>(x: F) -> F {
-    let two = F::of(2.0);
-    F::one() - two / ((two * x).fast_exp() + F::one())
-}
-
 /// Σ x in a fixed order: eight interleaved partial sums (x[0], x[8], …),
 /// (x[1], x[9], …), …, combined pairwise, then the tail. Eight independent
 /// chains let the adds overlap and vectorize, unlike one running sum.
@@ -236,20 +228,27 @@ fn add_assign<F: Float>(out: &mut [F], x: &[F]) {
     }
 }
 
+/// GELU's gate 0.5·(1 + tanh u) with u = s·(x + a·x³), in its sigmoid form
+/// 1 / (1 + e^(−2u)): one exp and one division, fewer steps than through tanh
+/// (and libm's tanh is several times slower than either).
 #[inline]
-fn gelu<F: Float>(x: F) -> F {
-    let s = F::of((2.0 / std::f64::consts::PI).sqrt());
-    let half = F::of(0.5);
-    half * x * (F::one() + tanh(s * (x + F::of(0.044715) * x * x * x)))
+fn gelu_gate<F: Float>(x: F) -> F {
+    let u = F::of((2.0 / std::f64::consts::PI).sqrt()) * x * (F::one() + F::of(0.044715) * x * x);
+    F::one() / (F::one() + (F::of(-2.0) * u).fast_exp())
 }
 
+/// GELU (the tanh approximation): x · gate(x).
+#[inline]
+fn gelu<F: Float>(x: F) -> F {
+    x * gelu_gate(x)
+}
+
+/// GELU′(x) = g + x·g·(1 − g)·2u′ with g = gate(x), u′ = s·(1 + 3a·x²).
 #[inline]
 fn gelu_grad<F: Float>(x: F) -> F {
-    let s = F::of((2.0 / std::f64::consts::PI).sqrt());
-    let half = F::of(0.5);
-    let a = F::of(0.044715);
-    let th = tanh(s * (x + a * x * x * x));
-    half * (F::one() + th) + half * x * (F::one() - th * th) * s * (F::one() + F::of(3.0) * a * x * x)
+    let g = gelu_gate(x);
+    let du = F::of(2.0 * (2.0 / std::f64::consts::PI).sqrt()) * (F::one() + F::of(3.0 * 0.044715) * x * x);
+    g + x * g * (F::one() - g) * du
 }
 
 /// Rows per block in `add_block_sums`.
