@@ -591,7 +591,8 @@ impl<F: Float> Backend for CpuBackend<F> {
     }
 
     fn attention_backward(&self, dqkv: &mut Vec<F>, datt: &mut Vec<F>, dout: &Vec<F>, qkv: &Vec<F>, att: &Vec<F>, att_drop: &Vec<F>, b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
-        attention::backward(self, dqkv, datt, dout, qkv, att, att_drop, b, t, c, h, dropout);
+        let _scratch_not_needed = datt;
+        attention::backward(self, dqkv, dout, qkv, att, att_drop, b, t, c, h, dropout);
     }
 
     fn activation_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, act: Activation) {
