@@ -33,7 +33,7 @@ pub struct CpuBackend<F> {
     partials: Mutex<Vec<f64>>,
     /// Per-row-block partial gradients (weights, biases, LayerNorm), kept between calls.
     block_partials: Mutex<Vec<F>>,
-    /// Run the AVX-512 builds of the attention heads (where the CPU has it).
+    /// Run the AVX-512 builds of the hot loops (where the CPU has it).
     avx512: bool,
     _float: PhantomData<F>,
 }
@@ -155,13 +155,14 @@ fn dot<F: Float>(a: &[F], b: &[F]) -> F {
 }
 
 /// Σ f(a[j], b[j], c[j]) over three slices of a's length, in `sum`'s fixed
-/// order. Whole chunks of eight, so no element access needs a bounds check
-/// and the lanes vectorize.
+/// order, accumulated in f's result type (F, or f64 for the gradient norm).
+/// Whole chunks of eight, so no element access needs a bounds check and the
+/// lanes vectorize.
 #[inline(always)]
-fn sum_zip<F: Float>(a: &[F], b: &[F], c: &[F], f: impl Fn(F, F, F) -> F) -> F {
+fn sum_zip<F: Float, S: Float>(a: &[F], b: &[F], c: &[F], f: impl Fn(F, F, F) -> S) -> S {
     let n = a.len();
     let (b, c) = (&b[..n], &c[..n]);
-    let mut acc = [F::zero(); 8];
+    let mut acc = [S::zero(); 8];
     for ((a, b), c) in a.chunks_exact(8).zip(b.chunks_exact(8)).zip(c.chunks_exact(8)) {
         for (lane, s) in acc.iter_mut().enumerate() {
             *s += f(a[lane], b[lane], c[lane]);
@@ -170,26 +171,6 @@ fn sum_zip<F: Float>(a: &[F], b: &[F], c: &[F], f: impl Fn(F, F, F) -> F) -> F {
     let mut total = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
     for j in n / 8 * 8..n {
         total += f(a[j], b[j], c[j]);
-    }
-    total
-}
-
-/// Σ x² in f64, in a fixed order: eight interleaved partial sums combined
-/// pairwise, then the tail, like `sum` (one running sum would make every
-/// add wait for the last).
-#[inline]
-fn sum_squares_f64<F: Float>(x: &[F]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let lanes = x.chunks_exact(8);
-    let tail = lanes.remainder();
-    for chunk in lanes {
-        for (s, &v) in acc.iter_mut().zip(chunk) {
-            *s += v.f64() * v.f64();
-        }
-    }
-    let mut total = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-    for &v in tail {
-        total += v.f64() * v.f64();
     }
     total
 }
@@ -590,8 +571,8 @@ impl<F: Float> Backend for CpuBackend<F> {
         attention::forward(self, out, att, att_drop, qkv, b, t, c, h, dropout);
     }
 
-    fn attention_backward(&self, dqkv: &mut Vec<F>, datt: &mut Vec<F>, dout: &Vec<F>, qkv: &Vec<F>, att: &Vec<F>, att_drop: &Vec<F>, b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
-        let _scratch_not_needed = datt;
+    /// The (B,H,T,T) scratch `_datt` goes unused: see `attention::backward`.
+    fn attention_backward(&self, dqkv: &mut Vec<F>, _datt: &mut Vec<F>, dout: &Vec<F>, qkv: &Vec<F>, att: &Vec<F>, att_drop: &Vec<F>, b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
         attention::backward(self, dqkv, dout, qkv, att, att_drop, b, t, c, h, dropout);
     }
 
@@ -662,7 +643,7 @@ impl<F: Float> Backend for CpuBackend<F> {
         if partials.len() != chunks {
             partials.resize(chunks, 0.0); // first call only: the buffer size never changes
         }
-        partials.par_iter_mut().zip(buf.par_chunks(ELEMS_PER_TASK)).for_each(|(s, c)| *s = sum_squares_f64(c));
+        partials.par_iter_mut().zip(buf.par_chunks(ELEMS_PER_TASK)).for_each(|(s, c)| *s = sum_zip(c, c, c, |g, _, _| g.f64() * g.f64()));
         partials.iter().sum()
     }
 

@@ -42,11 +42,10 @@ pub(super) fn backward<F: Float>(cpu: &CpuBackend<F>, dqkv: &mut [F], dout: &[F]
     let heads = Heads::new(t, c, h, dropout, &mut scratch, cpu.avx512);
     let dqkv = SharedMut(dqkv.as_mut_ptr());
     (0..b * h).into_par_iter().for_each(|bh| unsafe {
-        let ds = std::slice::from_raw_parts_mut(heads.slot().1, t * t);
         if heads.wide {
-            head_backward_avx512(&heads, bh, ds, dqkv, dout, qkv, att, att_drop);
+            head_backward_avx512(&heads, bh, dqkv, dout, qkv, att, att_drop);
         } else {
-            head_backward::<F, 4>(&heads, bh, ds, dqkv, dout, qkv, att, att_drop);
+            head_backward::<F, 4>(&heads, bh, dqkv, dout, qkv, att, att_drop);
         }
     });
 }
@@ -260,24 +259,25 @@ unsafe fn head_forward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, a:
     }
 }
 
-/// One head's backward: ds (T,T) is scratch for the score gradients;
-/// dq, dk, dv of the head are written into dqkv.
+/// One head's backward: dq, dk, dv of the head are written into dqkv; the
+/// score gradients ds (T,T) live in the thread's scratch slot.
 ///
 /// # Safety
 /// `dqkv` must be the op's buffer; each head writes its own part.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn head_backward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, ds: &mut [F], dqkv: SharedMut<F>, dout: &[F], qkv: &[F], att: &[F], att_drop: &[F]) {
+unsafe fn head_backward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, dqkv: SharedMut<F>, dout: &[F], qkv: &[F], att: &[F], att_drop: &[F]) {
     let Heads { t, c, h, hs, scale, dropout, .. } = *heads;
     let (bi, hi) = (bh / h, bh % h);
     let p = &att[bh * t * t..(bh + 1) * t * t];
     let pd = if dropout.active() { &att_drop[bh * t * t..(bh + 1) * t * t] } else { p };
     let base = bi * t * 3 * c + hi * hs;
     let dy = dout[bi * t * c + hi * hs..].as_ptr();
+    let (vt, ds) = heads.slot();
+    let ds = unsafe { std::slice::from_raw_parts_mut(ds, t * t) };
     unsafe {
         let v = qkv.as_ptr().add(base + 2 * c);
         // d(probs after dropout) (T,T) = dy (T,hs) · vᵀ (hs,T), lower triangle
-        let vt = heads.slot().0;
         causal_scores::<F, R>(t, hs, ds.as_mut_ptr(), Strided { ptr: dy, rs: c, cs: 1 }, Strided { ptr: v, rs: 3 * c, cs: 1 }, vt, F::one());
         // dv (T,hs) = pdᵀ (T,T) · dy (T,hs)
         causal_transposed_times::<F, R>(t, hs, dqkv.at(base + 2 * c), 3 * c, Strided { ptr: pd.as_ptr(), rs: 1, cs: t }, Strided { ptr: dy, rs: c, cs: 1 });
@@ -317,7 +317,7 @@ unsafe fn head_forward_avx512<F: Float>(heads: &Heads<F>, bh: usize, a: &mut [F]
 /// `head_backward` compiled for AVX-512, as `head_forward_avx512`.
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl"))]
-unsafe fn head_backward_avx512<F: Float>(heads: &Heads<F>, bh: usize, ds: &mut [F], dqkv: SharedMut<F>, dout: &[F], qkv: &[F], att: &[F], att_drop: &[F]) {
-    unsafe { head_backward::<F, 8>(heads, bh, ds, dqkv, dout, qkv, att, att_drop) }
+unsafe fn head_backward_avx512<F: Float>(heads: &Heads<F>, bh: usize, dqkv: SharedMut<F>, dout: &[F], qkv: &[F], att: &[F], att_drop: &[F]) {
+    unsafe { head_backward::<F, 8>(heads, bh, dqkv, dout, qkv, att, att_drop) }
 }
 
