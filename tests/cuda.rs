@@ -344,25 +344,33 @@ fn gpu_attention_matches_cpu_with_and_without_dropout() {
 fn gpu_elementwise_ops_match_cpu() {
     let Some(g) = gpu() else { return };
     let cpu = CpuBackend::<f32>::new();
-    for n in [1, 1000, 65_537] {
+    // (rows, width): the bias (width) is added to every row.
+    for (rows, width) in [(1, 1), (25, 40), (257, 255)] {
+        let n = rows * width;
         let x: Vec<f32> = random(n, 16).iter().map(|v| 3.0 * v).collect();
         let d = random(n, 17);
-        let (gx, gd) = (up(&g, &x), up(&g, &d));
-        for (act, tol) in [(Activation::Gelu, TOL_ELEMENTWISE), (Activation::Relu, EXACT)] {
+        let bias = random(width, 18);
+        let bv = View { offset: 0, len: width };
+        let (gx, gd, gbias) = (up(&g, &x), up(&g, &d), up(&g, &bias));
+        // The bias gradient sums `rows` GELU gradients, each within TOL_ELEMENTWISE.
+        for (act, tol, sum_tol) in [(Activation::Gelu, TOL_ELEMENTWISE, TOL_LONG_SUM), (Activation::Relu, EXACT, EXACT)] {
             let mut y = vec![0.0; n];
-            cpu.activation_forward(&mut y, &x, act);
+            cpu.activation_forward(&mut y, &x, &bias, bv, rows, act);
             let mut gy = g.alloc(n);
-            g.activation_forward(&mut gy, &gx, act);
+            g.activation_forward(&mut gy, &gx, &gbias, bv, rows, act);
             assert_close(&down(&g, &gy), &y, tol, &format!("{act:?} forward n{n}"));
-            cpu.activation_backward(&mut y, &d, &x, act);
-            g.activation_backward(&mut gy, &gd, &gx, act);
+            let mut db = vec![0.5; width];
+            let mut gdb = up(&g, &db);
+            cpu.activation_backward(&mut y, &mut db, bv, &d, &x, &bias, rows, act);
+            g.activation_backward(&mut gy, &mut gdb, bv, &gd, &gx, &gbias, rows, act);
             assert_close(&down(&g, &gy), &y, tol, &format!("{act:?} backward n{n}"));
+            assert_close(&down(&g, &gdb), &db, sum_tol, &format!("{act:?} bias gradient n{n}"));
         }
         for dropout in [Dropout::OFF, Dropout { p: 0.1, key: 5 }, Dropout { p: 0.5, key: u64::MAX }] {
             let mut y = vec![0.0; n];
             let mut gy = g.alloc(n);
-            cpu.residual_forward(&mut y, &x, &d, dropout);
-            g.residual_forward(&mut gy, &gx, &gd, dropout);
+            cpu.residual_forward(&mut y, &x, &d, &bias, bv, rows, dropout);
+            g.residual_forward(&mut gy, &gx, &gd, &gbias, bv, rows, dropout);
             assert_close(&down(&g, &gy), &y, EXACT, &format!("residual_forward n{n} p{}", dropout.p));
             cpu.dropout_backward(&mut y, &d, dropout);
             g.dropout_backward(&mut gy, &gd, dropout);

@@ -136,29 +136,38 @@ fn encoder_and_elementwise_ops_match_reference() {
     }).collect();
     assert_close(&out, &want, "encoder");
 
-    let x = random(1000, 8);
-    let mut y = vec![0.0f32; 1000];
-    cpu.activation_forward(&mut y, &x, Activation::Gelu);
+    // Activations and the residual add, each with the bias of the product
+    // before it (params: one row of F), over N rows of F.
+    let (rows, f) = (25, 40);
+    let x = random(rows * f, 8);
+    let bias = random(f, 10);
+    let bv = View { offset: 0, len: f };
+    let with_bias = |i: usize| x[i] as f64 + bias[i % f] as f64;
+    let mut y = vec![0.0f32; rows * f];
+    cpu.activation_forward(&mut y, &x, &bias, bv, rows, Activation::Gelu);
     let s = (2.0 / std::f64::consts::PI).sqrt();
-    let want: Vec<f64> = x.iter().map(|&x| { let x = x as f64; 0.5 * x * (1.0 + (s * (x + 0.044715 * x * x * x)).tanh()) }).collect();
+    let want: Vec<f64> = (0..rows * f).map(|i| { let x = with_bias(i); 0.5 * x * (1.0 + (s * (x + 0.044715 * x * x * x)).tanh()) }).collect();
     assert_close(&y, &want, "gelu");
-    cpu.activation_forward(&mut y, &x, Activation::Relu);
-    assert_close(&y, &x.iter().map(|&x| (x as f64).max(0.0)).collect::<Vec<_>>(), "relu");
+    cpu.activation_forward(&mut y, &x, &bias, bv, rows, Activation::Relu);
+    assert_close(&y, &(0..rows * f).map(|i| with_bias(i).max(0.0)).collect::<Vec<_>>(), "relu");
 
-    // Residual with dropout: every element is either x or x + branch/(1-p),
+    // Residual with dropout: every element is either x or x + (branch + b)/(1-p),
     // and about p of them are dropped.
-    let branch = random(1000, 9);
+    let branch = random(rows * f, 9);
     let drop = Dropout { p: 0.25, key: 99 };
-    cpu.residual_forward(&mut y, &x, &branch, drop);
+    cpu.residual_forward(&mut y, &x, &branch, &bias, bv, rows, drop);
     let mut dropped = 0;
-    for i in 0..1000 {
-        if y[i] == x[i] && branch[i] != 0.0 {
+    for i in 0..rows * f {
+        let added = branch[i] as f64 + bias[i % f] as f64;
+        if y[i] == x[i] && added != 0.0 {
             dropped += 1;
         } else {
-            assert!(((y[i] - x[i]) as f64 - branch[i] as f64 / 0.75).abs() < 1e-5);
+            assert!(((y[i] - x[i]) as f64 - added / 0.75).abs() < 1e-5, "residual[{i}]");
         }
     }
     assert!((200..300).contains(&dropped), "dropped {dropped} of 1000 at p = 0.25");
+    cpu.residual_forward(&mut y, &x, &branch, &bias, bv, rows, Dropout::OFF);
+    assert_close(&y, &(0..rows * f).map(|i| with_bias(i) + branch[i] as f64).collect::<Vec<_>>(), "residual");
 }
 
 /// The bits of each buffer, for exact comparisons.
@@ -201,18 +210,18 @@ fn elementwise_builds_with_and_without_avx512_give_the_same_bits() {
     let params = random(2 * c, 15);
     let (w, b) = (View { offset: 0, len: c }, View { offset: c, len: c });
     let [wide, narrow] = both_builds().map(|cpu| {
-        let (mut gelu, mut dgelu) = (vec![0.0f32; n * c], vec![0.0f32; n * c]);
-        cpu.activation_forward(&mut gelu, &inp, Activation::Gelu);
-        cpu.activation_backward(&mut dgelu, &dout, &inp, Activation::Gelu);
+        let (mut gelu, mut dgelu, mut dbias) = (vec![0.0f32; n * c], vec![0.0f32; n * c], vec![0.0f32; 2 * c]);
+        cpu.activation_forward(&mut gelu, &inp, &params, b, n, Activation::Gelu);
+        cpu.activation_backward(&mut dgelu, &mut dbias, b, &dout, &inp, &params, n, Activation::Gelu);
         let (mut ln, mut mean, mut rstd) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
         cpu.layernorm_forward(&mut ln, &mut mean, &mut rstd, &inp, &params, w, b, n, c);
         let (mut dln, mut grads) = (vec![0.0f32; n * c], vec![0.0f32; 2 * c]);
         cpu.layernorm_backward(&mut dln, false, &mut grads, w, b, &dout, &inp, &params, &mean, &rstd, n, c);
         let drop = Dropout { p: 0.3, key: 5 };
         let (mut res, mut dres) = (vec![0.0f32; n * c], vec![0.0f32; n * c]);
-        cpu.residual_forward(&mut res, &inp, &dout, drop);
+        cpu.residual_forward(&mut res, &inp, &dout, &params, b, n, drop);
         cpu.dropout_backward(&mut dres, &dout, drop);
-        bits(&[&gelu, &dgelu, &ln, &mean, &rstd, &dln, &grads, &res, &dres])
+        bits(&[&gelu, &dgelu, &dbias, &ln, &mean, &rstd, &dln, &grads, &res, &dres])
     });
     assert!(wide == narrow, "GELU, LayerNorm or dropout: the AVX-512 and 8-lane builds differ");
 }

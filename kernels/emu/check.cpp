@@ -129,18 +129,20 @@ int main() {
           long long o = (long long)(bi * t + i) * 3 * c + hi * hs + d; wq[o] = q; wq[o + c] = k; wq[o + 2 * c] = v; } }
       check(drop ? "attention bwd dqkv (drop)" : "attention bwd dqkv", dqkv.data(), wq, 1e-5);
     }
-    // activations, residual, dropout
-    { long long n = 1000; auto x = rnd(n, 3), d = rnd(n); std::vector<float> y(n), g(n); std::vector<double> wy(n), wg(n);
-      launch(activation_forward, ew(n), B256, y.data(), (const float*)x.data(), n, 0);
-      launch(activation_backward, ew(n), B256, g.data(), (const float*)d.data(), (const float*)x.data(), n, 0);
+    // activations and residual (each with a bias of width w over the rows), dropout
+    { long long n = 1000; int w = 40; auto x = rnd(n, 3), d = rnd(n), bias = rnd(w); std::vector<float> y(n), g(n); std::vector<double> wy(n), wg(n);
+      launch(activation_forward, ew(n), B256, y.data(), (const float*)x.data(), (const float*)bias.data(), n, w, 0);
+      launch(activation_backward, ew(n), B256, g.data(), (const float*)d.data(), (const float*)x.data(), (const float*)bias.data(), n, w, 0);
       double s = std::sqrt(2 / M_PI);
-      for (int i = 0; i < n; i++) { double v = x[i], th = std::tanh(s * (v + 0.044715 * v * v * v)); wy[i] = 0.5 * v * (1 + th); wg[i] = d[i] * (0.5 * (1 + th) + 0.5 * v * (1 - th * th) * s * (1 + 3 * 0.044715 * v * v)); }
+      for (int i = 0; i < n; i++) { double v = (double)x[i] + bias[i % w], th = std::tanh(s * (v + 0.044715 * v * v * v)); wy[i] = 0.5 * v * (1 + th); wg[i] = d[i] * (0.5 * (1 + th) + 0.5 * v * (1 - th * th) * s * (1 + 3 * 0.044715 * v * v)); }
       check("gelu fwd", y.data(), wy, 1e-6); check("gelu bwd", g.data(), wg, 1e-6);
-      launch(activation_forward, ew(n), B256, y.data(), (const float*)x.data(), n, 1);
-      for (int i = 0; i < n; i++) wy[i] = std::max(0.0, (double)x[i]); check("relu fwd", y.data(), wy, 0);
+      launch(activation_forward, ew(n), B256, y.data(), (const float*)x.data(), (const float*)bias.data(), n, w, 1);
+      for (int i = 0; i < n; i++) wy[i] = std::max(0.0, (double)(x[i] + bias[i % w])); check("relu fwd", y.data(), wy, 0);
+      launch(activation_backward, ew(n), B256, g.data(), (const float*)d.data(), (const float*)x.data(), (const float*)bias.data(), n, w, 1);
+      for (int i = 0; i < n; i++) wg[i] = x[i] + bias[i % w] > 0 ? d[i] : 0.0; check("relu bwd", g.data(), wg, 0);
       u64 key = 99; u32 thr = (u32)std::ceil(0.25 * 16777216.0); float keep = (float)(1 / 0.75);
-      launch(residual_forward, ew(n), B256, y.data(), (const float*)x.data(), (const float*)d.data(), n, key, thr, keep);
-      int dropped = 0; for (int i = 0; i < n; i++) { float f = dropout_factor(key, thr, keep, i); dropped += f == 0; wy[i] = x[i] + d[i] * f; }
+      launch(residual_forward, ew(n), B256, y.data(), (const float*)x.data(), (const float*)d.data(), (const float*)bias.data(), n, w, key, thr, keep);
+      int dropped = 0; for (int i = 0; i < n; i++) { float f = dropout_factor(key, thr, keep, i); dropped += f == 0; wy[i] = x[i] + (d[i] + bias[i % w]) * f; }
       check("residual_forward", y.data(), wy, 0); printf("dropped %d of 1000 at p=0.25\n", dropped);
       launch(dropout_backward, ew(n), B256, g.data(), (const float*)d.data(), n, key, thr, keep);
       for (int i = 0; i < n; i++) wg[i] = d[i] * dropout_factor(key, thr, keep, i); check("dropout_backward", g.data(), wg, 0); }

@@ -345,19 +345,20 @@ macro_rules! built_for_avx512_too {
 }
 
 built_for_avx512_too! {
-    /// out = GELU(inp), element-wise.
-    fn gelu_forward(out: &mut [F], inp: &[F]) {
-        for (o, &x) in out.iter_mut().zip(inp) {
-            *o = gelu(x);
+    /// One row: out (F) = GELU(inp + b).
+    fn gelu_forward(out: &mut [F], inp: &[F], b: &[F]) {
+        for (o, (&x, &b)) in out.iter_mut().zip(inp.iter().zip(b)) {
+            *o = gelu(x + b);
         }
     }
 }
 
 built_for_avx512_too! {
-    /// dinp = dout · GELU'(inp), element-wise.
-    fn gelu_backward(dinp: &mut [F], dout: &[F], inp: &[F]) {
-        for (di, (&d, &x)) in dinp.iter_mut().zip(dout.iter().zip(inp)) {
-            *di = d * gelu_grad(x);
+    /// One row: dinp (F) = dout · GELU'(inp + b), and db += dinp.
+    fn gelu_backward(dinp: &mut [F], db: &mut [F], dout: &[F], inp: &[F], b: &[F]) {
+        for ((di, db), (&d, (&x, &b))) in dinp.iter_mut().zip(db).zip(dout.iter().zip(inp.iter().zip(b))) {
+            *di = d * gelu_grad(x + b);
+            *db += *di;
         }
     }
 }
@@ -397,11 +398,12 @@ built_for_avx512_too! {
 }
 
 built_for_avx512_too! {
-    /// out = x + branch ⊙ mask, the mask's elements numbered from `first`
-    /// (AVX-512 has the 64-bit multiplies the mask's hash needs in vectors).
-    fn residual_dropout(out: &mut [F], x: &[F], branch: &[F], dropout: Dropout, first: usize) {
-        for (i, (o, (&x, &br))) in out.iter_mut().zip(x.iter().zip(branch)).enumerate() {
-            *o = x + br * dropout.factor::<F>(first + i);
+    /// One row: out (C) = x + (branch + b) ⊙ mask, the mask's elements
+    /// numbered from `first` (AVX-512 has the 64-bit multiplies the mask's
+    /// hash needs in vectors).
+    fn residual_dropout(out: &mut [F], x: &[F], branch: &[F], b: &[F], dropout: Dropout, first: usize) {
+        for (i, (o, (&x, (&br, &b)))) in out.iter_mut().zip(x.iter().zip(branch.iter().zip(b))).enumerate() {
+            *o = x + (br + b) * dropout.factor::<F>(first + i);
         }
     }
 }
@@ -413,6 +415,12 @@ built_for_avx512_too! {
             *di = d * dropout.factor::<F>(first + i);
         }
     }
+}
+
+/// Rows per rayon task in a row-wise pass over rows `width` long: about
+/// ELEMS_PER_TASK elements, and at least one row.
+fn rows_per_task(width: usize) -> usize {
+    (ELEMS_PER_TASK / width.max(1)).max(1)
 }
 
 /// Whether this CPU runs AVX-512 (the answer is cached by std).
@@ -576,30 +584,45 @@ impl<F: Float> Backend for CpuBackend<F> {
         attention::backward(self, dqkv, dout, qkv, att, att_drop, b, t, c, h, dropout);
     }
 
-    fn activation_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, act: Activation) {
-        out.par_chunks_mut(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK)).for_each(|(o, x)| {
+    fn activation_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, params: &Vec<F>, b: View, n: usize, act: Activation) {
+        let (f, bias) = (b.len, &params[b.range()]);
+        out[..n * f].par_chunks_mut(f).zip(inp[..n * f].par_chunks(f)).with_min_len(rows_per_task(f)).for_each(|(o, x)| {
             match act {
-                Activation::Gelu => gelu_forward(self.avx512, o, x),
-                Activation::Relu => o.iter_mut().zip(x).for_each(|(o, &x)| *o = x.max(F::zero())),
+                Activation::Gelu => gelu_forward(self.avx512, o, x, bias),
+                Activation::Relu => o.iter_mut().zip(x.iter().zip(bias)).for_each(|(o, (&x, &b))| *o = (x + b).max(F::zero())),
             }
         });
     }
 
-    fn activation_backward(&self, dinp: &mut Vec<F>, dout: &Vec<F>, inp: &Vec<F>, act: Activation) {
-        dinp.par_chunks_mut(ELEMS_PER_TASK).zip(dout.par_chunks(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK))).for_each(|(di, (d, x))| {
-            match act {
-                Activation::Gelu => gelu_backward(self.avx512, di, d, x),
-                Activation::Relu => di.iter_mut().zip(d.iter().zip(x)).for_each(|(di, (&d, &x))| *di = if x > F::zero() { d } else { F::zero() }),
+    fn activation_backward(&self, dinp: &mut Vec<F>, grads: &mut Vec<F>, b: View, dout: &Vec<F>, inp: &Vec<F>, params: &Vec<F>, n: usize, act: Activation) {
+        let (f, bias) = (b.len, &params[b.range()]);
+        assert!(dinp.len() >= n * f && dout.len() >= n * f && inp.len() >= n * f);
+        let dinp = SharedMut(dinp.as_mut_ptr());
+        self.add_block_sums(&mut [&mut grads[b.range()]], n, |rows, db| {
+            for row in rows {
+                let di = unsafe { std::slice::from_raw_parts_mut(dinp.at(row * f), f) };
+                let (d, x) = (&dout[row * f..(row + 1) * f], &inp[row * f..(row + 1) * f]);
+                match act {
+                    Activation::Gelu => gelu_backward(self.avx512, di, db, d, x, bias),
+                    Activation::Relu => {
+                        for ((di, db), (&d, (&x, &b))) in di.iter_mut().zip(db.iter_mut()).zip(d.iter().zip(x.iter().zip(bias))) {
+                            *di = if x + b > F::zero() { d } else { F::zero() };
+                            *db += *di;
+                        }
+                    }
+                }
             }
         });
     }
 
-    fn residual_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, branch: &Vec<F>, dropout: Dropout) {
-        out.par_chunks_mut(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK).zip(branch.par_chunks(ELEMS_PER_TASK))).enumerate().for_each(|(chunk, (o, (x, br)))| {
+    fn residual_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, branch: &Vec<F>, params: &Vec<F>, b: View, n: usize, dropout: Dropout) {
+        let (c, bias) = (b.len, &params[b.range()]);
+        let rows = out[..n * c].par_chunks_mut(c).zip(inp[..n * c].par_chunks(c).zip(branch[..n * c].par_chunks(c)));
+        rows.enumerate().with_min_len(rows_per_task(c)).for_each(|(row, (o, (x, br)))| {
             if dropout.active() {
-                residual_dropout(self.avx512, o, x, br, dropout, chunk * ELEMS_PER_TASK);
+                residual_dropout(self.avx512, o, x, br, bias, dropout, row * c);
             } else {
-                o.iter_mut().zip(x.iter().zip(br)).for_each(|(o, (&x, &br))| *o = x + br);
+                o.iter_mut().zip(x.iter().zip(br.iter().zip(bias))).for_each(|(o, (&x, (&br, &b)))| *o = x + (br + b));
             }
         });
     }

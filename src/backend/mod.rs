@@ -131,13 +131,20 @@ pub trait Backend {
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(&self, dqkv: &mut Self::Buf, datt: &mut Self::Buf, dout: &Self::Buf, qkv: &Self::Buf, att: &Self::Buf, att_drop: &Self::Buf, b: usize, t: usize, c: usize, h: usize, dropout: Dropout);
 
-    /// out (N) = act(inp (N))
-    fn activation_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, act: Activation);
-    /// dinp (N) = act'(inp) · dout
-    fn activation_backward(&self, dinp: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, act: Activation);
+    /// out (N,F) = act(inp (N,F) + b (F)). The bias of the matrix product
+    /// that made `inp` is added here, in the same pass as the activation, so
+    /// the product need not write its output twice; F = b.len.
+    #[allow(clippy::too_many_arguments)]
+    fn activation_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, b: View, n: usize, act: Activation);
+    /// dinp (N,F) = act'(inp + b) · dout; db (F) += Σₙ dinp
+    #[allow(clippy::too_many_arguments)]
+    fn activation_backward(&self, dinp: &mut Self::Buf, grads: &mut Self::Buf, b: View, dout: &Self::Buf, inp: &Self::Buf, params: &Self::Buf, n: usize, act: Activation);
 
-    /// out (N) = inp (N) + dropout(branch (N))
-    fn residual_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, branch: &Self::Buf, dropout: Dropout);
+    /// out (N,C) = inp (N,C) + dropout(branch (N,C) + b (C)): the branch's
+    /// last product bias is added here (see `activation_forward`); its
+    /// gradient is that product's, Σₙ of the branch gradient. C = b.len.
+    #[allow(clippy::too_many_arguments)]
+    fn residual_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, branch: &Self::Buf, params: &Self::Buf, b: View, n: usize, dropout: Dropout);
     /// dinp (N) = dropout mask · dout (N)
     fn dropout_backward(&self, dinp: &mut Self::Buf, dout: &Self::Buf, dropout: Dropout);
 

@@ -219,18 +219,20 @@ impl<B: Backend> Gpt<B> {
             };
             backend.matmul_forward(&mut a.qkv, attn_in, &self.params, bl.qkv_w, Some(bl.qkv_b), n, c, 3 * c);
             backend.attention_forward(&mut a.atty, &mut a.att, &mut a.att_drop, &a.qkv, bsz, t, c, h, dropout_for(p, dropout_key, l, 0));
-            backend.matmul_forward(&mut a.attproj, &a.atty, &self.params, bl.proj_w, Some(bl.proj_b), n, c, c);
-            backend.residual_forward(&mut a.res_mid, x, &a.attproj, dropout_for(p, dropout_key, l, 1));
+            // The biases of proj, fc and out are added by the ops that read
+            // their products (one pass fewer over each product's output).
+            backend.matmul_forward(&mut a.attproj, &a.atty, &self.params, bl.proj_w, None, n, c, c);
+            backend.residual_forward(&mut a.res_mid, x, &a.attproj, &self.params, bl.proj_b, n, dropout_for(p, dropout_key, l, 1));
             let mlp_in = if pre {
                 backend.layernorm_forward(&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.res_mid, &self.params, bl.ln2_w, bl.ln2_b, n, c);
                 &a.ln2
             } else {
                 &a.res_mid
             };
-            backend.matmul_forward(&mut a.fc, mlp_in, &self.params, bl.fc_w, Some(bl.fc_b), n, c, f);
-            backend.activation_forward(&mut a.fc_act, &a.fc, s.activation);
-            backend.matmul_forward(&mut a.fcproj, &a.fc_act, &self.params, bl.out_w, Some(bl.out_b), n, f, c);
-            backend.residual_forward(&mut a.res_out, &a.res_mid, &a.fcproj, dropout_for(p, dropout_key, l, 2));
+            backend.matmul_forward(&mut a.fc, mlp_in, &self.params, bl.fc_w, None, n, c, f);
+            backend.activation_forward(&mut a.fc_act, &a.fc, &self.params, bl.fc_b, n, s.activation);
+            backend.matmul_forward(&mut a.fcproj, &a.fc_act, &self.params, bl.out_w, None, n, f, c);
+            backend.residual_forward(&mut a.res_out, &a.res_mid, &a.fcproj, &self.params, bl.out_b, n, dropout_for(p, dropout_key, l, 2));
         }
         let last = self.blocks.last().map_or(&self.encoded, |b| &b.res_out);
         let head_in = if pre {
@@ -273,12 +275,13 @@ impl<B: Backend> Gpt<B> {
             // MLP branch: g.residual holds ∂L/∂res_out.
             let d_fcproj = branch_grad(backend, &mut g.branch, &g.residual, dropout_for(p, key, l, 2));
             backend.matmul_backward(&mut g.fc_act, false, &mut self.grads, bl.out_w, Some(bl.out_b), d_fcproj, &a.fc_act, &self.params, n, f, c);
-            backend.activation_backward(&mut g.fc, &g.fc_act, &a.fc, s.activation);
+            // fc's bias gradient comes from the activation's backward pass.
+            backend.activation_backward(&mut g.fc, &mut self.grads, bl.fc_b, &g.fc_act, &a.fc, &self.params, n, s.activation);
             if pre {
-                backend.matmul_backward(&mut g.norm_out, false, &mut self.grads, bl.fc_w, Some(bl.fc_b), &g.fc, &a.ln2, &self.params, n, c, f);
+                backend.matmul_backward(&mut g.norm_out, false, &mut self.grads, bl.fc_w, None, &g.fc, &a.ln2, &self.params, n, c, f);
                 backend.layernorm_backward(&mut g.residual, true, &mut self.grads, bl.ln2_w, bl.ln2_b, &g.norm_out, &a.res_mid, &self.params, &a.ln2_mean, &a.ln2_rstd, n, c);
             } else {
-                backend.matmul_backward(&mut g.residual, true, &mut self.grads, bl.fc_w, Some(bl.fc_b), &g.fc, &a.res_mid, &self.params, n, c, f);
+                backend.matmul_backward(&mut g.residual, true, &mut self.grads, bl.fc_w, None, &g.fc, &a.res_mid, &self.params, n, c, f);
             }
             // Attention branch: g.residual now holds ∂L/∂res_mid.
             let d_attproj = branch_grad(backend, &mut g.branch, &g.residual, dropout_for(p, key, l, 1));

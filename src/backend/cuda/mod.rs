@@ -506,26 +506,44 @@ impl Backend for CudaBackend {
         launch!(self, "attention_backward_dqkv", elementwise(b * t * c), &dq, &ds, &pd, &dy, &q, &bi, &ti, &ci, &hi);
     }
 
-    // out (N) = act(inp (N)): activation_forward.
-    fn activation_forward(&self, out: &mut DeviceBuf<f32>, inp: &DeviceBuf<f32>, act: Activation) {
-        let n = out.len.min(inp.len);
-        let (o, x, len, kind) = (self.ptr(out, 0), self.ptr(inp, 0), n as i64, activation_kind(act));
-        launch!(self, "activation_forward", elementwise(n), &o, &x, &len, &kind);
+    // out (N,F) = act(inp (N,F) + b (F)): activation_forward.
+    fn activation_forward(&self, out: &mut DeviceBuf<f32>, inp: &DeviceBuf<f32>, params: &DeviceBuf<f32>, b: View, n: usize, act: Activation) {
+        let op = "activation_forward";
+        let len = n * b.len;
+        need(out, len, op, "out");
+        need(inp, len, op, "inp");
+        need_view(params, b, op, "params");
+        let (o, x, bias, total, width, kind) = (self.ptr(out, 0), self.ptr(inp, 0), self.ptr(params, b.offset), len as i64, int(b.len, "width"), activation_kind(act));
+        launch!(self, "activation_forward", elementwise(len), &o, &x, &bias, &total, &width, &kind);
     }
 
-    // dinp (N) = act'(inp) · dout: activation_backward.
-    fn activation_backward(&self, dinp: &mut DeviceBuf<f32>, dout: &DeviceBuf<f32>, inp: &DeviceBuf<f32>, act: Activation) {
-        let n = dinp.len.min(dout.len).min(inp.len);
-        let (di, d, x, len, kind) = (self.ptr(dinp, 0), self.ptr(dout, 0), self.ptr(inp, 0), n as i64, activation_kind(act));
-        launch!(self, "activation_backward", elementwise(n), &di, &d, &x, &len, &kind);
+    // dinp (N,F) = act'(inp + b) · dout: activation_backward; db (F) += Σₙ dinp:
+    // column_partials, sum_partials.
+    fn activation_backward(&self, dinp: &mut DeviceBuf<f32>, grads: &mut DeviceBuf<f32>, b: View, dout: &DeviceBuf<f32>, inp: &DeviceBuf<f32>, params: &DeviceBuf<f32>, n: usize, act: Activation) {
+        let op = "activation_backward";
+        let len = n * b.len;
+        need(dinp, len, op, "dinp");
+        need(dout, len, op, "dout");
+        need(inp, len, op, "inp");
+        need_view(params, b, op, "params");
+        need_view(grads, b, op, "grads");
+        let (di, d, x, bias) = (self.ptr(dinp, 0), self.ptr(dout, 0), self.ptr(inp, 0), self.ptr(params, b.offset));
+        let (total, width, kind) = (len as i64, int(b.len, "width"), activation_kind(act));
+        launch!(self, "activation_backward", elementwise(len), &di, &d, &x, &bias, &total, &width, &kind);
+        self.add_column_sums(self.ptr(grads, b.offset), di, n, b.len);
     }
 
-    // out (N) = inp (N) + dropout(branch (N)): residual_forward.
-    fn residual_forward(&self, out: &mut DeviceBuf<f32>, inp: &DeviceBuf<f32>, branch: &DeviceBuf<f32>, dropout: Dropout) {
-        let n = out.len.min(inp.len).min(branch.len);
+    // out (N,C) = inp (N,C) + dropout(branch (N,C) + b (C)): residual_forward.
+    fn residual_forward(&self, out: &mut DeviceBuf<f32>, inp: &DeviceBuf<f32>, branch: &DeviceBuf<f32>, params: &DeviceBuf<f32>, b: View, n: usize, dropout: Dropout) {
+        let op = "residual_forward";
+        let len = n * b.len;
+        need(out, len, op, "out");
+        need(inp, len, op, "inp");
+        need(branch, len, op, "branch");
+        need_view(params, b, op, "params");
         let dr = DropoutArgs::of(dropout);
-        let (o, x, br, len) = (self.ptr(out, 0), self.ptr(inp, 0), self.ptr(branch, 0), n as i64);
-        launch!(self, "residual_forward", elementwise(n), &o, &x, &br, &len, &dr.key, &dr.threshold, &dr.keep_scale);
+        let (o, x, br, bias, total, width) = (self.ptr(out, 0), self.ptr(inp, 0), self.ptr(branch, 0), self.ptr(params, b.offset), len as i64, int(b.len, "width"));
+        launch!(self, "residual_forward", elementwise(len), &o, &x, &br, &bias, &total, &width, &dr.key, &dr.threshold, &dr.keep_scale);
     }
 
     // dinp (N) = mask · dout (N): dropout_backward.
