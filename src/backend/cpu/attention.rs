@@ -55,6 +55,9 @@ pub(super) fn backward<F: Float>(cpu: &CpuBackend<F>, dqkv: &mut [F], dout: &[F]
 /// 16-lane ones, so 8 vector accumulators, enough independent chains to keep
 /// both FMA units busy and few enough to stay in registers.
 const TILE_COLS: usize = 16;
+/// Output columns per tile in the products whose width is the head size:
+/// twice TILE_COLS, so each broadcast of the left operand feeds two vectors.
+const WIDE_TILE_COLS: usize = 32;
 
 /// The operands of a small product dst = scale · lhs · rhs whose rhs rows
 /// are contiguous (element (k, j) at `rhs + k·rhs_rs + j`), as are dst's.
@@ -95,16 +98,22 @@ impl<F: Float> SmallProduct<F> {
         }
     }
 
-    /// Output rows [i0, i0+R), columns [0, n), summing over `ks`.
+    /// Output rows [i0, i0+R), columns [0, n), summing over `ks`: tiles
+    /// of COLS columns, then of TILE_COLS, then single columns.
     #[inline(always)]
-    unsafe fn tile_row<const R: usize>(&self, i0: usize, n: usize, ks: std::ops::Range<usize>) {
-        let whole = n / TILE_COLS * TILE_COLS;
+    unsafe fn tile_row<const R: usize, const COLS: usize>(&self, i0: usize, n: usize, ks: std::ops::Range<usize>) {
+        let mut j0 = 0;
         unsafe {
-            for j0 in (0..whole).step_by(TILE_COLS) {
-                self.tile::<R, TILE_COLS>(i0, j0, ks.clone());
+            while j0 + COLS <= n {
+                self.tile::<R, COLS>(i0, j0, ks.clone());
+                j0 += COLS;
             }
-            for j0 in whole..n {
-                self.tile::<R, 1>(i0, j0, ks.clone());
+            while j0 + TILE_COLS <= n {
+                self.tile::<R, TILE_COLS>(i0, j0, ks.clone());
+                j0 += TILE_COLS;
+            }
+            for j in j0..n {
+                self.tile::<R, 1>(i0, j, ks.clone());
             }
         }
     }
@@ -113,16 +122,16 @@ impl<F: Float> SmallProduct<F> {
     /// [0, width(i1)) and sums over k ∈ reduce(i0, i1), which is how the
     /// causal products skip the zeros above the diagonal.
     #[inline(always)]
-    unsafe fn run<const R: usize>(&self, m: usize, width: impl Fn(usize) -> usize, reduce: impl Fn(usize, usize) -> std::ops::Range<usize>) {
+    unsafe fn run<const R: usize, const COLS: usize>(&self, m: usize, width: impl Fn(usize) -> usize, reduce: impl Fn(usize, usize) -> std::ops::Range<usize>) {
         for i0 in (0..m).step_by(R) {
             let i1 = (i0 + R).min(m);
             let (n, ks) = (width(i1), reduce(i0, i1));
             unsafe {
                 if i1 - i0 == R {
-                    self.tile_row::<R>(i0, n, ks);
+                    self.tile_row::<R, COLS>(i0, n, ks);
                 } else {
                     for i in i0..i1 {
-                        self.tile_row::<1>(i, n, ks.clone());
+                        self.tile_row::<1, COLS>(i, n, ks.clone());
                     }
                 }
             }
@@ -148,7 +157,7 @@ unsafe fn transpose_into<F: Float>(t: usize, k: usize, dst: *mut F, src: Strided
 unsafe fn causal_scores<F: Float, const R: usize>(t: usize, k: usize, dst: *mut F, lhs: Strided<F>, rhs: Strided<F>, rhs_t: *mut F, scale: F) {
     unsafe {
         transpose_into(t, k, rhs_t, rhs);
-        SmallProduct { dst, dst_rs: t, lhs, rhs: rhs_t, rhs_rs: t, scale }.run::<R>(t, |i1| i1.next_multiple_of(TILE_COLS).min(t), |_, _| 0..k);
+        SmallProduct { dst, dst_rs: t, lhs, rhs: rhs_t, rhs_rs: t, scale }.run::<R, TILE_COLS>(t, |i1| i1.next_multiple_of(TILE_COLS).min(t), |_, _| 0..k);
     }
 }
 
@@ -157,7 +166,7 @@ unsafe fn causal_scores<F: Float, const R: usize>(t: usize, k: usize, dst: *mut 
 #[inline(always)]
 unsafe fn causal_times<F: Float, const R: usize>(t: usize, n: usize, dst: *mut F, dst_rs: usize, a: Strided<F>, rhs: Strided<F>) {
     debug_assert_eq!(rhs.cs, 1);
-    unsafe { SmallProduct { dst, dst_rs, lhs: a, rhs: rhs.ptr, rhs_rs: rhs.rs, scale: F::one() }.run::<R>(t, |_| n, |_, i1| 0..i1) }
+    unsafe { SmallProduct { dst, dst_rs, lhs: a, rhs: rhs.ptr, rhs_rs: rhs.rs, scale: F::one() }.run::<R, WIDE_TILE_COLS>(t, |_| n, |_, i1| 0..i1) }
 }
 
 /// dst (T,n) = aᵀ (T,T) · rhs (T,n) for a lower-triangular `a` (given as its
@@ -166,7 +175,7 @@ unsafe fn causal_times<F: Float, const R: usize>(t: usize, n: usize, dst: *mut F
 #[inline(always)]
 unsafe fn causal_transposed_times<F: Float, const R: usize>(t: usize, n: usize, dst: *mut F, dst_rs: usize, at: Strided<F>, rhs: Strided<F>) {
     debug_assert_eq!(rhs.cs, 1);
-    unsafe { SmallProduct { dst, dst_rs, lhs: at, rhs: rhs.ptr, rhs_rs: rhs.rs, scale: F::one() }.run::<R>(t, |_| n, |i0, _| i0..t) }
+    unsafe { SmallProduct { dst, dst_rs, lhs: at, rhs: rhs.ptr, rhs_rs: rhs.rs, scale: F::one() }.run::<R, WIDE_TILE_COLS>(t, |_| n, |i0, _| i0..t) }
 }
 
 /// In-place causal softmax of a (T,T) score block: row i keeps columns j ≤ i.
