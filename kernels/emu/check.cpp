@@ -141,7 +141,7 @@ int main() {
       launch(activation_backward, ew(n), B256, g.data(), (const float*)d.data(), (const float*)x.data(), (const float*)bias.data(), n, w, 1);
       for (int i = 0; i < n; i++) wg[i] = x[i] + bias[i % w] > 0 ? d[i] : 0.0; check("relu bwd", g.data(), wg, 0);
       u64 key = 99; u32 thr = (u32)std::ceil(0.25 * 16777216.0); float keep = (float)(1 / 0.75);
-      launch(residual_forward, ew(n), B256, y.data(), (const float*)x.data(), (const float*)d.data(), (const float*)bias.data(), n, w, key, thr, keep);
+      y = d; launch(residual_forward, ew(n), B256, y.data(), (const float*)x.data(), (const float*)bias.data(), n, w, key, thr, keep);
       int dropped = 0; for (int i = 0; i < n; i++) { float f = dropout_factor(key, thr, keep, i); dropped += f == 0; wy[i] = x[i] + (d[i] + bias[i % w]) * f; }
       check("residual_forward", y.data(), wy, 0); printf("dropped %d of 1000 at p=0.25\n", dropped);
       launch(dropout_backward, ew(n), B256, g.data(), (const float*)d.data(), n, key, thr, keep);

@@ -399,12 +399,12 @@ built_for_avx512_too! {
 }
 
 built_for_avx512_too! {
-    /// One row: out (C) = x + (branch + b) ⊙ mask, the mask's elements
+    /// One row: out (C) = x + (out + b) ⊙ mask, the mask's elements
     /// numbered from `first` (AVX-512 has the 64-bit multiplies the mask's
     /// hash needs in vectors).
-    fn residual_dropout(out: &mut [F], x: &[F], branch: &[F], b: &[F], dropout: Dropout, first: usize) {
-        for (i, (o, (&x, (&br, &b)))) in out.iter_mut().zip(x.iter().zip(branch.iter().zip(b))).enumerate() {
-            *o = x + (br + b) * dropout.factor::<F>(first + i);
+    fn residual_dropout(out: &mut [F], x: &[F], b: &[F], dropout: Dropout, first: usize) {
+        for (i, (o, (&x, &b))) in out.iter_mut().zip(x.iter().zip(b)).enumerate() {
+            *o = x + (*o + b) * dropout.factor::<F>(first + i);
         }
     }
 }
@@ -639,14 +639,14 @@ impl<F: Float> Backend for CpuBackend<F> {
         });
     }
 
-    fn residual_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, branch: &Vec<F>, params: &Vec<F>, b: View, n: usize, dropout: Dropout) {
+    fn residual_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, params: &Vec<F>, b: View, n: usize, dropout: Dropout) {
         let (c, bias) = (b.len, &params[b.range()]);
-        let rows = out[..n * c].par_chunks_mut(c).zip(inp[..n * c].par_chunks(c).zip(branch[..n * c].par_chunks(c)));
-        rows.enumerate().with_min_len(rows_per_task(c)).for_each(|(row, (o, (x, br)))| {
+        let rows = out[..n * c].par_chunks_mut(c).zip(inp[..n * c].par_chunks(c));
+        rows.enumerate().with_min_len(rows_per_task(c)).for_each(|(row, (o, x))| {
             if dropout.active() {
-                residual_dropout(self.avx512, o, x, br, bias, dropout, row * c);
+                residual_dropout(self.avx512, o, x, bias, dropout, row * c);
             } else {
-                o.iter_mut().zip(x.iter().zip(br.iter().zip(bias))).for_each(|(o, (&x, (&br, &b)))| *o = x + (br + b));
+                o.iter_mut().zip(x.iter().zip(bias)).for_each(|(o, (&x, &b))| *o = x + (*o + b));
             }
         });
     }

@@ -140,11 +140,13 @@ pub trait Backend {
     #[allow(clippy::too_many_arguments)]
     fn activation_backward(&self, dinp: &mut Self::Buf, grads: &mut Self::Buf, b: View, dout: &Self::Buf, inp: &Self::Buf, params: &Self::Buf, n: usize, act: Activation);
 
-    /// out (N,C) = inp (N,C) + dropout(branch (N,C) + b (C)): the branch's
-    /// last product bias is added here (see `activation_forward`); its
-    /// gradient is that product's, Σₙ of the branch gradient. C = b.len.
-    #[allow(clippy::too_many_arguments)]
-    fn residual_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, branch: &Self::Buf, params: &Self::Buf, b: View, n: usize, dropout: Dropout);
+    /// out (N,C) = inp (N,C) + dropout(out + b (C)), in place: `out` holds
+    /// the branch's last product on entry and the residual sum on return
+    /// (the product's output is dead after this, and writing over it spares
+    /// a fresh buffer's trip through memory). The product's bias is added
+    /// here (see `activation_forward`); its gradient is that product's,
+    /// Σₙ of the branch gradient. C = b.len.
+    fn residual_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, b: View, n: usize, dropout: Dropout);
     /// dinp (N) = dropout mask · dout (N)
     fn dropout_backward(&self, dinp: &mut Self::Buf, dout: &Self::Buf, dropout: Dropout);
 

@@ -85,7 +85,7 @@ impl<B: Backend> Backend for Profiled<B> {
         fn attention_backward(&self, dqkv: &mut Self::Buf, datt: &mut Self::Buf, dout: &Self::Buf, qkv: &Self::Buf, att: &Self::Buf, att_drop: &Self::Buf, b: usize, t: usize, c: usize, h: usize, dropout: Dropout);
         fn activation_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, b: View, n: usize, act: Activation);
         fn activation_backward(&self, dinp: &mut Self::Buf, grads: &mut Self::Buf, b: View, dout: &Self::Buf, inp: &Self::Buf, params: &Self::Buf, n: usize, act: Activation);
-        fn residual_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, branch: &Self::Buf, params: &Self::Buf, b: View, n: usize, dropout: Dropout);
+        fn residual_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, b: View, n: usize, dropout: Dropout);
         fn dropout_backward(&self, dinp: &mut Self::Buf, dout: &Self::Buf, dropout: Dropout);
         fn crossentropy_forward(&self, losses: &mut Self::Buf, probs: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Tokens, mask: &Self::Buf, n: usize, v: usize);
         fn crossentropy_backward(&self, dlogits: &mut Self::Buf, probs: &Self::Buf, targets: &Self::Tokens, mask: &Self::Buf, scale: f64, n: usize, v: usize);

@@ -53,15 +53,13 @@ struct BlockActs<B: Backend> {
     att: B::Buf,       // (B,H,T,T)
     att_drop: B::Buf,  // (B,H,T,T), empty without dropout
     atty: B::Buf,      // (N,C)
-    attproj: B::Buf,   // (N,C)
-    res_mid: B::Buf,   // (N,C) residual after attention
+    res_mid: B::Buf,   // (N,C) residual after attention (first the attention branch's output projection)
     ln2: B::Buf,       // (N,C)
     ln2_mean: B::Buf,  // (N)
     ln2_rstd: B::Buf,  // (N)
     fc: B::Buf,        // (N,F)
     fc_act: B::Buf,    // (N,F)
-    fcproj: B::Buf,    // (N,C)
-    res_out: B::Buf,   // (N,C) residual after the MLP: the next block's input
+    res_out: B::Buf,   // (N,C) residual after the MLP: the next block's input (first the MLP's output projection)
 }
 
 /// Gradient scratch shared by all blocks in the backward pass.
@@ -130,14 +128,12 @@ impl<B: Backend> Gpt<B> {
                 att: backend.alloc(batch * h * t * t),
                 att_drop: backend.alloc(drop_len),
                 atty: backend.alloc(n * c),
-                attproj: backend.alloc(n * c),
                 res_mid: backend.alloc(n * c),
                 ln2: backend.alloc(norm_len(n * c)),
                 ln2_mean: backend.alloc(norm_len(n)),
                 ln2_rstd: backend.alloc(norm_len(n)),
                 fc: backend.alloc(n * f),
                 fc_act: backend.alloc(n * f),
-                fcproj: backend.alloc(n * c),
                 res_out: backend.alloc(n * c),
             })
             .collect();
@@ -220,9 +216,10 @@ impl<B: Backend> Gpt<B> {
             backend.matmul_forward(&mut a.qkv, attn_in, &self.params, bl.qkv_w, Some(bl.qkv_b), n, c, 3 * c);
             backend.attention_forward(&mut a.atty, &mut a.att, &mut a.att_drop, &a.qkv, bsz, t, c, h, dropout_for(p, dropout_key, l, 0));
             // The biases of proj, fc and out are added by the ops that read
-            // their products (one pass fewer over each product's output).
-            backend.matmul_forward(&mut a.attproj, &a.atty, &self.params, bl.proj_w, None, n, c, c);
-            backend.residual_forward(&mut a.res_mid, x, &a.attproj, &self.params, bl.proj_b, n, dropout_for(p, dropout_key, l, 1));
+            // their products (one pass fewer over each product's output);
+            // the residual adds run in place over the branch's product.
+            backend.matmul_forward(&mut a.res_mid, &a.atty, &self.params, bl.proj_w, None, n, c, c);
+            backend.residual_forward(&mut a.res_mid, x, &self.params, bl.proj_b, n, dropout_for(p, dropout_key, l, 1));
             let mlp_in = if pre {
                 backend.layernorm_forward(&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.res_mid, &self.params, bl.ln2_w, bl.ln2_b, n, c);
                 &a.ln2
@@ -231,8 +228,8 @@ impl<B: Backend> Gpt<B> {
             };
             backend.matmul_forward(&mut a.fc, mlp_in, &self.params, bl.fc_w, None, n, c, f);
             backend.activation_forward(&mut a.fc_act, &a.fc, &self.params, bl.fc_b, n, s.activation);
-            backend.matmul_forward(&mut a.fcproj, &a.fc_act, &self.params, bl.out_w, None, n, f, c);
-            backend.residual_forward(&mut a.res_out, &a.res_mid, &a.fcproj, &self.params, bl.out_b, n, dropout_for(p, dropout_key, l, 2));
+            backend.matmul_forward(&mut a.res_out, &a.fc_act, &self.params, bl.out_w, None, n, f, c);
+            backend.residual_forward(&mut a.res_out, &a.res_mid, &self.params, bl.out_b, n, dropout_for(p, dropout_key, l, 2));
         }
         let last = self.blocks.last().map_or(&self.encoded, |b| &b.res_out);
         let head_in = if pre {

@@ -533,17 +533,16 @@ impl Backend for CudaBackend {
         self.add_column_sums(self.ptr(grads, b.offset), di, n, b.len);
     }
 
-    // out (N,C) = inp (N,C) + dropout(branch (N,C) + b (C)): residual_forward.
-    fn residual_forward(&self, out: &mut DeviceBuf<f32>, inp: &DeviceBuf<f32>, branch: &DeviceBuf<f32>, params: &DeviceBuf<f32>, b: View, n: usize, dropout: Dropout) {
+    // out (N,C) = inp (N,C) + dropout(out + b (C)) in place: residual_forward.
+    fn residual_forward(&self, out: &mut DeviceBuf<f32>, inp: &DeviceBuf<f32>, params: &DeviceBuf<f32>, b: View, n: usize, dropout: Dropout) {
         let op = "residual_forward";
         let len = n * b.len;
         need(out, len, op, "out");
         need(inp, len, op, "inp");
-        need(branch, len, op, "branch");
         need_view(params, b, op, "params");
         let dr = DropoutArgs::of(dropout);
-        let (o, x, br, bias, total, width) = (self.ptr(out, 0), self.ptr(inp, 0), self.ptr(branch, 0), self.ptr(params, b.offset), len as i64, int(b.len, "width"));
-        launch!(self, "residual_forward", elementwise(len), &o, &x, &br, &bias, &total, &width, &dr.key, &dr.threshold, &dr.keep_scale);
+        let (o, x, bias, total, width) = (self.ptr(out, 0), self.ptr(inp, 0), self.ptr(params, b.offset), len as i64, int(b.len, "width"));
+        launch!(self, "residual_forward", elementwise(len), &o, &x, &bias, &total, &width, &dr.key, &dr.threshold, &dr.keep_scale);
     }
 
     // dinp (N) = mask · dout (N): dropout_backward.
