@@ -599,13 +599,16 @@ impl<F: Float> Backend for CpuBackend<F> {
         }
     }
 
-    fn attention_forward(&self, out: &mut Vec<F>, att: &mut Vec<F>, att_drop: &mut Vec<F>, qkv: &Vec<F>, b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
-        attention::forward(self, out, att, att_drop, qkv, b, t, c, h, dropout);
+    /// `att` keeps each softmax row's maximum and normalizer (its first
+    /// 2·B·H·T elements); `att_drop` goes unused: see `attention`.
+    fn attention_forward(&self, out: &mut Vec<F>, att: &mut Vec<F>, _att_drop: &mut Vec<F>, qkv: &Vec<F>, b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
+        attention::forward(self, out, att, qkv, b, t, c, h, dropout);
     }
 
-    /// The (B,H,T,T) scratch `_datt` goes unused: see `attention::backward`.
-    fn attention_backward(&self, dqkv: &mut Vec<F>, _datt: &mut Vec<F>, dout: &Vec<F>, qkv: &Vec<F>, att: &Vec<F>, att_drop: &Vec<F>, b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
-        attention::backward(self, dqkv, dout, qkv, att, att_drop, b, t, c, h, dropout);
+    /// The probabilities come from `att`'s statistics again; `datt` and
+    /// `att_drop` go unused: see `attention`.
+    fn attention_backward(&self, dqkv: &mut Vec<F>, _datt: &mut Vec<F>, dout: &Vec<F>, qkv: &Vec<F>, att: &Vec<F>, _att_drop: &Vec<F>, b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
+        attention::backward(self, dqkv, dout, att, qkv, b, t, c, h, dropout);
     }
 
     fn activation_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, params: &Vec<F>, b: View, n: usize, act: Activation) {

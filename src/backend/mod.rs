@@ -89,6 +89,12 @@ pub struct DecayGroup {
     pub weight_decay: f64,
 }
 
+/// Elements of attention's saved state `att`: room for the (B,H,T,T)
+/// probabilities and for two statistics per softmax row (T = 1 included).
+pub fn attention_saved_len(b: usize, h: usize, t: usize) -> usize {
+    b * h * t * t.max(2)
+}
+
 pub trait Backend {
     type F: Float;
     /// A buffer of `F` on the device.
@@ -122,9 +128,12 @@ pub trait Backend {
     #[allow(clippy::too_many_arguments)]
     fn matmul_backward(&self, dinp: &mut Self::Buf, accumulate: bool, grads: &mut Self::Buf, w: View, b: Option<View>, dout: &Self::Buf, inp: &Self::Buf, params: &Self::Buf, n: usize, c: usize, oc: usize);
 
-    /// Causal multi-head self-attention.
-    /// qkv (B,T,3C) → att (B,H,T,T) softmax probabilities, att_drop (B,H,T,T)
-    /// the probabilities after dropout (empty when dropout is off), out (B,T,C).
+    /// Causal multi-head self-attention: qkv (B,T,3C) → out (B,T,C).
+    /// `att` (`attention_saved_len` elements) and `att_drop` (B,H,T,T, empty
+    /// when dropout is off) keep what the backend's backward pass needs: the
+    /// CUDA backend the softmax probabilities and those after dropout; the
+    /// CPU backend each softmax row's maximum and normalizer (it computes the
+    /// probabilities again and leaves `att_drop` alone).
     #[allow(clippy::too_many_arguments)]
     fn attention_forward(&self, out: &mut Self::Buf, att: &mut Self::Buf, att_drop: &mut Self::Buf, qkv: &Self::Buf, b: usize, t: usize, c: usize, h: usize, dropout: Dropout);
     /// dqkv (B,T,3C) = ∂L/∂qkv; datt (B,H,T,T) scratch; dout (B,T,C)

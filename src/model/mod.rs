@@ -6,7 +6,7 @@ mod layout;
 
 pub use layout::{ParamKind, ParamLayout, ParamTensor};
 
-use crate::backend::{Activation, Backend, Dropout};
+use crate::backend::{attention_saved_len, Activation, Backend, Dropout};
 use crate::float::Float;
 use num_traits::Zero;
 
@@ -125,7 +125,7 @@ impl<B: Backend> Gpt<B> {
                 ln1_mean: backend.alloc(norm_len(n)),
                 ln1_rstd: backend.alloc(norm_len(n)),
                 qkv: backend.alloc(n * 3 * c),
-                att: backend.alloc(batch * h * t * t),
+                att: backend.alloc(attention_saved_len(batch, h, t)),
                 att_drop: backend.alloc(drop_len),
                 atty: backend.alloc(n * c),
                 res_mid: backend.alloc(n * c),

@@ -4,8 +4,14 @@
 //! 16 to 64), too short for a general matrix library: its per-call packing
 //! costs more than the arithmetic. Here they are register tiles over the
 //! causal triangle, and each head's softmax runs on rows still in cache.
-//! Every head function is built twice, for 8-lane vectors and for AVX-512,
-//! with the same operations in the same order (so the same bits).
+//! The probabilities never leave the thread's scratch: the backward pass
+//! computes them again, the same bits by the same code, from q, k and each
+//! row's saved maximum and normalizer, rather than storing a (T,T) block
+//! per head (B·H·T² floats per layer written to memory in the forward pass
+//! and read back in the backward: as slow as computing them again, and the
+//! largest buffer of a long-context model). Every head function is built twice, for 8-lane vectors
+//! and for AVX-512, with the same operations in the same order (so the same
+//! bits).
 
 use rayon::prelude::*;
 
@@ -14,38 +20,37 @@ use crate::backend::Dropout;
 use crate::float::Float;
 
 /// The attention op's forward (see `Backend::attention_forward`): heads in
-/// parallel, each with its own slot of the backend's scratch.
+/// parallel, each with its own slot of the backend's scratch. What the
+/// backward pass needs besides q, k and v is each softmax row's maximum and
+/// 1/Σ, 2·B·H·T values at the start of `saved` (the op's `att`).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn forward<F: Float>(cpu: &CpuBackend<F>, out: &mut [F], att: &mut [F], att_drop: &mut [F], qkv: &[F], b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
-    assert!(qkv.len() >= b * t * 3 * c && out.len() >= b * t * c && att.len() >= b * h * t * t);
+pub(super) fn forward<F: Float>(cpu: &CpuBackend<F>, out: &mut [F], saved: &mut [F], qkv: &[F], b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
+    assert!(qkv.len() >= b * t * 3 * c && out.len() >= b * t * c && saved.len() >= b * h * 2 * t);
     let mut scratch = cpu.scratch(Heads::<F>::scratch_len(t, c, h));
     let heads = Heads::new(t, c, h, dropout, &mut scratch, cpu.avx512);
     let out = SharedMut(out.as_mut_ptr());
-    let drop = SharedMut(att_drop.as_mut_ptr());
-    att[..b * h * t * t].par_chunks_mut(t * t).enumerate().for_each(|(bh, a)| unsafe {
+    saved[..b * h * 2 * t].par_chunks_mut(2 * t).enumerate().for_each(|(bh, stats)| unsafe {
         if heads.wide {
-            head_forward_avx512(&heads, bh, a, out, drop, qkv);
+            head_forward_avx512(&heads, bh, out, stats, qkv);
         } else {
-            head_forward::<F, 4>(&heads, bh, a, out, drop, qkv);
+            head_forward::<F, 4>(&heads, bh, out, stats, qkv);
         }
     });
 }
 
 /// The attention op's backward (see `Backend::attention_backward`), laid
-/// out as `forward`. The op's (B,H,T,T) scratch is not used: each head's
-/// score gradients go to its thread's own (T,T) block, which stays in cache
-/// instead of streaming 4·B·H·T² bytes out to memory.
+/// out as `forward`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn backward<F: Float>(cpu: &CpuBackend<F>, dqkv: &mut [F], dout: &[F], qkv: &[F], att: &[F], att_drop: &[F], b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
-    assert!(dqkv.len() >= b * t * 3 * c && dout.len() >= b * t * c && att.len() >= b * h * t * t);
+pub(super) fn backward<F: Float>(cpu: &CpuBackend<F>, dqkv: &mut [F], dout: &[F], saved: &[F], qkv: &[F], b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
+    assert!(dqkv.len() >= b * t * 3 * c && dout.len() >= b * t * c && qkv.len() >= b * t * 3 * c && saved.len() >= b * h * 2 * t);
     let mut scratch = cpu.scratch(Heads::<F>::scratch_len(t, c, h));
     let heads = Heads::new(t, c, h, dropout, &mut scratch, cpu.avx512);
     let dqkv = SharedMut(dqkv.as_mut_ptr());
     (0..b * h).into_par_iter().for_each(|bh| unsafe {
         if heads.wide {
-            head_backward_avx512(&heads, bh, dqkv, dout, qkv, att, att_drop);
+            head_backward_avx512(&heads, bh, dqkv, dout, &saved[bh * 2 * t..(bh + 1) * 2 * t], qkv);
         } else {
-            head_backward::<F, 4>(&heads, bh, dqkv, dout, qkv, att, att_drop);
+            head_backward::<F, 4>(&heads, bh, dqkv, dout, &saved[bh * 2 * t..(bh + 1) * 2 * t], qkv);
         }
     });
 }
@@ -178,25 +183,43 @@ unsafe fn causal_transposed_times<F: Float, const R: usize>(t: usize, n: usize, 
     unsafe { SmallProduct { dst, dst_rs, lhs: at, rhs: rhs.ptr, rhs_rs: rhs.rs, scale: F::one() }.run::<R, WIDE_TILE_COLS>(t, |_| n, |i0, _| i0..t) }
 }
 
-/// In-place causal softmax of a (T,T) score block: row i keeps columns j ≤ i.
+/// In-place causal softmax of a (T,T) score block: row i keeps columns
+/// j ≤ i. Row i's maximum and 1/Σ go to stats[2i], stats[2i+1], for the
+/// backward pass to compute the same probabilities again
+/// (`causal_softmax_rows_again`) without the two passes that find them.
 #[inline(always)]
-fn causal_softmax_rows<F: Float>(block: &mut [F], t: usize) {
-    for i in 0..t {
-        let row = &mut block[i * t..(i + 1) * t];
-        // Whole 8-lane chunks cover 0..=i: the few entries past i (the
-        // diagonal block's upper part, finite) go through exp too and are
-        // zeroed after, which is cheaper than a scalar tail on every row.
-        let padded = (i + 1).next_multiple_of(8).min(t);
+fn causal_softmax_rows<F: Float>(block: &mut [F], t: usize, stats: &mut [F]) {
+    for (i, (row, stats)) in block.chunks_exact_mut(t).zip(stats.chunks_exact_mut(2)).enumerate() {
         let m = max(&row[..=i]);
-        for x in &mut row[..padded] {
-            *x = (*x - m).fast_exp();
-        }
-        row[i + 1..].fill(F::zero());
+        let padded = exp_shifted_row(row, i, m);
         let inv = F::one() / sum(&row[..padded]);
-        for x in &mut row[..padded] {
-            *x *= inv;
-        }
+        row[..padded].iter_mut().for_each(|x| *x *= inv);
+        (stats[0], stats[1]) = (m, inv);
     }
+}
+
+/// `causal_softmax_rows` from its saved statistics: the same operations on
+/// the same values, so the same bits.
+#[inline(always)]
+fn causal_softmax_rows_again<F: Float>(block: &mut [F], t: usize, stats: &[F]) {
+    for (i, (row, stats)) in block.chunks_exact_mut(t).zip(stats.chunks_exact(2)).enumerate() {
+        let padded = exp_shifted_row(row, i, stats[0]);
+        row[..padded].iter_mut().for_each(|x| *x *= stats[1]);
+    }
+}
+
+/// Row i of a causal block: x = e^(x − m) on j ≤ i, 0 past i; returns the
+/// length of the whole 8-lane chunks covering 0..=i. The few entries past i
+/// in them (the diagonal tile's upper part, finite) go through exp too and
+/// are zeroed after, which is cheaper than a scalar tail on every row.
+#[inline(always)]
+fn exp_shifted_row<F: Float>(row: &mut [F], i: usize, m: F) -> usize {
+    let padded = (i + 1).next_multiple_of(8).min(row.len());
+    for x in &mut row[..padded] {
+        *x = (*x - m).fast_exp();
+    }
+    row[i + 1..].fill(F::zero());
+    padded
 }
 
 /// The shape of one attention call, shared by its heads.
@@ -208,7 +231,7 @@ struct Heads<F> {
     scale: F,
     dropout: Dropout,
     /// Per-thread scratch (see `scratch_slot`): a transposed (hs,T) operand
-    /// and a (T,T) block, in each slot.
+    /// and two (T,T) blocks, in each slot.
     scratch: SharedMut<F>,
     /// Run the AVX-512 build of the head functions.
     wide: bool,
@@ -223,88 +246,100 @@ impl<F: Float> Heads<F> {
     }
 
     fn slot_len(t: usize, c: usize, h: usize) -> usize {
-        (c / h) * t + t * t
+        (c / h) * t + 2 * t * t
     }
 
     fn scratch_len(t: usize, c: usize, h: usize) -> usize {
         scratch_slots() * Self::slot_len(t, c, h)
     }
 
-    /// This thread's scratch: the (hs,T) block and the (T,T) block.
-    fn slot(&self) -> (*mut F, *mut F) {
-        let first = self.scratch.at(scratch_slot() * Self::slot_len(self.t, self.c, self.h));
-        (first, unsafe { first.add(self.hs * self.t) })
+    /// This thread's scratch: the (hs,T) block for a transposed operand, and
+    /// the (T,T) blocks for the probabilities and for the score gradients.
+    fn slot(&self) -> (*mut F, &mut [F], &mut [F]) {
+        let (hs, t) = (self.hs, self.t);
+        let first = self.scratch.at(scratch_slot() * Self::slot_len(t, self.c, self.h));
+        // SAFETY: each thread has its own slot (see `scratch_slot`), of
+        // slot_len elements inside the scratch `new` was given.
+        unsafe { (first, std::slice::from_raw_parts_mut(first.add(hs * t), t * t), std::slice::from_raw_parts_mut(first.add(hs * t + t * t), t * t)) }
+    }
+
+    /// Scales row i of head `bh`'s (T,T) block by its dropout mask on j ≤ i
+    /// (the mask's elements numbered as the op's (B,H,T,T) layout).
+    fn drop_rows(&self, bh: usize, block: &mut [F]) {
+        let t = self.t;
+        for (i, row) in block.chunks_exact_mut(t).enumerate() {
+            for (j, x) in row[..=i].iter_mut().enumerate() {
+                *x *= self.dropout.factor::<F>((bh * t + i) * t + j);
+            }
+        }
     }
 }
 
-/// One head's forward: att (T,T) gets the softmax of its causal scores,
-/// out[b, :, head] (T,hs) = probs · v. R output rows per product tile.
+/// Head `bh`'s causal scores scale · q kᵀ into `p` (T,T), lower triangle,
+/// with `kt` as scratch for kᵀ.
+#[inline(always)]
+unsafe fn head_scores<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, qkv: &[F], p: &mut [F], kt: *mut F) {
+    let Heads { t, c, h, hs, scale, .. } = *heads;
+    let q = qkv[(bh / h) * t * 3 * c + (bh % h) * hs..].as_ptr();
+    unsafe { causal_scores::<F, R>(t, hs, p.as_mut_ptr(), Strided { ptr: q, rs: 3 * c, cs: 1 }, Strided { ptr: q.add(c), rs: 3 * c, cs: 1 }, kt, scale) };
+}
+
+/// One head's forward: out[b, :, head] (T,hs) = dropout(probs) · v, the
+/// probabilities in the thread's scratch and their rows' softmax statistics
+/// in `stats` (2T). R output rows per product tile.
 ///
 /// # Safety
-/// `out` and `drop` must be the op's buffers; each head writes its own part.
+/// `out` must be the op's buffer; each head writes its own part.
 #[inline(always)]
-unsafe fn head_forward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, a: &mut [F], out: SharedMut<F>, drop: SharedMut<F>, qkv: &[F]) {
-    let Heads { t, c, h, hs, scale, dropout, .. } = *heads;
+unsafe fn head_forward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, out: SharedMut<F>, stats: &mut [F], qkv: &[F]) {
+    let Heads { t, c, h, hs, dropout, .. } = *heads;
     let (bi, hi) = (bh / h, bh % h);
-    let q = qkv[bi * t * 3 * c + hi * hs..].as_ptr();
-    unsafe {
-        let k = q.add(c);
-        let v = q.add(2 * c);
-        // scores (T,T) = scale · q (T,hs) · kᵀ (hs,T), lower triangle
-        let kt = heads.slot().0;
-        causal_scores::<F, R>(t, hs, a.as_mut_ptr(), Strided { ptr: q, rs: 3 * c, cs: 1 }, Strided { ptr: k, rs: 3 * c, cs: 1 }, kt, scale);
-        causal_softmax_rows(a, t);
-        let probs = if dropout.active() {
-            let d = std::slice::from_raw_parts_mut(drop.at(bh * t * t), t * t);
-            for (idx, (d, &p)) in d.iter_mut().zip(a.iter()).enumerate() {
-                *d = p * dropout.factor::<F>(bh * t * t + idx);
-            }
-            d.as_ptr()
-        } else {
-            a.as_ptr()
-        };
-        // out[b, :, head] (T,hs) = probs (T,T) · v (T,hs)
-        causal_times::<F, R>(t, hs, out.at(bi * t * c + hi * hs), c, Strided { ptr: probs, rs: t, cs: 1 }, Strided { ptr: v, rs: 3 * c, cs: 1 });
+    let (kt, p, _) = heads.slot();
+    unsafe { head_scores::<F, R>(heads, bh, qkv, p, kt) };
+    causal_softmax_rows(p, t, stats);
+    if dropout.active() {
+        heads.drop_rows(bh, p);
     }
+    let v = qkv[bi * t * 3 * c + 2 * c + hi * hs..].as_ptr();
+    // out[b, :, head] (T,hs) = probs (T,T) · v (T,hs)
+    unsafe { causal_times::<F, R>(t, hs, out.at(bi * t * c + hi * hs), c, Strided { ptr: p.as_ptr(), rs: t, cs: 1 }, Strided { ptr: v, rs: 3 * c, cs: 1 }) };
 }
 
 /// One head's backward: dq, dk, dv of the head are written into dqkv; the
-/// score gradients ds (T,T) live in the thread's scratch slot.
+/// probabilities (computed again from the forward's `stats`) and the score
+/// gradients ds live in the thread's scratch slot.
 ///
 /// # Safety
 /// `dqkv` must be the op's buffer; each head writes its own part.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn head_backward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, dqkv: SharedMut<F>, dout: &[F], qkv: &[F], att: &[F], att_drop: &[F]) {
+unsafe fn head_backward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, dqkv: SharedMut<F>, dout: &[F], stats: &[F], qkv: &[F]) {
     let Heads { t, c, h, hs, scale, dropout, .. } = *heads;
     let (bi, hi) = (bh / h, bh % h);
-    let p = &att[bh * t * t..(bh + 1) * t * t];
-    let pd = if dropout.active() { &att_drop[bh * t * t..(bh + 1) * t * t] } else { p };
     let base = bi * t * 3 * c + hi * hs;
     let dy = dout[bi * t * c + hi * hs..].as_ptr();
-    let (vt, ds) = heads.slot();
-    let ds = unsafe { std::slice::from_raw_parts_mut(ds, t * t) };
+    let (transposed, p, ds) = heads.slot();
     unsafe {
+        head_scores::<F, R>(heads, bh, qkv, p, transposed);
+        causal_softmax_rows_again(p, t, stats);
         let v = qkv.as_ptr().add(base + 2 * c);
         // d(probs after dropout) (T,T) = dy (T,hs) · vᵀ (hs,T), lower triangle
-        causal_scores::<F, R>(t, hs, ds.as_mut_ptr(), Strided { ptr: dy, rs: c, cs: 1 }, Strided { ptr: v, rs: 3 * c, cs: 1 }, vt, F::one());
-        // dv (T,hs) = pdᵀ (T,T) · dy (T,hs)
-        causal_transposed_times::<F, R>(t, hs, dqkv.at(base + 2 * c), 3 * c, Strided { ptr: pd.as_ptr(), rs: 1, cs: t }, Strided { ptr: dy, rs: c, cs: 1 });
+        causal_scores::<F, R>(t, hs, ds.as_mut_ptr(), Strided { ptr: dy, rs: c, cs: 1 }, Strided { ptr: v, rs: 3 * c, cs: 1 }, transposed, F::one());
     }
     // through dropout, then the softmax: ds = p ⊙ (dp − Σⱼ p·dp) · scale on j ≤ i
+    if dropout.active() {
+        heads.drop_rows(bh, ds);
+    }
     for i in 0..t {
         let row = &mut ds[i * t..(i + 1) * t];
         let prow = &p[i * t..(i + 1) * t];
-        if dropout.active() {
-            for (j, x) in row[..=i].iter_mut().enumerate() {
-                *x *= dropout.factor::<F>(bh * t * t + i * t + j);
-            }
-        }
         let dp = dot(&row[..=i], &prow[..=i]);
         for (x, &p) in row[..=i].iter_mut().zip(&prow[..=i]) {
             *x = p * (*x - dp) * scale;
         }
         row[i + 1..].fill(F::zero());
+    }
+    if dropout.active() {
+        heads.drop_rows(bh, p);
     }
     unsafe {
         let q = qkv.as_ptr().add(base);
@@ -313,20 +348,21 @@ unsafe fn head_backward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, d
         causal_times::<F, R>(t, hs, dqkv.at(base), 3 * c, Strided { ptr: ds.as_ptr(), rs: t, cs: 1 }, Strided { ptr: k, rs: 3 * c, cs: 1 });
         // dk (T,hs) = dsᵀ (T,T) · q (T,hs)
         causal_transposed_times::<F, R>(t, hs, dqkv.at(base + c), 3 * c, Strided { ptr: ds.as_ptr(), rs: 1, cs: t }, Strided { ptr: q, rs: 3 * c, cs: 1 });
+        // dv (T,hs) = (probs after dropout)ᵀ (T,T) · dy (T,hs)
+        causal_transposed_times::<F, R>(t, hs, dqkv.at(base + 2 * c), 3 * c, Strided { ptr: p.as_ptr(), rs: 1, cs: t }, Strided { ptr: dy, rs: c, cs: 1 });
     }
 }
 
 /// `head_forward` compiled for AVX-512: 16-lane vectors, 8-row tiles. The
 /// same operations in the same order, so the same bits as the 8-lane build.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl"))]
-unsafe fn head_forward_avx512<F: Float>(heads: &Heads<F>, bh: usize, a: &mut [F], out: SharedMut<F>, drop: SharedMut<F>, qkv: &[F]) {
-    unsafe { head_forward::<F, 8>(heads, bh, a, out, drop, qkv) }
+unsafe fn head_forward_avx512<F: Float>(heads: &Heads<F>, bh: usize, out: SharedMut<F>, stats: &mut [F], qkv: &[F]) {
+    unsafe { head_forward::<F, 8>(heads, bh, out, stats, qkv) }
 }
 
 /// `head_backward` compiled for AVX-512, as `head_forward_avx512`.
-#[allow(clippy::too_many_arguments)]
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl"))]
-unsafe fn head_backward_avx512<F: Float>(heads: &Heads<F>, bh: usize, dqkv: SharedMut<F>, dout: &[F], qkv: &[F], att: &[F], att_drop: &[F]) {
-    unsafe { head_backward::<F, 8>(heads, bh, dqkv, dout, qkv, att, att_drop) }
+unsafe fn head_backward_avx512<F: Float>(heads: &Heads<F>, bh: usize, dqkv: SharedMut<F>, dout: &[F], stats: &[F], qkv: &[F]) {
+    unsafe { head_backward::<F, 8>(heads, bh, dqkv, dout, stats, qkv) }
 }
 
