@@ -255,11 +255,16 @@ impl<F: Float> Heads<F> {
 
     /// This thread's scratch: the (hs,T) block for a transposed operand, and
     /// the (T,T) blocks for the probabilities and for the score gradients.
-    fn slot(&self) -> (*mut F, &mut [F], &mut [F]) {
+    ///
+    /// # Safety
+    /// At most one head on this thread may hold the slot at a time (each
+    /// thread has its own slot, see `scratch_slot`).
+    #[allow(clippy::mut_from_ref)] // per-thread scratch behind a shared handle
+    unsafe fn slot(&self) -> (*mut F, &mut [F], &mut [F]) {
         let (hs, t) = (self.hs, self.t);
         let first = self.scratch.at(scratch_slot() * Self::slot_len(t, self.c, self.h));
-        // SAFETY: each thread has its own slot (see `scratch_slot`), of
-        // slot_len elements inside the scratch `new` was given.
+        // SAFETY: the slot's slot_len elements lie inside the scratch `new`
+        // was given; the blocks do not overlap.
         unsafe { (first, std::slice::from_raw_parts_mut(first.add(hs * t), t * t), std::slice::from_raw_parts_mut(first.add(hs * t + t * t), t * t)) }
     }
 
@@ -294,7 +299,7 @@ unsafe fn head_scores<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, qkv
 unsafe fn head_forward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, out: SharedMut<F>, stats: &mut [F], qkv: &[F]) {
     let Heads { t, c, h, hs, dropout, .. } = *heads;
     let (bi, hi) = (bh / h, bh % h);
-    let (kt, p, _) = heads.slot();
+    let (kt, p, _) = unsafe { heads.slot() };
     unsafe { head_scores::<F, R>(heads, bh, qkv, p, kt) };
     causal_softmax_rows(p, t, stats);
     if dropout.active() {
@@ -317,7 +322,7 @@ unsafe fn head_backward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, d
     let (bi, hi) = (bh / h, bh % h);
     let base = bi * t * 3 * c + hi * hs;
     let dy = dout[bi * t * c + hi * hs..].as_ptr();
-    let (transposed, p, ds) = heads.slot();
+    let (transposed, p, ds) = unsafe { heads.slot() };
     unsafe {
         head_scores::<F, R>(heads, bh, qkv, p, transposed);
         causal_softmax_rows_again(p, t, stats);
