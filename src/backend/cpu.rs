@@ -418,6 +418,14 @@ built_for_avx512_too! {
     }
 }
 
+/// One row: dinp (F) = dout where inp + b > 0, else 0; and db += dinp.
+fn relu_backward<F: Float>(dinp: &mut [F], db: &mut [F], dout: &[F], inp: &[F], b: &[F]) {
+    for ((di, db), (&d, (&x, &b))) in dinp.iter_mut().zip(db).zip(dout.iter().zip(inp.iter().zip(b))) {
+        *di = if x + b > F::zero() { d } else { F::zero() };
+        *db += *di;
+    }
+}
+
 /// Rows per rayon task in a row-wise pass over rows `width` long: about
 /// ELEMS_PER_TASK elements, and at least one row.
 fn rows_per_task(width: usize) -> usize {
@@ -631,12 +639,7 @@ impl<F: Float> Backend for CpuBackend<F> {
                 let (d, x) = (&dout[row * f..(row + 1) * f], &inp[row * f..(row + 1) * f]);
                 match act {
                     Activation::Gelu => gelu_backward(self.avx512, di, db, d, x, bias),
-                    Activation::Relu => {
-                        for ((di, db), (&d, (&x, &b))) in di.iter_mut().zip(db.iter_mut()).zip(d.iter().zip(x.iter().zip(bias))) {
-                            *di = if x + b > F::zero() { d } else { F::zero() };
-                            *db += *di;
-                        }
-                    }
+                    Activation::Relu => relu_backward(di, db, d, x, bias),
                 }
             }
         });

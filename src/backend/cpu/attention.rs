@@ -9,9 +9,9 @@
 //! row's saved maximum and normalizer, rather than storing a (T,T) block
 //! per head (B·H·T² floats per layer written to memory in the forward pass
 //! and read back in the backward: as slow as computing them again, and the
-//! largest buffer of a long-context model). Every head function is built twice, for 8-lane vectors
-//! and for AVX-512, with the same operations in the same order (so the same
-//! bits).
+//! largest buffer of a long-context model). Every head function is built
+//! twice, for 8-lane vectors and for AVX-512, with the same operations in
+//! the same order (so the same bits).
 
 use rayon::prelude::*;
 
