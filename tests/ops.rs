@@ -224,3 +224,23 @@ fn elementwise_builds_with_and_without_avx512_give_the_same_bits() {
     });
     assert!(wide == narrow, "GELU, LayerNorm or dropout: the AVX-512 and 8-lane builds differ");
 }
+
+#[test]
+fn dropout_drops_exactly_the_elements_whose_hash_is_below_p() {
+    // The definition: element i, with u = (top 24 bits of its hash) / 2^24,
+    // is dropped when u < p and kept (scaled by 1/(1 − p)) otherwise. p on
+    // the 2^-24 grid and just beside it are the edges of the integer test.
+    let grid = (1u64 << 24) as f64;
+    let key = 0x5eed_u64;
+    for i in 0..2000usize {
+        let u = (rng::mix64(key ^ rng::mix64(i as u64)) >> 40) as f64;
+        for p in [0.1, 0.5, 0.9, 1.0 / 3.0, u / grid, u / grid + 1e-12, u / grid - 1e-12, (u + 1.0) / grid, (u - 1.0) / grid] {
+            if p <= 0.0 || p >= 1.0 {
+                continue;
+            }
+            let d = Dropout { p, key };
+            let want = if u / grid < p { 0.0 } else { (1.0 / (1.0 - p)) as f32 };
+            assert_eq!(d.factor::<f32>(i).to_bits(), want.to_bits(), "p {p} element {i}");
+        }
+    }
+}

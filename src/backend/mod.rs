@@ -54,11 +54,19 @@ impl Dropout {
     }
 
     /// The multiplier for element `i`: 0 when dropped, 1/(1-p) when kept.
+    /// Element i is dropped when u = h/2²⁴ < p for its 24-bit hash h; as h is
+    /// an integer, that is h < ⌈p·2²⁴⌉, so the test needs no float at all.
     #[inline]
     pub fn factor<F: Float>(self, i: usize) -> F {
-        let u = (crate::rng::mix64(self.key ^ crate::rng::mix64(i as u64)) >> 40) as f64
-            / (1u64 << 24) as f64;
-        if u < self.p { F::zero() } else { F::of(1.0 / (1.0 - self.p)) }
+        let h = crate::rng::mix64(self.key ^ crate::rng::mix64(i as u64)) >> 40;
+        if h < self.drop_below() { F::zero() } else { F::of(1.0 / (1.0 - self.p)) }
+    }
+
+    /// ⌈p·2²⁴⌉: hashes below it are dropped (p·2²⁴ is exact in f64; at
+    /// most 2²⁴ as p < 1). The CUDA kernels take it as their threshold.
+    #[inline]
+    pub fn drop_below(self) -> u64 {
+        (self.p * (1u64 << 24) as f64).ceil() as u64
     }
 }
 

@@ -12,7 +12,9 @@
 //!   large square product, its best case.
 //! - The same library on exactly the products of one training step of a
 //!   bench config (forward, both backward products, attention per head):
-//!   the step's time if everything but its products were free.
+//!   the step's time if everything but its products were free; and on the
+//!   linear maps' products alone (most of a step's FLOPs, and the part the
+//!   CPU backend hands to the library as it is timed here).
 
 use std::time::Instant;
 
@@ -31,6 +33,10 @@ pub struct Ceilings {
     /// `gemm` on the step's own products: GFLOP/s, and ms per step.
     pub step_products_gflops: f64,
     pub step_products_ms: f64,
+    /// `gemm` on the linear maps' products of the step alone (no
+    /// attention): GFLOP/s, and ms per step.
+    pub linear_products_gflops: f64,
+    pub linear_products_ms: f64,
 }
 
 /// Twelve independent FMA chains on 512-bit registers (two FMA ports with a
@@ -230,14 +236,11 @@ fn time_products(products: &[Product], rounds: usize) -> f64 {
     best
 }
 
-/// Every matrix product of one training step of `cfg`: for each linear map
+/// The linear maps' products of one training step of `cfg`: for each map
 /// (C→3C, C→C, C→4C, 4C→C per layer, and the unembedding C→V) the forward
-/// product and the two backward ones; for attention, per batch row and head,
-/// the scores and the weighted sum forward and their four backward products
-/// (full T×T, as the model-FLOP formula counts them).
-fn step_products(cfg: &BenchConfig) -> Vec<Product> {
-    let (n, c, t) = (cfg.batch * cfg.ctx, cfg.d_model, cfg.ctx);
-    let hs = c / cfg.n_heads;
+/// product and the two backward ones.
+fn linear_products(cfg: &BenchConfig) -> Vec<Product> {
+    let (n, c) = (cfg.batch * cfg.ctx, cfg.d_model);
     let mut maps = Vec::new();
     for _ in 0..cfg.n_layers {
         maps.extend([(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)]);
@@ -249,6 +252,17 @@ fn step_products(cfg: &BenchConfig) -> Vec<Product> {
         out.push(Product { m: n, k: o, n: i }); // dinp = dout · Wᵀ
         out.push(Product { m: i, k: n, n: o }); // dW = inpᵀ · dout
     }
+    out
+}
+
+/// Every matrix product of one training step of `cfg`: the linear maps'
+/// and, for attention, per batch row and head, the scores and the weighted
+/// sum forward and their four backward products (full T×T, as the
+/// model-FLOP formula counts them).
+fn step_products(cfg: &BenchConfig) -> Vec<Product> {
+    let (c, t) = (cfg.d_model, cfg.ctx);
+    let hs = c / cfg.n_heads;
+    let mut out = linear_products(cfg);
     for _ in 0..cfg.n_layers * cfg.batch * cfg.n_heads {
         out.push(Product { m: t, k: hs, n: t }); // scores = q · kᵀ
         out.push(Product { m: t, k: t, n: hs }); // y = att · v
@@ -266,13 +280,18 @@ pub fn measure(cfg: &BenchConfig) -> Ceilings {
     let square_gflops = square[0].flops() / time_products(&square, 5) / 1e9;
     let products = step_products(cfg);
     let secs = time_products(&products, 5);
+    let linear = linear_products(cfg);
+    let linear_secs = time_products(&linear, 5);
+    let gflops = |products: &[Product], secs: f64| products.iter().map(Product::flops).sum::<f64>() / secs / 1e9;
     Ceilings {
         threads: rayon::current_num_threads(),
         fma_gflops: fma_peak(),
         kernel_gflops: tiled_kernel_rate(),
         copy_gb_per_s: copy_bandwidth(),
         square_gflops,
-        step_products_gflops: products.iter().map(Product::flops).sum::<f64>() / secs / 1e9,
+        step_products_gflops: gflops(&products, secs),
         step_products_ms: secs * 1e3,
+        linear_products_gflops: gflops(&linear, linear_secs),
+        linear_products_ms: linear_secs * 1e3,
     }
 }

@@ -56,7 +56,7 @@ impl<T> DeviceBuf<T> {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DropoutArgs {
     pub key: u64,
-    /// ceil(p · 2²⁴): for an integer u, u / 2²⁴ < p exactly when u < ceil(p · 2²⁴).
+    /// `Dropout::drop_below`, ⌈p · 2²⁴⌉.
     pub threshold: u32,
     /// (1 / (1 − p)) rounded to f32, as `F::of` rounds it.
     pub keep_scale: f32,
@@ -67,8 +67,7 @@ impl DropoutArgs {
         if !d.active() {
             return DropoutArgs { key: 0, threshold: 0, keep_scale: 1.0 };
         }
-        let scaled = (d.p * (1u64 << 24) as f64).ceil().min((1u64 << 24) as f64);
-        DropoutArgs { key: d.key, threshold: scaled as u32, keep_scale: (1.0 / (1.0 - d.p)) as f32 }
+        DropoutArgs { key: d.key, threshold: d.drop_below() as u32, keep_scale: (1.0 / (1.0 - d.p)) as f32 }
     }
 
     /// The factor for element `i`, computed as the kernels compute it
