@@ -184,7 +184,7 @@ fn both_builds() -> [CpuBackend<f32>; 2] {
 #[test]
 fn attention_builds_with_and_without_avx512_give_the_same_bits() {
     for dropout in [Dropout::OFF, Dropout { p: 0.2, key: 7 }] {
-        for (b, t, c, h) in [(2, 128, 64, 2), (3, 37, 48, 3), (1, 64, 64, 4), (2, 9, 8, 1)] {
+        for (b, t, c, h) in [(2, 128, 64, 2), (3, 37, 48, 3), (2, 33, 40, 2), (1, 64, 64, 4), (2, 9, 8, 1)] {
             let qkv = random(b * t * 3 * c, 11);
             let dout = random(b * t * c, 12);
             let tt = b * h * t * t;

@@ -145,11 +145,76 @@ impl<F: Float> SmallProduct<F> {
 }
 
 /// dst (k,T) = src (T,k)ᵀ, for a product operand that needs contiguous rows.
+/// With `wide` (AVX-512 present) and 4-byte floats in rows, whole 16×16
+/// blocks go through vector registers; the rest element by element. A
+/// transpose only moves bits, so either way dst holds the same bits.
 #[inline(always)]
-unsafe fn transpose_into<F: Float>(t: usize, k: usize, dst: *mut F, src: Strided<F>) {
-    for i in 0..t {
-        for d in 0..k {
-            unsafe { *dst.add(d * t + i) = *src.ptr.add(i * src.rs + d * src.cs) };
+unsafe fn transpose_into<F: Float>(t: usize, k: usize, dst: *mut F, src: Strided<F>, wide: bool) {
+    let (rows_done, cols_done) = if cfg!(target_arch = "x86_64") && wide && std::mem::size_of::<F>() == 4 && src.cs == 1 {
+        // SAFETY: `wide` is set only where the CPU has AVX-512; F is f32.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            transpose_16x16_blocks(t - t % 16, k - k % 16, dst.cast(), t, src.ptr.cast(), src.rs)
+        };
+        (t - t % 16, k - k % 16)
+    } else {
+        (0, 0)
+    };
+    let move_one = |i: usize, d: usize| unsafe { *dst.add(d * t + i) = *src.ptr.add(i * src.rs + d * src.cs) };
+    for i in 0..rows_done {
+        (cols_done..k).for_each(|d| move_one(i, d));
+    }
+    for i in rows_done..t {
+        (0..k).for_each(|d| move_one(i, d));
+    }
+}
+
+/// dst (k,rows) = src (rows,k)ᵀ for `rows` and `k` whole multiples of 16,
+/// in 16×16 blocks: sixteen source rows loaded, transposed in registers
+/// (pairs of floats interleaved, then pairs of pairs, then 128-bit
+/// quarters), stored as sixteen destination rows.
+///
+/// # Safety
+/// The CPU must have AVX-512F; src rows are `rs` apart with contiguous
+/// columns; dst rows are `dst_rs` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_16x16_blocks(rows: usize, k: usize, dst: *mut f32, dst_rs: usize, src: *const f32, rs: usize) {
+    use std::arch::x86_64::*;
+    for i0 in (0..rows).step_by(16) {
+        for d0 in (0..k).step_by(16) {
+            unsafe {
+                let rows: [__m512; 16] = std::array::from_fn(|r| _mm512_loadu_ps(src.add((i0 + r) * rs + d0)));
+                // cols[g][m], 128-bit quarter j: rows 4g..4g+4 at column 4j + m.
+                let cols: [[__m512; 4]; 4] = std::array::from_fn(|g| {
+                    let [a, b, c, d] = [rows[4 * g], rows[4 * g + 1], rows[4 * g + 2], rows[4 * g + 3]];
+                    let (ab_lo, ab_hi) = (_mm512_castps_pd(_mm512_unpacklo_ps(a, b)), _mm512_castps_pd(_mm512_unpackhi_ps(a, b)));
+                    let (cd_lo, cd_hi) = (_mm512_castps_pd(_mm512_unpacklo_ps(c, d)), _mm512_castps_pd(_mm512_unpackhi_ps(c, d)));
+                    [
+                        _mm512_castpd_ps(_mm512_unpacklo_pd(ab_lo, cd_lo)),
+                        _mm512_castpd_ps(_mm512_unpackhi_pd(ab_lo, cd_lo)),
+                        _mm512_castpd_ps(_mm512_unpacklo_pd(ab_hi, cd_hi)),
+                        _mm512_castpd_ps(_mm512_unpackhi_pd(ab_hi, cd_hi)),
+                    ]
+                });
+                for m in 0..4 {
+                    // Quarters 0,1 (lo) and 2,3 (hi) of groups 0,1 and 2,3 side by side ...
+                    let lo01 = _mm512_shuffle_f32x4::<0b01_00_01_00>(cols[0][m], cols[1][m]);
+                    let hi01 = _mm512_shuffle_f32x4::<0b11_10_11_10>(cols[0][m], cols[1][m]);
+                    let lo23 = _mm512_shuffle_f32x4::<0b01_00_01_00>(cols[2][m], cols[3][m]);
+                    let hi23 = _mm512_shuffle_f32x4::<0b11_10_11_10>(cols[2][m], cols[3][m]);
+                    // ... then quarter j of all four groups: column 4j + m, rows 0..16.
+                    let out = [
+                        _mm512_shuffle_f32x4::<0b10_00_10_00>(lo01, lo23),
+                        _mm512_shuffle_f32x4::<0b11_01_11_01>(lo01, lo23),
+                        _mm512_shuffle_f32x4::<0b10_00_10_00>(hi01, hi23),
+                        _mm512_shuffle_f32x4::<0b11_01_11_01>(hi01, hi23),
+                    ];
+                    for (j, v) in out.into_iter().enumerate() {
+                        _mm512_storeu_ps(dst.add((d0 + 4 * j + m) * dst_rs + i0), v);
+                    }
+                }
+            }
         }
     }
 }
@@ -159,9 +224,9 @@ unsafe fn transpose_into<F: Float>(t: usize, k: usize, dst: *mut F, src: Strided
 /// [0, i1) rounded up to whole tiles. Entries above the diagonal are
 /// computed too where a tile straddles it; callers ignore them.
 #[inline(always)]
-unsafe fn causal_scores<F: Float, const R: usize>(t: usize, k: usize, dst: *mut F, lhs: Strided<F>, rhs: Strided<F>, rhs_t: *mut F, scale: F) {
+unsafe fn causal_scores<F: Float, const R: usize>(t: usize, k: usize, dst: *mut F, lhs: Strided<F>, rhs: Strided<F>, rhs_t: *mut F, scale: F, wide: bool) {
     unsafe {
-        transpose_into(t, k, rhs_t, rhs);
+        transpose_into(t, k, rhs_t, rhs, wide);
         SmallProduct { dst, dst_rs: t, lhs, rhs: rhs_t, rhs_rs: t, scale }.run::<R, TILE_COLS>(t, |i1| i1.next_multiple_of(TILE_COLS).min(t), |_, _| 0..k);
     }
 }
@@ -286,7 +351,7 @@ impl<F: Float> Heads<F> {
 unsafe fn head_scores<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, qkv: &[F], p: &mut [F], kt: *mut F) {
     let Heads { t, c, h, hs, scale, .. } = *heads;
     let q = qkv[(bh / h) * t * 3 * c + (bh % h) * hs..].as_ptr();
-    unsafe { causal_scores::<F, R>(t, hs, p.as_mut_ptr(), Strided { ptr: q, rs: 3 * c, cs: 1 }, Strided { ptr: q.add(c), rs: 3 * c, cs: 1 }, kt, scale) };
+    unsafe { causal_scores::<F, R>(t, hs, p.as_mut_ptr(), Strided { ptr: q, rs: 3 * c, cs: 1 }, Strided { ptr: q.add(c), rs: 3 * c, cs: 1 }, kt, scale, heads.wide) };
 }
 
 /// One head's forward: out[b, :, head] (T,hs) = dropout(probs) · v, the
@@ -328,7 +393,7 @@ unsafe fn head_backward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, d
         causal_softmax_rows_again(p, t, stats);
         let v = qkv.as_ptr().add(base + 2 * c);
         // d(probs after dropout) (T,T) = dy (T,hs) · vᵀ (hs,T), lower triangle
-        causal_scores::<F, R>(t, hs, ds.as_mut_ptr(), Strided { ptr: dy, rs: c, cs: 1 }, Strided { ptr: v, rs: 3 * c, cs: 1 }, transposed, F::one());
+        causal_scores::<F, R>(t, hs, ds.as_mut_ptr(), Strided { ptr: dy, rs: c, cs: 1 }, Strided { ptr: v, rs: 3 * c, cs: 1 }, transposed, F::one(), heads.wide);
     }
     // through dropout, then the softmax: ds = p ⊙ (dp − Σⱼ p·dp) · scale on j ≤ i
     if dropout.active() {
@@ -371,3 +436,30 @@ unsafe fn head_backward_avx512<F: Float>(heads: &Heads<F>, bh: usize, dqkv: Shar
     unsafe { head_backward::<F, 8>(heads, bh, dqkv, dout, stats, qkv) }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transposes_in_blocks_and_by_element_agree() {
+        if !super::super::has_avx512() {
+            return;
+        }
+        for (t, k, rs) in [(37, 16, 48), (33, 20, 60), (128, 32, 192), (16, 16, 16), (9, 8, 24)] {
+            let src: Vec<f32> = (0..t * rs).map(|i| i as f32).collect();
+            let mut wide = vec![-1.0f32; k * t];
+            let mut plain = vec![-1.0f32; k * t];
+            unsafe {
+                transpose_into(t, k, wide.as_mut_ptr(), Strided { ptr: src.as_ptr(), rs, cs: 1 }, true);
+                transpose_into(t, k, plain.as_mut_ptr(), Strided { ptr: src.as_ptr(), rs, cs: 1 }, false);
+            }
+            for d in 0..k {
+                for i in 0..t {
+                    assert_eq!(plain[d * t + i], src[i * rs + d]);
+                }
+            }
+            assert_eq!(wide, plain, "t {t} k {k}");
+        }
+    }
+}
