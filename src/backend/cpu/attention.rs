@@ -335,6 +335,7 @@ impl<F: Float> Heads<F> {
 
     /// Scales row i of head `bh`'s (T,T) block by its dropout mask on j ≤ i
     /// (the mask's elements numbered as the op's (B,H,T,T) layout).
+    #[inline(always)]
     fn drop_rows(&self, bh: usize, block: &mut [F]) {
         let t = self.t;
         for (i, row) in block.chunks_exact_mut(t).enumerate() {
