@@ -311,26 +311,28 @@ impl<F: Float> Heads<F> {
     }
 
     fn slot_len(t: usize, c: usize, h: usize) -> usize {
-        (c / h) * t + 2 * t * t
+        (c / h) * t + 2 * t * t + t
     }
 
     fn scratch_len(t: usize, c: usize, h: usize) -> usize {
         scratch_slots() * Self::slot_len(t, c, h)
     }
 
-    /// This thread's scratch: the (hs,T) block for a transposed operand, and
-    /// the (T,T) blocks for the probabilities and for the score gradients.
+    /// This thread's scratch: the (hs,T) block for a transposed operand, the
+    /// (T,T) blocks for the probabilities and for the score gradients, and a
+    /// row of T for one row's dropout factors.
     ///
     /// # Safety
     /// At most one head on this thread may hold the slot at a time (each
     /// thread has its own slot, see `scratch_slot`).
     #[allow(clippy::mut_from_ref)] // per-thread scratch behind a shared handle
-    unsafe fn slot(&self) -> (*mut F, &mut [F], &mut [F]) {
+    unsafe fn slot(&self) -> (*mut F, &mut [F], &mut [F], &mut [F]) {
         let (hs, t) = (self.hs, self.t);
         let first = self.scratch.at(scratch_slot() * Self::slot_len(t, self.c, self.h));
-        // SAFETY: the slot's slot_len elements lie inside the scratch `new`
-        // was given; the blocks do not overlap.
-        unsafe { (first, std::slice::from_raw_parts_mut(first.add(hs * t), t * t), std::slice::from_raw_parts_mut(first.add(hs * t + t * t), t * t)) }
+        let block = |offset: usize, len: usize| unsafe { std::slice::from_raw_parts_mut(first.add(offset), len) };
+        // SAFETY (of the blocks): the slot's slot_len elements lie inside the
+        // scratch `new` was given; the blocks do not overlap.
+        (first, block(hs * t, t * t), block(hs * t + t * t, t * t), block(hs * t + 2 * t * t, t))
     }
 
     /// Scales row i of head `bh`'s (T,T) block by its dropout mask on j ≤ i
@@ -342,6 +344,16 @@ impl<F: Float> Heads<F> {
             for (j, x) in row[..=i].iter_mut().enumerate() {
                 *x *= self.dropout.factor::<F>((bh * t + i) * t + j);
             }
+        }
+    }
+
+    /// Row i of head `bh`'s dropout factors, numbered as in `drop_rows`:
+    /// factors[j] for j ≤ i.
+    #[inline(always)]
+    fn mask_row(&self, bh: usize, i: usize, factors: &mut [F]) {
+        let t = self.t;
+        for (j, f) in factors[..=i].iter_mut().enumerate() {
+            *f = self.dropout.factor::<F>((bh * t + i) * t + j);
         }
     }
 }
@@ -365,7 +377,7 @@ unsafe fn head_scores<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, qkv
 unsafe fn head_forward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, out: SharedMut<F>, stats: &mut [F], qkv: &[F]) {
     let Heads { t, c, h, hs, dropout, .. } = *heads;
     let (bi, hi) = (bh / h, bh % h);
-    let (kt, p, _) = unsafe { heads.slot() };
+    let (kt, p, _, _) = unsafe { heads.slot() };
     unsafe { head_scores::<F, R>(heads, bh, qkv, p, kt) };
     causal_softmax_rows(p, t, stats);
     if dropout.active() {
@@ -388,7 +400,7 @@ unsafe fn head_backward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, d
     let (bi, hi) = (bh / h, bh % h);
     let base = bi * t * 3 * c + hi * hs;
     let dy = dout[bi * t * c + hi * hs..].as_ptr();
-    let (transposed, p, ds) = unsafe { heads.slot() };
+    let (transposed, p, ds, factors) = unsafe { heads.slot() };
     unsafe {
         head_scores::<F, R>(heads, bh, qkv, p, transposed);
         causal_softmax_rows_again(p, t, stats);
@@ -396,21 +408,24 @@ unsafe fn head_backward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, d
         // d(probs after dropout) (T,T) = dy (T,hs) · vᵀ (hs,T), lower triangle
         causal_scores::<F, R>(t, hs, ds.as_mut_ptr(), Strided { ptr: dy, rs: c, cs: 1 }, Strided { ptr: v, rs: 3 * c, cs: 1 }, transposed, F::one(), heads.wide);
     }
-    // through dropout, then the softmax: ds = p ⊙ (dp − Σⱼ p·dp) · scale on j ≤ i
-    if dropout.active() {
-        heads.drop_rows(bh, ds);
-    }
+    // through dropout, then the softmax: ds = p ⊙ (dp − Σⱼ p·dp) · scale on
+    // j ≤ i; with dropout, each row's factors are hashed once and scale both
+    // dp and, after its use here, p (for dv below).
     for i in 0..t {
         let row = &mut ds[i * t..(i + 1) * t];
-        let prow = &p[i * t..(i + 1) * t];
+        let prow = &mut p[i * t..(i + 1) * t];
+        if dropout.active() {
+            heads.mask_row(bh, i, factors);
+            row[..=i].iter_mut().zip(&factors[..=i]).for_each(|(x, &f)| *x *= f);
+        }
         let dp = dot(&row[..=i], &prow[..=i]);
         for (x, &p) in row[..=i].iter_mut().zip(&prow[..=i]) {
             *x = p * (*x - dp) * scale;
         }
         row[i + 1..].fill(F::zero());
-    }
-    if dropout.active() {
-        heads.drop_rows(bh, p);
+        if dropout.active() {
+            prow[..=i].iter_mut().zip(&factors[..=i]).for_each(|(x, &f)| *x *= f);
+        }
     }
     unsafe {
         let q = qkv.as_ptr().add(base);
