@@ -197,6 +197,7 @@ unsafe fn transpose_16x16_blocks(rows: usize, k: usize, dst: *mut f32, dst_rs: u
                         _mm512_castpd_ps(_mm512_unpackhi_pd(ab_hi, cd_hi)),
                     ]
                 });
+                #[allow(clippy::needless_range_loop)] // m picks the same column of all four groups
                 for m in 0..4 {
                     // Quarters 0,1 (lo) and 2,3 (hi) of groups 0,1 and 2,3 side by side ...
                     let lo01 = _mm512_shuffle_f32x4::<0b01_00_01_00>(cols[0][m], cols[1][m]);
@@ -222,8 +223,10 @@ unsafe fn transpose_16x16_blocks(rows: usize, k: usize, dst: *mut f32, dst_rs: u
 /// The lower triangle of dst (T,T) = scale · lhs (T,k) · rhsᵀ (k,T), given
 /// rhs (T,k) and scratch for its transpose: row block [i0, i1) gets columns
 /// [0, i1) rounded up to whole tiles. Entries above the diagonal are
-/// computed too where a tile straddles it; callers ignore them.
+/// computed too where a tile straddles it; callers ignore them. `wide`:
+/// the CPU has AVX-512 (for the transpose).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn causal_scores<F: Float, const R: usize>(t: usize, k: usize, dst: *mut F, lhs: Strided<F>, rhs: Strided<F>, rhs_t: *mut F, scale: F, wide: bool) {
     unsafe {
         transpose_into(t, k, rhs_t, rhs, wide);
