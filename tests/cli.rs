@@ -197,9 +197,10 @@ fn bench_json_prints_one_object_per_config() {
     assert_eq!(lines.len(), 1);
     let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
     assert_eq!(v["config"], "tiny");
-    for key in ["tokens_per_s", "ms_per_step", "gflops"] {
+    for key in ["tokens_per_s", "ms_per_step", "best_ms_per_step", "gflops"] {
         assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {v}");
     }
+    assert!(v["best_ms_per_step"].as_f64() <= v["ms_per_step"].as_f64(), "the fastest step is slower than the median: {v}");
 }
 
 #[test]
@@ -220,7 +221,7 @@ fn bench_ceilings_report_the_machine_limits_beside_the_step() {
     assert_eq!(lines.len(), 2, "{stdout}");
     let c = &lines[1];
     assert_eq!((c["config"].as_str(), c["threads"].as_u64()), (Some("tiny"), Some(1)), "{c}");
-    for key in ["fma_peak_gflops", "copy_gb_per_s", "gemm_1024_gflops", "step_products_gflops", "step_products_ms", "linear_products_gflops", "linear_products_ms", "products_only_tokens_per_s", "step_share_of_fma_peak"] {
+    for key in ["fma_peak_gflops", "copy_gb_per_s", "gemm_1024_gflops", "step_products_gflops", "step_products_ms", "linear_products_gflops", "linear_products_ms", "products_only_tokens_per_s", "step_share_of_fma_peak", "best_step_share_of_fma_peak"] {
         let v = c[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {c}"));
         assert!(v.is_finite() && v > 0.0, "{key} = {v} in {c}");
     }
