@@ -338,20 +338,8 @@ impl<F: Float> Heads<F> {
         (first, block(hs * t, t * t), block(hs * t + t * t, t * t), block(hs * t + 2 * t * t, t))
     }
 
-    /// Scales row i of head `bh`'s (T,T) block by its dropout mask on j ≤ i
-    /// (the mask's elements numbered as the op's (B,H,T,T) layout).
-    #[inline(always)]
-    fn drop_rows(&self, bh: usize, block: &mut [F]) {
-        let t = self.t;
-        for (i, row) in block.chunks_exact_mut(t).enumerate() {
-            for (j, x) in row[..=i].iter_mut().enumerate() {
-                *x *= self.dropout.factor::<F>((bh * t + i) * t + j);
-            }
-        }
-    }
-
-    /// Row i of head `bh`'s dropout factors, numbered as in `drop_rows`:
-    /// factors[j] for j ≤ i.
+    /// Row i of head `bh`'s dropout factors, factors[j] for j ≤ i (the
+    /// mask's elements numbered as the op's (B,H,T,T) layout).
     #[inline(always)]
     fn mask_row(&self, bh: usize, i: usize, factors: &mut [F]) {
         let t = self.t;
@@ -359,6 +347,12 @@ impl<F: Float> Heads<F> {
             *f = self.dropout.factor::<F>((bh * t + i) * t + j);
         }
     }
+}
+
+/// row[j] *= factors[j] over the shorter of the two.
+#[inline(always)]
+fn times_factors<F: Float>(row: &mut [F], factors: &[F]) {
+    row.iter_mut().zip(factors).for_each(|(x, &f)| *x *= f);
 }
 
 /// Head `bh`'s causal scores scale · q kᵀ into `p` (T,T), lower triangle,
@@ -380,11 +374,14 @@ unsafe fn head_scores<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, qkv
 unsafe fn head_forward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, out: SharedMut<F>, stats: &mut [F], qkv: &[F]) {
     let Heads { t, c, h, hs, dropout, .. } = *heads;
     let (bi, hi) = (bh / h, bh % h);
-    let (kt, p, _, _) = unsafe { heads.slot() };
+    let (kt, p, _, factors) = unsafe { heads.slot() };
     unsafe { head_scores::<F, R>(heads, bh, qkv, p, kt) };
     causal_softmax_rows(p, t, stats);
     if dropout.active() {
-        heads.drop_rows(bh, p);
+        for (i, row) in p.chunks_exact_mut(t).enumerate() {
+            heads.mask_row(bh, i, factors);
+            times_factors(&mut row[..=i], factors);
+        }
     }
     let v = qkv[bi * t * 3 * c + 2 * c + hi * hs..].as_ptr();
     // out[b, :, head] (T,hs) = probs (T,T) · v (T,hs)
@@ -419,7 +416,7 @@ unsafe fn head_backward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, d
         let prow = &mut p[i * t..(i + 1) * t];
         if dropout.active() {
             heads.mask_row(bh, i, factors);
-            row[..=i].iter_mut().zip(&factors[..=i]).for_each(|(x, &f)| *x *= f);
+            times_factors(&mut row[..=i], factors);
         }
         let dp = dot(&row[..=i], &prow[..=i]);
         for (x, &p) in row[..=i].iter_mut().zip(&prow[..=i]) {
@@ -427,7 +424,7 @@ unsafe fn head_backward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, d
         }
         row[i + 1..].fill(F::zero());
         if dropout.active() {
-            prow[..=i].iter_mut().zip(&factors[..=i]).for_each(|(x, &f)| *x *= f);
+            times_factors(&mut prow[..=i], factors);
         }
     }
     unsafe {
@@ -454,7 +451,6 @@ unsafe fn head_forward_avx512<F: Float>(heads: &Heads<F>, bh: usize, out: Shared
 unsafe fn head_backward_avx512<F: Float>(heads: &Heads<F>, bh: usize, dqkv: SharedMut<F>, dout: &[F], stats: &[F], qkv: &[F]) {
     unsafe { head_backward::<F, 8>(heads, bh, dqkv, dout, stats, qkv) }
 }
-
 
 #[cfg(test)]
 mod tests {
