@@ -95,10 +95,10 @@ impl<F: Float> SmallProduct<F> {
                 }
             }
             for (r, sums) in acc.iter().enumerate() {
-                let out = self.dst.add((i0 + r) * self.dst_rs + j0);
-                for (c, &s) in sums.iter().enumerate() {
-                    *out.add(c) = s * self.scale;
-                }
+                // One C-wide store (a loop of element stores compiles to
+                // scalar stores from the accumulators spilled to the stack).
+                let out = self.dst.add((i0 + r) * self.dst_rs + j0).cast::<[F; C]>();
+                out.write_unaligned(sums.map(|s| s * self.scale));
             }
         }
     }
@@ -256,7 +256,12 @@ unsafe fn causal_transposed_times<F: Float, const R: usize>(t: usize, n: usize, 
 /// backward pass to compute the same probabilities again
 /// (`causal_softmax_rows_again`) without the two passes that find them.
 #[inline(always)]
-fn causal_softmax_rows<F: Float>(block: &mut [F], t: usize, stats: &mut [F]) {
+fn causal_softmax_rows<F: Float>(block: &mut [F], t: usize, stats: &mut [F], wide: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if let (true, Some(block), Some(stats)) = (wide, as_f32_mut(block), as_f32_mut(stats)) {
+        // SAFETY: `wide` is set only where the CPU has AVX-512.
+        return unsafe { softmax_avx512::causal_rows(block, t, stats) };
+    }
     for (i, (row, stats)) in block.chunks_exact_mut(t).zip(stats.chunks_exact_mut(2)).enumerate() {
         let m = max(&row[..=i]);
         let padded = exp_shifted_row(row, i, m);
@@ -269,7 +274,12 @@ fn causal_softmax_rows<F: Float>(block: &mut [F], t: usize, stats: &mut [F]) {
 /// `causal_softmax_rows` from its saved statistics: the same operations on
 /// the same values, so the same bits.
 #[inline(always)]
-fn causal_softmax_rows_again<F: Float>(block: &mut [F], t: usize, stats: &[F]) {
+fn causal_softmax_rows_again<F: Float>(block: &mut [F], t: usize, stats: &[F], wide: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if let (true, Some(block), Some(stats)) = (wide, as_f32_mut(block), as_f32(stats)) {
+        // SAFETY: as in `causal_softmax_rows`.
+        return unsafe { softmax_avx512::causal_rows_again(block, t, stats) };
+    }
     for (i, (row, stats)) in block.chunks_exact_mut(t).zip(stats.chunks_exact(2)).enumerate() {
         let padded = exp_shifted_row(row, i, stats[0]);
         row[..padded].iter_mut().for_each(|x| *x *= stats[1]);
@@ -288,6 +298,140 @@ fn exp_shifted_row<F: Float>(row: &mut [F], i: usize, m: F) -> usize {
     }
     row[i + 1..].fill(F::zero());
     padded
+}
+
+/// `x` as f32 slices, where F is f32 (the AVX-512 softmax's element type).
+#[inline(always)]
+fn as_f32<F: Float>(x: &[F]) -> Option<&[f32]> {
+    // SAFETY: the only 4-byte Float is f32.
+    (std::mem::size_of::<F>() == 4).then(|| unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) })
+}
+
+/// `as_f32` for a mutable slice.
+#[inline(always)]
+fn as_f32_mut<F: Float>(x: &mut [F]) -> Option<&mut [f32]> {
+    // SAFETY: as in `as_f32`.
+    (std::mem::size_of::<F>() == 4).then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast(), x.len()) })
+}
+
+/// The causal softmax rows in 16-lane vectors with masked loads and stores
+/// for each row's ragged end: the same operations on every element as
+/// `causal_softmax_rows` and `causal_softmax_rows_again` (the same `exp_f32`
+/// steps, the same eight running sums, combined in the same order), so the
+/// same bits, without the scalar tails and the branches on each row's
+/// length that the compiler's version of those loops takes.
+#[cfg(target_arch = "x86_64")]
+mod softmax_avx512 {
+    use std::arch::x86_64::*;
+
+    /// Lanes [0, n) of a 16-lane vector, for n ≤ 16.
+    #[inline(always)]
+    fn first(n: usize) -> __mmask16 {
+        if n >= 16 { 0xffff } else { (1u16 << n) - 1 }
+    }
+
+    /// e^x lane by lane, the steps of `crate::float::exp_f32` in the same order.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn exp(x: __m512) -> __m512 {
+        const ROUND: f32 = 12_582_912.0;
+        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
+        let shifted = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(ROUND));
+        let k = _mm512_sub_ps(shifted, _mm512_set1_ps(ROUND));
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428_606_8e-6), _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693_145_75), x));
+        let mut p = _mm512_set1_ps(1.0 / 5040.0);
+        for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let k_int = _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_set1_epi32(ROUND.to_bits() as i32));
+        _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(k_int, _mm512_set1_epi32(127)))))
+    }
+
+    /// Row i (`n` = i+1 entries kept) of a causal block of rows of `t`:
+    /// x = e^(x − m) on j < n and 0 past it, over the whole row; returns Σ x
+    /// over the row's first `padded` entries in `sum`'s order (eight running
+    /// sums over chunks of eight, combined pairwise, then the tail) when
+    /// `summed`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    unsafe fn exp_shifted_row(row: *mut f32, t: usize, n: usize, m: f32, summed: bool) -> f32 {
+        let padded = n.next_multiple_of(8).min(t);
+        let whole_eights = padded / 8 * 8;
+        let m = _mm512_set1_ps(m);
+        let mut acc = _mm256_setzero_ps();
+        for j in (0..t).step_by(16) {
+            let in_row = first(t - j);
+            let x = if j < n {
+                let x = exp(_mm512_sub_ps(unsafe { _mm512_maskz_loadu_ps(in_row, row.add(j)) }, m));
+                _mm512_maskz_mov_ps(first(n - j), x)
+            } else {
+                _mm512_setzero_ps()
+            };
+            if summed && j < whole_eights {
+                // +0 past the row's end leaves the (positive) sums as they are.
+                let x = _mm512_maskz_mov_ps(first(whole_eights - j), x);
+                acc = _mm256_add_ps(acc, _mm512_castps512_ps256(x));
+                acc = _mm256_add_ps(acc, _mm512_extractf32x8_ps::<1>(x));
+            }
+            unsafe { _mm512_mask_storeu_ps(row.add(j), in_row, x) };
+        }
+        if !summed {
+            return 0.0;
+        }
+        let a: [f32; 8] = unsafe { std::mem::transmute(acc) };
+        let mut total = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+        for j in whole_eights..padded {
+            total += unsafe { *row.add(j) };
+        }
+        total
+    }
+
+    /// row[j] *= s for j < n (entries past n are 0 and stay so).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scale_row(row: *mut f32, n: usize, s: f32) {
+        let s = _mm512_set1_ps(s);
+        for j in (0..n).step_by(16) {
+            let lanes = first(n - j);
+            unsafe { _mm512_mask_storeu_ps(row.add(j), lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, row.add(j)), s)) };
+        }
+    }
+
+    /// `super::causal_softmax_rows` for f32 blocks.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `block` holds T rows of T, `stats` 2T.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn causal_rows(block: &mut [f32], t: usize, stats: &mut [f32]) {
+        assert!(block.len() >= t * t && stats.len() >= 2 * t);
+        for i in 0..t {
+            let row = unsafe { block.as_mut_ptr().add(i * t) };
+            let mut vm = _mm512_set1_ps(f32::NEG_INFINITY);
+            for j in (0..=i).step_by(16) {
+                vm = _mm512_max_ps(vm, unsafe { _mm512_mask_loadu_ps(vm, first(i + 1 - j), row.add(j)) });
+            }
+            let m = _mm512_reduce_max_ps(vm);
+            let inv = 1.0 / unsafe { exp_shifted_row(row, t, i + 1, m, true) };
+            unsafe { scale_row(row, i + 1, inv) };
+            (stats[2 * i], stats[2 * i + 1]) = (m, inv);
+        }
+    }
+
+    /// `super::causal_softmax_rows_again` for f32 blocks.
+    ///
+    /// # Safety
+    /// As `causal_rows`.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn causal_rows_again(block: &mut [f32], t: usize, stats: &[f32]) {
+        assert!(block.len() >= t * t && stats.len() >= 2 * t);
+        for i in 0..t {
+            let row = unsafe { block.as_mut_ptr().add(i * t) };
+            unsafe {
+                exp_shifted_row(row, t, i + 1, stats[2 * i], false);
+                scale_row(row, i + 1, stats[2 * i + 1]);
+            }
+        }
+    }
 }
 
 /// The shape of one attention call, shared by its heads.
@@ -376,7 +520,7 @@ unsafe fn head_forward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, ou
     let (bi, hi) = (bh / h, bh % h);
     let (kt, p, _, factors) = unsafe { heads.slot() };
     unsafe { head_scores::<F, R>(heads, bh, qkv, p, kt) };
-    causal_softmax_rows(p, t, stats);
+    causal_softmax_rows(p, t, stats, heads.wide);
     if dropout.active() {
         for (i, row) in p.chunks_exact_mut(t).enumerate() {
             heads.mask_row(bh, i, factors);
@@ -403,7 +547,7 @@ unsafe fn head_backward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, d
     let (transposed, p, ds, factors) = unsafe { heads.slot() };
     unsafe {
         head_scores::<F, R>(heads, bh, qkv, p, transposed);
-        causal_softmax_rows_again(p, t, stats);
+        causal_softmax_rows_again(p, t, stats, heads.wide);
         let v = qkv.as_ptr().add(base + 2 * c);
         // d(probs after dropout) (T,T) = dy (T,hs) · vᵀ (hs,T), lower triangle
         causal_scores::<F, R>(t, hs, ds.as_mut_ptr(), Strided { ptr: dy, rs: c, cs: 1 }, Strided { ptr: v, rs: 3 * c, cs: 1 }, transposed, F::one(), heads.wide);
