@@ -348,34 +348,37 @@ mod softmax_avx512 {
     }
 
     /// Row i (`n` = i+1 entries kept) of a causal block of rows of `t`:
-    /// x = e^(x − m) on j < n and 0 past it, over the whole row; returns Σ x
-    /// over the row's first `padded` entries in `sum`'s order (eight running
-    /// sums over chunks of eight, combined pairwise, then the tail) when
-    /// `summed`.
+    /// x = e^(x − m) on j < n, times `times` if given, and 0 past n, over
+    /// the whole row. With `SUM`, returns Σ e^(x − m) over the row's first
+    /// `padded` entries in `sum`'s order (eight running sums over chunks of
+    /// eight, combined pairwise, then the tail).
     #[inline]
     #[target_feature(enable = "avx512f,avx512dq")]
-    unsafe fn exp_shifted_row(row: *mut f32, t: usize, n: usize, m: f32, summed: bool) -> f32 {
+    unsafe fn exp_shifted_row<const SUM: bool>(row: *mut f32, t: usize, n: usize, m: f32, times: Option<f32>) -> f32 {
         let padded = n.next_multiple_of(8).min(t);
         let whole_eights = padded / 8 * 8;
         let m = _mm512_set1_ps(m);
         let mut acc = _mm256_setzero_ps();
         for j in (0..t).step_by(16) {
             let in_row = first(t - j);
-            let x = if j < n {
+            let mut x = if j < n {
                 let x = exp(_mm512_sub_ps(unsafe { _mm512_maskz_loadu_ps(in_row, row.add(j)) }, m));
                 _mm512_maskz_mov_ps(first(n - j), x)
             } else {
                 _mm512_setzero_ps()
             };
-            if summed && j < whole_eights {
+            if SUM && j < whole_eights {
                 // +0 past the row's end leaves the (positive) sums as they are.
                 let x = _mm512_maskz_mov_ps(first(whole_eights - j), x);
                 acc = _mm256_add_ps(acc, _mm512_castps512_ps256(x));
                 acc = _mm256_add_ps(acc, _mm512_extractf32x8_ps::<1>(x));
             }
+            if let Some(s) = times {
+                x = _mm512_mul_ps(x, _mm512_set1_ps(s));
+            }
             unsafe { _mm512_mask_storeu_ps(row.add(j), in_row, x) };
         }
-        if !summed {
+        if !SUM {
             return 0.0;
         }
         let a: [f32; 8] = unsafe { std::mem::transmute(acc) };
@@ -384,6 +387,17 @@ mod softmax_avx512 {
             total += unsafe { *row.add(j) };
         }
         total
+    }
+
+    /// The largest of row[..n] (NaN-free; a max is the same in any order).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row_max(row: *const f32, n: usize) -> f32 {
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        for j in (0..n).step_by(16) {
+            m = _mm512_max_ps(m, unsafe { _mm512_mask_loadu_ps(m, first(n - j), row.add(j)) });
+        }
+        _mm512_reduce_max_ps(m)
     }
 
     /// row[j] *= s for j < n (entries past n are 0 and stay so).
@@ -397,6 +411,12 @@ mod softmax_avx512 {
         }
     }
 
+    /// Rows handled a step at a time before the next step: each row's
+    /// steps depend on each other (maximum, exponentials and their sum, 1/Σ,
+    /// scaling), rows do not, so a group's rows keep the pipelines full
+    /// while staying in L1.
+    const ROW_GROUP: usize = 16;
+
     /// `super::causal_softmax_rows` for f32 blocks.
     ///
     /// # Safety
@@ -404,16 +424,22 @@ mod softmax_avx512 {
     #[target_feature(enable = "avx512f,avx512dq")]
     pub(super) unsafe fn causal_rows(block: &mut [f32], t: usize, stats: &mut [f32]) {
         assert!(block.len() >= t * t && stats.len() >= 2 * t);
-        for i in 0..t {
-            let row = unsafe { block.as_mut_ptr().add(i * t) };
-            let mut vm = _mm512_set1_ps(f32::NEG_INFINITY);
-            for j in (0..=i).step_by(16) {
-                vm = _mm512_max_ps(vm, unsafe { _mm512_mask_loadu_ps(vm, first(i + 1 - j), row.add(j)) });
+        let first_row = block.as_mut_ptr();
+        let row = |i: usize| unsafe { first_row.add(i * t) };
+        for g in (0..t).step_by(ROW_GROUP) {
+            let rows = g..(g + ROW_GROUP).min(t);
+            for i in rows.clone() {
+                stats[2 * i] = unsafe { row_max(row(i), i + 1) };
             }
-            let m = _mm512_reduce_max_ps(vm);
-            let inv = 1.0 / unsafe { exp_shifted_row(row, t, i + 1, m, true) };
-            unsafe { scale_row(row, i + 1, inv) };
-            (stats[2 * i], stats[2 * i + 1]) = (m, inv);
+            for i in rows.clone() {
+                stats[2 * i + 1] = unsafe { exp_shifted_row::<true>(row(i), t, i + 1, stats[2 * i], None) };
+            }
+            for i in rows.clone() {
+                stats[2 * i + 1] = 1.0 / stats[2 * i + 1];
+            }
+            for i in rows {
+                unsafe { scale_row(row(i), i + 1, stats[2 * i + 1]) };
+            }
         }
     }
 
@@ -425,11 +451,7 @@ mod softmax_avx512 {
     pub(super) unsafe fn causal_rows_again(block: &mut [f32], t: usize, stats: &[f32]) {
         assert!(block.len() >= t * t && stats.len() >= 2 * t);
         for i in 0..t {
-            let row = unsafe { block.as_mut_ptr().add(i * t) };
-            unsafe {
-                exp_shifted_row(row, t, i + 1, stats[2 * i], false);
-                scale_row(row, i + 1, stats[2 * i + 1]);
-            }
+            unsafe { exp_shifted_row::<false>(block.as_mut_ptr().add(i * t), t, i + 1, stats[2 * i], Some(stats[2 * i + 1])) };
         }
     }
 }
