@@ -222,15 +222,17 @@ unsafe fn transpose_16x16_blocks(rows: usize, k: usize, dst: *mut f32, dst_rs: u
 
 /// The lower triangle of dst (T,T) = scale · lhs (T,k) · rhsᵀ (k,T), given
 /// rhs (T,k) and scratch for its transpose: row block [i0, i1) gets columns
-/// [0, i1) rounded up to whole tiles. Entries above the diagonal are
-/// computed too where a tile straddles it; callers ignore them. `wide`:
-/// the CPU has AVX-512 (for the transpose).
+/// [0, i1) rounded up to a multiple of TILE_COLS, in tiles of WIDE_TILE_COLS
+/// columns while they fit (twice the independent sums per broadcast), then
+/// TILE_COLS. Entries above the diagonal are computed too where a tile
+/// straddles it; callers ignore them. `wide`: the CPU has AVX-512 (for the
+/// transpose).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn causal_scores<F: Float, const R: usize>(t: usize, k: usize, dst: *mut F, lhs: Strided<F>, rhs: Strided<F>, rhs_t: *mut F, scale: F, wide: bool) {
     unsafe {
         transpose_into(t, k, rhs_t, rhs, wide);
-        SmallProduct { dst, dst_rs: t, lhs, rhs: rhs_t, rhs_rs: t, scale }.run::<R, TILE_COLS>(t, |i1| i1.next_multiple_of(TILE_COLS).min(t), |_, _| 0..k);
+        SmallProduct { dst, dst_rs: t, lhs, rhs: rhs_t, rhs_rs: t, scale }.run::<R, WIDE_TILE_COLS>(t, |i1| i1.next_multiple_of(TILE_COLS).min(t), |_, _| 0..k);
     }
 }
 
