@@ -106,14 +106,12 @@ pub fn run<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, steps: usi
     run_with(backend, cfg, warmup, steps, || {})
 }
 
-/// `run`, calling `after_warmup` between the warm-up and the timed steps.
-fn run_with<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, steps: usize, after_warmup: impl FnOnce()) -> BenchResult {
-    assert!(steps > 0, "at least one timed step");
-    let shape = cfg.shape();
-    let model = Gpt::new(backend, shape.clone(), cfg.batch, 0);
-    let n_params = model.n_params();
-    let train = TrainConfig { steps: (warmup + steps) as u64, weight_decay: 0.1, warmup_steps: 0, ..TrainConfig::default() };
-    let mut trainer = Trainer::new(backend, model, train, 0);
+/// A trainer for `cfg` that will take `steps` steps, and its batch of random
+/// tokens.
+fn bench_trainer<B: Backend>(backend: &B, cfg: &BenchConfig, steps: usize) -> (Trainer<B>, Batch<B::F>) {
+    let model = Gpt::new(backend, cfg.shape(), cfg.batch, 0);
+    let train = TrainConfig { steps: steps as u64, weight_decay: 0.1, warmup_steps: 0, ..TrainConfig::default() };
+    let trainer = Trainer::new(backend, model, train, 0);
     let mut batch = Batch::<B::F>::new(cfg.batch, cfg.ctx);
     let mut r = rng::stream(0, "bench", 0);
     for i in 0..cfg.batch * cfg.ctx {
@@ -121,6 +119,15 @@ fn run_with<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, steps: us
         batch.targets[i] = rng::below(&mut r, cfg.vocab as u64) as u32;
         batch.mask[i] = B::F::one();
     }
+    (trainer, batch)
+}
+
+/// `run`, calling `after_warmup` between the warm-up and the timed steps.
+fn run_with<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, steps: usize, after_warmup: impl FnOnce()) -> BenchResult {
+    assert!(steps > 0, "at least one timed step");
+    let shape = cfg.shape();
+    let (mut trainer, batch) = bench_trainer(backend, cfg, warmup + steps);
+    let n_params = trainer.model.n_params();
     let mut times = Vec::with_capacity(steps);
     let mut after_warmup = Some(after_warmup);
     for step in 0..warmup + steps {
@@ -149,6 +156,39 @@ fn run_with<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, steps: us
         gflops: shape.train_flops(n_params, cfg.batch, cfg.ctx) / median / 1e9,
         fingerprint: fingerprint(backend, &trainer.model),
     }
+}
+
+/// The step's share of the f32 FMA peak with each measurement beside its
+/// own peak: `rounds` times, one FMA-peak burst then `steps` timed steps,
+/// the round's share being its median step's model FLOP rate over the
+/// burst's rate. On a shared machine whose speed moves within a minute a
+/// best-of peak and a median step measured apart read the share high or
+/// low by the phase each caught; paired, both see the same phase (as the
+/// comparisons with the peer are paired). Returns the rounds' shares, sorted.
+pub fn shares_beside_fma_peak<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, rounds: usize, steps: usize) -> Vec<f64> {
+    assert!(rounds > 0 && steps > 0, "at least one round of one step");
+    let (mut trainer, batch) = bench_trainer(backend, cfg, warmup + rounds * steps);
+    let flops = cfg.shape().train_flops(trainer.model.n_params(), cfg.batch, cfg.ctx);
+    let mut step = 0u64;
+    let mut take_step = |trainer: &mut Trainer<B>| {
+        let t0 = Instant::now();
+        trainer.step(backend, &batch, step).expect("random-token training stays finite");
+        step += 1;
+        t0.elapsed().as_secs_f64()
+    };
+    for _ in 0..warmup {
+        take_step(&mut trainer);
+    }
+    let mut shares: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let peak = ceilings::fma_rate();
+            let mut times: Vec<f64> = (0..steps).map(|_| take_step(&mut trainer)).collect();
+            times.sort_by(f64::total_cmp);
+            flops / times[steps / 2] / 1e9 / peak
+        })
+        .collect();
+    shares.sort_by(f64::total_cmp);
+    shares
 }
 
 /// Time per op over `steps` steps after `warmup`: (op, ms per step, calls

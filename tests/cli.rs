@@ -221,10 +221,14 @@ fn bench_ceilings_report_the_machine_limits_beside_the_step() {
     assert_eq!(lines.len(), 2, "{stdout}");
     let c = &lines[1];
     assert_eq!((c["config"].as_str(), c["threads"].as_u64()), (Some("tiny"), Some(1)), "{c}");
-    for key in ["fma_peak_gflops", "copy_gb_per_s", "gemm_1024_gflops", "step_products_gflops", "step_products_ms", "linear_products_gflops", "linear_products_ms", "products_only_tokens_per_s", "step_share_of_fma_peak", "best_step_share_of_fma_peak"] {
+    for key in ["fma_peak_gflops", "copy_gb_per_s", "gemm_1024_gflops", "step_products_gflops", "step_products_ms", "linear_products_gflops", "linear_products_ms", "products_only_tokens_per_s", "step_share_of_fma_peak", "best_step_share_of_fma_peak", "step_share_beside_fma_peak"] {
         let v = c[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {c}"));
         assert!(v.is_finite() && v > 0.0, "{key} = {v} in {c}");
     }
+    // The paired share is its rounds' median, so inside their range.
+    let range: Vec<f64> = c["step_share_beside_fma_peak_range"].as_array().unwrap_or_else(|| panic!("no range in {c}")).iter().map(|v| v.as_f64().unwrap()).collect();
+    let median = c["step_share_beside_fma_peak"].as_f64().unwrap();
+    assert!(range.len() == 2 && range[0] > 0.0 && range[0] <= median && median <= range[1], "{median} outside {range:?} in {c}");
 }
 
 #[test]

@@ -187,18 +187,22 @@ pub fn copy_bandwidth() -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// The f32 FMA peak in GFLOP/s on the current pool's threads: the best of
+/// five `fma_rate` measurements.
 pub fn fma_peak() -> f64 {
+    (0..5).map(|_| fma_rate()).fold(0.0, f64::max)
+}
+
+/// One measurement of the FMA loop on every thread of the current pool
+/// (about 50 ms), in GFLOP/s; NaN on a CPU without FMA.
+pub fn fma_rate() -> f64 {
     let Some((flops_per_iter, chains)) = fma_loop() else { return f64::NAN };
     let iters = 20_000_000u64;
     let threads = rayon::current_num_threads() as f64;
-    (0..5)
-        .map(|_| {
-            let t0 = Instant::now();
-            let sums = rayon::broadcast(|_| chains(iters));
-            std::hint::black_box(sums);
-            flops_per_iter * iters as f64 * threads / t0.elapsed().as_secs_f64() / 1e9
-        })
-        .fold(0.0, f64::max)
+    let t0 = Instant::now();
+    let sums = rayon::broadcast(|_| chains(iters));
+    std::hint::black_box(sums);
+    flops_per_iter * iters as f64 * threads / t0.elapsed().as_secs_f64() / 1e9
 }
 
 /// One product `(m,k)·(k,n)`, row-major, through `gemm`.
