@@ -70,18 +70,28 @@ impl Float for f64 {
 /// instead of 0; above 88 they saturate at about 1.6e38 instead of ∞.
 #[inline]
 pub fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75; // ln 2 split so k·LN2_HI is exact
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
-    let x = x.clamp(-87.0, 88.0);
+    use exp_f32_steps::*;
+    let x = x.clamp(LOWEST, HIGHEST);
     let shifted = x.mul_add(LOG2E, ROUND);
     let k = shifted - ROUND;
     let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, x));
     // Horner's rule in fused multiply-adds: one instruction per coefficient.
-    let p = [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0].iter().fold(1.0 / 5040.0, |p: f32, &c| p.mul_add(r, c));
+    let p = TAYLOR.iter().fold(TAYLOR_LEAD, |p: f32, &c| p.mul_add(r, c));
     let k_int = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
     p * f32::from_bits(((k_int + 127) << 23) as u32)
+}
+
+/// The constants of `exp_f32`, for its vector builds to take the same steps.
+pub(crate) mod exp_f32_steps {
+    pub const LOWEST: f32 = -87.0;
+    pub const HIGHEST: f32 = 88.0;
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    pub const LN2_HI: f32 = 0.693_145_75; // ln 2 split so k·LN2_HI is exact
+    pub const LN2_LO: f32 = 1.428_606_8e-6;
+    pub const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
+    /// e^r's Taylor coefficients, highest first: 1/7!, then the rest.
+    pub const TAYLOR_LEAD: f32 = 1.0 / 5040.0;
+    pub const TAYLOR: [f32; 7] = [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
 }
 
 #[cfg(test)]

@@ -336,13 +336,14 @@ mod softmax_avx512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn exp(x: __m512) -> __m512 {
-        const ROUND: f32 = 12_582_912.0;
-        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
-        let shifted = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(ROUND));
+        use crate::float::exp_f32_steps::*;
+        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(LOWEST)), _mm512_set1_ps(HIGHEST));
+        let shifted = _mm512_fmadd_ps(x, _mm512_set1_ps(LOG2E), _mm512_set1_ps(ROUND));
         let k = _mm512_sub_ps(shifted, _mm512_set1_ps(ROUND));
-        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428_606_8e-6), _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693_145_75), x));
-        let mut p = _mm512_set1_ps(1.0 / 5040.0);
-        for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        // −k·c + x: the product's sign, so the rounding, as (−k)·c + x.
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(LN2_LO), _mm512_fnmadd_ps(k, _mm512_set1_ps(LN2_HI), x));
+        let mut p = _mm512_set1_ps(TAYLOR_LEAD);
+        for c in TAYLOR {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
         }
         let k_int = _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_set1_epi32(ROUND.to_bits() as i32));
