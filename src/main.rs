@@ -620,9 +620,10 @@ fn dispatch(command: Command) -> Result<()> {
                     let best_tokens = (c.batch * c.ctx) as f64 / (m.step_products_ms / 1e3);
                     // The FMA peak is a best of five; the same share for the fastest step.
                     let best_step_share = r.gflops * r.ms_per_step / r.best_ms_per_step / m.fma_gflops;
-                    // And each round of steps beside its own peak burst.
+                    // And each round of steps beside its own peak burst (after
+                    // one untimed step, which allocates the fresh trainer's buffers).
                     let steps_per_round = (steps / PAIRED_ROUNDS).max(1);
-                    let paired = pool.install(|| bench::shares_beside_fma_peak(&CpuBackend::<f32>::new(), c, warmup.min(1), PAIRED_ROUNDS, steps_per_round));
+                    let paired = pool.install(|| bench::shares_beside_fma_peak(&CpuBackend::<f32>::new(), c, 1, PAIRED_ROUNDS, steps_per_round));
                     let (paired_median, paired_low, paired_high) = (paired[paired.len() / 2], paired[0], paired[paired.len() - 1]);
                     if json {
                         println!("{}", serde_json::json!({"config": c.name, "threads": m.threads, "fma_peak_gflops": m.fma_gflops, "tiled_kernel_gflops": m.kernel_gflops, "copy_gb_per_s": m.copy_gb_per_s, "gemm_1024_gflops": m.square_gflops, "step_products_gflops": m.step_products_gflops, "step_products_ms": m.step_products_ms, "linear_products_gflops": m.linear_products_gflops, "linear_products_ms": m.linear_products_ms, "products_only_tokens_per_s": best_tokens, "step_share_of_fma_peak": r.gflops / m.fma_gflops, "best_step_share_of_fma_peak": best_step_share, "step_share_beside_fma_peak": paired_median, "step_share_beside_fma_peak_range": [paired_low, paired_high]}));
