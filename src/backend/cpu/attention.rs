@@ -352,12 +352,13 @@ mod softmax_avx512 {
 
     /// Row i (`n` = i+1 entries kept) of a causal block of rows of `t`:
     /// x = e^(x − m) on j < n, times `times` if given, and 0 past n, over
-    /// the whole row. With `SUM`, returns Σ e^(x − m) over the row's first
-    /// `padded` entries in `sum`'s order (eight running sums over chunks of
-    /// eight, combined pairwise, then the tail).
+    /// the whole row. Without `times`, returns Σ e^(x − m) over the row's
+    /// first `padded` entries in `sum`'s order (eight running sums over
+    /// chunks of eight, combined pairwise, then the tail); with it, 0.
     #[inline]
     #[target_feature(enable = "avx512f,avx512dq")]
-    unsafe fn exp_shifted_row<const SUM: bool>(row: *mut f32, t: usize, n: usize, m: f32, times: Option<f32>) -> f32 {
+    unsafe fn exp_shifted_row(row: *mut f32, t: usize, n: usize, m: f32, times: Option<f32>) -> f32 {
+        let summed = times.is_none();
         let padded = n.next_multiple_of(8).min(t);
         let whole_eights = padded / 8 * 8;
         let m = _mm512_set1_ps(m);
@@ -370,7 +371,7 @@ mod softmax_avx512 {
             } else {
                 _mm512_setzero_ps()
             };
-            if SUM && j < whole_eights {
+            if summed && j < whole_eights {
                 // +0 past the row's end leaves the (positive) sums as they are.
                 let x = _mm512_maskz_mov_ps(first(whole_eights - j), x);
                 acc = _mm256_add_ps(acc, _mm512_castps512_ps256(x));
@@ -381,7 +382,7 @@ mod softmax_avx512 {
             }
             unsafe { _mm512_mask_storeu_ps(row.add(j), in_row, x) };
         }
-        if !SUM {
+        if !summed {
             return 0.0;
         }
         let a: [f32; 8] = unsafe { std::mem::transmute(acc) };
@@ -435,7 +436,7 @@ mod softmax_avx512 {
                 stats[2 * i] = unsafe { row_max(row(i), i + 1) };
             }
             for i in rows.clone() {
-                stats[2 * i + 1] = unsafe { exp_shifted_row::<true>(row(i), t, i + 1, stats[2 * i], None) };
+                stats[2 * i + 1] = unsafe { exp_shifted_row(row(i), t, i + 1, stats[2 * i], None) };
             }
             for i in rows.clone() {
                 stats[2 * i + 1] = 1.0 / stats[2 * i + 1];
@@ -454,7 +455,7 @@ mod softmax_avx512 {
     pub(super) unsafe fn causal_rows_again(block: &mut [f32], t: usize, stats: &[f32]) {
         assert!(block.len() >= t * t && stats.len() >= 2 * t);
         for i in 0..t {
-            unsafe { exp_shifted_row::<false>(block.as_mut_ptr().add(i * t), t, i + 1, stats[2 * i], Some(stats[2 * i + 1])) };
+            unsafe { exp_shifted_row(block.as_mut_ptr().add(i * t), t, i + 1, stats[2 * i], Some(stats[2 * i + 1])) };
         }
     }
 }
