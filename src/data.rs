@@ -77,6 +77,11 @@ impl<F: Float> Batch<F> {
                     row += 1;
                 }
             }
+            // Rows past this step's examples (after a drop or a phase
+            // change shrank the set) hold padding and carry no loss.
+            for rest in row..self.rows {
+                self.clear_row(rest);
+            }
         } else {
             for row in 0..self.rows {
                 let ti = stream.pick_task(rng::uniform(&mut r));

@@ -383,3 +383,58 @@ fn full_batch_is_the_whole_training_set_every_step() {
         assert_eq!(rows, expected);
     }
 }
+
+#[test]
+fn full_batch_after_a_drop_trains_only_the_remaining_tasks() {
+    let text = r#"
+        name = "full-drop"
+        [model]
+        n_ctx = 6
+        [train]
+        steps = 10
+        [data]
+        full_batch = true
+        [[data.tasks]]
+        id = "add"
+        family = "modular"
+        modulus = 11
+        train_fraction = 0.3
+        eval_fraction = 0.5
+        [[data.tasks]]
+        id = "sub"
+        family = "modular"
+        modulus = 11
+        op = "sub"
+        train_fraction = 0.3
+        eval_fraction = 0.5
+        [[schedule]]
+        step = 5
+        drop = ["sub"]
+    "#;
+    let (cfg, s) = ebb::config::Config::parse(text, std::path::Path::new("full-drop.toml"), &[]).unwrap();
+    let schedule = ebb::train::events::Schedule::build(&cfg, &s, std::path::Path::new("full-drop.toml")).unwrap();
+    let (rows, ctx) = (cfg.train.batch_size, cfg.model.n_ctx);
+    let n_add = s.tasks[0].train_set.as_ref().unwrap().len();
+    assert_eq!(rows, n_add + s.tasks[1].train_set.as_ref().unwrap().len());
+    let mut batch = Batch::<f32>::new(rows, ctx);
+    let mut stream = TrainStream::new(&s, true);
+    // The loss weight each task gets in a step's batch.
+    let mut weight_by_task = |step: u64| {
+        stream.set_weights(&schedule.weights_at(&s.weights, step));
+        batch.fill_train(&s, &mut stream, cfg.seed, step);
+        let mut w = [0.0f32; 2];
+        for r in 0..rows {
+            w[batch.row_task[r]] += batch.mask[r * ctx..(r + 1) * ctx].iter().sum::<f32>();
+        }
+        let padded = (n_add..rows).all(|r| batch.tokens[r * ctx..(r + 1) * ctx].iter().all(|&t| t == ebb::tasks::PAD));
+        (w, padded)
+    };
+    let (before, _) = weight_by_task(4);
+    assert!(before[0] > 0.0 && before[1] > 0.0, "{before:?}");
+    for step in 5..10 {
+        let (after, padded) = weight_by_task(step);
+        assert!(after[0] > 0.0, "{after:?}");
+        assert_eq!(after[1], 0.0, "step {step}: the dropped task still carries loss");
+        assert!(padded, "step {step}: rows past the remaining examples are not padding");
+    }
+}
