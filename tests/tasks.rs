@@ -46,8 +46,9 @@ fn all_suites(seed: u64) -> Vec<Suite> {
     v
 }
 
-/// `steps` training batches of `rows` rows: (task index, example tokens) per row.
-fn training_rows(s: &Suite, seed: u64, steps: u64, rows: usize) -> Vec<(usize, Vec<u32>)> {
+/// `steps` training batches of `rows` rows: (task index, example tokens,
+/// prompt length) per row.
+fn training_rows(s: &Suite, seed: u64, steps: u64, rows: usize) -> Vec<(usize, Vec<u32>, usize)> {
     let ctx = s.max_len() + 1;
     let mut batch = Batch::<f32>::new(rows, ctx);
     let mut stream = TrainStream::new(s, false);
@@ -55,10 +56,12 @@ fn training_rows(s: &Suite, seed: u64, steps: u64, rows: usize) -> Vec<(usize, V
     for step in 0..steps {
         batch.fill_train(s, &mut stream, seed, step);
         for row in 0..rows {
-            // The example is the row's targets up to (not including) EOS.
+            // The example is the row's targets up to (not including) EOS;
+            // the loss mask starts at the answer.
             let tgt = &batch.targets[row * ctx..(row + 1) * ctx];
             let len = tgt.iter().position(|&t| t == ebb::tasks::EOS).unwrap();
-            out.push((batch.row_task[row], tgt[..len].to_vec()));
+            let prompt = batch.mask[row * ctx..(row + 1) * ctx].iter().position(|&m| m > 0.0).unwrap();
+            out.push((batch.row_task[row], tgt[..len].to_vec(), prompt));
         }
     }
     out
@@ -91,7 +94,23 @@ fn every_family_is_deterministic_for_a_seed() {
 #[test]
 fn training_never_draws_a_held_out_example() {
     for s in all_suites(3) {
-        let eval: Vec<HashSet<Vec<u32>>> = s.tasks.iter().enumerate().map(|(i, t)| t.eval_problems(10_000).into_iter().map(|p| render(&s, i, p)).collect()).collect();
+        // (example, prompt length): a bracket prefix and a longer prefix of
+        // the same sequence are different problems with equal tokens.
+        let eval: Vec<HashSet<(Vec<u32>, usize)>> = s
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.eval_problems(10_000)
+                    .into_iter()
+                    .map(|p| {
+                        let mut out = Vec::new();
+                        let prompt = t.render(p, &mut out);
+                        (out, prompt)
+                    })
+                    .collect()
+            })
+            .collect();
         for (i, t) in s.tasks.iter().enumerate() {
             // By construction: eval problems are held out, training ones are not.
             assert!(!eval[i].is_empty(), "{}: empty eval set", t.id);
@@ -102,8 +121,8 @@ fn training_never_draws_a_held_out_example() {
         }
         // By test: no rendered training example equals an eval example of its task.
         let rows = training_rows(&s, 3, 200, 64);
-        for (task, example) in &rows {
-            assert!(!eval[*task].contains(example), "{}: training drew held-out {}", s.tasks[*task].id, s.vocab.decode(example));
+        for (task, example, prompt) in rows {
+            assert!(!eval[task].contains(&(example.clone(), prompt)), "{}: training drew held-out {}", s.tasks[task].id, s.vocab.decode(&example));
         }
     }
 }
@@ -199,7 +218,8 @@ fn op_char(word: &str) -> char {
 }
 
 fn parse(form: &str, text: &str) -> Statement {
-    let tokens: Vec<&str> = text.split(' ').collect();
+    // A task tag (`<digits>`) names the task, not the statement.
+    let tokens: Vec<&str> = text.split(' ').filter(|t| !(t.len() > 2 && t.starts_with('<') && t.ends_with('>'))).collect();
     let infix = |eq: &str, ops: &[&str], num: &dyn Fn(&[&str]) -> u64| -> Statement {
         let (lhs, _, c) = split_at(&tokens, &[eq]);
         let (a, op, b) = split_at(lhs, ops);
@@ -275,7 +295,7 @@ fn a_problem_held_out_in_one_form_is_held_out_in_every_form_and_translation() {
         assert_eq!(mine, held, "form {} holds out other statements", t.id);
     }
     // No training row of any task, translations included, states a held-out problem.
-    for (task, example) in training_rows(&s, 9, 100, 64) {
+    for (task, example, _) in training_rows(&s, 9, 100, 64) {
         let t = &s.tasks[task];
         let text = s.vocab.decode(&example);
         let source = if t.family_name == "translate" {
@@ -299,7 +319,7 @@ fn zero_shot_pairs_of_suite_d_never_appear_in_a_training_batch() {
     let english = ["plus", "minus", "equals"];
     let rows = training_rows(&s, 4, 1000, 64);
     let mut translations = 0;
-    for (task, example) in &rows {
+    for (task, example, _) in &rows {
         assert!(!held_out.contains(task), "row from held-out pair {}", s.tasks[*task].id);
         // Independently of the task label: a roman source with a tally target
         // tag, or an English source with a binary target tag.
@@ -326,7 +346,7 @@ fn a_finite_training_set_is_iterated_in_shuffled_epochs() {
     let set = s.tasks[task].train_set.clone().unwrap();
     assert_eq!(set.len(), 23 * 22 / 2);
     let rendered: HashSet<Vec<u32>> = set.iter().map(|&p| render(&s, task, p)).collect();
-    let rows: Vec<Vec<u32>> = training_rows(&s, 5, 100, 64).into_iter().filter(|(t, _)| *t == task).map(|r| r.1).collect();
+    let rows: Vec<Vec<u32>> = training_rows(&s, 5, 100, 64).into_iter().filter(|(t, _, _)| *t == task).map(|r| r.1).collect();
     assert!(rows.len() > 3 * set.len(), "{} rows", rows.len());
     // Each epoch is a permutation of the training set.
     for epoch in rows.chunks_exact(set.len()) {
@@ -436,5 +456,177 @@ fn full_batch_after_a_drop_trains_only_the_remaining_tasks() {
         assert!(after[0] > 0.0, "{after:?}");
         assert_eq!(after[1], 0.0, "step {step}: the dropped task still carries loss");
         assert!(padded, "step {step}: rows past the remaining examples are not padding");
+    }
+}
+
+
+// ---- Valid measurements: one answer per prompt, held out means unseen, enough held out ----
+
+/// Every suite file that ships in tasks/, built for `seed`.
+fn shipped(seed: u64) -> Vec<Suite> {
+    let found = spec::shipped_suites(&common::root().join("tasks"));
+    assert!(found.len() >= 4, "{} suite files", found.len());
+    found.iter().map(|(path, _)| suite(path.file_stem().unwrap().to_str().unwrap(), seed)).collect()
+}
+
+/// The problems of a task to check: all of them, or a seeded sample of 2^16 from a larger space.
+fn problems(t: &ebb::tasks::Task) -> Vec<u64> {
+    let space = t.space();
+    if space <= 1 << 18 {
+        return (0..space).collect();
+    }
+    let mut r = ebb::rng::stream(7, "test-sample", space);
+    (0..1 << 16).map(|_| ebb::rng::below(&mut r, space)).collect()
+}
+
+/// Prompts (tag included) that have two different answers anywhere in `s`.
+fn ambiguous_prompts(s: &Suite) -> Vec<String> {
+    let mut answers: std::collections::HashMap<Vec<u32>, (Vec<u32>, usize)> = std::collections::HashMap::new();
+    let mut clashes = Vec::new();
+    let mut out = Vec::new();
+    for (i, t) in s.tasks.iter().enumerate() {
+        for p in problems(t) {
+            let prompt = t.render(p, &mut out);
+            let (q, a) = (out[..prompt].to_vec(), out[prompt..].to_vec());
+            match answers.get(&q) {
+                Some((other, j)) if *other != a => clashes.push(format!("{}: `{}` → `{}`, but in {}: `{}`", t.id, s.vocab.decode(&q), s.vocab.decode(&a), s.tasks[*j].id, s.vocab.decode(other))),
+                Some(_) => {}
+                None => {
+                    answers.insert(q, (a, i));
+                }
+            }
+        }
+    }
+    clashes
+}
+
+#[test]
+fn no_prompt_has_two_answers_in_any_shipped_suite() {
+    for s in shipped(1) {
+        let clashes = ambiguous_prompts(&s);
+        assert!(clashes.is_empty(), "{}: {} ambiguous prompts, e.g. {}", s.name, clashes.len(), clashes[0]);
+    }
+    // The check finds what tags prevent: suite B without tags writes
+    // `1 + 6 =` in digits (answer 7) and in base 7 (answer 1 0).
+    let path = common::root().join("tasks/b-shared.toml");
+    let (mut spec, path) = spec::load_any(path.to_str().unwrap()).unwrap();
+    spec.tags = false;
+    let untagged = Suite::build(&spec, 1, &path).unwrap();
+    let clashes = ambiguous_prompts(&untagged);
+    assert!(clashes.len() > 100, "only {} clashes without tags", clashes.len());
+}
+
+/// Splits `tokens` into runs separated by any of `separators`.
+fn terms<'a>(tokens: &'a [&'a str], separators: &[&str]) -> Vec<&'a [&'a str]> {
+    tokens.split(|t| separators.contains(t)).collect()
+}
+
+/// What the answer depends on, computed from the rendered prompt by the
+/// family's definition (independently of the families' split keys).
+fn answer_determining_content(s: &Suite, task: usize, p: u64) -> String {
+    let t = &s.tasks[task];
+    let mut out = Vec::new();
+    let prompt_len = t.render(p, &mut out);
+    let text = s.vocab.decode(&out[..prompt_len]);
+    let all: Vec<&str> = text.split(' ').filter(|w| !(w.len() > 2 && w.starts_with('<') && w.ends_with('>'))).collect();
+    let (prompt, marker) = all.split_at(all.len() - 1);
+    let sorted = |mut v: Vec<&str>| {
+        v.sort();
+        v.join(" ")
+    };
+    match t.family_name.as_str() {
+        // x(n+1) = f(x(n)): the last term; fixed-width 3-digit terms without separators.
+        "affine" => prompt[prompt.len() - 3..].join(" "),
+        "count" => terms(prompt, &["c/"]).last().unwrap().join(" "),
+        "fibonacci" => terms(prompt, &["f,"]).iter().rev().take(2).map(|x| x.join(" ")).collect::<Vec<_>>().join(" | "),
+        // Period 4: the last four words, in order, fix every later word.
+        "phrase" => prompt[prompt.len() - 4..].join(" "),
+        "copy" | "stutter" | "reverse" => prompt.join(" "),
+        "sort" => sorted(prompt.to_vec()),
+        "evens" => prompt.iter().filter(|w| **w != "·").step_by(2).copied().collect::<Vec<_>>().join(" "),
+        "brackets" => {
+            let mut stack = Vec::new();
+            for w in all.iter() {
+                if ["(", "[", "{", "<"].contains(w) {
+                    stack.push(*w);
+                } else {
+                    stack.pop();
+                }
+            }
+            stack.join(" ")
+        }
+        "arithmetic" | "translate" => {
+            let from = if t.family_name == "translate" { t.id.split_once('>').unwrap().0 } else { t.id.as_str() };
+            let statement = text.split(" →").next().unwrap();
+            let (a, op, b, _) = parse(from, statement);
+            let (a, b) = if op == '-' { (a, b) } else { (a.max(b), a.min(b)) };
+            format!("{a} {op} {b}")
+        }
+        "modular" | "addition" => {
+            let (a, op, b) = (all[..all.iter().position(|w| ["+", "-", "*", "/"].contains(w)).unwrap()].join(""), all.iter().find(|w| ["+", "-", "*", "/"].contains(w)).unwrap().to_string(), "");
+            let rest: Vec<&str> = all.iter().skip_while(|w| !["+", "-", "*", "/"].contains(w)).skip(1).take_while(|w| **w != "=").copied().collect();
+            let (x, y) = (a.parse::<u64>().unwrap(), rest.join("").parse::<u64>().unwrap());
+            let (x, y) = if op == "+" || op == "*" { (x.max(y), x.min(y)) } else { (x, y) };
+            format!("{x} {op} {y}{b}")
+        }
+        other => panic!("no answer-determining content defined for family {other} (marker {marker:?})"),
+    }
+}
+
+/// Tasks whose held-out problems share answer-determining content with a
+/// training problem, with an example each.
+fn leaks(s: &Suite) -> Vec<String> {
+    let mut found = Vec::new();
+    for (i, t) in s.tasks.iter().enumerate() {
+        let mut side: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        for p in problems(t) {
+            let content = answer_determining_content(s, i, p);
+            let held = t.is_held_out(p);
+            if *side.entry(content.clone()).or_insert(held) != held {
+                found.push(format!("{}: `{content}` is both held out and trained", t.id));
+                break;
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn no_held_out_problem_shares_what_its_answer_depends_on_with_training() {
+    for seed in [1, 2] {
+        let mut suites = shipped(seed);
+        suites.push(classic(seed));
+        for s in &suites {
+            let found = leaks(s);
+            assert!(found.is_empty(), "{} at seed {seed}: {}", s.name, found.join("; "));
+        }
+    }
+}
+
+#[test]
+fn every_task_of_every_shipped_suite_holds_out_at_least_100_problems() {
+    for seed in 1..=5 {
+        for s in shipped(seed) {
+            for t in &s.tasks {
+                let n = t.eval_problems(100).len();
+                assert_eq!(n, 100, "{} / {} at seed {seed}: {n} held-out problems", s.name, t.id);
+            }
+        }
+    }
+}
+
+#[test]
+fn suite_a_languages_share_no_token() {
+    let s = suite("a-unrelated", 1);
+    let mut owner: std::collections::HashMap<u32, &str> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for t in &s.tasks {
+        for p in problems(t).into_iter().take(5000) {
+            t.render(p, &mut out);
+            for &tok in &out {
+                let o = *owner.entry(tok).or_insert(&t.id);
+                assert_eq!(o, t.id, "token `{}` is used by {o} and {}", s.vocab.token(tok), t.id);
+            }
+        }
     }
 }

@@ -79,9 +79,11 @@ impl ProblemSpace {
         unreachable!("problem beyond the space")
     }
 
-    /// A key that names (op, a, b) whatever the operand range and op list.
+    /// A key that names (op, a, b) whatever the operand range and op list;
+    /// `a op b` and `b op a` of a commutative op are one problem.
     pub fn key(&self, p: u64) -> u64 {
         let (op, a, b) = self.problem(p);
+        let (a, b) = if op == Op::Sub { (a, b) } else { (a.max(b), a.min(b)) };
         (op.code() << 48) | (a << 24) | b
     }
 

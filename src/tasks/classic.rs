@@ -75,6 +75,15 @@ impl Family for Modular {
         prompt
     }
 
+    /// `a ∘ b` and `b ∘ a` of a commutative operation are one problem.
+    fn split_key(&self, p: u64) -> u64 {
+        let (a, b) = self.operands(p);
+        match self.op {
+            ModOp::Add | ModOp::Mul => a.max(b) * self.modulus + a.min(b),
+            ModOp::Sub | ModOp::Div => p,
+        }
+    }
+
     fn max_len(&self) -> usize {
         5
     }
@@ -120,6 +129,13 @@ impl Family for Addition {
         let prompt = out.len();
         self.push_digits(a + b, self.reverse_answer, out);
         prompt
+    }
+
+    /// `a + b` and `b + a` are one problem.
+    fn split_key(&self, p: u64) -> u64 {
+        let range = 10u64.pow(self.digits);
+        let (a, b) = (p / range, p % range);
+        a.max(b) * range + a.min(b)
     }
 
     fn max_len(&self) -> usize {

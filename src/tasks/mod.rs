@@ -167,24 +167,25 @@ impl Task {
         }
     }
 
-    /// The held-out evaluation problems: up to `n` distinct held-out
-    /// problems in a seeded order (all of them when fewer exist).
+    /// The held-out evaluation problems: up to `n` held-out problems with
+    /// distinct split keys (problems that share answer-determining content
+    /// count once), in a seeded order; all of them when fewer exist.
     pub fn eval_problems(&self, n: usize) -> Vec<u64> {
         let space = self.space();
-        if space <= ENUMERATE_LIMIT {
-            let mut held: Vec<u64> = (0..space).filter(|&p| self.is_held_out(p)).collect();
-            shuffle(&mut held, &mut rng::stream(self.split_seed, "eval-order", 0));
-            held.truncate(n);
-            return held;
-        }
+        let mut keys = std::collections::HashSet::new();
+        let mut distinct = |p: u64| self.is_held_out(p) && keys.insert(self.family.split_key(p));
         let mut r = rng::stream(self.split_seed, "eval-order", 0);
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::with_capacity(n);
+        if space <= ENUMERATE_LIMIT {
+            let mut order: Vec<u64> = (0..space).collect();
+            shuffle(&mut order, &mut r);
+            return order.into_iter().filter(|&p| distinct(p)).take(n).collect();
+        }
+        let mut out = Vec::with_capacity(n.min(1 << 16));
         let mut tries = 0u64;
         while out.len() < n && tries < 1000 * n as u64 {
             tries += 1;
             let p = rng::below(&mut r, space);
-            if self.is_held_out(p) && seen.insert(p) {
+            if distinct(p) {
                 out.push(p);
             }
         }
@@ -268,16 +269,18 @@ impl Suite {
 
 /// One line per family for `ebb tasks list`.
 pub const FAMILIES: &[(&str, &str)] = &[
-    ("affine", "suite A: x → mul·x + add (mod modulus) from a random start; continue the sequence"),
-    ("phrase", "suite A: a phrase repeated forever (\"brink bronk poot toot\"); continue it"),
+    ("affine", "suite A: x → mul·x + add (mod modulus), fixed-width numbers in their own digits; continue the sequence"),
+    ("phrase", "suite A: a phrase of `period` words (\"brink bronk poot toot\"), new in every problem, repeated; continue it"),
     ("count", "suite A: counting in base k from a random start; write the next numbers"),
-    ("pattern", "suite A: a periodic symbol pattern; continue it"),
-    ("fibonacci", "suite A: Fibonacci mod m from two random terms; continue it"),
-    ("copy", "suite A: copy a string"),
-    ("reverse", "suite A: reverse a string"),
-    ("sort", "suite A: sort a string's letters"),
+    ("pattern", "a fixed periodic symbol pattern; continue it"),
+    ("fibonacci", "suite A: Fibonacci mod m in fixed-width numbers from two terms; continue it"),
+    ("copy", "suite A: copy a string (`a b c copy`)"),
+    ("reverse", "suite A: reverse a string (`⟪ i j k ⟫`)"),
+    ("sort", "suite A: sort a string's letters (`sort q s r ;`)"),
     ("brackets", "suite A: close every open bracket of a prefix"),
-    ("cipher", "suite A: encode a word with a fixed substitution cipher"),
+    ("cipher", "encode a word with a fixed substitution cipher (`A B encode`)"),
+    ("evens", "suite A: every other letter of a string, from the first (`I · J · K ⇢`)"),
+    ("stutter", "suite A: every symbol of a string twice (`twice ♠ ~ ♣ !`)"),
     ("arithmetic", "suite B: \"a op b = c\" in one surface form (digits, words, zu, ko, prefix, reversed, base7, binary, roman, tally)"),
     ("translate", "suite C/D: a statement in one surface form → the same statement in another"),
     ("modular", "a ∘ b mod p (add, sub, mul, div), the answer one token"),
@@ -287,7 +290,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
 fn build_family(t: &TaskSpec, vocab: &mut Vocab, file: &std::path::Path) -> Result<Box<dyn Family>> {
     let ctx = spec::ParamContext { file, task: &t.id };
     match t.family.as_str() {
-        "affine" | "phrase" | "count" | "pattern" | "fibonacci" | "copy" | "reverse" | "sort" | "brackets" | "cipher" => sequences::build(&t.family, &t.params, vocab, &ctx),
+        "affine" | "phrase" | "count" | "pattern" | "fibonacci" | "copy" | "reverse" | "sort" | "brackets" | "cipher" | "evens" | "stutter" => sequences::build(&t.family, &t.params, vocab, &ctx),
         "arithmetic" | "translate" => arithmetic::build(&t.family, &t.params, vocab, &ctx),
         "modular" | "addition" => classic::build(&t.family, &t.params, vocab, &ctx),
         other => Err(Error::key(file, &format!("tasks.{}.family", t.id), format!("{other:?}"), format!("unknown task family (known: {})", FAMILIES.iter().map(|f| f.0).collect::<Vec<_>>().join(", ")))),

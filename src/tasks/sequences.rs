@@ -48,114 +48,186 @@ fn at_least(ctx: &ParamContext, key: &str, value: u64, least: u64) -> Result<()>
     Ok(())
 }
 
-/// A sequence given by a start and a step function, cut into prompt and answer terms.
-struct Sequence {
-    /// Token of each value 0..values.
-    tokens: Vec<u32>,
-    /// Ends the prompt.
-    marker: u32,
-    starts: u64,
-    prompt: Lengths,
-    answer: usize,
-    /// value → next value, given the previous one too (for Fibonacci).
-    step: fn(&SequenceRule, u64, u64) -> u64,
-    rule: SequenceRule,
-}
-
+/// The rule that takes a sequence from one term to the next.
 #[derive(Clone, Copy)]
-struct SequenceRule {
-    mul: u64,
-    add: u64,
-    modulus: u64,
+enum Rule {
+    /// x → mul·x + add (mod modulus).
+    Affine { mul: u64, add: u64, modulus: u64 },
+    /// x → x + 1.
+    Count,
+    /// (prev, x) → prev + x (mod modulus).
+    Fibonacci { modulus: u64 },
 }
 
-impl Family for Sequence {
-    fn space(&self) -> u64 {
-        self.starts * self.prompt.count()
-    }
-
-    fn render(&self, p: u64, out: &mut Vec<u32>) -> usize {
-        let (start, len) = start_and_len(p, self.prompt);
-        // A start encodes the first two values (prev, cur) as prev·modulus + cur.
-        let (mut prev, mut cur) = (start / self.rule.modulus, start % self.rule.modulus);
-        let mut prompt = 0;
-        for i in 0..len + self.answer {
-            out.push(self.tokens[cur as usize]);
-            if i + 1 == len {
-                out.push(self.marker);
-                prompt = out.len();
-            }
-            let next = (self.step)(&self.rule, prev, cur);
-            prev = cur;
-            cur = next;
+impl Rule {
+    fn next(self, prev: u64, cur: u64) -> u64 {
+        match self {
+            Rule::Affine { mul, add, modulus } => (mul * cur + add) % modulus,
+            Rule::Count => cur + 1,
+            Rule::Fibonacci { modulus } => (prev + cur) % modulus,
         }
-        prompt
     }
 
-    fn max_len(&self) -> usize {
-        self.prompt.max + 1 + self.answer
+    /// How many of the last terms determine the continuation.
+    fn memory(self) -> usize {
+        if matches!(self, Rule::Fibonacci { .. }) { 2 } else { 1 }
     }
 }
 
-/// Counting in base k: numbers separated by a separator token.
-struct Count {
+/// A number sequence written in the family's own digit tokens: a start,
+/// then terms by `rule`, cut into prompt and answer terms. Problems are
+/// (start, prompt length): p = start · lengths + (len − min).
+struct Numbers {
+    /// Token of each digit 0..base.
     digits: Vec<u32>,
-    separator: u32,
+    base: u64,
+    /// Every term written with this many digits (leading zeros), or as few as it needs.
+    width: Option<usize>,
+    /// Between terms, when terms are not fixed-width.
+    separator: Option<u32>,
     /// Ends the prompt.
     marker: u32,
-    base: u64,
     starts: u64,
     prompt: Lengths,
     answer: usize,
+    rule: Rule,
 }
 
-impl Count {
-    fn push_number(&self, mut n: u64, out: &mut Vec<u32>) {
+impl Numbers {
+    /// The terms of problem `p` (prompt then answer) and the prompt's term count.
+    fn terms(&self, p: u64) -> (Vec<u64>, usize) {
+        let (start, len) = start_and_len(p, self.prompt);
+        // A Fibonacci start is the hidden term before the first and the first: prev·modulus + first.
+        let (mut prev, mut cur) = match self.rule {
+            Rule::Fibonacci { modulus } => (start / modulus, start % modulus),
+            _ => (0, start),
+        };
+        let mut terms = Vec::with_capacity(len + self.answer);
+        for _ in 0..len + self.answer {
+            terms.push(cur);
+            (prev, cur) = (cur, self.rule.next(prev, cur));
+        }
+        (terms, len)
+    }
+
+    fn push_number(&self, n: u64, out: &mut Vec<u32>) {
         let start = out.len();
+        let mut x = n;
         loop {
-            out.push(self.digits[(n % self.base) as usize]);
-            n /= self.base;
-            if n == 0 {
+            out.push(self.digits[(x % self.base) as usize]);
+            x /= self.base;
+            if x == 0 && self.width.is_none_or(|w| out.len() - start >= w) {
                 break;
             }
         }
         out[start..].reverse();
     }
 
-    fn width(&self, n: u64) -> usize {
-        let mut w = 1;
-        let mut x = n / self.base;
-        while x > 0 {
-            w += 1;
-            x /= self.base;
-        }
-        w
+    fn digits_of(&self, n: u64) -> usize {
+        self.width.unwrap_or_else(|| {
+            let (mut w, mut x) = (1, n / self.base);
+            while x > 0 {
+                w += 1;
+                x /= self.base;
+            }
+            w
+        })
     }
 }
 
-impl Family for Count {
+impl Family for Numbers {
     fn space(&self) -> u64 {
         self.starts * self.prompt.count()
     }
 
     fn render(&self, p: u64, out: &mut Vec<u32>) -> usize {
-        let (start, len) = start_and_len(p, self.prompt);
+        let (terms, len) = self.terms(p);
         let mut prompt = 0;
-        for i in 0..len + self.answer {
-            self.push_number(start + i as u64, out);
+        for (i, &t) in terms.iter().enumerate() {
+            self.push_number(t, out);
             if i + 1 == len {
                 out.push(self.marker);
                 prompt = out.len();
-            } else if i + 1 < len + self.answer {
-                out.push(self.separator);
+            } else if let Some(sep) = self.separator.filter(|_| i + 1 < terms.len()) {
+                out.push(sep);
             }
         }
         prompt
     }
 
+    /// The continuation depends only on the prompt's last term (the last
+    /// two for Fibonacci): problems that end alike are one problem.
+    fn split_key(&self, p: u64) -> u64 {
+        let (terms, len) = self.terms(p);
+        terms[len - self.rule.memory()..len].iter().fold(0, |key, &t| (key << 32) | t)
+    }
+
     fn max_len(&self) -> usize {
-        let last = self.starts - 1 + (self.prompt.max + self.answer) as u64;
-        (self.width(last) + 1) * (self.prompt.max + self.answer)
+        let largest = match self.rule {
+            Rule::Affine { modulus, .. } | Rule::Fibonacci { modulus } => modulus - 1,
+            Rule::Count => self.starts - 1 + (self.prompt.max + self.answer) as u64,
+        };
+        (self.digits_of(largest) + self.separator.is_some() as usize) * (self.prompt.max + self.answer) + 1
+    }
+}
+
+/// A phrase of `period` words, different in every problem, repeated: the
+/// prompt shows at least one whole period, the answer continues it. Problems
+/// are (phrase, offset, prompt length).
+struct Phrase {
+    words: Vec<u32>,
+    period: usize,
+    /// Ends the prompt.
+    marker: u32,
+    prompt: Lengths,
+    answer: usize,
+}
+
+impl Phrase {
+    /// The phrase's words (as indices into `words`) rotated to start where
+    /// the prompt starts, and the prompt length.
+    fn phrase(&self, p: u64) -> (Vec<usize>, usize) {
+        let (rest, len) = start_and_len(p, self.prompt);
+        let (mut code, offset) = (rest / self.period as u64, (rest % self.period as u64) as usize);
+        let k = self.words.len() as u64;
+        let mut phrase: Vec<usize> = (0..self.period)
+            .map(|_| {
+                let w = (code % k) as usize;
+                code /= k;
+                w
+            })
+            .collect();
+        phrase.rotate_left(offset);
+        (phrase, len)
+    }
+}
+
+impl Family for Phrase {
+    fn space(&self) -> u64 {
+        (self.words.len() as u64).pow(self.period as u32) * self.period as u64 * self.prompt.count()
+    }
+
+    fn render(&self, p: u64, out: &mut Vec<u32>) -> usize {
+        let (phrase, len) = self.phrase(p);
+        let mut prompt = 0;
+        for i in 0..len + self.answer {
+            out.push(self.words[phrase[i % self.period]]);
+            if i + 1 == len {
+                out.push(self.marker);
+                prompt = out.len();
+            }
+        }
+        prompt
+    }
+
+    /// The continuation is the phrase read from where the prompt stops.
+    fn split_key(&self, p: u64) -> u64 {
+        let (phrase, len) = self.phrase(p);
+        (0..self.period).fold(0, |key, i| key * self.words.len() as u64 + phrase[(len + i) % self.period] as u64)
+    }
+
+    fn max_len(&self) -> usize {
+        self.prompt.max + 1 + self.answer
     }
 }
 
@@ -187,43 +259,80 @@ impl Family for Cycle {
         prompt
     }
 
+    /// The continuation depends only on where in the cycle the prompt stops.
+    fn split_key(&self, p: u64) -> u64 {
+        let (offset, len) = start_and_len(p, self.prompt);
+        (offset + len as u64) % self.cycle.len() as u64
+    }
+
     fn max_len(&self) -> usize {
         self.prompt.max + 1 + self.answer
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum StringOp {
     Copy,
     Reverse,
+    /// The letters in alphabet order.
     Sort,
-    /// Substitute each letter through `cipher`.
+    /// Substitute each letter through a fixed permutation.
     Cipher,
+    /// Every other letter, from the first.
+    Evens,
+    /// Every letter twice.
+    Stutter,
 }
 
 /// String problems: every string of length in [min, max] over an alphabet,
-/// followed by an operator word; the answer is the transformed string.
+/// written in the family's own template (tokens before, between and after
+/// the letters); the answer is the transformed string.
 struct Strings {
     letters: Vec<u32>,
     /// Output token for each letter (the letters themselves except for the cipher).
     outputs: Vec<u32>,
-    operator: u32,
+    before: Vec<u32>,
+    between: Option<u32>,
+    /// Ends the prompt.
+    after: Vec<u32>,
     lengths: Lengths,
     op: StringOp,
 }
 
 impl Strings {
-    /// (length, index among strings of that length) of problem p.
-    fn locate(&self, mut p: u64) -> (usize, u64) {
+    /// The letters (as indices into `letters`) of problem p.
+    fn string(&self, mut p: u64) -> Vec<usize> {
         let k = self.letters.len() as u64;
         for len in self.lengths.min..=self.lengths.max {
             let n = k.pow(len as u32);
             if p < n {
-                return (len, p);
+                return (0..len)
+                    .map(|_| {
+                        let letter = (p % k) as usize;
+                        p /= k;
+                        letter
+                    })
+                    .collect();
             }
             p -= n;
         }
         unreachable!("problem beyond the space")
+    }
+
+    fn transform(&self, mut s: Vec<usize>) -> Vec<usize> {
+        match self.op {
+            StringOp::Copy | StringOp::Cipher => s,
+            StringOp::Reverse => {
+                s.reverse();
+                s
+            }
+            StringOp::Sort => {
+                s.sort_unstable();
+                s
+            }
+            StringOp::Evens => s.into_iter().step_by(2).collect(),
+            StringOp::Stutter => s.into_iter().flat_map(|l| [l, l]).collect(),
+        }
     }
 }
 
@@ -234,37 +343,43 @@ impl Family for Strings {
     }
 
     fn render(&self, p: u64, out: &mut Vec<u32>) -> usize {
-        let (len, mut idx) = self.locate(p);
-        let k = self.letters.len() as u64;
-        let start = out.len();
-        for _ in 0..len {
-            out.push((idx % k) as u32); // letter indices for now
-            idx /= k;
+        let s = self.string(p);
+        out.extend_from_slice(&self.before);
+        for (i, &l) in s.iter().enumerate() {
+            if let Some(sep) = self.between.filter(|_| i > 0) {
+                out.push(sep);
+            }
+            out.push(self.letters[l]);
         }
-        let prompt = out.len() + 1;
-        out.push(self.operator);
-        for i in 0..len {
-            let letter = out[start + i];
-            out.push(letter);
-        }
-        let answer = &mut out[prompt..];
-        match self.op {
-            StringOp::Copy | StringOp::Cipher => {}
-            StringOp::Reverse => answer.reverse(),
-            StringOp::Sort => answer.sort_unstable(),
-        }
-        for x in &mut out[start..prompt - 1] {
-            *x = self.letters[*x as usize];
-        }
-        for x in &mut out[prompt..] {
-            *x = self.outputs[*x as usize];
-        }
+        out.extend_from_slice(&self.after);
+        let prompt = out.len();
+        out.extend(self.transform(s).into_iter().map(|l| self.outputs[l]));
         prompt
     }
 
-    fn max_len(&self) -> usize {
-        2 * self.lengths.max + 1
+    /// The answer determines everything it depends on (the string; for
+    /// sort the multiset of letters; for evens the kept letters).
+    fn split_key(&self, p: u64) -> u64 {
+        answer_key(self, p)
     }
+
+    fn max_len(&self) -> usize {
+        let answer = match self.op {
+            StringOp::Stutter => 2 * self.lengths.max,
+            _ => self.lengths.max,
+        };
+        self.before.len() + self.after.len() + if self.between.is_some() { 2 * self.lengths.max - 1 } else { self.lengths.max } + answer
+    }
+}
+
+/// A key naming problem `p`'s answer tokens: for families whose answer
+/// determines everything it depends on, problems with equal answers are one
+/// problem.
+fn answer_key(family: &dyn Family, p: u64) -> u64 {
+    let mut out = Vec::with_capacity(family.max_len());
+    let prompt = family.render(p, &mut out);
+    let bytes: Vec<u8> = out[prompt..].iter().flat_map(|t| t.to_le_bytes()).collect();
+    crate::rng::fnv1a(&bytes)
 }
 
 /// Bracket completion: every prefix of a bracket sequence (lengths in
@@ -340,14 +455,10 @@ impl Family for Brackets {
         prompt
     }
 
-    /// Every prefix of one completed sequence is the same underlying
-    /// problem: their full token strings are equal and differ only in where
-    /// the answer starts, so they are held out (or not) together.
+    /// The answer depends only on the brackets left open, which it names:
+    /// prefixes with the same open stack are one problem.
     fn split_key(&self, p: u64) -> u64 {
-        let mut out = Vec::with_capacity(2 * self.max_prompt);
-        self.render(p, &mut out);
-        let bytes: Vec<u8> = out.iter().flat_map(|t| t.to_le_bytes()).collect();
-        crate::rng::fnv1a(&bytes)
+        answer_key(self, p)
     }
 
     fn max_len(&self) -> usize {
@@ -355,42 +466,23 @@ impl Family for Brackets {
     }
 }
 
-fn affine_step(r: &SequenceRule, _prev: u64, cur: u64) -> u64 {
-    (r.mul * cur + r.add) % r.modulus
-}
-
-fn fibonacci_step(r: &SequenceRule, prev: u64, cur: u64) -> u64 {
-    (prev + cur) % r.modulus
-}
-
+/// The number families' parameters (`mul` and `add` for affine only,
+/// `starts` for count only).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct AffineParams {
-    mul: u64,
-    add: u64,
-    modulus: u64,
-    prompt_terms: Lengths,
+#[serde(deny_unknown_fields)]
+struct NumberParams {
+    mul: Option<u64>,
+    add: Option<u64>,
+    modulus: Option<u64>,
+    base: Option<u64>,
+    starts: Option<u64>,
+    prompt_terms: Option<Lengths>,
+    #[serde(default = "default_answer_terms")]
     answer_terms: usize,
 }
 
-impl Default for AffineParams {
-    fn default() -> Self {
-        AffineParams { mul: 2, add: 1, modulus: 37, prompt_terms: Lengths { min: 2, max: 5 }, answer_terms: 3 }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct FibonacciParams {
-    modulus: u64,
-    prompt_terms: Lengths,
-    answer_terms: usize,
-}
-
-impl Default for FibonacciParams {
-    fn default() -> Self {
-        FibonacciParams { modulus: 13, prompt_terms: Lengths { min: 2, max: 5 }, answer_terms: 3 }
-    }
+fn default_answer_terms() -> usize {
+    1
 }
 
 #[derive(Deserialize)]
@@ -404,17 +496,19 @@ struct CycleParams {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct CountParams {
-    base: u64,
-    /// Starts are 0..starts.
-    starts: u64,
-    prompt_terms: Lengths,
-    answer_terms: usize,
+struct PhraseParams {
+    /// The words phrases are made of.
+    words: Vec<String>,
+    /// Words per phrase.
+    period: usize,
+    prompt_len: Lengths,
+    answer_len: usize,
 }
 
-impl Default for CountParams {
+impl Default for PhraseParams {
     fn default() -> Self {
-        CountParams { base: 3, starts: 200, prompt_terms: Lengths { min: 2, max: 4 }, answer_terms: 1 }
+        let words = ["brink", "bronk", "poot", "toot", "wug", "dax", "blick", "fep"];
+        PhraseParams { words: words.iter().map(|w| w.to_string()).collect(), period: 4, prompt_len: Lengths { min: 4, max: 7 }, answer_len: 4 }
     }
 }
 
@@ -447,35 +541,71 @@ fn letters(range: std::ops::RangeInclusive<char>) -> Vec<String> {
 
 pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: &ParamContext) -> Result<Box<dyn Family>> {
     Ok(match family {
-        "affine" | "fibonacci" => {
-            let (rule, prompt, answer, prefix, step): (SequenceRule, Lengths, usize, &str, fn(&SequenceRule, u64, u64) -> u64) = if family == "affine" {
-                let p: AffineParams = ctx.parse(params)?;
-                at_least(ctx, "modulus", p.modulus, 2)?;
-                (SequenceRule { mul: p.mul, add: p.add, modulus: p.modulus }, p.prompt_terms, p.answer_terms, "x", affine_step)
-            } else {
-                let p: FibonacciParams = ctx.parse(params)?;
-                at_least(ctx, "modulus", p.modulus, 2)?;
-                (SequenceRule { mul: 1, add: 0, modulus: p.modulus }, p.prompt_terms, p.answer_terms, "f", fibonacci_step)
+        "affine" | "fibonacci" | "count" => {
+            let p: NumberParams = ctx.parse(params)?;
+            for (key, value) in [("mul", p.mul), ("add", p.add)] {
+                if let Some(v) = value.filter(|_| family != "affine") {
+                    return Err(ctx.error(key, v, "only affine sequences take mul and add"));
+                }
+            }
+            // (default base, default modulus or none, default prompt terms, token prefix)
+            let (base, modulus, prompt, prefix) = match family {
+                "affine" => (p.base.unwrap_or(10), Some(p.modulus.unwrap_or(1000)), p.prompt_terms.unwrap_or(Lengths { min: 1, max: 3 }), "x"),
+                "fibonacci" => (p.base.unwrap_or(10), Some(p.modulus.unwrap_or(100)), p.prompt_terms.unwrap_or(Lengths { min: 2, max: 4 }), "f"),
+                _ => (p.base.unwrap_or(3), None, p.prompt_terms.unwrap_or(Lengths { min: 2, max: 4 }), "c"),
             };
-            if rule.modulus > 1000 {
-                return Err(ctx.error("modulus", rule.modulus, "must be at most 1000 (one token per value)"));
+            if !(2..=16).contains(&base) {
+                return Err(ctx.error("base", base, "must be between 2 and 16"));
+            }
+            if family == "count" && p.modulus.is_some() {
+                return Err(ctx.error("modulus", p.modulus.unwrap_or(0), "counting takes no modulus"));
+            }
+            if family != "count" && p.starts.is_some() {
+                return Err(ctx.error("starts", p.starts.unwrap_or(0), "only count takes starts (the others start anywhere below the modulus)"));
             }
             prompt.check(ctx, "prompt_terms", if family == "fibonacci" { 2 } else { 1 })?;
-            at_least(ctx, "answer_terms", answer as u64, 1)?;
-            let tokens = (0..rule.modulus).map(|v| vocab.intern(&format!("{prefix}{v}"))).collect();
-            let marker = vocab.intern(&format!("{prefix}>"));
-            // Affine sequences start anywhere; Fibonacci from any pair of values.
-            let starts = if family == "affine" { rule.modulus } else { rule.modulus * rule.modulus };
-            Box::new(Sequence { tokens, marker, starts, prompt, answer, step, rule })
-        }
-        "phrase" | "pattern" => {
-            let default_cycle: Vec<String> = if family == "phrase" {
-                ["brink", "bronk", "poot", "toot"].iter().map(|s| s.to_string()).collect()
-            } else {
-                ["◆", "◆", "◇", "●", "◆", "○"].iter().map(|s| s.to_string()).collect()
+            at_least(ctx, "answer_terms", p.answer_terms as u64, 1)?;
+            let digits = (0..base).map(|d| vocab.intern(&format!("{prefix}{d}"))).collect();
+            let (rule, starts, width, separator) = match (family, modulus) {
+                ("count", _) => {
+                    let starts = p.starts.unwrap_or(1000);
+                    if !(1..=1_000_000).contains(&starts) {
+                        return Err(ctx.error("starts", starts, "must be between 1 and 10^6"));
+                    }
+                    (Rule::Count, starts, None, Some(vocab.intern("c/")))
+                }
+                (_, Some(m)) => {
+                    if !(2..=1_000_000).contains(&m) {
+                        return Err(ctx.error("modulus", m, "must be between 2 and 10^6"));
+                    }
+                    // Fixed-width terms: as many digits as modulus − 1 needs.
+                    let width = std::iter::successors(Some(m - 1), |x| Some(x / base)).take_while(|&x| x > 0).count().max(1);
+                    if family == "affine" {
+                        (Rule::Affine { mul: p.mul.unwrap_or(2) % m, add: p.add.unwrap_or(1) % m, modulus: m }, m, Some(width), None)
+                    } else {
+                        (Rule::Fibonacci { modulus: m }, m * m, Some(width), Some(vocab.intern("f,")))
+                    }
+                }
+                _ => unreachable!("affine and fibonacci have a modulus"),
             };
+            let marker = vocab.intern(&format!("{prefix}{}", if family == "affine" { "=" } else { ">" }));
+            Box::new(Numbers { digits, base, width, separator, marker, starts, prompt, answer: p.answer_terms, rule })
+        }
+        "phrase" => {
+            let p: PhraseParams = ctx.parse(params)?;
+            if p.words.len() < 2 {
+                return Err(ctx.error("words", p.words.len(), "needs at least 2 words"));
+            }
+            if p.period < 2 || (p.words.len() as f64).powi(p.period as i32) > 1e12 {
+                return Err(ctx.error("period", p.period, "must be at least 2, with at most 10^12 phrases"));
+            }
+            p.prompt_len.check(ctx, "prompt_len", p.period)?;
+            at_least(ctx, "answer_len", p.answer_len as u64, 1)?;
+            Box::new(Phrase { words: vocab.intern_all(&p.words), period: p.period, marker: vocab.intern("…"), prompt: p.prompt_len, answer: p.answer_len })
+        }
+        "pattern" => {
             let mut table = params.clone();
-            table.entry("cycle").or_insert_with(|| toml::Value::Array(default_cycle.into_iter().map(toml::Value::String).collect()));
+            table.entry("cycle").or_insert_with(|| toml::Value::Array(["◆", "◆", "◇", "●", "◆", "○"].iter().map(|s| toml::Value::String(s.to_string())).collect()));
             table.entry("prompt_len").or_insert_with(|| toml::Value::Array(vec![2.into(), 8.into()]));
             table.entry("answer_len").or_insert_with(|| 4.into());
             let p: CycleParams = ctx.parse(&table)?;
@@ -484,26 +614,17 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
             }
             p.prompt_len.check(ctx, "prompt_len", 1)?;
             at_least(ctx, "answer_len", p.answer_len as u64, 1)?;
-            let marker = vocab.intern(if family == "phrase" { "…" } else { "▷" });
-            Box::new(Cycle { cycle: vocab.intern_all(&p.cycle), marker, prompt: p.prompt_len, answer: p.answer_len })
+            Box::new(Cycle { cycle: vocab.intern_all(&p.cycle), marker: vocab.intern("▷"), prompt: p.prompt_len, answer: p.answer_len })
         }
-        "count" => {
-            let p: CountParams = ctx.parse(params)?;
-            if !(2..=16).contains(&p.base) {
-                return Err(ctx.error("base", p.base, "must be between 2 and 16"));
-            }
-            at_least(ctx, "starts", p.starts, 1)?;
-            p.prompt_terms.check(ctx, "prompt_terms", 1)?;
-            at_least(ctx, "answer_terms", p.answer_terms as u64, 1)?;
-            let digits = (0..p.base).map(|d| vocab.intern(&format!("c{d}"))).collect();
-            Box::new(Count { digits, separator: vocab.intern("c/"), marker: vocab.intern("c>"), base: p.base, starts: p.starts, prompt: p.prompt_terms, answer: p.answer_terms })
-        }
-        "copy" | "reverse" | "sort" | "cipher" => {
-            let (default_letters, operator, op) = match family {
-                "copy" => (letters('a'..='h'), "copy", StringOp::Copy),
-                "reverse" => (letters('i'..='p'), "reverse", StringOp::Reverse),
-                "sort" => (letters('q'..='x'), "sort", StringOp::Sort),
-                _ => (letters('A'..='H'), "encode", StringOp::Cipher),
+        "copy" | "reverse" | "sort" | "cipher" | "evens" | "stutter" => {
+            // Each family its own letters and template: (letters, op, tokens before, between and after the string).
+            let (default_letters, op, before, between, after): (Vec<String>, StringOp, &[&str], Option<&str>, &[&str]) = match family {
+                "copy" => (letters('a'..='h'), StringOp::Copy, &[], None, &["copy"]),
+                "reverse" => (letters('i'..='p'), StringOp::Reverse, &["⟪"], None, &["⟫"]),
+                "sort" => (letters('q'..='x'), StringOp::Sort, &["sort"], None, &[";"]),
+                "cipher" => (letters('A'..='H'), StringOp::Cipher, &[], None, &["encode"]),
+                "evens" => (letters('I'..='P'), StringOp::Evens, &[], Some("·"), &["⇢"]),
+                _ => (["♠", "♣", "♥", "♦", "♤", "♧", "♡", "♢"].iter().map(|s| s.to_string()).collect(), StringOp::Stutter, &["twice"], Some("~"), &["!"]),
             };
             let mut table = params.clone();
             table.entry("letters").or_insert_with(|| toml::Value::Array(default_letters.into_iter().map(toml::Value::String).collect()));
@@ -513,7 +634,7 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
             if p.letters.len() < 2 {
                 return Err(ctx.error("letters", p.letters.len(), "needs at least 2 letters"));
             }
-            p.length.check(ctx, "length", 1)?;
+            p.length.check(ctx, "length", if op == StringOp::Evens { 2 } else { 1 })?;
             let space: f64 = (p.length.min..=p.length.max).map(|l| (p.letters.len() as f64).powi(l as i32)).sum();
             if space > 1e15 {
                 return Err(ctx.error("length", format!("[{}, {}]", p.length.min, p.length.max), "too many strings (more than 10^15)"));
@@ -532,7 +653,7 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
                 }
                 _ => letter_ids.clone(),
             };
-            Box::new(Strings { letters: letter_ids, outputs, operator: vocab.intern(operator), lengths: p.length, op })
+            Box::new(Strings { letters: letter_ids, outputs, before: vocab.intern_all(before), between: between.map(|t| vocab.intern(t)), after: vocab.intern_all(after), lengths: p.length, op })
         }
         "brackets" => {
             let p: BracketParams = ctx.parse(params)?;
