@@ -52,6 +52,7 @@ impl BenchConfig {
             norm: Norm::Pre,
             tied_embeddings: true,
             dropout: self.dropout,
+            init: crate::model::Init::Gpt2,
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Activation;
 use crate::error::{Error, Result};
-use crate::model::{ModelShape, Norm};
+use crate::model::{Init, ModelShape, Norm};
 use crate::tasks::spec::{self, SuiteFile, SuiteSpec, TranslateSpec};
 use crate::tasks::Suite;
 
@@ -94,6 +94,9 @@ pub struct ModelConfig {
     pub norm: Norm,
     pub tied_embeddings: bool,
     pub dropout: f64,
+    /// `gpt2` (normal 0.02, residual projections scaled by depth) or
+    /// `fan_in` (normal 1/√fan_in).
+    pub init: Init,
 }
 
 impl Default for ModelConfig {
@@ -108,6 +111,7 @@ impl Default for ModelConfig {
             norm: Norm::Pre,
             tied_embeddings: true,
             dropout: 0.0,
+            init: Init::Gpt2,
         }
     }
 }
@@ -159,6 +163,18 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Write a checkpoint every this many steps (0: never); `--checkpoint-every`.
     pub checkpoint_every: u64,
+    /// What the loss averages over: every answer `token` alike (long
+    /// answers weigh more), or every `example` alike.
+    pub loss_per: LossPer,
+}
+
+/// The unit the training loss weighs equally.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LossPer {
+    #[default]
+    Token,
+    Example,
 }
 
 impl Default for TrainConfig {
@@ -177,6 +193,7 @@ impl Default for TrainConfig {
             grad_clip: 1.0,
             log_every: 10,
             checkpoint_every: 0,
+            loss_per: LossPer::Token,
         }
     }
 }
@@ -219,11 +236,14 @@ pub struct EvalConfig {
     pub examples: usize,
     /// Also evaluate 1, 2, 4, 8, … steps after every schedule event.
     pub after_events: bool,
+    /// A task with fewer held-out problems than this is an error: its
+    /// accuracy would be noise (±1/√n).
+    pub min_examples: usize,
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig { every: 100, examples: 256, after_events: true }
+        EvalConfig { every: 100, examples: 256, after_events: true, min_examples: 32 }
     }
 }
 
@@ -330,8 +350,14 @@ impl Config {
         if self.eval.every == 0 {
             return bad("eval.every", &self.eval.every, "must be at least 1");
         }
-        if self.eval.examples == 0 {
-            return bad("eval.examples", &self.eval.examples, "must be at least 1");
+        if self.eval.examples < self.eval.min_examples.max(1) {
+            return bad("eval.examples", &self.eval.examples, &format!("must be at least eval.min_examples = {}", self.eval.min_examples));
+        }
+        for task in &suite.tasks {
+            let held_out = task.eval_problems(self.eval.examples).len();
+            if held_out < self.eval.min_examples {
+                return bad("eval.min_examples", &self.eval.min_examples, &format!("suite `{}` task `{}` has only {held_out} held-out problems (give it a larger problem space or eval_fraction)", suite.name, task.id));
+            }
         }
         if !(self.analysis.regain > 0.0 && self.analysis.regain <= 1.0) {
             return bad("analysis.regain", &self.analysis.regain, "must be in (0, 1]");
@@ -362,6 +388,7 @@ impl Config {
             norm: m.norm,
             tied_embeddings: m.tied_embeddings,
             dropout: m.dropout,
+            init: m.init,
         }
     }
 

@@ -14,6 +14,10 @@ pub struct Batch<F> {
     pub mask: Vec<F>,      // (rows, ctx): 1 where the target is an answer token or its EOS
     /// The task index each row came from.
     pub row_task: Vec<usize>,
+    /// Each example's answer tokens share a loss weight of 1 (so every
+    /// example weighs the same whatever its answer's length), instead of 1
+    /// per token.
+    pub loss_per_example: bool,
     example: Vec<u32>,
 }
 
@@ -26,12 +30,20 @@ impl<F: Float> Batch<F> {
             targets: vec![PAD; rows * ctx],
             mask: vec![F::zero(); rows * ctx],
             row_task: vec![0; rows],
+            loss_per_example: false,
             example: Vec::with_capacity(ctx + 2),
         }
     }
 
+    pub fn with_loss_per_example(mut self, on: bool) -> Self {
+        self.loss_per_example = on;
+        self
+    }
+
     /// Writes `BOS example EOS` into `row` as inputs and shifted targets;
-    /// `prompt` is how many of `example`'s tokens are prompt.
+    /// `prompt` is how many of `example`'s tokens are prompt. The mask is
+    /// the loss weight of each answer token and the EOS: 1, or 1/(their
+    /// count) with `loss_per_example`.
     pub fn set_row(&mut self, row: usize, example: &[u32], prompt: usize) {
         let t = self.ctx;
         let len = example.len() + 1; // inputs: BOS + example; targets: example + EOS
@@ -43,8 +55,9 @@ impl<F: Float> Batch<F> {
         tgt[..len - 1].copy_from_slice(example);
         tgt[len - 1] = EOS;
         tgt[len..].fill(PAD);
+        let weight = if self.loss_per_example { F::of(1.0 / (len - prompt) as f64) } else { F::one() };
         for (j, m) in mask.iter_mut().enumerate() {
-            *m = if j >= prompt && j < len { F::one() } else { F::zero() };
+            *m = if j >= prompt && j < len { weight } else { F::zero() };
         }
     }
 

@@ -237,7 +237,7 @@ fn every_shipped_suite_trains() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join(suite);
         run_ok(ebb().arg("run").arg(root().join("tasks/quickstart.toml")).arg("--out").arg(&dir).arg("--quiet").args([
-            "--set", &format!("data.suite={suite}.toml"), "--set", "schedule=[]", "--set", "model.n_ctx=56", "--set", "train.steps=30", "--set", "eval.every=30", "--set", "eval.examples=4",
+            "--set", &format!("data.suite={suite}.toml"), "--set", "schedule=[]", "--set", "model.n_ctx=56", "--set", "train.steps=30", "--set", "eval.every=30", "--set", "eval.examples=4", "--set", "eval.min_examples=4",
         ]));
         let loss = metric(&dir, "all", "train", "loss");
         assert!(loss.last().unwrap().1 < loss.first().unwrap().1, "{suite}: loss did not fall: {loss:?}");

@@ -49,3 +49,14 @@ fn bench_sized_model_is_bitwise_identical_at_one_and_two_threads() {
     };
     assert_eq!(fp(1), fp(2));
 }
+
+#[test]
+fn the_fan_in_initialization_is_deterministic_and_differs_from_gpt2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("small.toml");
+    write(&cfg, SMALL_CONFIG);
+    let run = |dir: &str, threads: &str, init: &str| fingerprint(&run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(tmp.path().join(dir)).args(["--threads", threads, "--quiet", "--set", &format!("model.init={init}")])));
+    let (one, two) = (run("f1", "1", "fan_in"), run("f2", "2", "fan_in"));
+    assert_eq!(one, two, "fan_in init differs between 1 and 2 threads");
+    assert_ne!(one, run("g1", "1", "gpt2"));
+}

@@ -42,6 +42,7 @@ digits = 2
 [eval]
 every = 10
 examples = 8
+min_examples = 8
 {extra}"#
     )
 }

@@ -4,13 +4,13 @@
 
 use ebb::backend::Activation;
 use ebb::backend::cpu::CpuBackend;
-use ebb::model::{Gpt, ModelShape, Norm};
+use ebb::model::{Gpt, Init, ModelShape, Norm};
 use ebb::rng;
 
 const BATCH: usize = 2;
 
 fn shape(activation: Activation, norm: Norm, tied_embeddings: bool, dropout: f64) -> ModelShape {
-    ModelShape { vocab: 11, n_ctx: 6, d_model: 8, n_layers: 2, n_heads: 2, d_mlp: 12, activation, norm, tied_embeddings, dropout }
+    ModelShape { vocab: 11, n_ctx: 6, d_model: 8, n_layers: 2, n_heads: 2, d_mlp: 12, activation, norm, tied_embeddings, dropout, init: Init::Gpt2 }
 }
 
 /// Below this magnitude a gradient is compared absolutely rather than
@@ -33,8 +33,9 @@ fn max_relative_error_at(s: ModelShape, batch: usize, dropout_key: Option<u64>) 
     let mut r = rng::stream(3, "gradcheck", 0);
     let tokens: Vec<u32> = (0..n).map(|_| rng::below(&mut r, s.vocab as u64) as u32).collect();
     let targets: Vec<u32> = (0..n).map(|_| rng::below(&mut r, s.vocab as u64) as u32).collect();
-    // Mask out a few positions so masking is exercised.
-    let mask: Vec<f64> = (0..n).map(|i| if i % 5 == 2 { 0.0 } else { 1.0 }).collect();
+    // Mask out a few positions so masking is exercised, and weigh the others
+    // unequally, as the loss does when it weighs examples rather than tokens.
+    let mask: Vec<f64> = (0..n).map(|i| if i % 5 == 2 { 0.0 } else { 1.0 / (1 + i % 3) as f64 }).collect();
     // Perturb the initial parameters so LayerNorm gains and biases are not at
     // their special values 1 and 0, and attention is far from uniform.
     for p in model.params.iter_mut() {
@@ -83,6 +84,13 @@ fn gradients_match_finite_differences_with_untied_embeddings() {
 }
 
 #[test]
+fn gradients_match_finite_differences_from_the_fan_in_initialization() {
+    let s = ModelShape { init: Init::FanIn, ..shape(Activation::Gelu, Norm::Pre, false, 0.0) };
+    let (err, at) = max_relative_error(s, None);
+    assert!(err < 1e-6, "relative error {err:e} at {at}");
+}
+
+#[test]
 fn gradients_match_finite_differences_through_a_fixed_dropout_mask() {
     let (err, at) = max_relative_error(shape(Activation::Gelu, Norm::Pre, true, 0.3), Some(12345));
     assert!(err < 1e-6, "relative error {err:e} at {at}");
@@ -92,7 +100,7 @@ fn gradients_match_finite_differences_through_a_fixed_dropout_mask() {
 fn gradients_match_finite_differences_with_a_context_of_several_attention_blocks() {
     // The causal attention products work in blocks of positions; a context
     // of 45 covers full blocks, a partial one and the skipped upper blocks.
-    let s = ModelShape { vocab: 5, n_ctx: 45, d_model: 4, n_layers: 1, n_heads: 2, d_mlp: 4, activation: Activation::Gelu, norm: Norm::Pre, tied_embeddings: true, dropout: 0.0 };
+    let s = ModelShape { vocab: 5, n_ctx: 45, d_model: 4, n_layers: 1, n_heads: 2, d_mlp: 4, activation: Activation::Gelu, norm: Norm::Pre, tied_embeddings: true, dropout: 0.0, init: Init::Gpt2 };
     let (err, at) = max_relative_error_at(s, 1, None);
     assert!(err < 1e-6, "relative error {err:e} at {at}");
 }

@@ -35,6 +35,7 @@ modulus = 7
 [eval]
 every = 5
 examples = 16
+min_examples = 16
 
 [[schedule]]
 step = 30

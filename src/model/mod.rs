@@ -19,6 +19,19 @@ pub enum Norm {
     None,
 }
 
+/// How the initial parameters are drawn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Init {
+    /// Weights and embeddings normal(0, 0.02), residual output projections
+    /// normal(0, 0.02/√(2·layers)).
+    #[default]
+    Gpt2,
+    /// Every weight matrix normal(0, 1/√fan_in) (fan_in: its input width);
+    /// the token and position embeddings normal(0, 1/√d_model).
+    FanIn,
+}
+
 /// Everything that fixes the model's shapes and arithmetic.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelShape {
@@ -32,6 +45,7 @@ pub struct ModelShape {
     pub norm: Norm,
     pub tied_embeddings: bool,
     pub dropout: f64,
+    pub init: Init,
 }
 
 impl ModelShape {

@@ -153,7 +153,7 @@ impl<'a, B: Backend> Run<'a, B> {
             _lock: lock,
             trainer,
             stream: TrainStream::new(suite, cfg.data.full_batch),
-            batch: Batch::new(rows, ctx),
+            batch: Batch::new(rows, ctx).with_loss_per_example(cfg.train.loss_per == crate::config::LossPer::Example),
             evaluators,
             metrics: MetricsLog::new(out.join("metrics.csv"), "step,task,split,metric,value").with_jsonl(),
             events: MetricsLog::new(out.join("events.csv"), "step,event,task,value"),

@@ -93,4 +93,5 @@ digits = 1
 [eval]
 every = 10
 examples = 8
+min_examples = 8
 "#;
