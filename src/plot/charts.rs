@@ -50,6 +50,9 @@ pub fn color(index: usize) -> RGBColor {
     RGBColor(r, g, b)
 }
 
+/// (step, value) points of a curve.
+type Points = Vec<(f64, f64)>;
+
 /// One line to draw: a task (or the mean of a group of tasks).
 #[derive(Clone, Debug)]
 struct Line {
@@ -73,7 +76,7 @@ impl Line {
 
     /// The 95% Wilson band (lower, upper) of a one-task line, when logged
     /// (a mean over tasks has no binomial interval; old runs have no band).
-    fn band(&self, data: &RunData) -> Option<(Vec<(f64, f64)>, Vec<(f64, f64)>)> {
+    fn band(&self, data: &RunData) -> Option<(Points, Points)> {
         let (lo, hi) = (self.points(data, "exact_match_lo"), self.points(data, "exact_match_hi"));
         (self.task_ids.len() == 1 && !lo.is_empty() && lo.len() == hi.len()).then_some((lo, hi))
     }
