@@ -1,5 +1,7 @@
-//! Evaluation on a task's fixed held-out set: loss on answer tokens, token
-//! accuracy, exact match and the probability of the whole correct answer.
+//! Evaluation on a fixed list of a task's problems (its held-out set, or a
+//! sample of its finite training set): loss on answer tokens, token
+//! accuracy, exact match with its 95% Wilson interval, and the probability
+//! of the whole correct answer.
 //!
 //! Exact match is measured by teacher forcing: an answer counts when every
 //! answer token (and the EOS) is the model's top choice given the correct
@@ -19,17 +21,48 @@ pub struct EvalResult {
     pub loss: f64,
     pub token_acc: f64,
     pub exact_match: f64,
+    /// The 95% Wilson score interval of `exact_match` over the examples.
+    pub exact_match_lo: f64,
+    pub exact_match_hi: f64,
     /// Mean over examples of P(whole answer | prompt).
     pub p_correct: f64,
 }
 
 impl EvalResult {
-    pub fn metrics(&self) -> [(&'static str, f64); 4] {
-        [("loss", self.loss), ("token_acc", self.token_acc), ("exact_match", self.exact_match), ("p_correct", self.p_correct)]
+    pub fn metrics(&self) -> [(&'static str, f64); 6] {
+        [
+            ("loss", self.loss),
+            ("token_acc", self.token_acc),
+            ("exact_match", self.exact_match),
+            ("exact_match_lo", self.exact_match_lo),
+            ("exact_match_hi", self.exact_match_hi),
+            ("p_correct", self.p_correct),
+        ]
     }
 }
 
-/// A task's held-out set, rendered once, and the buffers to evaluate it.
+/// The normal quantile of a two-sided 95% interval.
+const Z95: f64 = 1.959963984540054;
+
+/// The 95% Wilson score interval of a binomial proportion: `successes` of
+/// `n` trials. Total: no trials give the uninformative (0, 1).
+pub fn wilson_interval(successes: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (k, n) = (successes.min(n) as f64, n as f64);
+    let p = k / n;
+    let z2 = Z95 * Z95;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = Z95 * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / (1.0 + z2 / n);
+    // At 0 and n the bound is exactly the end point; rounding would move it.
+    let lo = if k == 0.0 { 0.0 } else { centre - half };
+    let hi = if k == n { 1.0 } else { centre + half };
+    (lo, hi)
+}
+
+/// A fixed list of a task's problems, rendered once, and the buffers to
+/// evaluate the model on them.
 pub struct Evaluator<F> {
     examples: Vec<(Vec<u32>, usize)>,
     batch: Batch<F>,
@@ -39,10 +72,14 @@ pub struct Evaluator<F> {
 impl<F: Float> Evaluator<F> {
     /// Renders up to `examples` of `task`'s held-out problems.
     pub fn new(task: &Task, examples: usize, rows: usize, ctx: usize, vocab: usize) -> Self {
-        let examples = task
-            .eval_problems(examples)
-            .into_iter()
-            .map(|p| {
+        Self::for_problems(task, &task.eval_problems(examples), rows, ctx, vocab)
+    }
+
+    /// Renders the given problems of `task`.
+    pub fn for_problems(task: &Task, problems: &[u64], rows: usize, ctx: usize, vocab: usize) -> Self {
+        let examples = problems
+            .iter()
+            .map(|&p| {
                 let mut out = Vec::new();
                 let prompt = task.render(p, &mut out);
                 (out, prompt)
@@ -51,7 +88,7 @@ impl<F: Float> Evaluator<F> {
         Evaluator { examples, batch: Batch::new(rows, ctx), probs: vec![F::zero(); rows * ctx * vocab] }
     }
 
-    /// How many held-out examples this evaluator scores.
+    /// How many examples this evaluator scores.
     pub fn len(&self) -> usize {
         self.examples.len()
     }
@@ -60,8 +97,8 @@ impl<F: Float> Evaluator<F> {
         self.examples.is_empty()
     }
 
-    /// Evaluates the model on the whole held-out set (no dropout; the
-    /// training streams are untouched).
+    /// Evaluates the model on all its examples (no dropout; the training
+    /// streams are untouched).
     pub fn run<B: Backend<F = F>>(&mut self, backend: &B, model: &mut Gpt<B>) -> EvalResult {
         let (rows, t, v) = (self.batch.rows, self.batch.ctx, model.shape.vocab);
         let (mut loss, mut tokens, mut correct_tokens, mut exact, mut p_correct) = (0.0, 0usize, 0usize, 0usize, 0.0);
@@ -97,6 +134,41 @@ impl<F: Float> Evaluator<F> {
             }
         }
         let n = self.examples.len() as f64;
-        EvalResult { loss: loss / tokens as f64, token_acc: correct_tokens as f64 / tokens as f64, exact_match: exact as f64 / n, p_correct: p_correct / n }
+        let (exact_match_lo, exact_match_hi) = wilson_interval(exact, self.examples.len());
+        EvalResult { loss: loss / tokens as f64, token_acc: correct_tokens as f64 / tokens as f64, exact_match: exact as f64 / n, exact_match_lo, exact_match_hi, p_correct: p_correct / n }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wilson_interval;
+
+    #[test]
+    fn wilson_interval_matches_known_values() {
+        // Reference values from the closed form and, independently, from
+        // bisection on (k/n − p)² = z²·p(1 − p)/n (Python, double precision).
+        let cases = [
+            (0, 10, 0.0, 0.277_532_799_862_889_3),
+            (5, 10, 0.236_593_090_512_564, 0.763_406_909_487_436_1),
+            (10, 10, 0.722_467_200_137_110_7, 1.0),
+            (37, 100, 0.281_823_605_343_245_24, 0.467_794_704_190_570_9),
+            (0, 1, 0.0, 0.793_450_685_622_762_6),
+        ];
+        for (k, n, lo, hi) in cases {
+            let (l, h) = wilson_interval(k, n);
+            assert!((l - lo).abs() < 1e-12 && (h - hi).abs() < 1e-12, "{k}/{n}: got ({l}, {h}), want ({lo}, {hi})");
+        }
+    }
+
+    #[test]
+    fn wilson_interval_is_total_and_ordered() {
+        assert_eq!(wilson_interval(0, 0), (0.0, 1.0));
+        for n in 1..60 {
+            for k in 0..=n {
+                let (lo, hi) = wilson_interval(k, n);
+                let p = k as f64 / n as f64;
+                assert!(0.0 <= lo && lo <= p && p <= hi && hi <= 1.0, "{k}/{n}: ({lo}, {hi})");
+            }
+        }
     }
 }

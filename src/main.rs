@@ -366,7 +366,7 @@ fn train(cfg: &Config, suite: &ebb::tasks::Suite, out: &std::path::Path, quiet: 
     println!("run {} finished in {:.1}s: {} parameters, suite {} ({} tasks)", cfg.name, outcome.seconds, outcome.n_params, suite.name, suite.tasks.len());
     for (task, e) in &outcome.final_eval {
         let chance = suite.task(task).map_or(0.0, |t| t.chance);
-        println!("  {task:<16} exact_match {:.3} (chance {chance:.3})  token_acc {:.3}  loss {:.4}", e.exact_match, e.token_acc, e.loss);
+        println!("  {task:<16} exact_match {:.3} [95% {:.3}, {:.3}] (chance {chance:.3})  token_acc {:.3}  loss {:.4}", e.exact_match, e.exact_match_lo, e.exact_match_hi, e.token_acc, e.loss);
     }
     if let Some(summary) = std::fs::read_to_string(out.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok()) {
         print_drops(&summary);

@@ -13,7 +13,8 @@ fn run_in(dir: &std::path::Path, cfg: &std::path::Path, threads: &str) -> (Strin
 fn one_and_two_threads_and_a_repeat_give_identical_parameters_and_metrics() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("small.toml");
-    write(&cfg, SMALL_CONFIG);
+    // A finite training set, so its train-split evaluation is covered too.
+    write(&cfg, &SMALL_CONFIG.replace("digits = 1\n", "digits = 1\ntrain_examples = 24\n"));
     let one = run_in(&tmp.path().join("t1"), &cfg, "1");
     let two = run_in(&tmp.path().join("t2"), &cfg, "2");
     let again = run_in(&tmp.path().join("t2-again"), &cfg, "2");
@@ -21,6 +22,7 @@ fn one_and_two_threads_and_a_repeat_give_identical_parameters_and_metrics() {
     assert_eq!(one.1, two.1, "metrics.csv differs between 1 and 2 threads");
     assert_eq!(two, again, "a repeated run differs");
     assert!(one.1.lines().count() > 20, "metrics.csv holds the logged rows");
+    assert!(one.1.contains(",add1,train,exact_match,"), "the training-set sample is evaluated");
 }
 
 #[test]

@@ -87,10 +87,45 @@ fn a_drop_takes_effect_exactly_at_its_step() {
 fn evaluating_every_step_does_not_change_training() {
     let tmp = tempfile::tempdir().unwrap();
     let schedule = "[[schedule]]\nstep = 15\ndrop = [\"add2\"]\n[[schedule]]\nstep = 30\nrevive = [\"add2\"]\n";
-    let sparse = run_config(&tmp.path().join("sparse"), &two_tasks(schedule).replace("every = 10", "every = 100"), &[]);
-    let dense = run_config(&tmp.path().join("dense"), &two_tasks(schedule).replace("every = 10", "every = 1"), &[]);
+    // add2's finite training set is evaluated too (split = train) at every evaluation.
+    let text = two_tasks(schedule).replace("digits = 2\n", "digits = 2\ntrain_examples = 32\n");
+    let sparse = run_config(&tmp.path().join("sparse"), &text.replace("every = 10", "every = 100"), &[]);
+    let dense = run_config(&tmp.path().join("dense"), &text.replace("every = 10", "every = 1"), &[]);
     assert_eq!(fingerprint(&sparse), fingerprint(&dense));
     assert_eq!(metric(&tmp.path().join("dense/run"), "add1", "eval", "exact_match").len(), 41);
+    assert_eq!(metric(&tmp.path().join("dense/run"), "add2", "train", "exact_match").len(), 41);
+}
+
+#[test]
+fn a_tiny_training_set_is_evaluated_on_the_train_split_and_memorized() {
+    let tmp = tempfile::tempdir().unwrap();
+    // add2 trains on 16 problems only and is scored on the first 12 of them;
+    // add1 has no finite training set, so no train-split rows.
+    let text = two_tasks("").replace("digits = 2\n", "digits = 2\ntrain_examples = 16\n").replace("examples = 8", "examples = 12").replace("steps = 40", "steps = 300").replace("every = 10", "every = 50");
+    run_config(tmp.path(), &text, &[]);
+    let dir = tmp.path().join("run");
+    let held_out = metric(&dir, "add2", "eval", "exact_match");
+    let steps: Vec<u64> = held_out.iter().map(|r| r.0).collect();
+    assert_eq!(steps, vec![0, 50, 100, 150, 200, 250, 300]);
+    for name in ["loss", "token_acc", "exact_match", "exact_match_lo", "exact_match_hi", "p_correct"] {
+        assert_eq!(metric(&dir, "add2", "train", name).iter().map(|r| r.0).collect::<Vec<_>>(), steps, "add2 train {name}");
+        assert!(metric(&dir, "add1", "train", name).is_empty(), "add1 has no finite training set");
+    }
+    // Every row's interval is the Wilson interval of k of 12 examples.
+    let (exact, lo, hi) = (metric(&dir, "add2", "train", "exact_match"), metric(&dir, "add2", "train", "exact_match_lo"), metric(&dir, "add2", "train", "exact_match_hi"));
+    for ((e, l), h) in exact.iter().zip(&lo).zip(&hi) {
+        let k = (e.1 * 12.0).round();
+        assert!((e.1 * 12.0 - k).abs() < 1e-9, "exact match {} is not k/12", e.1);
+        assert_eq!((l.1, h.1), ebb::eval::wilson_interval(k as usize, 12), "step {}", e.0);
+    }
+    let (train_end, held_end) = (exact.last().unwrap().1, held_out.last().unwrap().1);
+    assert!(train_end >= 0.9, "16 problems were not memorized: train-split exact match {train_end}");
+    assert!(train_end >= held_end, "train {train_end} < held out {held_end}");
+    // The analysis keeps the two kinds of train rows apart.
+    let data = ebb::analysis::RunData::load(&dir).unwrap();
+    assert_eq!(data.train.keys().map(String::as_str).collect::<Vec<_>>(), ["grad_norm", "loss", "lr"]);
+    assert_eq!(data.train_series("add2", "exact_match").len(), steps.len());
+    assert!(data.train_series("add1", "exact_match").is_empty());
 }
 
 /// A config big enough that writing a checkpoint takes a good share of each

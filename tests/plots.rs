@@ -70,7 +70,7 @@ fn a_run_draws_every_plot_and_a_report_holding_them() {
     let tmp = tempfile::tempdir().unwrap();
     run(tmp.path(), CONFIG);
     let dir = tmp.path().join("run");
-    let names = ["accuracy", "loss", "retention", "retention_log"];
+    let names = ["accuracy", "accuracy_tasks", "loss", "retention", "retention_log"];
     for name in names {
         let (w, h, colours) = decode(&dir.join("plots").join(format!("{name}.png")));
         assert_eq!((w, h), (1000, 600), "{name}");
@@ -79,6 +79,7 @@ fn a_run_draws_every_plot_and_a_report_holding_them() {
     let report = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert_eq!(report.matches("<svg").count(), names.len(), "one inline SVG per plot");
     assert!(!report.contains("<script") && !report.contains("src=\"http") && !report.contains("href=\"http"), "the report loads nothing");
+    assert!(report.contains("<polygon"), "the Wilson bands are drawn");
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     let drop = &summary["drops"][0];
     for key in ["accuracy_at_drop", "aurc"] {
@@ -93,17 +94,20 @@ fn plot_redraws_an_interrupted_run_from_its_files() {
     let tmp = tempfile::tempdir().unwrap();
     run(tmp.path(), CONFIG);
     let dir = tmp.path().join("run");
-    // Cut the logs back to step 40 and remove what the end of a run writes.
+    // Cut the logs back to step 40, drop the Wilson rows (as in runs logged
+    // before they existed) and remove what the end of a run writes.
     let metrics = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-    let cut: String = metrics.lines().filter(|l| l.starts_with("step") || l.split(',').next().unwrap().parse::<u64>().unwrap() <= 40).map(|l| format!("{l}\n")).collect();
+    let old = |l: &&str| !l.contains(",exact_match_lo,") && !l.contains(",exact_match_hi,");
+    let cut: String = metrics.lines().filter(old).filter(|l| l.starts_with("step") || l.split(',').next().unwrap().parse::<u64>().unwrap() <= 40).map(|l| format!("{l}\n")).collect();
     std::fs::write(dir.join("metrics.csv"), cut).unwrap();
     std::fs::remove_dir_all(dir.join("plots")).unwrap();
     std::fs::remove_file(dir.join("summary.json")).unwrap();
     std::fs::remove_file(dir.join("report.html")).unwrap();
     run_ok(ebb().arg("plot").arg(&dir).args(["--format", "svg"]));
-    for name in ["accuracy", "loss", "retention", "retention_log"] {
+    for name in ["accuracy", "accuracy_tasks", "loss", "retention", "retention_log"] {
         let svg = std::fs::read_to_string(dir.join("plots").join(format!("{name}.svg"))).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("<text"), "{name}.svg");
+        assert!(!svg.contains("<polygon"), "{name}.svg: a band without its rows");
     }
     let report = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(report.contains("Interrupted: logged up to step 40 of 60"), "the report says the run is incomplete");

@@ -52,8 +52,13 @@ pub struct RunData {
     pub events: Vec<EventRow>,
     /// (task, metric) → (step, value), eval split, sorted by step.
     pub eval: BTreeMap<(String, String), Vec<(u64, f64)>>,
-    /// metric → (step, value) of the train split (loss, lr, grad_norm).
+    /// metric → (step, value) of the training batches (split `train`,
+    /// task `all`: loss, lr, grad_norm).
     pub train: BTreeMap<String, Vec<(u64, f64)>>,
+    /// (task, metric) → (step, value), split `train` of one task: the
+    /// evaluation of a task with a finite training set on a fixed sample of
+    /// it, sorted by step.
+    pub train_eval: BTreeMap<(String, String), Vec<(u64, f64)>>,
     /// The last step with any logged row.
     pub last_step: u64,
 }
@@ -87,6 +92,7 @@ impl RunData {
         }
         let mut eval: BTreeMap<(String, String), Vec<(u64, f64)>> = BTreeMap::new();
         let mut train: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
+        let mut train_eval: BTreeMap<(String, String), Vec<(u64, f64)>> = BTreeMap::new();
         let mut last_step = 0;
         for line in read(dir, "metrics.csv")?.lines().skip(1) {
             let f: Vec<&str> = line.split(',').collect();
@@ -96,17 +102,18 @@ impl RunData {
             let step: u64 = f[0].parse().map_err(|_| bad("metrics.csv", line))?;
             last_step = last_step.max(step);
             let value: f64 = f[4].parse().map_err(|_| bad("metrics.csv", line))?;
-            match f[2] {
-                "eval" => eval.entry((f[1].into(), f[3].into())).or_default().push((step, value)),
-                "train" => train.entry(f[3].into()).or_default().push((step, value)),
+            match (f[2], f[1]) {
+                ("eval", task) => eval.entry((task.into(), f[3].into())).or_default().push((step, value)),
+                ("train", "all") => train.entry(f[3].into()).or_default().push((step, value)),
+                ("train", task) => train_eval.entry((task.into(), f[3].into())).or_default().push((step, value)),
                 _ => {}
             }
         }
-        for series in eval.values_mut() {
+        for series in eval.values_mut().chain(train_eval.values_mut()) {
             series.sort_by_key(|p| p.0);
             series.dedup_by_key(|p| p.0);
         }
-        Ok(RunData { config, tasks, events, eval, train, last_step })
+        Ok(RunData { config, tasks, events, eval, train, train_eval, last_step })
     }
 
     pub fn accuracy(&self, task: &str) -> &[(u64, f64)] {
@@ -116,6 +123,12 @@ impl RunData {
     /// An eval metric of a task over steps.
     pub fn series(&self, task: &str, metric: &str) -> &[(u64, f64)] {
         self.eval.get(&(task.to_string(), metric.to_string())).map_or(&[], Vec::as_slice)
+    }
+
+    /// A metric of a task on its training-set sample over steps (empty for
+    /// tasks without a finite training set).
+    pub fn train_series(&self, task: &str, metric: &str) -> &[(u64, f64)] {
+        self.train_eval.get(&(task.to_string(), metric.to_string())).map_or(&[], Vec::as_slice)
     }
 }
 

@@ -50,6 +50,9 @@ pub fn color(index: usize) -> RGBColor {
     RGBColor(r, g, b)
 }
 
+/// (step, value) points of a curve.
+type Points = Vec<(f64, f64)>;
+
 /// One line to draw: a task (or the mean of a group of tasks).
 #[derive(Clone, Debug)]
 struct Line {
@@ -63,7 +66,24 @@ struct Line {
 impl Line {
     /// The mean of `metric` over the line's tasks at each logged step.
     fn points(&self, data: &RunData, metric: &str) -> Vec<(f64, f64)> {
-        let series: Vec<&[(u64, f64)]> = self.task_ids.iter().map(|t| data.series(t, metric)).collect();
+        self.mean_of(|t| data.series(t, metric))
+    }
+
+    /// Exact match on the tasks' training-set samples (empty when they have none).
+    fn train_points(&self, data: &RunData) -> Vec<(f64, f64)> {
+        self.mean_of(|t| data.train_series(t, "exact_match"))
+    }
+
+    /// The 95% Wilson band (lower, upper) of a one-task line, when logged
+    /// (a mean over tasks has no binomial interval; old runs have no band).
+    fn band(&self, data: &RunData) -> Option<(Points, Points)> {
+        let (lo, hi) = (self.points(data, "exact_match_lo"), self.points(data, "exact_match_hi"));
+        (self.task_ids.len() == 1 && !lo.is_empty() && lo.len() == hi.len()).then_some((lo, hi))
+    }
+
+    /// The mean over the line's tasks of `series(task)` at each step all have.
+    fn mean_of<'d>(&self, series: impl Fn(&str) -> &'d [(u64, f64)]) -> Vec<(f64, f64)> {
+        let series: Vec<&[(u64, f64)]> = self.task_ids.iter().map(|t| series(t)).collect();
         let Some(first) = series.first() else { return Vec::new() };
         first
             .iter()
@@ -134,6 +154,44 @@ where
     Ok(())
 }
 
+/// A light translucent band between `lo` and `hi` (same steps) in `color`.
+fn draw_band<'a, DB: DrawingBackend + 'a, X, Y>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>, lo: &[(f64, f64)], hi: &[(f64, f64)], color: RGBColor) -> DrawResult
+where
+    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+{
+    let outline: Vec<(f64, f64)> = hi.iter().chain(lo.iter().rev()).copied().collect();
+    chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.18).filled()))).map_err(err)?;
+    Ok(())
+}
+
+/// A thin dotted line: a task's exact match on its training problems.
+fn draw_train<'a, DB: DrawingBackend + 'a, X, Y>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>, pts: &[(f64, f64)], color: RGBColor) -> DrawResult
+where
+    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+{
+    chart.draw_series(DashedLineSeries::new(pts.iter().copied(), 2, 4, ShapeStyle::from(&color).stroke_width(2))).map_err(err)?;
+    Ok(())
+}
+
+/// Legend entries (after the tasks') for the band and the dotted line.
+fn band_and_train_legend<'a, DB: DrawingBackend + 'a, X, Y>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>, band: Option<&str>, train: bool) -> DrawResult
+where
+    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+{
+    let nothing = || std::iter::empty::<PathElement<(f64, f64)>>();
+    if let Some(band) = band {
+        chart.draw_series(nothing()).map_err(err)?.label(band).legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], RGBColor(120, 120, 120).mix(0.3).filled()));
+    }
+    if train {
+        let dot = |x| Circle::new((x, 0), 1, BLACK.filled());
+        chart.draw_series(nothing()).map_err(err)?.label("dotted: on the task's training problems").legend(move |(x, y)| EmptyElement::at((x, y)) + dot(2) + dot(10) + dot(18));
+    }
+    Ok(())
+}
+
 /// Vertical markers for drop (red) and revive (green) events, with shaded
 /// spans while tasks are dropped.
 fn draw_schedule<'a, DB: DrawingBackend + 'a, X, Y>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>, data: &RunData, y: (f64, f64)) -> DrawResult
@@ -175,7 +233,10 @@ fn max_step(data: &RunData) -> f64 {
     (data.last_step.max(1)) as f64
 }
 
-/// Exact match of every task over training, the schedule marked.
+/// Exact match of every task over training, the schedule marked; the Wilson
+/// band of each dropped task and, dotted, exact match on the training
+/// problems of tasks with a finite training set. Every task's band is in
+/// `AccuracyPanels`: ten overlapping bands here would be unreadable.
 pub struct Accuracy<'a>(&'a RunData);
 
 impl Accuracy<'_> {
@@ -192,10 +253,21 @@ impl Accuracy<'_> {
         chart.configure_mesh().x_desc("training step").y_desc("exact match").x_label_formatter(&|v| format!("{v:.0}")).label_style((FONT, 14)).axis_desc_style((FONT, 15)).light_line_style(WHITE.mix(0.0)).draw().map_err(err)?;
         draw_schedule(&mut chart, data, (0.0, 1.02))?;
         let lines = lines(data);
+        let (mut banded, mut trained) = (false, false);
+        for line in &lines {
+            if let Some((lo, hi)) = line.band(data).filter(|_| line.dashed_from.is_some()) {
+                draw_band(&mut chart, &lo, &hi, line.color)?;
+                banded = true;
+            }
+            let train = line.train_points(data);
+            trained |= !train.is_empty();
+            draw_train(&mut chart, &train, line.color)?;
+        }
         for line in &lines {
             draw_line(&mut chart, &line.points(data, "exact_match"), line, 2)?;
         }
-        legend(&mut chart, lines.len(), SeriesLabelPosition::UpperLeft)
+        band_and_train_legend(&mut chart, banded.then_some("95% Wilson interval (dropped tasks)"), trained)?;
+        legend(&mut chart, lines.len() + banded as usize + trained as usize, SeriesLabelPosition::UpperLeft)
     }
 }
 
@@ -205,6 +277,51 @@ impl Chart for Accuracy<'_> {
     }
     fn title(&self) -> String {
         "Exact match of every task".into()
+    }
+    both_backends!();
+}
+
+/// Small multiples: one panel per line of `Accuracy`, each with its Wilson
+/// band and, dotted, its exact match on its training problems.
+pub struct AccuracyPanels<'a>(&'a RunData);
+
+impl AccuracyPanels<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
+        let data = self.0;
+        area.fill(&WHITE).map_err(err)?;
+        let lines = lines(data);
+        let has_train = lines.iter().any(|l| !l.train_points(data).is_empty());
+        let title = format!("{}: exact match on held-out problems, shaded: 95% Wilson interval{}", data.config.name, if has_train { ", dotted: on the task's training problems" } else { "" });
+        let area = area.titled(&title, (FONT, 17)).map_err(err)?;
+        // Panels about as wide as the plot's aspect: 10 tasks in 5 × 2.
+        let cols = ((lines.len() as f64 * super::WIDTH as f64 / super::HEIGHT as f64).sqrt().ceil() as usize).clamp(1, lines.len().max(1));
+        let rows = lines.len().div_ceil(cols).max(1);
+        for (panel, line) in area.split_evenly((rows, cols)).iter().zip(&lines) {
+            let mut chart = ChartBuilder::on(panel)
+                .caption(&line.label, (FONT, 13).into_font().color(&line.color))
+                .margin(6)
+                .x_label_area_size(20)
+                .y_label_area_size(36)
+                .build_cartesian_2d(0f64..max_step(data), 0f64..1.02f64)
+                .map_err(err)?;
+            chart.configure_mesh().x_labels(3).y_labels(3).x_label_formatter(&|v| format!("{v:.0}")).label_style((FONT, 11)).light_line_style(WHITE.mix(0.0)).draw().map_err(err)?;
+            draw_schedule(&mut chart, data, (0.0, 1.02))?;
+            if let Some((lo, hi)) = line.band(data) {
+                draw_band(&mut chart, &lo, &hi, line.color)?;
+            }
+            draw_train(&mut chart, &line.train_points(data), line.color)?;
+            draw_line(&mut chart, &line.points(data, "exact_match"), line, 2)?;
+        }
+        Ok(())
+    }
+}
+
+impl Chart for AccuracyPanels<'_> {
+    fn name(&self) -> &'static str {
+        "accuracy_tasks"
+    }
+    fn title(&self) -> String {
+        "Exact match of each task with its 95% Wilson interval".into()
     }
     both_backends!();
 }
@@ -426,10 +543,11 @@ impl Chart for Matrix {
     both_backends!();
 }
 
-/// The charts that apply to a run: accuracy and loss always; retention when
+/// The charts that apply to a run: accuracy (overview and per task) and
+/// loss always; retention when
 /// a task was dropped and learned; the matrix for sequential runs.
 pub fn charts_for<'a>(data: &'a RunData, summary: &Value) -> Vec<Box<dyn Chart + 'a>> {
-    let mut charts: Vec<Box<dyn Chart + 'a>> = vec![Box::new(Accuracy(data)), Box::new(Loss(data))];
+    let mut charts: Vec<Box<dyn Chart + 'a>> = vec![Box::new(Accuracy(data)), Box::new(AccuracyPanels(data)), Box::new(Loss(data))];
     let run = data.config.name.clone();
     let color_of = |id: &str| color(data.tasks.iter().position(|t| t.id == id).unwrap_or(0));
     let curves: Vec<DropCurve> = summary["drops"]

@@ -84,6 +84,8 @@ pub struct Run<'a, B: Backend> {
     stream: TrainStream,
     batch: Batch<B::F>,
     evaluators: Vec<Evaluator<B::F>>,
+    /// Per task with a finite training set, a fixed sample of it.
+    train_evaluators: Vec<Option<Evaluator<B::F>>>,
     metrics: MetricsLog,
     events: MetricsLog,
     timing: MetricsLog,
@@ -144,6 +146,8 @@ impl<'a, B: Backend> Run<'a, B> {
         let model = Gpt::new(backend, shape.clone(), rows, cfg.seed);
         let trainer = Trainer::new(backend, model, cfg.train.clone(), cfg.seed);
         let evaluators = suite.tasks.iter().map(|t| Evaluator::new(t, cfg.eval.examples, rows, ctx, shape.vocab)).collect();
+        // The first `eval.examples` problems of the (seeded, shuffled) training set.
+        let train_evaluators = suite.tasks.iter().map(|t| t.train_set.as_deref().map(|set| Evaluator::for_problems(t, &set[..set.len().min(cfg.eval.examples)], rows, ctx, shape.vocab))).collect();
         Run {
             backend,
             cfg,
@@ -155,6 +159,7 @@ impl<'a, B: Backend> Run<'a, B> {
             stream: TrainStream::new(suite, cfg.data.full_batch),
             batch: Batch::new(rows, ctx).with_loss_per_example(cfg.train.loss_per == crate::config::LossPer::Example),
             evaluators,
+            train_evaluators,
             metrics: MetricsLog::new(out.join("metrics.csv"), "step,task,split,metric,value").with_jsonl(),
             events: MetricsLog::new(out.join("events.csv"), "step,event,task,value"),
             timing: MetricsLog::new(out.join("timing.csv"), "step,seconds,tokens_per_s"),
@@ -249,18 +254,23 @@ impl<'a, B: Backend> Run<'a, B> {
         Ok(())
     }
 
-    /// Evaluates every task, dropped or not, and logs its metrics at `step`.
+    /// Evaluates every task, dropped or not, on its held-out set (split
+    /// `eval`) and, when it has a finite training set, on a fixed sample of
+    /// it (split `train`); logs their metrics at `step`.
     fn evaluate(&mut self, step: u64) {
         let (backend, trainer, metrics) = (self.backend, &mut self.trainer, &mut self.metrics);
         self.last_eval = self
             .suite
             .tasks
             .iter()
-            .zip(self.evaluators.iter_mut())
-            .map(|(task, evaluator)| {
-                let result = evaluator.run(backend, &mut trainer.model);
-                for (metric, value) in result.metrics() {
-                    metrics.row(format_args!("{step},{},eval,{metric},{value}", task.id));
+            .zip(self.evaluators.iter_mut().zip(self.train_evaluators.iter_mut()))
+            .map(|(task, (held_out, train))| {
+                let result = held_out.run(backend, &mut trainer.model);
+                let train = train.as_mut().map(|e| e.run(backend, &mut trainer.model));
+                for (split, r) in [("eval", Some(&result)), ("train", train.as_ref())] {
+                    for (metric, value) in r.into_iter().flat_map(EvalResult::metrics) {
+                        metrics.row(format_args!("{step},{},{split},{metric},{value}", task.id));
+                    }
                 }
                 (task.id.clone(), result)
             })
