@@ -544,7 +544,7 @@ fn answer_determining_content(s: &Suite, task: usize, p: u64) -> String {
         "fibonacci" => terms(prompt, &["f,"]).iter().rev().take(2).map(|x| x.join(" ")).collect::<Vec<_>>().join(" | "),
         // Period 4: the last four words, in order, fix every later word.
         "phrase" => prompt[prompt.len() - 4..].join(" "),
-        "copy" | "stutter" | "reverse" => prompt.join(" "),
+        "copy" | "stutter" | "reverse" | "swap" => prompt.join(" "),
         "sort" => sorted(prompt.to_vec()),
         "evens" => prompt.iter().filter(|w| **w != "·").step_by(2).copied().collect::<Vec<_>>().join(" "),
         "brackets" => {

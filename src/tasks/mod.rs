@@ -273,7 +273,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("phrase", "suite A: a phrase of `period` words (\"brink bronk poot toot\"), new in every problem, repeated; continue it"),
     ("count", "suite A: counting in base k from a random start; write the next numbers"),
     ("pattern", "a fixed periodic symbol pattern; continue it"),
-    ("fibonacci", "suite A: Fibonacci mod m in fixed-width numbers from two terms; continue it"),
+    ("fibonacci", "Fibonacci mod m in fixed-width numbers from two terms; continue it"),
     ("copy", "suite A: copy a string (`a b c copy`)"),
     ("reverse", "suite A: reverse a string (`⟪ i j k ⟫`)"),
     ("sort", "suite A: sort a string's letters (`sort q s r ;`)"),
@@ -281,6 +281,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("cipher", "encode a word with a fixed substitution cipher (`A B encode`)"),
     ("evens", "suite A: every other letter of a string, from the first (`I · J · K ⇢`)"),
     ("stutter", "suite A: every symbol of a string twice (`twice ♠ ~ ♣ !`)"),
+    ("swap", "suite A: a string's letters swapped in adjacent pairs (`⌈ а б в г ⌋ ⇄`)"),
     ("arithmetic", "suite B: \"a op b = c\" in one surface form (digits, words, zu, ko, prefix, reversed, base7, binary, roman, tally)"),
     ("translate", "suite C/D: a statement in one surface form → the same statement in another"),
     ("modular", "a ∘ b mod p (add, sub, mul, div), the answer one token"),
@@ -290,7 +291,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
 fn build_family(t: &TaskSpec, vocab: &mut Vocab, file: &std::path::Path) -> Result<Box<dyn Family>> {
     let ctx = spec::ParamContext { file, task: &t.id };
     match t.family.as_str() {
-        "affine" | "phrase" | "count" | "pattern" | "fibonacci" | "copy" | "reverse" | "sort" | "brackets" | "cipher" | "evens" | "stutter" => sequences::build(&t.family, &t.params, vocab, &ctx),
+        "affine" | "phrase" | "count" | "pattern" | "fibonacci" | "copy" | "reverse" | "sort" | "brackets" | "cipher" | "evens" | "stutter" | "swap" => sequences::build(&t.family, &t.params, vocab, &ctx),
         "arithmetic" | "translate" => arithmetic::build(&t.family, &t.params, vocab, &ctx),
         "modular" | "addition" => classic::build(&t.family, &t.params, vocab, &ctx),
         other => Err(Error::key(file, &format!("tasks.{}.family", t.id), format!("{other:?}"), format!("unknown task family (known: {})", FAMILIES.iter().map(|f| f.0).collect::<Vec<_>>().join(", ")))),

@@ -282,6 +282,8 @@ enum StringOp {
     Evens,
     /// Every letter twice.
     Stutter,
+    /// Adjacent letters swapped in pairs (an odd last letter stays).
+    Swap,
 }
 
 /// String problems: every string of length in [min, max] over an alphabet,
@@ -332,6 +334,12 @@ impl Strings {
             }
             StringOp::Evens => s.into_iter().step_by(2).collect(),
             StringOp::Stutter => s.into_iter().flat_map(|l| [l, l]).collect(),
+            StringOp::Swap => {
+                for pair in s.chunks_exact_mut(2) {
+                    pair.swap(0, 1);
+                }
+                s
+            }
         }
     }
 }
@@ -616,7 +624,7 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
             at_least(ctx, "answer_len", p.answer_len as u64, 1)?;
             Box::new(Cycle { cycle: vocab.intern_all(&p.cycle), marker: vocab.intern("▷"), prompt: p.prompt_len, answer: p.answer_len })
         }
-        "copy" | "reverse" | "sort" | "cipher" | "evens" | "stutter" => {
+        "copy" | "reverse" | "sort" | "cipher" | "evens" | "stutter" | "swap" => {
             // Each family its own letters and template: (letters, op, tokens before, between and after the string).
             let (default_letters, op, before, between, after): (Vec<String>, StringOp, &[&str], Option<&str>, &[&str]) = match family {
                 "copy" => (letters('a'..='h'), StringOp::Copy, &[], None, &["copy"]),
@@ -624,6 +632,7 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
                 "sort" => (letters('q'..='x'), StringOp::Sort, &["sort"], None, &[";"]),
                 "cipher" => (letters('A'..='H'), StringOp::Cipher, &[], None, &["encode"]),
                 "evens" => (letters('I'..='P'), StringOp::Evens, &[], Some("·"), &["⇢"]),
+                "swap" => (letters('а'..='з'), StringOp::Swap, &["⌈"], None, &["⌋", "⇄"]),
                 _ => (["♠", "♣", "♥", "♦", "♤", "♧", "♡", "♢"].iter().map(|s| s.to_string()).collect(), StringOp::Stutter, &["twice"], Some("~"), &["!"]),
             };
             let mut table = params.clone();
