@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::train::events::TriggerProgress;
 
 const MAGIC: &[u8; 8] = b"EBBCKPT\0";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const HEADER: usize = 8 + 4 + 8 + 8;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -30,6 +31,8 @@ pub struct Checkpoint {
     pub adam_t: u64,
     /// Per task: (epoch, position) in its finite training set.
     pub epochs: Vec<(u64, u64)>,
+    /// Each `when_learned` event's progress, in config order.
+    pub learned: Vec<TriggerProgress>,
     /// The logs as of `step`.
     pub metrics: String,
     pub events: String,

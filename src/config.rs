@@ -37,11 +37,22 @@ pub struct Config {
     pub schedule: Vec<ScheduleEvent>,
 }
 
-/// One `[[schedule]]` entry: what changes when `step` steps are done.
+/// One `[[schedule]]` entry: what changes when `step` steps are done, or
+/// `after` steps after its tasks are learned (`when_learned`), whichever
+/// comes first.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleEvent {
-    pub step: u64,
+    /// The step it takes effect at; with `when_learned`, the latest step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
+    /// Fire once every task of the event has held-out exact match at least
+    /// this at two evaluations in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_learned: Option<f64>,
+    /// Steps between the second of those evaluations and the event (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
     /// Tasks whose weight drops to 0 (still evaluated).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drop: Vec<String>,
@@ -51,6 +62,20 @@ pub struct ScheduleEvent {
     /// New mixture weights by task id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub weights: BTreeMap<String, f64>,
+}
+
+impl ScheduleEvent {
+    /// The tasks the event changes, each once (drop, revive, then weights):
+    /// the tasks a `when_learned` event watches.
+    pub fn tasks(&self) -> Vec<&str> {
+        let mut tasks: Vec<&str> = Vec::new();
+        for id in self.drop.iter().chain(&self.revive).chain(self.weights.keys()) {
+            if !tasks.contains(&id.as_str()) {
+                tasks.push(id);
+            }
+        }
+        tasks
+    }
 }
 
 /// Tasks trained one after another, `phase_steps` each; every task is
@@ -73,11 +98,14 @@ pub struct AnalysisConfig {
     pub horizon: Option<u64>,
     /// A revived task has regained its skill at this share of its accuracy at the drop.
     pub regain: f64,
+    /// A task dropped by a fixed-step event counts as learned when its exact
+    /// match at the drop is at least this (a `when_learned` event uses its own).
+    pub learned: f64,
 }
 
 impl Default for AnalysisConfig {
     fn default() -> Self {
-        AnalysisConfig { horizon: None, regain: 0.95 }
+        AnalysisConfig { horizon: None, regain: 0.95, learned: 0.9 }
     }
 }
 
@@ -361,6 +389,9 @@ impl Config {
         }
         if !(self.analysis.regain > 0.0 && self.analysis.regain <= 1.0) {
             return bad("analysis.regain", &self.analysis.regain, "must be in (0, 1]");
+        }
+        if !(self.analysis.learned > 0.0 && self.analysis.learned <= 1.0) {
+            return bad("analysis.learned", &self.analysis.learned, "must be in (0, 1]");
         }
         if self.analysis.horizon == Some(0) {
             return bad("analysis.horizon", &0, "must be at least 1");

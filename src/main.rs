@@ -376,23 +376,36 @@ fn train(cfg: &Config, suite: &ebb::tasks::Suite, out: &std::path::Path, quiet: 
     Ok(())
 }
 
-/// One line per dropped task: accuracy at the drop, half-life, fits, savings.
+/// One line per dropped task: accuracy at the drop, half-life, fits,
+/// savings (or that it was not learned); one per `when_learned` event that
+/// never fired.
 fn print_drops(summary: &serde_json::Value) {
     let num = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.3}"));
     for d in summary["drops"].as_array().into_iter().flatten() {
+        let (task, step) = (d["task"].as_str().unwrap_or("?"), &d["step"]);
+        if d["learned"] == false {
+            println!("  dropped {task} at step {step}: not learned (accuracy {} < {} at the drop)", num(&d["accuracy_at_drop"]), d["learned_threshold"]);
+            continue;
+        }
         let fits = &d["fits"];
         let preferred = fits["preferred"].as_str().unwrap_or("-");
         let tau = fits.get(preferred).map_or("-".to_string(), |f| num(&f["tau"]));
         let savings = d.get("revive").map_or("-".to_string(), |r| num(&r["savings"]));
         println!(
-            "  dropped {} at step {}: accuracy {} -> {}, half-life {} steps, {preferred} fit τ {tau}, AURC {}, savings {savings}",
-            d["task"].as_str().unwrap_or("?"),
-            d["step"],
+            "  dropped {task} at step {step}: accuracy {} -> {}, half-life {} steps, {preferred} fit τ {tau}, AURC {}, savings {savings}",
             num(&d["accuracy_at_drop"]),
             num(&d["accuracy_at_window_end"]),
             num(&d["half_life"]),
             num(&d["aurc"]),
         );
+    }
+    for e in summary["learned_events"].as_array().into_iter().flatten().filter(|e| e["fired_at"].is_null()) {
+        let tasks: Vec<&str> = e["tasks"].as_array().into_iter().flatten().filter_map(|t| t.as_str()).collect();
+        let why = match e["learned_at"].as_u64() {
+            Some(s) => format!("learned at step {s}, due after the last step"),
+            None => format!("exact match never held ≥ {} at two evaluations in a row", e["when_learned"]),
+        };
+        println!("  schedule[{}] (when_learned, {}): never fired: {why}", e["schedule"], tasks.join(", "));
     }
 }
 

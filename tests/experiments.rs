@@ -287,3 +287,160 @@ fn a_sequential_run_reports_its_accuracy_matrix() {
     let events = std::fs::read_to_string(dir.join("run/events.csv")).unwrap();
     assert_eq!(events, "step,event,task,value\n0,phase,add1,\n20,phase,add2,\n");
 }
+
+/// The phrase task (learned within ~150 steps) and 2-digit addition (not
+/// learned in 300); `schedule` is appended.
+fn phrase_and_add2(schedule: &str) -> String {
+    two_tasks(schedule)
+        .replace("id = \"add1\"\nfamily = \"addition\"\ndigits = 1", "id = \"phrase\"\nfamily = \"phrase\"\ncycle = [\"brink\", \"bronk\", \"poot\", \"toot\"]")
+        .replace("n_ctx = 10", "n_ctx = 32")
+        .replace("steps = 40", "steps = 300")
+        .replace("every = 10", "every = 20")
+}
+
+const DROP_PHRASE_WHEN_LEARNED: &str = "[[schedule]]\nwhen_learned = 0.6\nafter = 10\ndrop = [\"phrase\"]\n";
+
+/// The step of the second of the first two evaluations in a row with exact match ≥ `threshold`.
+fn first_learned(series: &[(u64, f64)], threshold: f64) -> Option<u64> {
+    series.windows(2).find(|w| w[0].1 >= threshold && w[1].1 >= threshold).map(|w| w[1].0)
+}
+
+fn summary(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_learned_trigger_fires_after_two_evaluations_at_the_threshold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("learned");
+    run_config(&dir, &phrase_and_add2(DROP_PHRASE_WHEN_LEARNED), &[]);
+    let run = dir.join("run");
+    let learned = first_learned(&metric(&run, "phrase", "eval", "exact_match"), 0.6).expect("the phrase task is learned in 300 steps");
+    let fired = learned + 10;
+    let events = std::fs::read_to_string(run.join("events.csv")).unwrap();
+    assert_eq!(events, format!("step,event,task,value\n{learned},learned,phrase,0.6\n{fired},drop,phrase,\n"));
+    // Evaluated densely after the resolved event, as after a fixed one.
+    let steps: Vec<u64> = metric(&run, "phrase", "eval", "exact_match").iter().map(|r| r.0).collect();
+    for d in [0, 1, 2, 4, 8] {
+        assert!(steps.contains(&(fired + d)), "no evaluation {d} steps after the event at {fired}: {steps:?}");
+    }
+    let s = summary(&run);
+    assert_eq!(s["drops"][0]["step"], fired);
+    assert_eq!(s["drops"][0]["learned_threshold"], 0.6);
+    assert_eq!(s["learned_events"][0]["learned_at"], learned);
+    assert_eq!(s["learned_events"][0]["fired_at"], fired);
+    assert_eq!(s["learned_events"][0]["status"], "fired_when_learned");
+    // Losses are those of the run without the event up to the drop.
+    let base = tmp.path().join("base");
+    run_config(&base, &phrase_and_add2(""), &[]);
+    for ((da, la), (db, lb)) in train_losses(&base.join("run")).iter().zip(&train_losses(&run)) {
+        assert_eq!(da, db);
+        if *da <= fired {
+            assert_eq!(la, lb, "step {da} differs before the drop");
+        } else if *da == fired + 1 {
+            assert_ne!(la, lb, "the step after the drop trained as if nothing were dropped");
+        }
+    }
+}
+
+#[test]
+fn a_learned_trigger_fires_at_its_cap_and_never_without_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    // add2 never reaches exact match 1.0 in 300 steps: the cap fires.
+    let capped = tmp.path().join("capped");
+    let out = run_config(&capped, &phrase_and_add2("[[schedule]]\nwhen_learned = 1.0\nafter = 5\nstep = 100\ndrop = [\"add2\"]\n"), &[]);
+    let events = std::fs::read_to_string(capped.join("run/events.csv")).unwrap();
+    assert_eq!(events, "step,event,task,value\n100,learned_cap,add2,1\n100,drop,add2,\n");
+    let s = summary(&capped.join("run"));
+    assert_eq!(s["learned_events"][0]["status"], "fired_at_cap");
+    // Dropped below its threshold: reported as not learned, outside every fit.
+    let d = &s["drops"][0];
+    assert_eq!((d["learned"].clone(), d["status"].clone(), d["learned_threshold"].clone()), (serde_json::json!(false), serde_json::json!("not_learned"), serde_json::json!(1.0)));
+    assert!(d["half_life"].is_null() && d["aurc"].is_null() && d["fits"]["preferred"].is_null() && d["retention"].as_array().unwrap().is_empty(), "{d}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("dropped add2 at step 100: not learned (accuracy 0.000 < 1.0 at the drop)"), "{stdout}");
+
+    // Without a cap the event never fires, and the summary says so.
+    let never = tmp.path().join("never");
+    let out = run_config(&never, &phrase_and_add2("[[schedule]]\nwhen_learned = 1.0\ndrop = [\"add2\"]\n"), &[]);
+    assert_eq!(std::fs::read_to_string(never.join("run/events.csv")).unwrap(), "step,event,task,value\n");
+    let s = summary(&never.join("run"));
+    assert_eq!(s["learned_events"][0]["status"], "never_learned");
+    assert!(s["learned_events"][0]["fired_at"].is_null());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("schedule[0] (when_learned, add2): never fired"));
+}
+
+#[test]
+fn a_fixed_step_drop_below_analysis_learned_is_not_learned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fixed");
+    let out = run_config(&dir, &two_tasks("[[schedule]]\nstep = 12\ndrop = [\"add2\"]\n"), &[]);
+    let d = &summary(&dir.join("run"))["drops"][0];
+    assert_eq!(d["status"], "not_learned");
+    assert_eq!(d["learned_threshold"], 0.9);
+    assert!(d["half_life"].is_null(), "{d}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("dropped add2 at step 12: not learned (accuracy") && stdout.contains("< 0.9 at the drop)"), "{stdout}");
+}
+
+/// A copy of `run` as if killed after checkpoint `step` was written.
+fn killed_copy(run: &Path, to: &Path, step: u64) {
+    assert!(Command::new("cp").arg("-r").arg(run).arg(to).status().unwrap().success());
+    std::fs::remove_file(to.join("summary.json")).unwrap();
+    for s in ebb::checkpoint::steps(to).into_iter().filter(|&s| s > step) {
+        std::fs::remove_file(ebb::checkpoint::path_for(to, s)).unwrap();
+    }
+}
+
+#[test]
+fn resume_across_a_learned_trigger_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("exp.toml");
+    write(&cfg, &phrase_and_add2(DROP_PHRASE_WHEN_LEARNED));
+    let reference = tmp.path().join("reference");
+    let whole = run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(&reference).args(["--quiet", "--checkpoint-every", "1"]));
+    let read = |dir: &Path, f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let series = metric(&reference, "phrase", "eval", "exact_match");
+    let learned = first_learned(&series, 0.6).unwrap();
+    let first_qualifying = series.iter().rev().find(|p| p.0 < learned).unwrap().0;
+    // Killed between the two qualifying evaluations, and after the condition
+    // held but before the event fired.
+    for step in [(first_qualifying + learned) / 2, learned, learned + 5] {
+        let dir = tmp.path().join(format!("killed-{step}"));
+        killed_copy(&reference, &dir, step);
+        let resumed = resume(&dir);
+        assert_eq!(fingerprint(&resumed), fingerprint(&whole), "killed after step {step}");
+        assert_eq!(read(&dir, "metrics.csv"), read(&reference, "metrics.csv"), "killed after step {step}");
+        assert_eq!(read(&dir, "events.csv"), read(&reference, "events.csv"), "killed after step {step}");
+    }
+    // A real SIGKILL once the first qualifying evaluation is done, resumed.
+    let dir = tmp.path().join("sigkill");
+    let mut child = spawn_run(&cfg, &dir);
+    while ebb::checkpoint::steps(&dir).last().is_none_or(|&s| s <= first_qualifying) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    kill(&mut child);
+    let resumed = resume(&dir);
+    assert_eq!(fingerprint(&resumed), fingerprint(&whole));
+    assert_eq!(read(&dir, "metrics.csv"), read(&reference, "metrics.csv"));
+    assert_eq!(read(&dir, "events.csv"), read(&reference, "events.csv"));
+}
+
+#[test]
+fn learned_trigger_config_errors_name_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[[schedule]]\nwhen_learned = 0.0\ndrop = [\"add1\"]\n", "schedule[0].when_learned", "0"),
+        ("[[schedule]]\nwhen_learned = 1.5\ndrop = [\"add1\"]\n", "schedule[0].when_learned", "1.5"),
+        ("[[schedule]]\ndrop = [\"add1\"]\n", "schedule[0].step", "(missing)"),
+        ("[[schedule]]\nstep = 10\nafter = 500\ndrop = [\"add1\"]\n", "schedule[0].after", "500"),
+        ("[[schedule]]\nwhen_learned = 0.9\nstep = 40\ndrop = [\"add1\"]\n", "schedule[0].step", "40"),
+        ("[analysis]\nlearned = 0\n", "analysis.learned", "0"),
+    ];
+    for (extra, key, value) in cases {
+        let cfg = tmp.path().join("bad.toml");
+        write(&cfg, &two_tasks(extra));
+        let out = ebb().arg("run").arg(&cfg).arg("--out").arg(tmp.path().join("run")).output().unwrap();
+        assert_input_error(&out, &["bad.toml", &format!("`{key}` = {value}")]);
+    }
+}

@@ -44,6 +44,10 @@ drop = ["add1"]
 [[schedule]]
 step = 45
 revive = ["add1"]
+
+# add1 reaches 0.2 by the drop: counted as learned here so that its retention is drawn.
+[analysis]
+learned = 0.2
 "#;
 
 /// Decodes a PNG: (width, height, distinct colours).

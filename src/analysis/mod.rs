@@ -187,16 +187,32 @@ fn opt(x: Option<f64>) -> Value {
     x.filter(|v| v.is_finite()).map_or(Value::Null, |v| json!(v))
 }
 
-/// Everything about one drop of one task.
+/// Whether an `events.csv` row records a learned trigger (learned, or its cap reached).
+fn is_learned_row(e: &EventRow) -> bool {
+    e.event == "learned" || e.event == "learned_cap"
+}
+
+/// The exact match at which `task`, dropped at `t0`, counts as learned: the
+/// threshold of its latest learned-trigger row up to `t0` (the `when_learned`
+/// of the event that dropped it), else `analysis.learned`.
+fn learned_threshold(run: &RunData, task: &str, t0: u64) -> f64 {
+    run.events.iter().filter(|e| e.task == task && e.step <= t0 && is_learned_row(e)).filter_map(|e| e.value.parse().ok()).next_back().unwrap_or(run.config.analysis.learned)
+}
+
+/// Everything about one drop of one task. A task below its learned
+/// threshold at the drop gets `status: not_learned` and no retention, fits
+/// or half-life, so it stays out of every fit and mean.
 fn drop_summary(run: &RunData, task: &TaskInfo, t0: u64) -> Value {
     let series = run.accuracy(&task.id);
     // The window ends at the next event touching this task, or the last step.
-    let next = run.events.iter().filter(|e| e.step > t0 && (e.task == task.id || e.event == "phase")).map(|e| e.step).min();
+    let next = run.events.iter().filter(|e| e.step > t0 && !is_learned_row(e) && (e.task == task.id || e.event == "phase")).map(|e| e.step).min();
     let end = next.unwrap_or(run.last_step);
     let a0 = at(series, t0);
+    let threshold = learned_threshold(run, &task.id, t0);
+    let learned = a0.is_some_and(|a| a >= threshold);
     let best_before = series.iter().filter(|p| p.0 <= t0).map(|p| p.1).fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
     let a_end = at(series, end);
-    let points = retention(series, t0, end, task.chance);
+    let points = if learned { retention(series, t0, end, task.chance) } else { None };
     let horizon = run.config.analysis.horizon.unwrap_or(end - t0) as f64;
     let (exp, pow) = match &points {
         Some(p) => (fit::fit_exponential(p), fit::fit_power(p)),
@@ -217,6 +233,9 @@ fn drop_summary(run: &RunData, task: &TaskInfo, t0: u64) -> Value {
         "accuracy_at_window_end": opt(a_end),
         "forgetting_from_best": opt(best_before.zip(a_end).map(|(b, e)| b - e)),
         "forgetting_from_drop": opt(a0.zip(a_end).map(|(a, e)| a - e)),
+        "learned": learned,
+        "learned_threshold": threshold,
+        "status": if learned { "learned" } else { "not_learned" },
         "learned_at_drop": points.is_some(),
         "retention": points.clone().unwrap_or_default().iter().map(|&(d, r)| json!([d, r])).collect::<Vec<_>>(),
         "half_life": opt(points.as_deref().and_then(half_life)),
@@ -240,6 +259,37 @@ fn drop_summary(run: &RunData, task: &TaskInfo, t0: u64) -> Value {
             "steps_first_learned": first,
             "savings": opt(savings),
         });
+    }
+    out
+}
+
+/// Every `when_learned` event: when its tasks were learned (its `learned`
+/// rows), and when it fired, at the cap or after learning, or that it never did.
+fn learned_events(run: &RunData) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (i, e) in run.config.schedule.iter().enumerate() {
+        let Some(threshold) = e.when_learned else { continue };
+        let tasks = e.tasks();
+        let learned_row = |step: u64, task: &str| run.events.iter().any(|r| r.step == step && r.task == task && r.event == "learned" && r.value.parse() == Ok(threshold));
+        let learned_at = run.events.iter().map(|r| r.step).find(|&s| tasks.iter().all(|t| learned_row(s, t)));
+        let due = learned_at.map(|s| s + e.after.unwrap_or(0)).into_iter().chain(e.step).min();
+        let fired_at = due.filter(|&s| run.events.iter().any(|r| r.step == s && tasks.contains(&r.task.as_str()) && ["drop", "revive", "weight"].contains(&r.event.as_str())));
+        let status = match (fired_at, learned_at) {
+            (Some(s), Some(l)) if l + e.after.unwrap_or(0) == s => "fired_when_learned",
+            (Some(_), _) => "fired_at_cap",
+            (None, None) => "never_learned",
+            (None, Some(_)) => "due_after_the_end",
+        };
+        out.push(json!({
+            "schedule": i,
+            "tasks": tasks,
+            "when_learned": threshold,
+            "after": e.after.unwrap_or(0),
+            "cap": e.step,
+            "learned_at": learned_at,
+            "fired_at": fired_at,
+            "status": status,
+        }));
     }
     out
 }
@@ -307,6 +357,7 @@ pub fn summarize(dir: &Path) -> Result<Value> {
         "diverged": diverged,
         "tasks": tasks,
         "drops": drops,
+        "learned_events": learned_events(&run),
         "sequential": sequential_summary(&run),
     }))
 }

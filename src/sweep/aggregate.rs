@@ -62,8 +62,19 @@ pub fn load(dir: &Path) -> Result<(Vec<String>, Vec<RunRow>)> {
     Ok((keys, rows))
 }
 
-/// The numbers reported per drop: half-life, preferred fit, AURC, final accuracy, savings.
+/// Whether a drop started from a learned state (summaries from before the
+/// `learned` key count as learned).
+fn is_learned(d: &Value) -> bool {
+    d["learned"] != false
+}
+
+/// The numbers reported per drop: half-life, preferred fit, AURC, final
+/// accuracy, savings; none for a drop of an unlearned task, which stays out
+/// of every mean.
 fn drop_numbers(run: &RunRow, d: &Value) -> [Option<f64>; 7] {
+    if !is_learned(d) {
+        return [None; 7];
+    }
     let fits = &d["fits"];
     let fit = fits["preferred"].as_str().map_or(&Value::Null, |p| &fits[p]);
     let task = d["task"].as_str().unwrap_or("");
@@ -247,7 +258,7 @@ impl Chart for HalfLifeScaling {
     both_backends!();
 }
 
-/// Retention curves of every run's first drop, coloured by model size.
+/// Retention curves of every run's first learned drop, coloured by model size.
 struct RetentionBySize {
     rows: Vec<RunRow>,
 }
@@ -259,7 +270,7 @@ impl RetentionBySize {
             .rows
             .iter()
             .filter_map(|r| {
-                let d = r.drops.first()?;
+                let d = r.drops.iter().find(|d| is_learned(d))?;
                 let pts: Vec<(f64, f64)> = d["retention"].as_array()?.iter().filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?))).collect();
                 Some((r.params?, pts))
             })
@@ -367,4 +378,18 @@ impl Chart for Heatmap {
         format!("Mean half-life by {} and {}", self.x, self.y)
     }
     both_backends!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drop_of_an_unlearned_task_has_no_numbers() {
+        let run = RunRow { id: "r".into(), point: Vec::new(), status: RunStatus::Finished, params: Some(1.0), drops: Vec::new(), summary: json!({ "tasks": { "t": { "final_exact_match": 0.5 } } }) };
+        let learned = json!({ "task": "t", "half_life": 10.0, "learned": true });
+        let unlearned = json!({ "task": "t", "half_life": 10.0, "learned": false });
+        assert_eq!(drop_numbers(&run, &learned)[0], Some(10.0));
+        assert_eq!(drop_numbers(&run, &unlearned), [None; 7]);
+    }
 }

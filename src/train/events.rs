@@ -1,10 +1,17 @@
 //! The mixture schedule: `[[schedule]]` events (drop, revive, reweight) and
 //! sequential phases, resolved against a suite. Weights at any step are a
-//! pure function of the events up to it, so a resumed run needs no state.
+//! pure function of the resolved events up to it.
+//!
+//! An event with `when_learned` waits until its tasks are learned; its
+//! trigger's progress (`TriggerProgress`) is run state, kept in checkpoints.
+//! Once learned it resolves to a fixed step; with a cap (`step`) it sits at
+//! the cap until then.
 
 use std::path::Path;
 
-use crate::config::Config;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, ScheduleEvent};
 use crate::error::{Error, Result};
 use crate::tasks::Suite;
 
@@ -38,9 +45,90 @@ impl Event {
     }
 }
 
+/// What a learned trigger has seen so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TriggerProgress {
+    /// Every watched task was at the threshold at the last evaluation.
+    pub held_at_last_eval: bool,
+    /// The step of the second of the first two evaluations in a row at which
+    /// every watched task was at the threshold.
+    pub learned_at: Option<u64>,
+}
+
+/// A `when_learned` condition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trigger {
+    /// Held-out exact match every watched task must reach.
+    pub threshold: f64,
+    /// Steps from `learned_at` to the event.
+    pub after: u64,
+    /// The latest step the event takes effect at.
+    pub cap: Option<u64>,
+    /// The tasks the event changes, which are the tasks watched.
+    pub tasks: Vec<usize>,
+    pub progress: TriggerProgress,
+}
+
+impl Trigger {
+    /// The step the event takes effect at, once known (the cap until learned).
+    pub fn step(&self) -> Option<u64> {
+        let learned = self.progress.learned_at.map(|s| s + self.after);
+        match (learned, self.cap) {
+            (Some(l), Some(c)) => Some(l.min(c)),
+            (l, c) => l.or(c),
+        }
+    }
+
+    /// Whether the event takes effect at its cap, not after learning.
+    pub fn capped(&self) -> bool {
+        self.cap.is_some_and(|c| self.progress.learned_at.is_none_or(|s| s + self.after > c))
+    }
+
+    /// Records the evaluation after `done` steps (`accuracy[t]`: task t's
+    /// exact match); true when the condition holds for the first time.
+    fn observe(&mut self, done: u64, accuracy: &[f64]) -> bool {
+        if self.progress.learned_at.is_some() || self.cap.is_some_and(|c| done > c) {
+            return false;
+        }
+        let held = self.tasks.iter().all(|&t| accuracy[t] >= self.threshold);
+        let learned = held && self.progress.held_at_last_eval;
+        self.progress.held_at_last_eval = held;
+        if learned {
+            self.progress.learned_at = Some(done);
+        }
+        learned
+    }
+}
+
+/// When an entry's changes take effect.
+#[derive(Clone, Debug)]
+enum When {
+    At(u64),
+    Learned(Trigger),
+}
+
+/// One `[[schedule]]` entry or sequential phase.
+#[derive(Clone, Debug)]
+struct Entry {
+    when: When,
+    changes: Vec<Change>,
+}
+
+impl Entry {
+    fn step(&self) -> Option<u64> {
+        match &self.when {
+            When::At(s) => Some(*s),
+            When::Learned(t) => t.step(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Schedule {
-    /// In the order they apply: by step, then as written.
+    /// As written: phases, then `[[schedule]]` entries.
+    entries: Vec<Entry>,
+    /// The events whose step is known, in the order they apply: by step,
+    /// then as written.
     pub events: Vec<Event>,
 }
 
@@ -48,7 +136,7 @@ impl Schedule {
     /// Resolves `cfg`'s schedule against `suite`; `path` is named in errors.
     pub fn build(cfg: &Config, suite: &Suite, path: &Path) -> Result<Schedule> {
         let index = |key: &str, id: &str| suite.tasks.iter().position(|t| t.id == id).ok_or_else(|| Error::key(path, key, format!("{id:?}"), "no task has this id"));
-        let mut events = Vec::new();
+        let mut entries = Vec::new();
         if let Some(seq) = &cfg.sequential {
             let order: Vec<usize> = if seq.order.is_empty() {
                 (0..suite.tasks.len()).collect()
@@ -56,39 +144,90 @@ impl Schedule {
                 seq.order.iter().map(|id| index("sequential.order", id)).collect::<Result<_>>()?
             };
             for (phase, &task) in order.iter().enumerate() {
-                events.push(Event { step: phase as u64 * seq.phase_steps, change: Change::Phase(task) });
+                entries.push(Entry { when: When::At(phase as u64 * seq.phase_steps), changes: vec![Change::Phase(task)] });
             }
         }
         for (i, e) in cfg.schedule.iter().enumerate() {
             let key = |k: &str| format!("schedule[{i}].{k}");
-            if e.step >= cfg.train.steps {
-                return Err(Error::key(path, &key("step"), e.step, format!("must be before the last step (train.steps = {})", cfg.train.steps)));
-            }
-            if e.drop.is_empty() && e.revive.is_empty() && e.weights.is_empty() {
-                return Err(Error::key(path, &key("step"), e.step, "the event changes nothing (give drop, revive or weights)"));
-            }
+            let mut changes = Vec::new();
             for id in &e.drop {
-                events.push(Event { step: e.step, change: Change::Drop(index(&key("drop"), id)?) });
+                changes.push(Change::Drop(index(&key("drop"), id)?));
             }
             for id in &e.revive {
-                events.push(Event { step: e.step, change: Change::Revive(index(&key("revive"), id)?) });
+                changes.push(Change::Revive(index(&key("revive"), id)?));
             }
             for (id, &w) in &e.weights {
                 if !(w >= 0.0 && w.is_finite()) {
                     return Err(Error::key(path, &key(&format!("weights.{id}")), w, "must be non-negative"));
                 }
-                events.push(Event { step: e.step, change: Change::Weight(index(&key("weights"), id)?, w) });
+                changes.push(Change::Weight(index(&key("weights"), id)?, w));
             }
+            let tasks = e.tasks().iter().map(|id| index(&key("drop"), id)).collect::<Result<_>>()?;
+            let when = when(e, i, &changes, tasks, cfg.train.steps, path)?;
+            entries.push(Entry { when, changes });
         }
-        events.sort_by_key(|e| e.step); // stable: same-step events keep their order
-        let schedule = Schedule { events };
-        // Every step must train on something.
-        for e in &schedule.events {
-            if schedule.weights_at(&suite.weights, e.step).iter().all(|&w| w == 0.0) {
-                return Err(Error::key(path, "schedule", format!("step {}", e.step), "leaves every task at weight 0"));
-            }
+        let mut schedule = Schedule { entries, events: Vec::new() };
+        schedule.resolve();
+        // Every step must train on something (learned events are checked
+        // again when they resolve).
+        if let Some(step) = schedule.first_step_without_training(&suite.weights) {
+            return Err(Error::key(path, "schedule", format!("step {step}"), "leaves every task at weight 0"));
         }
         Ok(schedule)
+    }
+
+    /// Rebuilds `events` from the entries whose step is known.
+    fn resolve(&mut self) {
+        self.events = self.entries.iter().filter_map(|e| Some((e.step()?, &e.changes))).flat_map(|(step, changes)| changes.iter().map(move |c| Event { step, change: c.clone() })).collect();
+        self.events.sort_by_key(|e| e.step); // stable: same-step events keep their order
+    }
+
+    /// The first event step whose weights are all 0, if any.
+    pub fn first_step_without_training(&self, base: &[f64]) -> Option<u64> {
+        self.events.iter().map(|e| e.step).find(|&s| self.weights_at(base, s).iter().all(|&w| w == 0.0))
+    }
+
+    /// The learned triggers, as written.
+    pub fn triggers(&self) -> impl Iterator<Item = &Trigger> {
+        self.entries.iter().filter_map(|e| match &e.when {
+            When::Learned(t) => Some(t),
+            When::At(_) => None,
+        })
+    }
+
+    fn triggers_mut(&mut self) -> impl Iterator<Item = &mut Trigger> {
+        self.entries.iter_mut().filter_map(|e| match &mut e.when {
+            When::Learned(t) => Some(t),
+            When::At(_) => None,
+        })
+    }
+
+    /// Every learned trigger's progress, for a checkpoint.
+    pub fn progress(&self) -> Vec<TriggerProgress> {
+        self.triggers().map(|t| t.progress).collect()
+    }
+
+    /// Restores progress saved by `progress`.
+    pub fn restore(&mut self, progress: &[TriggerProgress]) {
+        for (t, p) in self.triggers_mut().zip(progress) {
+            t.progress = *p;
+        }
+        self.resolve();
+    }
+
+    /// Records the evaluation after `done` steps (`accuracy[t]`: task t's
+    /// exact match) and returns the triggers learned at it.
+    pub fn observe(&mut self, done: u64, accuracy: &[f64]) -> Vec<Trigger> {
+        let learned: Vec<Trigger> = self.triggers_mut().filter_map(|t| t.observe(done, accuracy).then(|| t.clone())).collect();
+        if !learned.is_empty() {
+            self.resolve();
+        }
+        learned
+    }
+
+    /// Learned triggers that take effect at their cap `step`, not learned in time.
+    pub fn capped_at(&self, step: u64) -> impl Iterator<Item = &Trigger> {
+        self.triggers().filter(move |t| t.capped() && t.step() == Some(step))
     }
 
     /// The mixture weights for training step `step`: `base` with every
@@ -128,5 +267,71 @@ impl Schedule {
             || done == last
             || done % every == 0
             || (after_events && self.events.iter().any(|e| done >= e.step && ((done - e.step) == 0 || (done - e.step).is_power_of_two())))
+    }
+}
+
+/// When entry `i`, `e` with `changes` to `tasks`, takes effect; validated.
+fn when(e: &ScheduleEvent, i: usize, changes: &[Change], tasks: Vec<usize>, steps: u64, path: &Path) -> Result<When> {
+    let key = |k: &str| format!("schedule[{i}].{k}");
+    if let Some(step) = e.step
+        && step >= steps
+    {
+        return Err(Error::key(path, &key("step"), step, format!("must be before the last step (train.steps = {steps})")));
+    }
+    if let Some(after) = e.after
+        && e.when_learned.is_none()
+    {
+        return Err(Error::key(path, &key("after"), after, "only applies with when_learned"));
+    }
+    let Some(threshold) = e.when_learned else {
+        let step = e.step.ok_or_else(|| Error::key(path, &key("step"), "(missing)", "give step, when_learned, or both"))?;
+        if changes.is_empty() {
+            return Err(Error::key(path, &key("step"), step, "the event changes nothing (give drop, revive or weights)"));
+        }
+        return Ok(When::At(step));
+    };
+    if !(threshold > 0.0 && threshold <= 1.0) {
+        return Err(Error::key(path, &key("when_learned"), threshold, "must be in (0, 1]"));
+    }
+    if changes.is_empty() {
+        return Err(Error::key(path, &key("when_learned"), threshold, "the event changes nothing (give drop, revive or weights)"));
+    }
+    Ok(When::Learned(Trigger { threshold, after: e.after.unwrap_or(0), cap: e.step, tasks, progress: TriggerProgress::default() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trigger(cap: Option<u64>) -> Trigger {
+        Trigger { threshold: 0.9, after: 5, cap, tasks: vec![0, 1], progress: TriggerProgress::default() }
+    }
+
+    #[test]
+    fn a_trigger_needs_every_task_at_two_evaluations_in_a_row() {
+        let mut t = trigger(None);
+        assert!(!t.observe(10, &[0.95, 0.95]));
+        assert!(!t.observe(20, &[0.95, 0.5]), "one task below the threshold resets it");
+        assert!(!t.observe(30, &[0.9, 1.0]));
+        assert_eq!(t.step(), None);
+        assert!(t.observe(40, &[1.0, 0.9]));
+        assert_eq!((t.progress.learned_at, t.step(), t.capped()), (Some(40), Some(45), false));
+        assert!(!t.observe(50, &[1.0, 1.0]), "fires once");
+    }
+
+    #[test]
+    fn a_cap_fires_first_unless_learned_in_time() {
+        let mut t = trigger(Some(42));
+        assert_eq!((t.step(), t.capped()), (Some(42), true));
+        t.observe(30, &[1.0, 1.0]);
+        t.observe(40, &[1.0, 1.0]);
+        assert_eq!((t.step(), t.capped()), (Some(42), true), "learned at 40, due at 45, capped at 42");
+        let mut t = trigger(Some(100));
+        t.observe(30, &[1.0, 1.0]);
+        t.observe(40, &[1.0, 1.0]);
+        assert_eq!((t.step(), t.capped()), (Some(45), false));
+        let mut t = trigger(Some(35));
+        t.observe(30, &[1.0, 1.0]);
+        assert!(!t.observe(40, &[1.0, 1.0]), "past the cap nothing is watched");
     }
 }

@@ -133,6 +133,9 @@ impl<'a, B: Backend> Run<'a, B> {
         backend.upload(&mut run.trainer.opt.v, &to_f(&ckpt.adam_v));
         run.trainer.opt.t = ckpt.adam_t;
         run.stream.restore_positions(suite, cfg.seed, &ckpt.epochs);
+        if same_schedule(&ckpt.config, cfg) {
+            run.schedule.restore(&ckpt.learned);
+        }
         run.metrics.restore(&ckpt.metrics);
         run.events.restore(&ckpt.events);
         run.timing.restore(&ckpt.timing);
@@ -205,13 +208,18 @@ impl<'a, B: Backend> Run<'a, B> {
         let tokens_per_step = (cfg.train.batch_size * cfg.model.n_ctx) as f64;
         let progress = Progress::new(self.step, steps, quiet);
         if self.step == 0 {
-            self.evaluate(0);
+            self.evaluate(0)?;
             self.metrics.flush()?;
         }
         self.stream.set_weights(&self.schedule.weights_at(&self.suite.weights, self.step));
         let mut window = (Instant::now(), self.step);
         for step in self.step..steps {
             if self.schedule.at(step).next().is_some() {
+                for t in self.schedule.capped_at(step) {
+                    for &task in &t.tasks {
+                        self.events.row(format_args!("{step},learned_cap,{},{}", self.suite.tasks[task].id, t.threshold));
+                    }
+                }
                 for e in self.schedule.at(step) {
                     let (kind, task, value) = e.describe();
                     let value = value.map_or(String::new(), |v| v.to_string());
@@ -241,7 +249,7 @@ impl<'a, B: Backend> Run<'a, B> {
                 window = (Instant::now(), done);
             }
             if self.schedule.is_eval_step(done, cfg.eval.every, steps, cfg.eval.after_events) {
-                self.evaluate(done);
+                self.evaluate(done)?;
                 self.metrics.flush()?;
                 self.timing.flush()?;
                 window = (Instant::now(), done);
@@ -256,8 +264,9 @@ impl<'a, B: Backend> Run<'a, B> {
 
     /// Evaluates every task, dropped or not, on its held-out set (split
     /// `eval`) and, when it has a finite training set, on a fixed sample of
-    /// it (split `train`); logs their metrics at `step`.
-    fn evaluate(&mut self, step: u64) {
+    /// it (split `train`); logs their metrics at `step` and records which
+    /// `when_learned` events the held-out accuracies trigger.
+    fn evaluate(&mut self, step: u64) -> Result<()> {
         let (backend, trainer, metrics) = (self.backend, &mut self.trainer, &mut self.metrics);
         self.last_eval = self
             .suite
@@ -275,6 +284,26 @@ impl<'a, B: Backend> Run<'a, B> {
                 (task.id.clone(), result)
             })
             .collect();
+        self.watch_learning(step)
+    }
+
+    /// Feeds the evaluation after `step` steps to the learned triggers and
+    /// logs `step,learned,TASK,THRESHOLD` for each one it sets off.
+    fn watch_learning(&mut self, step: u64) -> Result<()> {
+        let accuracy: Vec<f64> = self.last_eval.iter().map(|(_, r)| r.exact_match).collect();
+        let learned = self.schedule.observe(step, &accuracy);
+        if learned.is_empty() {
+            return Ok(());
+        }
+        for t in &learned {
+            for &task in &t.tasks {
+                self.events.row(format_args!("{step},learned,{},{}", self.suite.tasks[task].id, t.threshold));
+            }
+        }
+        if let Some(at) = self.schedule.first_step_without_training(&self.suite.weights).filter(|&at| at < self.cfg.train.steps) {
+            return Err(Error::key(Path::new("config.toml"), "schedule", format!("step {at}"), format!("leaves every task at weight 0 (a when_learned event was learned at step {step})")));
+        }
+        self.events.flush()
     }
 
     /// Writes `checkpoints/step-N.bin` for the current step.
@@ -290,12 +319,20 @@ impl<'a, B: Backend> Run<'a, B> {
             adam_v: host(&self.trainer.opt.v),
             adam_t: self.trainer.opt.t,
             epochs: self.stream.positions(),
+            learned: self.schedule.progress(),
             metrics: self.metrics.text().to_string(),
             events: self.events.text().to_string(),
             timing: self.timing.text().to_string(),
         };
         checkpoint::write(&checkpoint::path_for(&self.out, self.step), &ckpt)
     }
+}
+
+/// Whether the run that wrote a checkpoint (its resolved config `ckpt_config`)
+/// had the schedule of `cfg`, so its learned triggers' progress carries over
+/// (a fork with a new schedule watches from the fork on).
+fn same_schedule(ckpt_config: &str, cfg: &Config) -> bool {
+    toml::from_str::<Config>(ckpt_config).is_ok_and(|c| c.schedule == cfg.schedule)
 }
 
 /// Runs the experiment `cfg` on its `suite` and `backend`, writing into
