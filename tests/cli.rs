@@ -58,6 +58,14 @@ fn context_shorter_than_the_longest_example_is_rejected() {
 }
 
 #[test]
+fn a_held_out_set_below_the_minimum_names_suite_task_and_size() {
+    // 1-digit addition holds out 21 of its 55 distinct sums at seed 5.
+    let text = SMALL_CONFIG.replace("examples = 8\nmin_examples = 8", "examples = 100\nmin_examples = 40");
+    rejects(&text, &[], &["eval.min_examples", "40", "suite `inline` task `add1` has only 21 held-out problems"]);
+    rejects(SMALL_CONFIG, &["--set", "eval.min_examples=20"], &["eval.examples", "8", "eval.min_examples = 20"]);
+}
+
+#[test]
 fn unknown_task_family_is_rejected() {
     rejects(&SMALL_CONFIG.replace("family = \"addition\"", "family = \"division\""), &[], &["tasks.add1.family", "division"]);
 }
@@ -88,7 +96,7 @@ fn operands_whose_statements_exceed_the_context_are_rejected() {
 
 #[test]
 fn translation_pair_naming_an_unknown_language_is_rejected() {
-    let text = SMALL_CONFIG.replace("family = \"addition\"\ndigits = 1", "family = \"arithmetic\"\nform = \"digits\"\n[[data.tasks]]\nid = \"w\"\nfamily = \"arithmetic\"\nform = \"words\"\n[data.translate]\npairs = [[\"digits\", \"klingon\"]]");
+    let text = SMALL_CONFIG.replace("family = \"addition\"\ndigits = 1\neval_fraction = 0.3", "family = \"arithmetic\"\nform = \"digits\"\n[[data.tasks]]\nid = \"w\"\nfamily = \"arithmetic\"\nform = \"words\"\n[data.translate]\npairs = [[\"digits\", \"klingon\"]]");
     rejects(&text, &["--set", "model.n_ctx=40"], &["translate.pairs", "klingon"]);
 }
 

@@ -33,6 +33,7 @@ log_every = 1
 id = "add1"
 family = "addition"
 digits = 1
+eval_fraction = 0.3
 
 [[data.tasks]]
 id = "add2"
@@ -288,11 +289,14 @@ fn a_sequential_run_reports_its_accuracy_matrix() {
     assert_eq!(events, "step,event,task,value\n0,phase,add1,\n20,phase,add2,\n");
 }
 
-/// The phrase task (learned within ~150 steps) and 2-digit addition (not
-/// learned in 300); `schedule` is appended.
+/// Every other letter of a string, named "phrase" (learned on held-out
+/// strings within ~250 steps), and 2-digit addition (not learned in 300);
+/// `schedule` is appended.
 fn phrase_and_add2(schedule: &str) -> String {
     two_tasks(schedule)
-        .replace("id = \"add1\"\nfamily = \"addition\"\ndigits = 1", "id = \"phrase\"\nfamily = \"phrase\"\ncycle = [\"brink\", \"bronk\", \"poot\", \"toot\"]")
+        .replace("id = \"add1\"\nfamily = \"addition\"\ndigits = 1", "id = \"phrase\"\nfamily = \"evens\"\nlength = [4, 5]")
+        .replace("d_model = 32", "d_model = 64")
+        .replace("batch_size = 16", "batch_size = 32")
         .replace("n_ctx = 10", "n_ctx = 32")
         .replace("steps = 40", "steps = 300")
         .replace("every = 10", "every = 20")

@@ -26,16 +26,18 @@ warmup_steps = 2
 id = "add1"
 family = "addition"
 digits = 1
+eval_fraction = 0.5
 
 [[data.tasks]]
 id = "mod7"
 family = "modular"
 modulus = 7
+eval_fraction = 0.5
 
 [eval]
 every = 5
 examples = 16
-min_examples = 16
+min_examples = 8
 
 [[schedule]]
 step = 30

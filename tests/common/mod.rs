@@ -89,6 +89,7 @@ log_every = 5
 id = "add1"
 family = "addition"
 digits = 1
+eval_fraction = 0.3
 
 [eval]
 every = 10
