@@ -99,8 +99,7 @@ fn training_never_draws_a_held_out_example() {
         let eval: Vec<HashSet<(Vec<u32>, usize)>> = s
             .tasks
             .iter()
-            .enumerate()
-            .map(|(i, t)| {
+            .map(|t| {
                 t.eval_problems(10_000)
                     .into_iter()
                     .map(|p| {
