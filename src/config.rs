@@ -303,7 +303,8 @@ impl Config {
         })?;
         cfg.model.d_mlp.get_or_insert(4 * cfg.model.d_model);
         let spec = cfg.data.resolve(path)?;
-        let suite = Suite::build(&spec, cfg.seed, path)?;
+        let mut suite = Suite::build(&spec, cfg.seed, path)?;
+        suite.choose_eval_sets(cfg.eval.examples);
         cfg.data = DataConfig::resolved(&spec, cfg.data.full_batch);
         if cfg.data.full_batch {
             cfg.train.batch_size = full_batch_size(&suite, path)?;
@@ -381,8 +382,8 @@ impl Config {
         if self.eval.examples < self.eval.min_examples.max(1) {
             return bad("eval.examples", &self.eval.examples, &format!("must be at least eval.min_examples = {}", self.eval.min_examples));
         }
-        for task in &suite.tasks {
-            let held_out = task.eval_problems(self.eval.examples).len();
+        for (task, eval_set) in suite.tasks.iter().zip(&suite.eval_sets) {
+            let held_out = eval_set.len();
             if held_out < self.eval.min_examples {
                 return bad("eval.min_examples", &self.eval.min_examples, &format!("suite `{}` task `{}` has only {held_out} held-out problems (give it a larger problem space or eval_fraction)", suite.name, task.id));
             }

@@ -70,11 +70,6 @@ pub struct Evaluator<F> {
 }
 
 impl<F: Float> Evaluator<F> {
-    /// Renders up to `examples` of `task`'s held-out problems.
-    pub fn new(task: &Task, examples: usize, rows: usize, ctx: usize, vocab: usize) -> Self {
-        Self::for_problems(task, &task.eval_problems(examples), rows, ctx, vocab)
-    }
-
     /// Renders the given problems of `task`.
     pub fn for_problems(task: &Task, problems: &[u64], rows: usize, ctx: usize, vocab: usize) -> Self {
         let examples = problems

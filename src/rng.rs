@@ -21,7 +21,14 @@ pub fn purpose_id(purpose: &str) -> u64 {
 
 /// FNV-1a 64 over bytes; also the parameter fingerprint.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a_extend(FNV1A_START, bytes)
+}
+
+/// FNV-1a's state before any byte.
+pub const FNV1A_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a state `h` after `bytes`: hashing in pieces gives `fnv1a` of the whole.
+pub fn fnv1a_extend(mut h: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
@@ -56,4 +63,18 @@ pub fn normal(rng: &mut ChaCha8Rng) -> f64 {
     let u1 = 1.0 - uniform(rng); // (0, 1]
     let u2 = uniform(rng);
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_in_pieces_is_fnv1a_of_the_whole() {
+        // The published FNV-1a 64 value of "a", and of "foobar".
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(fnv1a_extend(fnv1a(b"foo"), b"bar"), fnv1a(b"foobar"));
+        assert_eq!(fnv1a_extend(FNV1A_START, b""), fnv1a(b""));
+    }
 }

@@ -232,6 +232,9 @@ pub struct Suite {
     pub tasks: Vec<Task>,
     /// Mixture weight of each task (0: evaluated, never trained).
     pub weights: Vec<f64>,
+    /// Each task's held-out evaluation problems: empty until
+    /// `choose_eval_sets` (a run's config chooses them once, when loaded).
+    pub eval_sets: Vec<Vec<u64>>,
 }
 
 impl Suite {
@@ -255,7 +258,12 @@ impl Suite {
             task.train_set = spec::train_set(&task, t, seed, file)?;
             tasks.push(task);
         }
-        Ok(Suite { name: spec.name.clone(), vocab, tasks, weights: spec.tasks.iter().map(|t| t.weight).collect() })
+        Ok(Suite { name: spec.name.clone(), vocab, tasks, weights: spec.tasks.iter().map(|t| t.weight).collect(), eval_sets: Vec::new() })
+    }
+
+    /// Chooses up to `n` held-out problems of every task (`Task::eval_problems`).
+    pub fn choose_eval_sets(&mut self, n: usize) {
+        self.eval_sets = self.tasks.iter().map(|t| t.eval_problems(n)).collect();
     }
 
     pub fn task(&self, id: &str) -> Option<&Task> {

@@ -94,19 +94,21 @@ struct Numbers {
 }
 
 impl Numbers {
-    /// The terms of problem `p` (prompt then answer) and the prompt's term count.
-    fn terms(&self, p: u64) -> (Vec<u64>, usize) {
+    /// The terms of problem `p` (prompt then answer, without allocating)
+    /// and the prompt's term count.
+    fn terms(&self, p: u64) -> (impl Iterator<Item = u64>, usize) {
         let (start, len) = start_and_len(p, self.prompt);
         // A Fibonacci start is the hidden term before the first and the first: prev·modulus + first.
         let (mut prev, mut cur) = match self.rule {
             Rule::Fibonacci { modulus } => (start / modulus, start % modulus),
             _ => (0, start),
         };
-        let mut terms = Vec::with_capacity(len + self.answer);
-        for _ in 0..len + self.answer {
-            terms.push(cur);
-            (prev, cur) = (cur, self.rule.next(prev, cur));
-        }
+        let rule = self.rule;
+        let terms = (0..len + self.answer).map(move |_| {
+            let term = cur;
+            (prev, cur) = (cur, rule.next(prev, cur));
+            term
+        });
         (terms, len)
     }
 
@@ -142,13 +144,14 @@ impl Family for Numbers {
 
     fn render(&self, p: u64, out: &mut Vec<u32>) -> usize {
         let (terms, len) = self.terms(p);
+        let count = len + self.answer;
         let mut prompt = 0;
-        for (i, &t) in terms.iter().enumerate() {
+        for (i, t) in terms.enumerate() {
             self.push_number(t, out);
             if i + 1 == len {
                 out.push(self.marker);
                 prompt = out.len();
-            } else if let Some(sep) = self.separator.filter(|_| i + 1 < terms.len()) {
+            } else if let Some(sep) = self.separator.filter(|_| i + 1 < count) {
                 out.push(sep);
             }
         }
@@ -159,7 +162,7 @@ impl Family for Numbers {
     /// two for Fibonacci): problems that end alike are one problem.
     fn split_key(&self, p: u64) -> u64 {
         let (terms, len) = self.terms(p);
-        terms[len - self.rule.memory()..len].iter().fold(0, |key, &t| (key << 32) | t)
+        terms.take(len).skip(len - self.rule.memory()).fold(0, |key, t| (key << 32) | t)
     }
 
     fn max_len(&self) -> usize {
@@ -184,21 +187,17 @@ struct Phrase {
 }
 
 impl Phrase {
-    /// The phrase's words (as indices into `words`) rotated to start where
-    /// the prompt starts, and the prompt length.
-    fn phrase(&self, p: u64) -> (Vec<usize>, usize) {
+    /// Problem `p`'s phrase code (its words as base-`words` digits), its
+    /// rotation and its prompt length.
+    fn phrase(&self, p: u64) -> (u64, usize, usize) {
         let (rest, len) = start_and_len(p, self.prompt);
-        let (mut code, offset) = (rest / self.period as u64, (rest % self.period as u64) as usize);
+        (rest / self.period as u64, (rest % self.period as u64) as usize, len)
+    }
+
+    /// Word `i` (an index into `words`) of the phrase `code` rotated by `offset`.
+    fn word(&self, code: u64, offset: usize, i: usize) -> usize {
         let k = self.words.len() as u64;
-        let mut phrase: Vec<usize> = (0..self.period)
-            .map(|_| {
-                let w = (code % k) as usize;
-                code /= k;
-                w
-            })
-            .collect();
-        phrase.rotate_left(offset);
-        (phrase, len)
+        (code / k.pow(((offset + i) % self.period) as u32) % k) as usize
     }
 }
 
@@ -208,10 +207,10 @@ impl Family for Phrase {
     }
 
     fn render(&self, p: u64, out: &mut Vec<u32>) -> usize {
-        let (phrase, len) = self.phrase(p);
+        let (code, offset, len) = self.phrase(p);
         let mut prompt = 0;
         for i in 0..len + self.answer {
-            out.push(self.words[phrase[i % self.period]]);
+            out.push(self.words[self.word(code, offset, i)]);
             if i + 1 == len {
                 out.push(self.marker);
                 prompt = out.len();
@@ -222,8 +221,8 @@ impl Family for Phrase {
 
     /// The continuation is the phrase read from where the prompt stops.
     fn split_key(&self, p: u64) -> u64 {
-        let (phrase, len) = self.phrase(p);
-        (0..self.period).fold(0, |key, i| key * self.words.len() as u64 + phrase[(len + i) % self.period] as u64)
+        let (code, offset, len) = self.phrase(p);
+        (0..self.period).fold(0, |key, i| key * self.words.len() as u64 + self.word(code, offset, len + i) as u64)
     }
 
     fn max_len(&self) -> usize {
@@ -301,46 +300,70 @@ struct Strings {
     op: StringOp,
 }
 
+/// A string's letters (indices into `letters`) on the stack, so that
+/// rendering allocates nothing: at most 64 letters, 128 once stuttered.
+struct Letters {
+    letters: [usize; 128],
+    len: usize,
+}
+
+impl std::ops::Deref for Letters {
+    type Target = [usize];
+    fn deref(&self) -> &[usize] {
+        &self.letters[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Letters {
+    fn deref_mut(&mut self) -> &mut [usize] {
+        &mut self.letters[..self.len]
+    }
+}
+
 impl Strings {
-    /// The letters (as indices into `letters`) of problem p.
-    fn string(&self, mut p: u64) -> Vec<usize> {
+    /// The letters of problem p.
+    fn string(&self, mut p: u64) -> Letters {
         let k = self.letters.len() as u64;
         for len in self.lengths.min..=self.lengths.max {
             let n = k.pow(len as u32);
             if p < n {
-                return (0..len)
-                    .map(|_| {
-                        let letter = (p % k) as usize;
-                        p /= k;
-                        letter
-                    })
-                    .collect();
+                let mut s = Letters { letters: [0; 128], len };
+                for letter in s.iter_mut() {
+                    *letter = (p % k) as usize;
+                    p /= k;
+                }
+                return s;
             }
             p -= n;
         }
         unreachable!("problem beyond the space")
     }
 
-    fn transform(&self, mut s: Vec<usize>) -> Vec<usize> {
+    fn transform(&self, mut s: Letters) -> Letters {
         match self.op {
-            StringOp::Copy | StringOp::Cipher => s,
-            StringOp::Reverse => {
-                s.reverse();
-                s
+            StringOp::Copy | StringOp::Cipher => {}
+            StringOp::Reverse => s.reverse(),
+            StringOp::Sort => s.sort_unstable(),
+            StringOp::Evens => {
+                let kept = s.len.div_ceil(2);
+                for i in 0..kept {
+                    s.letters[i] = s.letters[2 * i];
+                }
+                s.len = kept;
             }
-            StringOp::Sort => {
-                s.sort_unstable();
-                s
+            StringOp::Stutter => {
+                for i in (0..s.len).rev() {
+                    (s.letters[2 * i], s.letters[2 * i + 1]) = (s.letters[i], s.letters[i]);
+                }
+                s.len *= 2;
             }
-            StringOp::Evens => s.into_iter().step_by(2).collect(),
-            StringOp::Stutter => s.into_iter().flat_map(|l| [l, l]).collect(),
             StringOp::Swap => {
                 for pair in s.chunks_exact_mut(2) {
                     pair.swap(0, 1);
                 }
-                s
             }
         }
+        s
     }
 }
 
@@ -361,7 +384,7 @@ impl Family for Strings {
         }
         out.extend_from_slice(&self.after);
         let prompt = out.len();
-        out.extend(self.transform(s).into_iter().map(|l| self.outputs[l]));
+        out.extend(self.transform(s).iter().map(|&l| self.outputs[l]));
         prompt
     }
 
@@ -384,10 +407,15 @@ impl Family for Strings {
 /// determines everything it depends on, problems with equal answers are one
 /// problem.
 fn answer_key(family: &dyn Family, p: u64) -> u64 {
-    let mut out = Vec::with_capacity(family.max_len());
-    let prompt = family.render(p, &mut out);
-    let bytes: Vec<u8> = out[prompt..].iter().flat_map(|t| t.to_le_bytes()).collect();
-    crate::rng::fnv1a(&bytes)
+    thread_local! {
+        /// Reused so that a split-key lookup in the training step allocates nothing.
+        static TOKENS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    TOKENS.with_borrow_mut(|out| {
+        out.clear();
+        let prompt = family.render(p, out);
+        out[prompt..].iter().fold(crate::rng::FNV1A_START, |h, t| crate::rng::fnv1a_extend(h, &t.to_le_bytes()))
+    })
 }
 
 /// Bracket completion: every prefix of a bracket sequence (lengths in

@@ -148,7 +148,7 @@ impl<'a, B: Backend> Run<'a, B> {
         let (rows, ctx) = (cfg.train.batch_size, shape.n_ctx);
         let model = Gpt::new(backend, shape.clone(), rows, cfg.seed);
         let trainer = Trainer::new(backend, model, cfg.train.clone(), cfg.seed);
-        let evaluators = suite.tasks.iter().map(|t| Evaluator::new(t, cfg.eval.examples, rows, ctx, shape.vocab)).collect();
+        let evaluators = suite.tasks.iter().zip(&suite.eval_sets).map(|(t, set)| Evaluator::for_problems(t, set, rows, ctx, shape.vocab)).collect();
         // The first `eval.examples` problems of the (seeded, shuffled) training set.
         let train_evaluators = suite.tasks.iter().map(|t| t.train_set.as_deref().map(|set| Evaluator::for_problems(t, &set[..set.len().min(cfg.eval.examples)], rows, ctx, shape.vocab))).collect();
         Run {
