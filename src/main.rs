@@ -368,7 +368,7 @@ fn train(cfg: &Config, suite: &ebb::tasks::Suite, out: &std::path::Path, quiet: 
         let chance = suite.task(task).map_or(0.0, |t| t.chance);
         println!("  {task:<16} exact_match {:.3} [95% {:.3}, {:.3}] (chance {chance:.3})  token_acc {:.3}  loss {:.4}", e.exact_match, e.exact_match_lo, e.exact_match_hi, e.token_acc, e.loss);
     }
-    if let Some(summary) = std::fs::read_to_string(out.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok()) {
+    if let Ok(summary) = ebb::analysis::read_summary(out) {
         print_drops(&summary);
     }
     println!("wrote {} (plots in plots/, open report.html)", outcome.dir.display());
@@ -379,33 +379,36 @@ fn train(cfg: &Config, suite: &ebb::tasks::Suite, out: &std::path::Path, quiet: 
 /// One line per dropped task: accuracy at the drop, half-life, fits,
 /// savings (or that it was not learned); one per `when_learned` event that
 /// never fired.
-fn print_drops(summary: &serde_json::Value) {
-    let num = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.3}"));
-    for d in summary["drops"].as_array().into_iter().flatten() {
-        let (task, step) = (d["task"].as_str().unwrap_or("?"), &d["step"]);
-        if d["learned"] == false {
-            println!("  dropped {task} at step {step}: not learned (accuracy {} < {} at the drop)", num(&d["accuracy_at_drop"]), d["learned_threshold"]);
+fn print_drops(summary: &ebb::analysis::Summary) {
+    use ebb::plot::report::{half_life_cell, savings_cell};
+    let num = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
+    for d in &summary.drops {
+        if !d.learned() {
+            println!("  dropped {} at step {}: not learned (accuracy {} < {:?} at the drop)", d.task, d.step, num(d.accuracy_at_drop), d.learned_threshold);
             continue;
         }
-        let fits = &d["fits"];
-        let preferred = fits["preferred"].as_str().unwrap_or("-");
-        let tau = fits.get(preferred).map_or("-".to_string(), |f| num(&f["tau"]));
-        let savings = d.get("revive").map_or("-".to_string(), |r| num(&r["savings"]));
+        let fit = match d.fits.as_ref().and_then(|f| f.best()) {
+            Some(f) => format!("{} fit τ {}", f.form.name(), num(f.tau)),
+            None => "no fit ok".to_string(),
+        };
+        let floor = d.noise_floor.as_ref().map_or(String::new(), |n| format!(" (kept tasks: AURC {})", num(n.aurc_mean)));
         println!(
-            "  dropped {task} at step {step}: accuracy {} -> {}, half-life {} steps, {preferred} fit τ {tau}, AURC {}, savings {savings}",
-            num(&d["accuracy_at_drop"]),
-            num(&d["accuracy_at_window_end"]),
-            num(&d["half_life"]),
-            num(&d["aurc"]),
+            "  dropped {} at step {}: accuracy {} -> {}, half-life {} steps, {fit}, AURC {}{floor}, savings {}",
+            d.task,
+            d.step,
+            num(d.accuracy_at_drop),
+            num(d.accuracy_at_window_end),
+            half_life_cell(d),
+            num(d.aurc),
+            savings_cell(d),
         );
     }
-    for e in summary["learned_events"].as_array().into_iter().flatten().filter(|e| e["fired_at"].is_null()) {
-        let tasks: Vec<&str> = e["tasks"].as_array().into_iter().flatten().filter_map(|t| t.as_str()).collect();
-        let why = match e["learned_at"].as_u64() {
+    for e in summary.learned_events.iter().filter(|e| e.fired_at.is_none()) {
+        let why = match e.learned_at {
             Some(s) => format!("learned at step {s}, due after the last step"),
-            None => format!("exact match never held ≥ {} at two evaluations in a row", e["when_learned"]),
+            None => format!("exact match never held ≥ {:?} at two evaluations in a row", e.when_learned),
         };
-        println!("  schedule[{}] (when_learned, {}): never fired: {why}", e["schedule"], tasks.join(", "));
+        println!("  schedule[{}] (when_learned, {}): never fired: {why}", e.schedule, e.tasks.join(", "));
     }
 }
 
@@ -424,7 +427,7 @@ fn dispatch(command: Command) -> Result<()> {
             if !config.is_file() {
                 return Err(Error::input(format!("{}: not a run directory (no config.toml)", run_dir.display())));
             }
-            let finished = std::fs::read_to_string(run_dir.join("summary.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).is_some_and(|s| s["finished"] == true);
+            let finished = ebb::analysis::stored_outcome(&run_dir).is_some_and(|(finished, _)| finished);
             if finished {
                 println!("{}: the run already finished", run_dir.display());
                 return Ok(());

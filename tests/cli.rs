@@ -149,7 +149,8 @@ fn a_run_writes_resolved_config_metrics_and_timing() {
     assert_eq!(first, std::fs::read_to_string(tmp.path().join("again/metrics.csv")).unwrap());
     assert!(!fingerprint(&again).is_empty());
     let steps: Vec<u64> = metric(&dir, "add1", "eval", "exact_match").iter().map(|r| r.0).collect();
-    assert_eq!(steps, vec![0, 10, 20, 30, 40]);
+    // Every `eval.every` steps, and densely (1, 2, 4, …) after the start.
+    assert_eq!(steps, vec![0, 1, 2, 4, 8, 10, 16, 20, 30, 32, 40]);
     assert_eq!(metric(&dir, "all", "train", "loss").len(), 8);
     let timing = std::fs::read_to_string(dir.join("timing.csv")).unwrap();
     assert!(timing.starts_with("step,seconds,tokens_per_s\n") && timing.lines().count() == 9, "{timing}");
@@ -179,12 +180,16 @@ fn quickstart_learns_suite_a_and_drops_affine_once_learned() {
     let drop = &summary["drops"][0];
     assert_eq!(drop["task"], "affine");
     assert_eq!(drop["step"].as_u64(), Some(learned_at + 300), "the drop is not 300 steps after the second evaluation at ≥ 0.9");
-    assert_eq!(drop["learned"], true);
+    assert_eq!(drop["status"], "learned");
     let (at_drop, at_end) = (drop["accuracy_at_drop"].as_f64().unwrap(), drop["accuracy_at_window_end"].as_f64().unwrap());
     assert!(at_drop >= 0.9 && at_end < 0.5 * at_drop, "no clear decay: {at_drop} -> {at_end}");
-    assert!(drop["half_life"].as_f64().unwrap() > 0.0);
+    assert_eq!(drop["half_life"]["status"], "reached", "{}", drop["half_life"]);
+    assert!(drop["half_life"]["steps"].as_f64().unwrap() > 0.0);
     assert!(drop["fits"]["exponential"]["tau"].as_f64().unwrap() > 0.0);
-    assert!(drop["revive"]["steps_to_regain"].as_u64().is_some(), "affine never came back: {}", drop["revive"]);
+    assert!(drop["noise_floor"]["tasks"].as_array().unwrap().len() >= 5, "the kept languages give the noise floor: {}", drop["noise_floor"]);
+    assert_eq!(drop["revive"]["status"], "regained", "affine never came back: {}", drop["revive"]);
+    assert!(drop["revive"]["steps_to_regain"].as_u64().is_some());
+    assert_eq!(summary["version"], 2);
     assert_eq!(summary["finished"], true);
 }
 

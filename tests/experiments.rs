@@ -81,7 +81,7 @@ fn a_drop_takes_effect_exactly_at_its_step() {
     assert_eq!(events, "step,event,task,value\n12,drop,add1,\n");
     // The dropped task is evaluated throughout, and densely right after the drop.
     let steps: Vec<u64> = metric(&dropped.join("run"), "add1", "eval", "exact_match").iter().map(|r| r.0).collect();
-    assert_eq!(steps, vec![0, 10, 12, 13, 14, 16, 20, 28, 30, 40]);
+    assert_eq!(steps, vec![0, 1, 2, 4, 8, 10, 12, 13, 14, 16, 20, 28, 30, 32, 40]);
 }
 
 #[test]
@@ -107,7 +107,7 @@ fn a_tiny_training_set_is_evaluated_on_the_train_split_and_memorized() {
     let dir = tmp.path().join("run");
     let held_out = metric(&dir, "add2", "eval", "exact_match");
     let steps: Vec<u64> = held_out.iter().map(|r| r.0).collect();
-    assert_eq!(steps, vec![0, 50, 100, 150, 200, 250, 300]);
+    assert_eq!(steps, vec![0, 1, 2, 4, 8, 16, 32, 50, 64, 100, 128, 150, 200, 250, 256, 300]);
     for name in ["loss", "token_acc", "exact_match", "exact_match_lo", "exact_match_hi", "p_correct"] {
         assert_eq!(metric(&dir, "add2", "train", name).iter().map(|r| r.0).collect::<Vec<_>>(), steps, "add2 train {name}");
         assert!(metric(&dir, "add1", "train", name).is_empty(), "add1 has no finite training set");
@@ -251,6 +251,14 @@ fn a_fork_shares_the_trunk_and_branches_from_the_checkpoint() {
     let out = ebb().arg("fork").arg(&trunk).args(["--at", "25", "--out"]).arg(tmp.path().join("x")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("it has: 20"));
+    // A fork refused for its config leaves nothing behind, so its retry runs.
+    let retry = tmp.path().join("retry");
+    for bad in ["model.n_layers=3", "schedule=[{step=500, drop=[\"add1\"]}]"] {
+        let out = ebb().arg("fork").arg(&trunk).args(["--at", "20", "--out"]).arg(&retry).args(["--quiet", "--set", bad]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!retry.exists(), "the refused fork ({bad}) left {} behind", retry.display());
+    }
+    run_ok(ebb().arg("fork").arg(&trunk).args(["--at", "20", "--out"]).arg(&retry).arg("--quiet"));
 }
 
 #[test]
@@ -359,8 +367,8 @@ fn a_learned_trigger_fires_at_its_cap_and_never_without_one() {
     assert_eq!(s["learned_events"][0]["status"], "fired_at_cap");
     // Dropped below its threshold: reported as not learned, outside every fit.
     let d = &s["drops"][0];
-    assert_eq!((d["learned"].clone(), d["status"].clone(), d["learned_threshold"].clone()), (serde_json::json!(false), serde_json::json!("not_learned"), serde_json::json!(1.0)));
-    assert!(d["half_life"].is_null() && d["aurc"].is_null() && d["fits"]["preferred"].is_null() && d["retention"].as_array().unwrap().is_empty(), "{d}");
+    assert_eq!((d["status"].clone(), d["learned_threshold"].clone()), (serde_json::json!("not_learned"), serde_json::json!(1.0)));
+    assert!(d["half_life"].is_null() && d["aurc"].is_null() && d["fits"].is_null() && d["noise_floor"].is_null() && d["retention"].as_array().unwrap().is_empty(), "{d}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("dropped add2 at step 100: not learned (accuracy 0.000 < 1.0 at the drop)"), "{stdout}");
 

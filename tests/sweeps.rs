@@ -88,3 +88,95 @@ fn bad_sweeps_are_refused_before_anything_runs() {
     rejects(&format!("{HEAD}seeds = [1]\n"), &["--shard", "3/2"], &["--shard 3/2"]);
     rejects(&format!("{HEAD}seeds = []\n"), &[], &["seeds", "empty"]);
 }
+
+/// A run directory with synthetic logs: task `gone` dropped at step 500 and
+/// decaying exponentially with half-life `half_life`, task `kept` trained
+/// throughout at exact match 1; `config` is a real run's config.toml.
+fn synthetic_run(dir: &Path, config: &str, params: u64, half_life: f64, ending: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    write(&dir.join("config.toml"), config);
+    write(&dir.join("model.json"), &format!("{{\"params\": {params}, \"suite\": \"synthetic\"}}\n"));
+    write(&dir.join("tasks.csv"), "task,family,chance,eval_examples,weight\ngone,copy,0,128,1\nkept,reverse,0,128,1\n");
+    write(&dir.join("events.csv"), &format!("step,event,task,value\n500,drop,gone,\n{ending}"));
+    let mut steps: Vec<u64> = (0..=2000).step_by(50).chain((0..11).map(|k| 500 + (1 << k))).collect();
+    steps.sort_unstable();
+    steps.dedup();
+    let mut metrics = String::from("step,task,split,metric,value\n");
+    for s in steps {
+        let gone = if s <= 500 { 1.0 } else { (-((s - 500) as f64) * std::f64::consts::LN_2 / half_life).exp() };
+        for (task, a) in [("gone", gone), ("kept", 1.0)] {
+            metrics.push_str(&format!("{s},{task},eval,exact_match,{a}\n"));
+        }
+    }
+    write(&dir.join("metrics.csv"), &metrics);
+}
+
+#[test]
+fn an_aggregate_counts_censored_half_lives_and_fits_with_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A real run's resolved config, made 2000 steps long.
+    let base = tmp.path().join("base");
+    run_ok(ebb().arg("run").arg(root().join("tasks/exp-smoke.toml")).arg("--out").arg(&base).args(["--quiet", "--set", "train.steps=2", "--set", "schedule=[]"]));
+    let config = std::fs::read_to_string(base.join("config.toml")).unwrap().replace("\nsteps = 2\n", "\nsteps = 2000\n");
+    assert!(config.contains("\nsteps = 2000\n"), "{config}");
+    // Half-life = 0.6 · params^0.5 with a fixed scatter; the window after the
+    // drop is 1500 steps, so the largest models' half-lives are censored.
+    let sweep = tmp.path().join("sweep");
+    let mut manifest = String::from("id,model.d_model,seed\n");
+    let mut censored = 0;
+    for k in 0..6u32 {
+        let params = 10_000 * 4u64.pow(k);
+        for seed in 1..=3u32 {
+            let half_life = 0.6 * (params as f64).sqrt() * (0.15 * (k as f64 * 12.9898 + seed as f64 * 78.233).sin()).exp();
+            censored += (half_life > 1500.0) as usize;
+            let id = format!("r{k}s{seed}");
+            synthetic_run(&sweep.join(&id), &config, params, half_life, "");
+            run_ok(ebb().arg("analyze").arg(sweep.join(&id)));
+            manifest.push_str(&format!("{id},{k},{seed}\n"));
+        }
+    }
+    assert!(censored >= 3, "the synthetic sweep censors the largest size");
+    // A diverged run and a failed one: listed, left out of every fit.
+    synthetic_run(&sweep.join("div"), &config, 10_000, 1.0, "900,diverged,all,loss\n");
+    run_ok(ebb().arg("analyze").arg(sweep.join("div")));
+    std::fs::create_dir_all(sweep.join("bad")).unwrap();
+    write(&sweep.join("bad/failed.txt"), "config refused\n");
+    manifest.push_str("div,0,9\nbad,0,10\n");
+    write(&sweep.join("manifest.csv"), &manifest);
+    run_ok(ebb().arg("aggregate").arg(&sweep));
+
+    let scaling: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(sweep.join("scaling.json")).unwrap()).unwrap();
+    let all = &scaling["conditions"]["all"];
+    let law = &all["half_life_law"];
+    assert_eq!(law["points"], 18, "every finished run's drop is one point: {law}");
+    assert_eq!(law["censored"].as_u64().unwrap() as usize, censored, "{law}");
+    let exponent = law["exponent"].as_f64().unwrap();
+    assert!((exponent - 0.5).abs() < 0.05, "the censored fit recovers the exponent 0.5: {exponent}");
+    let largest = all["by_params"].as_array().unwrap().last().unwrap();
+    assert_eq!(largest["censored"].as_u64().unwrap() as usize, censored.min(3), "{largest}");
+    let excluded: Vec<(String, String)> = scaling["excluded_runs"].as_array().unwrap().iter().map(|e| (e["id"].as_str().unwrap().into(), e["status"].as_str().unwrap().into())).collect();
+    assert_eq!(excluded, vec![("div".to_string(), "diverged".to_string()), ("bad".to_string(), "failed".to_string())]);
+
+    // Per run: the censored drop is counted; per drop: censored at the window, fits with their status.
+    let sweep_csv = std::fs::read_to_string(sweep.join("sweep.csv")).unwrap();
+    let head: Vec<&str> = sweep_csv.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| head.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no column {name} in {head:?}"));
+    let row = |id: &str| sweep_csv.lines().find(|l| l.starts_with(&format!("{id},"))).unwrap().split(',').map(String::from).collect::<Vec<_>>();
+    assert_eq!(row("r5s1")[col("censored")], "1");
+    assert_eq!(row("r5s1")[col("half_life_median_status")], "above");
+    assert_eq!(row("r0s1")[col("censored")], "0");
+    assert_eq!(row("div")[col("status")], "diverged");
+    let drops_csv = std::fs::read_to_string(sweep.join("drops.csv")).unwrap();
+    let dhead: Vec<&str> = drops_csv.lines().next().unwrap().split(',').collect();
+    let dcol = |name: &str| dhead.iter().position(|h| *h == name).unwrap();
+    let r5: Vec<&str> = drops_csv.lines().find(|l| l.starts_with("r5s1,")).unwrap().split(',').collect();
+    assert_eq!((r5[dcol("half_life_status")], r5[dcol("half_life")]), ("censored", "1500"));
+    let r1: Vec<&str> = drops_csv.lines().find(|l| l.starts_with("r1s1,")).unwrap().split(',').collect();
+    assert_eq!(r1[dcol("exp_status")], "ok", "{r1:?}");
+    assert_eq!(r1[dcol("preferred")], "exponential", "{r1:?}");
+    let tau: f64 = r1[dcol("exp_tau")].parse().unwrap();
+    let want = 0.6 * 40_000f64.sqrt() * (0.15 * (12.9898f64 + 78.233).sin()).exp() / std::f64::consts::LN_2;
+    assert!((tau / want - 1.0).abs() < 0.02, "τ {tau} vs {want}");
+    // The kept task gives the noise floor: no decay.
+    assert_eq!(r1[dcol("noise_floor_aurc")], "1");
+}

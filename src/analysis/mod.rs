@@ -1,24 +1,34 @@
 //! Decay analysis: pure functions over a run's logged files. Works on any
-//! run directory, finished, interrupted or diverged (`ebb analyze RUN_DIR`).
+//! run directory, finished, interrupted or diverged (`ebb analyze RUN_DIR`),
+//! and writes the typed `Summary` as `summary.json`.
 //!
 //! Per dropped task, from its drop step t₀ (A = exact match):
-//! - retention r(Δ) = (A(t₀+Δ) − chance) / (A(t₀) − chance);
-//! - half-life: the first Δ with r ≤ 0.5, linearly interpolated;
-//! - exponential and power-law fits (see `fit`), the preferred by AIC;
+//! - retention r(Δ) = (A(t₀+Δ) − chance) / (A(t₀) − chance), with the 95%
+//!   interval of A(t₀+Δ) and A(t₀) carried over (the widest ratio);
+//! - half-life: the first Δ with r ≤ 0.5, linearly interpolated, or
+//!   censored at the window's length when r stays above 0.5;
+//! - exponential and power-law fits with their status (see `fit`), the
+//!   preferred by AICc among those `ok`;
 //! - AURC: the mean of r over [0, horizon] (trapezoid rule);
 //! - forgetting: best accuracy before the drop − accuracy at the window's
 //!   end, and accuracy at the drop − accuracy at the window's end;
-//! - after a revive: savings = 1 − (steps to regain `regain`·A(t₀)) /
-//!   (steps it first took to reach that level).
+//! - a noise floor: the same statistics for the tasks still trained over the
+//!   same window;
+//! - after a revive: steps to regain `regain`·A(t₀) against the steps it
+//!   first took from entering training, both on the dense evaluation grid.
+//!
 //! For sequential runs: the accuracy matrix, average accuracy, backward
 //! transfer and forgetting.
 
 pub mod fit;
+pub mod stats;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+
+use self::fit::{Fit, Form};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -146,14 +156,17 @@ pub fn retention(series: &[(u64, f64)], t0: u64, end: u64, chance: f64) -> Optio
     Some(series.iter().filter(|p| p.0 >= t0 && p.0 <= end).map(|&(t, a)| ((t - t0) as f64, (a - chance) / (a0 - chance))).collect())
 }
 
-/// The first Δ where r ≤ 0.5, interpolated between evaluations.
-pub fn half_life(points: &[(f64, f64)]) -> Option<f64> {
-    let i = points.iter().position(|p| p.1 <= 0.5)?;
+/// The first Δ where r ≤ 0.5, interpolated between evaluations; censored
+/// at the last Δ when r stays above 0.5.
+pub fn half_life(points: &[(f64, f64)]) -> Option<HalfLife> {
+    let Some(i) = points.iter().position(|p| p.1 <= 0.5) else {
+        return points.last().map(|p| HalfLife { status: HalfLifeStatus::Censored, steps: p.0 });
+    };
     if i == 0 {
-        return Some(points[0].0);
+        return Some(HalfLife { status: HalfLifeStatus::Reached, steps: points[0].0 });
     }
     let ((d0, r0), (d1, r1)) = (points[i - 1], points[i]);
-    Some(d0 + (r0 - 0.5) / (r0 - r1) * (d1 - d0))
+    Some(HalfLife { status: HalfLifeStatus::Reached, steps: d0 + (r0 - 0.5) / (r0 - r1) * (d1 - d0) })
 }
 
 /// The mean of r over [0, horizon] by the trapezoid rule, over the points
@@ -183,8 +196,223 @@ fn first_reaching(series: &[(u64, f64)], from: u64, level: f64) -> Option<u64> {
     series.iter().find(|p| p.0 >= from && p.1 >= level).map(|p| p.0)
 }
 
-fn opt(x: Option<f64>) -> Value {
-    x.filter(|v| v.is_finite()).map_or(Value::Null, |v| json!(v))
+/// `x` when it is a finite number (JSON has no NaN).
+fn finite(x: Option<f64>) -> Option<f64> {
+    x.filter(|v| v.is_finite())
+}
+
+/// The format of `summary.json`; a summary of another version is recomputed
+/// from the run's files when read.
+pub const SUMMARY_VERSION: u32 = 2;
+
+/// Everything `summary.json` holds about a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    pub version: u32,
+    pub run: String,
+    /// Trainable parameters (absent when model.json is missing).
+    pub params: Option<u64>,
+    pub suite: Option<String>,
+    pub steps: u64,
+    pub last_logged_step: u64,
+    pub finished: bool,
+    pub diverged: Option<Diverged>,
+    pub tasks: BTreeMap<String, TaskSummary>,
+    pub drops: Vec<DropSummary>,
+    pub learned_events: Vec<LearnedEvent>,
+    pub sequential: Option<Sequential>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Diverged {
+    pub step: u64,
+    pub what: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskSummary {
+    pub family: String,
+    pub chance: f64,
+    pub initial_weight: f64,
+    pub final_exact_match: Option<f64>,
+    pub best_exact_match: Option<f64>,
+}
+
+/// Whether a dropped task was learned when it was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropStatus {
+    Learned,
+    NotLearned,
+}
+
+/// One retention point: r at Δ steps after the drop, with its 95% interval
+/// (absent for runs logged without exact-match intervals).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetentionPoint {
+    pub delta: f64,
+    pub r: f64,
+    pub lo: Option<f64>,
+    pub hi: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HalfLifeStatus {
+    /// r fell to 0.5 at `steps`.
+    Reached,
+    /// r stayed above 0.5 for the whole window: the half-life exceeds
+    /// `steps`, the window's length.
+    Censored,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HalfLife {
+    pub status: HalfLifeStatus,
+    pub steps: f64,
+}
+
+impl HalfLife {
+    /// The value when reached.
+    pub fn reached(&self) -> Option<f64> {
+        (self.status == HalfLifeStatus::Reached).then_some(self.steps)
+    }
+
+    pub fn observation(&self) -> stats::Observation {
+        stats::Observation { value: self.steps, censored: self.status == HalfLifeStatus::Censored }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fits {
+    pub exponential: Fit,
+    pub power: Fit,
+    /// The `ok` fit with the lower AICc; none when neither is `ok`.
+    pub preferred: Option<Form>,
+}
+
+impl Fits {
+    pub fn get(&self, form: Form) -> &Fit {
+        match form {
+            Form::Exponential => &self.exponential,
+            Form::Power => &self.power,
+        }
+    }
+
+    /// The preferred fit.
+    pub fn best(&self) -> Option<&Fit> {
+        self.preferred.map(|f| self.get(f))
+    }
+}
+
+/// What "no decay" looks like in this run: the tasks still trained and
+/// learned at the drop, measured over the same window as the dropped task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NoiseFloor {
+    pub tasks: Vec<String>,
+    /// Their mean AURC over the same horizon.
+    pub aurc_mean: Option<f64>,
+    /// Their mean retention at the window's end.
+    pub retention_at_end_mean: Option<f64>,
+    /// The lowest retention any of them reached in the window.
+    pub lowest_retention: Option<f64>,
+    /// How many of them fell to r ≤ 0.5 at some evaluation.
+    pub half_lives_reached: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviveStatus {
+    /// Accuracy at the revive was still at the regain level: nothing to relearn.
+    NotForgotten,
+    /// The regain level was reached again after `steps_to_regain` steps.
+    Regained,
+    /// Not regained within the window: censored at `censored_at` steps.
+    NotRegained,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Revive {
+    pub step: u64,
+    /// `analysis.regain` · accuracy at the drop.
+    pub regain_level: Option<f64>,
+    pub accuracy_at_revive: Option<f64>,
+    pub status: ReviveStatus,
+    pub steps_to_regain: Option<u64>,
+    pub censored_at: Option<u64>,
+    /// The step the task entered training (first learning is timed from it).
+    pub entered_training: u64,
+    pub steps_first_learned: Option<u64>,
+    /// 1 − steps to regain / steps first learned (regained only).
+    pub savings: Option<f64>,
+    /// Steps to regain / steps first learned (regained only).
+    pub relearn_ratio: Option<f64>,
+}
+
+/// Everything about one drop of one task. A task below its learned
+/// threshold at the drop has status `not_learned` and no retention, fits or
+/// half-life, so it stays out of every fit and mean.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DropSummary {
+    pub task: String,
+    pub step: u64,
+    pub window_end: u64,
+    pub chance: f64,
+    pub accuracy_at_drop: Option<f64>,
+    pub best_accuracy_before_drop: Option<f64>,
+    pub accuracy_at_window_end: Option<f64>,
+    pub forgetting_from_best: Option<f64>,
+    pub forgetting_from_drop: Option<f64>,
+    pub learned_threshold: f64,
+    pub status: DropStatus,
+    pub retention: Vec<RetentionPoint>,
+    pub half_life: Option<HalfLife>,
+    pub aurc: Option<f64>,
+    pub aurc_horizon: f64,
+    pub fits: Option<Fits>,
+    pub noise_floor: Option<NoiseFloor>,
+    pub revive: Option<Revive>,
+}
+
+impl DropSummary {
+    pub fn learned(&self) -> bool {
+        self.status == DropStatus::Learned
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LearnedStatus {
+    FiredWhenLearned,
+    FiredAtCap,
+    NeverLearned,
+    DueAfterTheEnd,
+}
+
+/// A `when_learned` schedule entry: when its tasks were learned and when it fired.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LearnedEvent {
+    pub schedule: usize,
+    pub tasks: Vec<String>,
+    pub when_learned: f64,
+    pub after: u64,
+    pub cap: Option<u64>,
+    pub learned_at: Option<u64>,
+    pub fired_at: Option<u64>,
+    pub status: LearnedStatus,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sequential {
+    pub order: Vec<String>,
+    pub phase_ends: Vec<u64>,
+    pub normalization: String,
+    /// R[i][j]: accuracy on the task of phase j after phase i.
+    pub accuracy_matrix: Vec<Vec<Option<f64>>>,
+    pub average_accuracy: Option<f64>,
+    pub backward_transfer: Option<f64>,
+    pub forgetting: Option<f64>,
 }
 
 /// Whether an `events.csv` row records a learned trigger (learned, or its cap reached).
@@ -199,73 +427,143 @@ fn learned_threshold(run: &RunData, task: &str, t0: u64) -> f64 {
     run.events.iter().filter(|e| e.task == task && e.step <= t0 && is_learned_row(e)).filter_map(|e| e.value.parse().ok()).next_back().unwrap_or(run.config.analysis.learned)
 }
 
-/// Everything about one drop of one task. A task below its learned
-/// threshold at the drop gets `status: not_learned` and no retention, fits
-/// or half-life, so it stays out of every fit and mean.
-fn drop_summary(run: &RunData, task: &TaskInfo, t0: u64) -> Value {
+/// The end of the window that starts at `from` for `task`: the next event
+/// touching it (or a phase change), else the last logged step.
+fn window_end(run: &RunData, task: &str, from: u64) -> u64 {
+    run.events.iter().filter(|e| e.step > from && !is_learned_row(e) && (e.task == task || e.event == "phase")).map(|e| e.step).min().unwrap_or(run.last_step)
+}
+
+/// The step `task` entered training before `t0`: 0 when it starts with a
+/// positive weight, else its first revive, phase or positive weight event.
+fn entered_training(run: &RunData, task: &TaskInfo, t0: u64) -> u64 {
+    if task.weight > 0.0 {
+        return 0;
+    }
+    let enters = |e: &EventRow| e.event == "revive" || e.event == "phase" || (e.event == "weight" && e.value.parse::<f64>().is_ok_and(|w| w > 0.0));
+    run.events.iter().filter(|e| e.task == task.id && e.step < t0 && enters(e)).map(|e| e.step).min().unwrap_or(0)
+}
+
+/// Retention points of `task` over [t0, end] with intervals: r's interval
+/// takes A(t)'s Wilson bounds over A(t₀)'s (the widest ratio of the two).
+fn retention_points(run: &RunData, task: &TaskInfo, t0: u64, end: u64) -> Option<Vec<RetentionPoint>> {
     let series = run.accuracy(&task.id);
-    // The window ends at the next event touching this task, or the last step.
-    let next = run.events.iter().filter(|e| e.step > t0 && !is_learned_row(e) && (e.task == task.id || e.event == "phase")).map(|e| e.step).min();
-    let end = next.unwrap_or(run.last_step);
+    let points = retention(series, t0, end, task.chance)?;
+    let (lo, hi) = (run.series(&task.id, "exact_match_lo"), run.series(&task.id, "exact_match_hi"));
+    let c = task.chance;
+    let (lo0, hi0) = (at(lo, t0).map(|v| v - c), at(hi, t0).map(|v| v - c));
+    Some(
+        points
+            .into_iter()
+            .map(|(d, r)| {
+                let t = t0 + d as u64;
+                let lo_t = lo.iter().find(|p| p.0 == t).map(|p| p.1 - c);
+                let hi_t = hi.iter().find(|p| p.0 == t).map(|p| p.1 - c);
+                let ratio = |num: Option<f64>, den: Option<f64>| finite(num.zip(den.filter(|&x| x > 0.0)).map(|(n, d)| n / d));
+                // The low end: A(t)'s low over A(t₀)'s high (or low when A(t) is below chance); the high end alike.
+                let low = ratio(lo_t, if lo_t.is_some_and(|v| v < 0.0) { lo0 } else { hi0 });
+                let high = ratio(hi_t, if hi_t.is_some_and(|v| v < 0.0) { hi0 } else { lo0 });
+                RetentionPoint { delta: d, r, lo: low.map(|l| l.min(r)), hi: high.map(|h| h.max(r)) }
+            })
+            .collect(),
+    )
+}
+
+/// The noise floor of a drop at `t0` with window end `end` (None in
+/// sequential runs, where no task stays in training).
+fn noise_floor(run: &RunData, dropped: &str, t0: u64, end: u64, horizon: f64) -> Option<NoiseFloor> {
+    let touched = |id: &str| run.events.iter().any(|e| e.task == id && e.step <= end && !is_learned_row(e));
+    let kept: Vec<(&TaskInfo, Vec<(f64, f64)>)> = run
+        .tasks
+        .iter()
+        .filter(|t| t.id != dropped && t.weight > 0.0 && !touched(&t.id))
+        .filter(|t| at(run.accuracy(&t.id), t0).is_some_and(|a| a >= learned_threshold(run, &t.id, t0)))
+        .filter_map(|t| Some((t, retention(run.accuracy(&t.id), t0, end, t.chance)?)))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    let mean = |xs: Vec<f64>| finite(stats::mean_ci(&xs).map(|m| m.mean));
+    Some(NoiseFloor {
+        tasks: kept.iter().map(|k| k.0.id.clone()).collect(),
+        aurc_mean: mean(kept.iter().filter_map(|k| aurc(&k.1, horizon)).collect()),
+        retention_at_end_mean: mean(kept.iter().filter_map(|k| k.1.last().map(|p| p.1)).collect()),
+        lowest_retention: finite(kept.iter().flat_map(|k| k.1.iter().map(|p| p.1)).reduce(f64::min)),
+        half_lives_reached: kept.iter().filter(|k| k.1.iter().any(|p| p.1 <= 0.5)).count(),
+    })
+}
+
+/// The relearning after `task`'s revive (dropped at `t0` from accuracy `a0`).
+fn revive_summary(run: &RunData, task: &TaskInfo, t0: u64, a0: Option<f64>, revive: u64) -> Revive {
+    let series = run.accuracy(&task.id);
+    let level = finite(a0.map(|a| run.config.analysis.regain * a));
+    let accuracy_at_revive = at(series, revive);
+    let end = window_end(run, &task.id, revive);
+    let entered = entered_training(run, task, t0);
+    let first = level.and_then(|l| first_reaching(series, entered, l)).filter(|&s| s <= t0).map(|s| s - entered);
+    let regained = level.and_then(|l| first_reaching(series, revive, l)).filter(|&s| s <= end).map(|s| s - revive);
+    let status = match (level, accuracy_at_revive, regained) {
+        (Some(l), Some(a), _) if a >= l => ReviveStatus::NotForgotten,
+        (_, _, Some(_)) => ReviveStatus::Regained,
+        _ => ReviveStatus::NotRegained,
+    };
+    let ratio = match (status, regained, first) {
+        (ReviveStatus::Regained, Some(r), Some(f)) if f > 0 => Some(r as f64 / f as f64),
+        _ => None,
+    };
+    Revive {
+        step: revive,
+        regain_level: level,
+        accuracy_at_revive,
+        status,
+        steps_to_regain: regained.filter(|_| status == ReviveStatus::Regained),
+        censored_at: (status == ReviveStatus::NotRegained).then_some(end - revive),
+        entered_training: entered,
+        steps_first_learned: first,
+        savings: ratio.map(|r| 1.0 - r),
+        relearn_ratio: ratio,
+    }
+}
+
+fn drop_summary(run: &RunData, task: &TaskInfo, t0: u64) -> DropSummary {
+    let series = run.accuracy(&task.id);
+    let end = window_end(run, &task.id, t0);
     let a0 = at(series, t0);
     let threshold = learned_threshold(run, &task.id, t0);
     let learned = a0.is_some_and(|a| a >= threshold);
-    let best_before = series.iter().filter(|p| p.0 <= t0).map(|p| p.1).fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    let best_before = series.iter().filter(|p| p.0 <= t0).map(|p| p.1).reduce(f64::max);
     let a_end = at(series, end);
-    let points = if learned { retention(series, t0, end, task.chance) } else { None };
+    let points = if learned { retention_points(run, task, t0, end) } else { None };
+    let rd: Option<Vec<(f64, f64)>> = points.as_ref().map(|p| p.iter().map(|p| (p.delta, p.r)).collect());
     let horizon = run.config.analysis.horizon.unwrap_or(end - t0) as f64;
-    let (exp, pow) = match &points {
-        Some(p) => (fit::fit_exponential(p), fit::fit_power(p)),
-        None => (None, None),
-    };
-    let preferred = match (&exp, &pow) {
-        (Some(e), Some(p)) => Some(if p.aic < e.aic { "power" } else { "exponential" }),
-        (Some(_), None) => Some("exponential"),
-        _ => None,
-    };
-    let mut out = json!({
-        "task": task.id,
-        "step": t0,
-        "window_end": end,
-        "chance": task.chance,
-        "accuracy_at_drop": opt(a0),
-        "best_accuracy_before_drop": opt(best_before),
-        "accuracy_at_window_end": opt(a_end),
-        "forgetting_from_best": opt(best_before.zip(a_end).map(|(b, e)| b - e)),
-        "forgetting_from_drop": opt(a0.zip(a_end).map(|(a, e)| a - e)),
-        "learned": learned,
-        "learned_threshold": threshold,
-        "status": if learned { "learned" } else { "not_learned" },
-        "learned_at_drop": points.is_some(),
-        "retention": points.clone().unwrap_or_default().iter().map(|&(d, r)| json!([d, r])).collect::<Vec<_>>(),
-        "half_life": opt(points.as_deref().and_then(half_life)),
-        "aurc": opt(points.as_deref().and_then(|p| aurc(p, horizon))),
-        "aurc_horizon": horizon,
-        "fits": { "exponential": exp, "power": pow, "preferred": preferred },
+    let fits = rd.as_deref().map(|p| {
+        let (exponential, power, preferred) = fit::fit_both(p);
+        Fits { exponential, power, preferred }
     });
-    if let Some(revive) = run.events.iter().find(|e| e.step > t0 && e.task == task.id && e.event == "revive") {
-        let level = a0.map(|a| run.config.analysis.regain * a);
-        let regained = level.and_then(|l| first_reaching(series, revive.step, l)).map(|t| t - revive.step);
-        let started = run.events.iter().filter(|e| e.task == task.id && e.step < t0 && (e.event == "revive" || e.event == "phase")).map(|e| e.step).min().unwrap_or(0);
-        let first = level.and_then(|l| first_reaching(series, started, l)).map(|t| t - started);
-        let savings = match (regained, first) {
-            (Some(r), Some(f)) if f > 0 => Some(1.0 - r as f64 / f as f64),
-            _ => None,
-        };
-        out["revive"] = json!({
-            "step": revive.step,
-            "regain_level": opt(level),
-            "steps_to_regain": regained,
-            "steps_first_learned": first,
-            "savings": opt(savings),
-        });
+    DropSummary {
+        task: task.id.clone(),
+        step: t0,
+        window_end: end,
+        chance: task.chance,
+        accuracy_at_drop: finite(a0),
+        best_accuracy_before_drop: finite(best_before),
+        accuracy_at_window_end: finite(a_end),
+        forgetting_from_best: finite(best_before.zip(a_end).map(|(b, e)| b - e)),
+        forgetting_from_drop: finite(a0.zip(a_end).map(|(a, e)| a - e)),
+        learned_threshold: threshold,
+        status: if rd.is_some() { DropStatus::Learned } else { DropStatus::NotLearned },
+        half_life: rd.as_deref().and_then(half_life),
+        aurc: finite(rd.as_deref().and_then(|p| aurc(p, horizon))),
+        aurc_horizon: horizon,
+        fits,
+        noise_floor: if rd.is_some() { noise_floor(run, &task.id, t0, end, horizon) } else { None },
+        revive: run.events.iter().find(|e| e.step > t0 && e.task == task.id && e.event == "revive").map(|e| revive_summary(run, task, t0, a0, e.step)),
+        retention: points.unwrap_or_default(),
     }
-    out
 }
 
 /// Every `when_learned` event: when its tasks were learned (its `learned`
 /// rows), and when it fired, at the cap or after learning, or that it never did.
-fn learned_events(run: &RunData) -> Vec<Value> {
+fn learned_events(run: &RunData) -> Vec<LearnedEvent> {
     let mut out = Vec::new();
     for (i, e) in run.config.schedule.iter().enumerate() {
         let Some(threshold) = e.when_learned else { continue };
@@ -275,28 +573,19 @@ fn learned_events(run: &RunData) -> Vec<Value> {
         let due = learned_at.map(|s| s + e.after.unwrap_or(0)).into_iter().chain(e.step).min();
         let fired_at = due.filter(|&s| run.events.iter().any(|r| r.step == s && tasks.contains(&r.task.as_str()) && ["drop", "revive", "weight"].contains(&r.event.as_str())));
         let status = match (fired_at, learned_at) {
-            (Some(s), Some(l)) if l + e.after.unwrap_or(0) == s => "fired_when_learned",
-            (Some(_), _) => "fired_at_cap",
-            (None, None) => "never_learned",
-            (None, Some(_)) => "due_after_the_end",
+            (Some(s), Some(l)) if l + e.after.unwrap_or(0) == s => LearnedStatus::FiredWhenLearned,
+            (Some(_), _) => LearnedStatus::FiredAtCap,
+            (None, None) => LearnedStatus::NeverLearned,
+            (None, Some(_)) => LearnedStatus::DueAfterTheEnd,
         };
-        out.push(json!({
-            "schedule": i,
-            "tasks": tasks,
-            "when_learned": threshold,
-            "after": e.after.unwrap_or(0),
-            "cap": e.step,
-            "learned_at": learned_at,
-            "fired_at": fired_at,
-            "status": status,
-        }));
+        out.push(LearnedEvent { schedule: i, tasks: tasks.iter().map(|t| t.to_string()).collect(), when_learned: threshold, after: e.after.unwrap_or(0), cap: e.step, learned_at, fired_at, status });
     }
     out
 }
 
 /// The accuracy matrix of a sequential run: R[i][j] = accuracy on the task
 /// of phase j after phase i.
-fn sequential_summary(run: &RunData) -> Option<Value> {
+fn sequential_summary(run: &RunData) -> Option<Sequential> {
     let phases: Vec<&EventRow> = run.events.iter().filter(|e| e.event == "phase").collect();
     if phases.len() < 2 {
         return None;
@@ -315,59 +604,83 @@ fn sequential_summary(run: &RunData) -> Option<Value> {
     } else {
         (None, None, None)
     };
-    Some(json!({
-        "order": order,
-        "phase_ends": ends,
-        "normalization": "raw exact-match accuracy (not chance-corrected); R[i][j] is task j (in phase order) after phase i",
-        "accuracy_matrix": r.iter().map(|row| row.iter().map(|&x| opt(x)).collect::<Vec<_>>()).collect::<Vec<_>>(),
-        "average_accuracy": opt(average),
-        "backward_transfer": opt(bwt),
-        "forgetting": opt(forgetting),
-    }))
+    Some(Sequential {
+        order: order.iter().map(|o| o.to_string()).collect(),
+        phase_ends: ends,
+        normalization: "raw exact-match accuracy (not chance-corrected); R[i][j] is task j (in phase order) after phase i".into(),
+        accuracy_matrix: r.iter().map(|row| row.iter().map(|&x| finite(x)).collect()).collect(),
+        average_accuracy: finite(average),
+        backward_transfer: finite(bwt),
+        forgetting: finite(forgetting),
+    })
 }
 
-/// The summary of a run directory.
-pub fn summarize(dir: &Path) -> Result<Value> {
+/// The summary of a run directory, computed from its files.
+pub fn summarize(dir: &Path) -> Result<Summary> {
     let run = RunData::load(dir)?;
-    let diverged = run.events.iter().find(|e| e.event == "diverged").map(|e| json!({ "step": e.step, "what": e.value, "message": format!("diverged at step {}", e.step) }));
+    let diverged = run.events.iter().find(|e| e.event == "diverged").map(|e| Diverged { step: e.step, what: e.value.clone(), message: format!("diverged at step {}", e.step) });
     let finished = diverged.is_none() && run.last_step >= run.config.train.steps;
-    let tasks: serde_json::Map<String, Value> = run
+    let tasks = run
         .tasks
         .iter()
         .map(|t| {
             let series = run.accuracy(&t.id);
-            let final_acc = series.last().map(|p| p.1);
-            (t.id.clone(), json!({ "family": t.family, "chance": t.chance, "initial_weight": t.weight, "final_exact_match": opt(final_acc), "best_exact_match": opt(series.iter().map(|p| p.1).reduce(f64::max)) }))
+            let summary = TaskSummary {
+                family: t.family.clone(),
+                chance: t.chance,
+                initial_weight: t.weight,
+                final_exact_match: finite(series.last().map(|p| p.1)),
+                best_exact_match: finite(series.iter().map(|p| p.1).reduce(f64::max)),
+            };
+            (t.id.clone(), summary)
         })
         .collect();
-    let drops: Vec<Value> = run
-        .events
-        .iter()
-        .filter(|e| e.event == "drop")
-        .filter_map(|e| run.tasks.iter().find(|t| t.id == e.task).map(|t| drop_summary(&run, t, e.step)))
-        .collect();
-    let model: Value = std::fs::read_to_string(dir.join("model.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
-    Ok(json!({
-        "run": run.config.name,
-        "params": model["params"],
-        "suite": model["suite"],
-        "steps": run.config.train.steps,
-        "last_logged_step": run.last_step,
-        "finished": finished,
-        "diverged": diverged,
-        "tasks": tasks,
-        "drops": drops,
-        "learned_events": learned_events(&run),
-        "sequential": sequential_summary(&run),
-    }))
+    let drops = run.events.iter().filter(|e| e.event == "drop").filter_map(|e| run.tasks.iter().find(|t| t.id == e.task).map(|t| drop_summary(&run, t, e.step))).collect();
+    let model: Option<serde_json::Value> = std::fs::read_to_string(dir.join("model.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    Ok(Summary {
+        version: SUMMARY_VERSION,
+        run: run.config.name.clone(),
+        params: model.as_ref().and_then(|m| m["params"].as_u64()),
+        suite: model.as_ref().and_then(|m| m["suite"].as_str().map(String::from)),
+        steps: run.config.train.steps,
+        last_logged_step: run.last_step,
+        finished,
+        diverged,
+        tasks,
+        drops,
+        learned_events: learned_events(&run),
+        sequential: sequential_summary(&run),
+    })
 }
 
 /// Writes `summary.json` into the run directory.
-pub fn write_summary(dir: &Path) -> Result<Value> {
+pub fn write_summary(dir: &Path) -> Result<Summary> {
     let summary = summarize(dir)?;
-    let text = serde_json::to_string_pretty(&summary).expect("JSON values serialize");
+    let text = serde_json::to_string_pretty(&summary).expect("a summary serializes");
     crate::run_dir::write_atomic(&dir.join("summary.json"), format!("{text}\n").as_bytes())?;
     Ok(summary)
+}
+
+/// How a run ended, as its `summary.json` says (any version): (finished,
+/// diverged); None without a summary.
+pub fn stored_outcome(dir: &Path) -> Option<(bool, bool)> {
+    #[derive(Deserialize)]
+    struct Outcome {
+        finished: bool,
+        diverged: Option<serde::de::IgnoredAny>,
+    }
+    let o: Outcome = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).ok()?).ok()?;
+    Some((o.finished, o.diverged.is_some()))
+}
+
+/// A run's summary: `summary.json` when it is of this version, else
+/// recomputed from the run's files (and rewritten).
+pub fn read_summary(dir: &Path) -> Result<Summary> {
+    let stored = std::fs::read_to_string(dir.join("summary.json")).ok().and_then(|t| serde_json::from_str::<Summary>(&t).ok());
+    match stored {
+        Some(s) if s.version == SUMMARY_VERSION => Ok(s),
+        _ => write_summary(dir),
+    }
 }
 
 #[cfg(test)]
@@ -377,8 +690,9 @@ mod tests {
     #[test]
     fn half_life_interpolates_between_evaluations() {
         let pts = [(0.0, 1.0), (10.0, 0.8), (20.0, 0.4), (30.0, 0.2)];
-        assert!((half_life(&pts).unwrap() - 17.5).abs() < 1e-12);
-        assert_eq!(half_life(&[(0.0, 1.0), (5.0, 0.9)]), None);
+        assert!((half_life(&pts).unwrap().reached().unwrap() - 17.5).abs() < 1e-12);
+        // Never below 0.5 in the window: censored at the window's length, not missing.
+        assert_eq!(half_life(&[(0.0, 1.0), (5.0, 0.9)]), Some(HalfLife { status: HalfLifeStatus::Censored, steps: 5.0 }));
     }
 
     #[test]

@@ -4,10 +4,11 @@
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use serde_json::Value;
+
 
 use super::{DrawResult, PngArea, SvgArea};
-use crate::analysis::RunData;
+use crate::analysis::fit::{Fit, Form};
+use crate::analysis::{RetentionPoint, RunData, Summary};
 
 /// A chart that owns (or borrows) what it draws.
 pub trait Chart {
@@ -344,7 +345,7 @@ impl Loss<'_> {
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..max_step(data), (lo..hi).log_scale())
             .map_err(err)?;
-        chart.configure_mesh().y_desc("loss").x_label_formatter(&|v| format!("{v:.0}")).label_style((FONT, 13)).axis_desc_style((FONT, 14)).draw().map_err(err)?;
+        chart.configure_mesh().y_desc("loss").x_label_formatter(&|v| format!("{v:.0}")).y_labels(LOG_LABELS).y_label_formatter(&log_label).label_style((FONT, 13)).axis_desc_style((FONT, 14)).draw().map_err(err)?;
         draw_schedule(&mut chart, data, (lo, hi))?;
         for (line, pts) in lines.iter().zip(&all) {
             draw_line(&mut chart, pts, line, 2)?;
@@ -364,7 +365,7 @@ impl Loss<'_> {
             .build_cartesian_2d(0f64..max_step(data), (llo..lhi).log_scale())
             .map_err(err)?
             .set_secondary_coord(0f64..max_step(data), 0f64..lr_hi);
-        chart.configure_mesh().x_desc("training step").y_desc("train loss").x_label_formatter(&|v| format!("{v:.0}")).label_style((FONT, 13)).axis_desc_style((FONT, 14)).draw().map_err(err)?;
+        chart.configure_mesh().x_desc("training step").y_desc("train loss").x_label_formatter(&|v| format!("{v:.0}")).y_labels(LOG_LABELS).y_label_formatter(&log_label).label_style((FONT, 13)).axis_desc_style((FONT, 14)).draw().map_err(err)?;
         chart.configure_secondary_axes().y_desc("learning rate").label_style((FONT, 13)).axis_desc_style((FONT, 14)).draw().map_err(err)?;
         draw_schedule(&mut chart, data, (llo, lhi))?;
         chart.draw_series(LineSeries::new(loss, ShapeStyle::from(&BLACK).stroke_width(1))).map_err(err)?.label("train loss").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
@@ -392,13 +393,22 @@ impl Chart for Loss<'_> {
     both_backends!();
 }
 
-/// One dropped task's retention curve and fits, from summary.json.
+/// At most this many labels on a log axis, so that they never overlap.
+const LOG_LABELS: usize = 6;
+
+/// A log axis label: short (1, 0.1, 1e-4) whatever the decade.
+fn log_label(v: &f64) -> String {
+    if (1e-3..1e4).contains(&v.abs()) { format!("{}", (v * 1e6).round() / 1e6) } else { format!("{v:.0e}") }
+}
+
+/// One dropped task's retention curve and its `ok` fits, from the summary.
+#[derive(Clone)]
 struct DropCurve {
     task: String,
     color: RGBColor,
-    points: Vec<(f64, f64)>,
-    exp: Option<(f64, f64)>,          // (τ, r∞)
-    power: Option<(f64, f64, f64)>,   // (τ, β, r∞)
+    points: Vec<RetentionPoint>,
+    /// The fits whose status is `ok`; the preferred one is drawn thicker.
+    fits: Vec<(Fit, bool)>,
     half_life: Option<f64>,
 }
 
@@ -413,9 +423,9 @@ pub struct Retention {
 impl Retention {
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
         area.fill(&WHITE).map_err(err)?;
-        let max_d = self.curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)).fold(1.0f64, f64::max);
-        let (rlo, rhi) = self.curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)).fold((0.0f64, 1.05f64), |(lo, hi), r| (lo.min(r - 0.05), hi.max(r + 0.05)));
-        let caption = format!("{}: retention after the drop, {} (dashed: exponential fit, dotted: power law, |: half-life)", self.run, if self.log_x { "log steps" } else { "steps" });
+        let max_d = self.curves.iter().flat_map(|c| c.points.iter().map(|p| p.delta)).fold(1.0f64, f64::max);
+        let (rlo, rhi) = self.curves.iter().flat_map(|c| c.points.iter().map(|p| p.r)).fold((0.0f64, 1.05f64), |(lo, hi), r| (lo.min(r - 0.05), hi.max(r + 0.05)));
+        let caption = format!("{}: retention after the drop, {} (dashed: exponential, dotted: power law, fits with status ok only; |: half-life)", self.run, if self.log_x { "log steps" } else { "steps" });
         let mut builder = ChartBuilder::on(area);
         builder.caption(caption, (FONT, 17)).margin(12).x_label_area_size(40).y_label_area_size(55);
         if self.log_x {
@@ -432,29 +442,35 @@ impl Retention {
         X: plotters::coord::ranged1d::Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
     {
         chart.configure_mesh().x_desc("steps since the drop (Δ)").y_desc("retention r(Δ)").x_label_formatter(&|v| format!("{v:.0}")).label_style((FONT, 14)).axis_desc_style((FONT, 15)).draw().map_err(err)?;
-        let max_d = self.curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)).fold(1.0f64, f64::max);
+        let max_d = self.curves.iter().flat_map(|c| c.points.iter().map(|p| p.delta)).fold(1.0f64, f64::max);
         let grid: Vec<f64> = (0..=400).map(|i| if keep(0.0) { max_d * i as f64 / 400.0 } else { max_d.powf(i as f64 / 400.0) }).collect();
         for c in &self.curves {
             let style = ShapeStyle::from(&c.color).stroke_width(2);
-            let pts: Vec<(f64, f64)> = c.points.iter().copied().filter(|p| keep(p.0)).collect();
+            let pts: Vec<&RetentionPoint> = c.points.iter().filter(|p| keep(p.delta)).collect();
             let color = c.color;
-            chart.draw_series(LineSeries::new(pts.clone(), style)).map_err(err)?.label(format!("{} (measured)", c.task)).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ShapeStyle::from(&color).stroke_width(3)));
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.color.filled()))).map_err(err)?;
-            if let Some((tau, r_inf)) = c.exp {
+            chart.draw_series(LineSeries::new(pts.iter().map(|p| (p.delta, p.r)), style)).map_err(err)?.label(format!("{} (measured, 95% interval)", c.task)).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ShapeStyle::from(&color).stroke_width(3)));
+            chart.draw_series(pts.iter().map(|p| Circle::new((p.delta, p.r), 3, c.color.filled()))).map_err(err)?;
+            chart.draw_series(pts.iter().filter_map(|p| Some(ErrorBar::new_vertical(p.delta, p.lo?, p.r, p.hi?, c.color.mix(0.5).stroke_width(1), 4)))).map_err(err)?;
+            for (fit, preferred) in &c.fits {
+                let curve = grid.iter().filter_map(|&d| Some((d, fit.curve(d)?)));
+                let width = if *preferred { 3 } else { 1 };
+                let which = if *preferred { ", preferred" } else { "" };
                 let color = c.color;
-                chart
-                    .draw_series(DashedLineSeries::new(grid.iter().map(|&d| (d, r_inf + (1.0 - r_inf) * (-d / tau).exp())), 10, 6, ShapeStyle::from(&color).stroke_width(2)))
-                    .map_err(err)?
-                    .label(format!("{}: exponential fit, τ = {tau:.0}", c.task))
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], ShapeStyle::from(&color).stroke_width(2)));
-            }
-            if let Some((tau, beta, r_inf)) = c.power {
-                let dark = RGBColor(c.color.0 / 2, c.color.1 / 2, c.color.2 / 2);
-                chart
-                    .draw_series(DottedLineSeries::new(grid.iter().map(|&d| (d, r_inf + (1.0 - r_inf) * (1.0 + d / tau).powf(-beta))), 0, 6, move |p| Circle::new(p, 2, dark.filled())))
-                    .map_err(err)?
-                    .label(format!("{}: power-law fit, τ = {tau:.0}, β = {beta:.2}", c.task))
-                    .legend(move |(x, y)| Circle::new((x + 10, y), 3, dark.filled()));
+                match fit.form {
+                    Form::Exponential => chart
+                        .draw_series(DashedLineSeries::new(curve, 10, 6, ShapeStyle::from(&color).stroke_width(width)))
+                        .map_err(err)?
+                        .label(format!("{}: exponential, τ = {:.0}{which}", c.task, fit.tau.unwrap_or(f64::NAN)))
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], ShapeStyle::from(&color).stroke_width(2))),
+                    Form::Power => {
+                        let dark = RGBColor(c.color.0 / 2, c.color.1 / 2, c.color.2 / 2);
+                        chart
+                            .draw_series(DottedLineSeries::new(curve, 0, 6 + 2 * width, move |p| Circle::new(p, width as i32 + 1, dark.filled())))
+                            .map_err(err)?
+                            .label(format!("{}: power law, τ = {:.0}, β = {:.2}{which}", c.task, fit.tau.unwrap_or(f64::NAN), fit.beta.unwrap_or(f64::NAN)))
+                            .legend(move |(x, y)| Circle::new((x + 10, y), 3, dark.filled()))
+                    }
+                };
             }
             if let Some(h) = c.half_life.filter(|&h| keep(h)) {
                 chart.draw_series(std::iter::once(PathElement::new(vec![(h, 0.4), (h, 0.6)], ShapeStyle::from(&c.color).stroke_width(3)))).map_err(err)?;
@@ -546,39 +562,28 @@ impl Chart for Matrix {
 /// The charts that apply to a run: accuracy (overview and per task) and
 /// loss always; retention when
 /// a task was dropped and learned; the matrix for sequential runs.
-pub fn charts_for<'a>(data: &'a RunData, summary: &Value) -> Vec<Box<dyn Chart + 'a>> {
+pub fn charts_for<'a>(data: &'a RunData, summary: &Summary) -> Vec<Box<dyn Chart + 'a>> {
     let mut charts: Vec<Box<dyn Chart + 'a>> = vec![Box::new(Accuracy(data)), Box::new(AccuracyPanels(data)), Box::new(Loss(data))];
     let run = data.config.name.clone();
     let color_of = |id: &str| color(data.tasks.iter().position(|t| t.id == id).unwrap_or(0));
-    let curves: Vec<DropCurve> = summary["drops"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|d| d["learned_at_drop"] == true)
-        .map(|d| {
-            let f = |v: &Value| v.as_f64();
-            let task = d["task"].as_str().unwrap_or("?").to_string();
-            let exp = &d["fits"]["exponential"];
-            let pow = &d["fits"]["power"];
-            DropCurve {
-                color: color_of(&task),
-                points: d["retention"].as_array().into_iter().flatten().filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?))).collect(),
-                exp: f(&exp["tau"]).zip(f(&exp["r_inf"])),
-                power: f(&pow["tau"]).zip(f(&pow["beta"])).zip(f(&pow["r_inf"])).map(|((t, b), r)| (t, b, r)),
-                half_life: f(&d["half_life"]),
-                task,
-            }
+    let curves: Vec<DropCurve> = summary
+        .drops
+        .iter()
+        .filter(|d| d.learned())
+        .map(|d| DropCurve {
+            task: d.task.clone(),
+            color: color_of(&d.task),
+            points: d.retention.clone(),
+            fits: d.fits.iter().flat_map(|f| [&f.exponential, &f.power].map(|fit| (fit.ok().cloned(), f.preferred == Some(fit.form)))).filter_map(|(fit, preferred)| Some((fit?, preferred))).collect(),
+            half_life: d.half_life.and_then(|h| h.reached()),
         })
         .collect();
     if !curves.is_empty() {
-        let copy = |c: &DropCurve| DropCurve { task: c.task.clone(), color: c.color, points: c.points.clone(), exp: c.exp, power: c.power, half_life: c.half_life };
-        charts.push(Box::new(Retention { run: run.clone(), curves: curves.iter().map(copy).collect(), log_x: false }));
+        charts.push(Box::new(Retention { run: run.clone(), curves: curves.clone(), log_x: false }));
         charts.push(Box::new(Retention { run: run.clone(), curves, log_x: true }));
     }
-    if let Some(seq) = summary["sequential"].as_object() {
-        let order: Vec<String> = seq["order"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
-        let values = seq["accuracy_matrix"].as_array().into_iter().flatten().map(|row| row.as_array().into_iter().flatten().map(|v| v.as_f64()).collect()).collect();
-        charts.push(Box::new(Matrix { run, order, values }));
+    if let Some(seq) = &summary.sequential {
+        charts.push(Box::new(Matrix { run, order: seq.order.clone(), values: seq.accuracy_matrix.clone() }));
     }
     charts
 }

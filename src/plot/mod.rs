@@ -7,7 +7,7 @@
 //! colour across all plots of a run.
 
 pub mod charts;
-mod report;
+pub mod report;
 
 use std::path::Path;
 use std::sync::Once;
@@ -95,7 +95,7 @@ pub type SvgArea<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 /// (PNG or SVG files) and writes `dir/report.html`. Returns the files written.
 pub fn plot_run(dir: &Path, format: Format) -> Result<Vec<std::path::PathBuf>> {
     let data = RunData::load(dir)?;
-    let summary = crate::analysis::summarize(dir)?;
+    let summary = crate::analysis::read_summary(dir)?;
     let (mut written, svgs) = draw_all(dir, &charts_for(&data, &summary), format)?;
     let html = report::render(&data, &summary, &svgs, &std::fs::read_to_string(dir.join("config.toml")).unwrap_or_default());
     let report = dir.join("report.html");

@@ -1,36 +1,56 @@
 //! `report.html`: one self-contained page (inline SVG, no scripts, no
 //! network) with the summary table, every plot and the resolved config.
 
-use serde_json::Value;
-
-use crate::analysis::RunData;
+use crate::analysis::{DropSummary, ReviveStatus, RunData, Summary};
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-fn num(v: &Value, digits: usize) -> String {
-    v.as_f64().map_or("–".to_string(), |x| format!("{x:.digits$}"))
+fn num(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".to_string(), |x| format!("{x:.digits$}"))
 }
 
-/// The preferred fit of a drop, as (τ, β, r∞) cells.
-fn fit_cells(drop: &Value) -> [String; 3] {
-    let fits = &drop["fits"];
-    let Some(name) = fits["preferred"].as_str() else { return ["–".into(), "–".into(), "–".into()] };
-    let f = &fits[name];
-    [format!("{} ({name})", num(&f["tau"], 1)), num(&f["beta"], 2), num(&f["r_inf"], 3)]
+/// The preferred fit of a drop, as (τ, β, r∞) cells; the fits' statuses when none is `ok`.
+fn fit_cells(drop: &DropSummary) -> [String; 3] {
+    let Some(fits) = &drop.fits else { return ["–".into(), "–".into(), "–".into()] };
+    let Some(f) = fits.best() else {
+        return [format!("– (exponential {}, power {})", fits.exponential.status.name(), fits.power.status.name()), "–".into(), "–".into()];
+    };
+    [format!("{} ({})", num(f.tau, 1), f.form.name()), num(f.beta, 2), num(f.r_inf, 3)]
 }
 
-pub fn render(data: &RunData, summary: &Value, plots: &[(String, String)], config: &str) -> String {
+/// A half-life cell: the value, "> W" when censored at W.
+pub fn half_life_cell(drop: &DropSummary) -> String {
+    match drop.half_life {
+        Some(h) if h.reached().is_some() => format!("{:.1}", h.steps),
+        Some(h) => format!("> {:.0} (censored)", h.steps),
+        None => "–".into(),
+    }
+}
+
+/// A savings cell: the value, or why there is none.
+pub fn savings_cell(drop: &DropSummary) -> String {
+    match &drop.revive {
+        None => "–".into(),
+        Some(r) => match r.status {
+            ReviveStatus::Regained => num(r.savings, 3),
+            ReviveStatus::NotForgotten => "– (not forgotten)".into(),
+            ReviveStatus::NotRegained => format!("– (not regained in {} steps)", r.censored_at.unwrap_or(0)),
+        },
+    }
+}
+
+pub fn render(data: &RunData, summary: &Summary, plots: &[(String, String)], config: &str) -> String {
     let mut rows = String::new();
     for t in &data.tasks {
-        let info = &summary["tasks"][&t.id];
-        let drop = summary["drops"].as_array().and_then(|d| d.iter().find(|d| d["task"] == t.id.as_str()));
+        let info = summary.tasks.get(&t.id);
+        let drop = summary.drops.iter().find(|d| d.task == t.id);
         let cells = match drop {
+            Some(d) if !d.learned() => [format!("{}", d.step), num(d.accuracy_at_drop, 3), "not learned".into(), "–".into(), "–".into(), "–".into(), "–".into(), "–".into()],
             Some(d) => {
                 let [tau, beta, r_inf] = fit_cells(d);
-                let savings = d.get("revive").map_or("–".to_string(), |r| num(&r["savings"], 3));
-                [format!("{}", d["step"]), num(&d["accuracy_at_drop"], 3), num(&d["half_life"], 1), tau, beta, r_inf, num(&d["aurc"], 3), savings]
+                [format!("{}", d.step), num(d.accuracy_at_drop, 3), half_life_cell(d), tau, beta, r_inf, num(d.aurc, 3), savings_cell(d)]
             }
             None => std::array::from_fn(|_| "–".to_string()),
         };
@@ -38,25 +58,25 @@ pub fn render(data: &RunData, summary: &Value, plots: &[(String, String)], confi
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{}</tr>\n",
             escape(&t.id),
             escape(&t.family),
-            num(&info["chance"], 3),
-            num(&info["final_exact_match"], 3),
+            num(info.map(|i| i.chance), 3),
+            num(info.and_then(|i| i.final_exact_match), 3),
             cells.iter().map(|c| format!("<td>{}</td>", escape(c))).collect::<String>()
         ));
     }
-    let status = if let Some(d) = summary["diverged"]["message"].as_str() {
-        format!("<p class=\"bad\">{}</p>", escape(d))
-    } else if summary["finished"] == true {
-        format!("<p>Finished {} steps.</p>", summary["steps"])
+    let status = if let Some(d) = &summary.diverged {
+        format!("<p class=\"bad\">{}</p>", escape(&d.message))
+    } else if summary.finished {
+        format!("<p>Finished {} steps.</p>", summary.steps)
     } else {
-        format!("<p class=\"bad\">Interrupted: logged up to step {} of {}.</p>", summary["last_logged_step"], summary["steps"])
+        format!("<p class=\"bad\">Interrupted: logged up to step {} of {}.</p>", summary.last_logged_step, summary.steps)
     };
-    let sequential = match summary["sequential"].as_object() {
+    let sequential = match &summary.sequential {
         Some(s) => format!(
             "<p>Sequential phases: average accuracy {}, backward transfer {}, forgetting {} ({})</p>",
-            num(&s["average_accuracy"], 3),
-            num(&s["backward_transfer"], 3),
-            num(&s["forgetting"], 3),
-            escape(s["normalization"].as_str().unwrap_or(""))
+            num(s.average_accuracy, 3),
+            num(s.backward_transfer, 3),
+            num(s.forgetting, 3),
+            escape(&s.normalization)
         ),
         None => String::new(),
     };

@@ -1,16 +1,27 @@
 //! Aggregation of a sweep from its directories alone: `sweep.csv` (one row
 //! per run), `drops.csv` (one row per run and dropped task), `scaling.json`
-//! (half-life and τ against parameter count, a power law per condition with
-//! 95% intervals), plots and `report.html`.
+//! (half-life and the exponential τ against parameter count per condition),
+//! plots and `report.html`.
+//!
+//! Only finished runs enter numbers and fits; diverged, failed and
+//! unfinished runs are listed (`excluded_runs` in scaling.json, their status
+//! in sweep.csv). Half-lives not reached inside their window are censored:
+//! per condition and size the half-life across drops is the Kaplan–Meier
+//! median, and the power law against size is fitted by censored regression
+//! with censored half-lives as lower bounds. Fit parameters enter means only
+//! when their fit's status is `ok`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::RunStatus;
+use crate::analysis::fit::Fit;
+use crate::analysis::stats::{self, Mean, Median, Observation, PowerLaw};
+use crate::analysis::{DropSummary, ReviveStatus, Summary};
 use crate::error::{Error, Result};
 use crate::plot::charts::{Chart, FONT, both_backends, color, err, legend};
 use crate::plot::{DrawResult, Format};
@@ -21,9 +32,8 @@ pub struct RunRow {
     pub id: String,
     pub point: Vec<(String, String)>,
     pub status: RunStatus,
-    pub params: Option<f64>,
-    pub drops: Vec<Value>,
-    pub summary: Value,
+    /// The run's summary (none when the run left none to compute).
+    pub summary: Option<Summary>,
 }
 
 impl RunRow {
@@ -36,9 +46,19 @@ impl RunRow {
     fn value(&self, key: &str) -> Option<&str> {
         self.point.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
+
+    fn params(&self) -> Option<f64> {
+        self.summary.as_ref()?.params.map(|p| p as f64)
+    }
+
+    /// The drops that count: learned drops of a finished run.
+    fn learned_drops(&self) -> impl Iterator<Item = &DropSummary> {
+        self.summary.iter().filter(|_| self.status == RunStatus::Finished).flat_map(|s| s.drops.iter().filter(|d| d.learned()))
+    }
 }
 
-/// Reads the manifest and every run's summary.
+/// Reads the manifest and every run's summary (recomputed from the run's
+/// files when summary.json is missing or of another version).
 pub fn load(dir: &Path) -> Result<(Vec<String>, Vec<RunRow>)> {
     let path = dir.join("manifest.csv");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::input(format!("{}: not a sweep directory ({e})", dir.display())))?;
@@ -49,161 +69,217 @@ pub fn load(dir: &Path) -> Result<(Vec<String>, Vec<RunRow>)> {
         let f: Vec<&str> = line.split(',').collect();
         let id = f[0].to_string();
         let run = dir.join(&id);
-        let summary: Value = std::fs::read_to_string(run.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
-        rows.push(RunRow {
-            point: keys.iter().cloned().zip(f[1..].iter().map(|s| s.to_string())).collect(),
-            status: RunStatus::of(&run),
-            params: summary["params"].as_f64(),
-            drops: summary["drops"].as_array().cloned().unwrap_or_default(),
-            summary,
-            id,
-        });
+        let status = RunStatus::of(&run);
+        let summary = if matches!(status, RunStatus::Finished | RunStatus::Diverged | RunStatus::Interrupted) { crate::analysis::read_summary(&run).ok() } else { None };
+        rows.push(RunRow { point: keys.iter().cloned().zip(f[1..].iter().map(|s| s.to_string())).collect(), status, summary, id });
     }
     Ok((keys, rows))
 }
 
-/// Whether a drop started from a learned state (summaries from before the
-/// `learned` key count as learned).
-fn is_learned(d: &Value) -> bool {
-    d["learned"] != false
-}
-
-/// The numbers reported per drop: half-life, preferred fit, AURC, final
-/// accuracy, savings; none for a drop of an unlearned task, which stays out
-/// of every mean.
-fn drop_numbers(run: &RunRow, d: &Value) -> [Option<f64>; 7] {
-    if !is_learned(d) {
-        return [None; 7];
-    }
-    let fits = &d["fits"];
-    let fit = fits["preferred"].as_str().map_or(&Value::Null, |p| &fits[p]);
-    let task = d["task"].as_str().unwrap_or("");
-    [
-        d["half_life"].as_f64(),
-        fit["tau"].as_f64(),
-        fit["beta"].as_f64(),
-        fit["r_inf"].as_f64(),
-        d["aurc"].as_f64(),
-        run.summary["tasks"][task]["final_exact_match"].as_f64(),
-        d["revive"]["savings"].as_f64(),
-    ]
-}
-
-const COLUMNS: [&str; 7] = ["half_life", "tau", "beta", "r_inf", "aurc", "final_accuracy", "savings"];
+/// The columns of one drop in drops.csv.
+const DROP_COLUMNS: [&str; 17] = [
+    "half_life",
+    "half_life_status",
+    "exp_tau",
+    "exp_r_inf",
+    "exp_status",
+    "pow_tau",
+    "pow_beta",
+    "pow_r_inf",
+    "pow_status",
+    "preferred",
+    "aurc",
+    "noise_floor_aurc",
+    "accuracy_at_drop",
+    "final_accuracy",
+    "revive_status",
+    "savings",
+    "relearn_ratio",
+];
 
 fn cell(x: Option<f64>) -> String {
     x.filter(|v| v.is_finite()).map_or(String::new(), |v| v.to_string())
 }
 
+/// A fit's parameter when its status is `ok`.
+fn ok_param(fit: Option<&Fit>, param: impl Fn(&Fit) -> Option<f64>) -> Option<f64> {
+    fit.and_then(Fit::ok).and_then(param)
+}
+
+fn drop_cells(run: &RunRow, d: &DropSummary) -> Vec<String> {
+    let (exp, pow) = (d.fits.as_ref().map(|f| &f.exponential), d.fits.as_ref().map(|f| &f.power));
+    let status = |f: Option<&Fit>| f.map_or(String::new(), |f| f.status.name().to_string());
+    let param = |f: Option<&Fit>, p: fn(&Fit) -> Option<f64>| cell(f.and_then(p));
+    let final_accuracy = run.summary.as_ref().and_then(|s| s.tasks.get(&d.task)).and_then(|t| t.final_exact_match);
+    vec![
+        cell(d.half_life.map(|h| h.steps)),
+        d.half_life.map_or(if d.learned() { String::new() } else { "not_learned".into() }, |h| format!("{:?}", h.status).to_lowercase()),
+        param(exp, |f| f.tau),
+        param(exp, |f| f.r_inf),
+        status(exp),
+        param(pow, |f| f.tau),
+        param(pow, |f| f.beta),
+        param(pow, |f| f.r_inf),
+        status(pow),
+        d.fits.as_ref().and_then(|f| f.preferred).map_or(String::new(), |f| f.name().to_string()),
+        cell(d.aurc),
+        cell(d.noise_floor.as_ref().and_then(|n| n.aurc_mean)),
+        cell(d.accuracy_at_drop),
+        cell(final_accuracy),
+        d.revive.as_ref().map_or(String::new(), |r| serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
+        cell(d.revive.as_ref().and_then(|r| r.savings)),
+        cell(d.revive.as_ref().and_then(|r| r.relearn_ratio)),
+    ]
+}
+
+/// The columns of one run in sweep.csv, over its learned drops.
+const RUN_COLUMNS: [&str; 10] = ["dropped", "learned", "censored", "half_life_km_median", "half_life_median_status", "exp_tau_mean", "exp_fits_ok", "aurc_mean", "savings_mean", "not_regained"];
+
 fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
     let v: Vec<f64> = xs.filter(|x| x.is_finite()).collect();
-    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    stats::mean_ci(&v).map(|m| m.mean)
 }
 
-/// Two-sided 95% Student-t quantiles for 1..=30 degrees of freedom.
-const T95: [f64; 30] = [
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-];
-
-/// Least squares of ln y on ln x: (exponent, its 95% half-width, prefactor).
-pub fn power_law(points: &[(f64, f64)]) -> Option<(f64, Option<f64>, f64)> {
-    let pts: Vec<(f64, f64)> = points.iter().filter(|p| p.0 > 0.0 && p.1 > 0.0).map(|p| (p.0.ln(), p.1.ln())).collect();
-    let n = pts.len();
-    let mx = pts.iter().map(|p| p.0).sum::<f64>() / n as f64;
-    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    if n < 2 || sxx <= 0.0 {
-        return None;
+fn median_cells(m: Option<Median>) -> [String; 2] {
+    match m {
+        Some(Median::Reached { value }) => [cell(Some(value)), "reached".into()],
+        Some(Median::Above { value }) => [cell(Some(value)), "above".into()],
+        None => [String::new(), String::new()],
     }
-    let my = pts.iter().map(|p| p.1).sum::<f64>() / n as f64;
-    let slope = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx;
-    let intercept = my - slope * mx;
-    let ci = (n > 2).then(|| {
-        let rss: f64 = pts.iter().map(|p| (p.1 - intercept - slope * p.0).powi(2)).sum();
-        let se = (rss / (n - 2) as f64 / sxx).sqrt();
-        T95.get(n - 3).copied().unwrap_or(1.96) * se
-    });
-    Some((slope, ci, intercept.exp()))
 }
 
-/// Per condition and parameter count: (params, mean, standard error, n) of
-/// the runs' mean `column` over their drops.
-fn grouped(rows: &[RunRow], column: usize) -> BTreeMap<String, Vec<(f64, f64, f64, usize)>> {
-    let mut groups: BTreeMap<String, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
-    for r in rows {
-        let (Some(p), Some(v)) = (r.params, mean(r.drops.iter().filter_map(|d| drop_numbers(r, d)[column]))) else { continue };
-        groups.entry(r.condition()).or_default().entry(p as u64).or_default().push(v);
+fn half_life_observations<'a>(drops: impl Iterator<Item = &'a DropSummary>) -> Vec<Observation> {
+    drops.filter_map(|d| d.half_life.map(|h| h.observation())).collect()
+}
+
+fn run_cells(run: &RunRow) -> Vec<String> {
+    let all = run.summary.as_ref().map_or(0, |s| s.drops.len());
+    let learned: Vec<&DropSummary> = run.learned_drops().collect();
+    let obs = half_life_observations(learned.iter().copied());
+    let exp_ok: Vec<f64> = learned.iter().filter_map(|d| ok_param(d.fits.as_ref().map(|f| &f.exponential), |f| f.tau)).collect();
+    let [median, median_status] = median_cells(stats::km_median(&obs));
+    vec![
+        all.to_string(),
+        learned.len().to_string(),
+        obs.iter().filter(|o| o.censored).count().to_string(),
+        median,
+        median_status,
+        cell(mean(exp_ok.iter().copied())),
+        exp_ok.len().to_string(),
+        cell(mean(learned.iter().filter_map(|d| d.aurc))),
+        cell(mean(learned.iter().filter_map(|d| d.revive.as_ref().and_then(|r| r.savings)))),
+        learned.iter().filter(|d| d.revive.as_ref().is_some_and(|r| r.status == ReviveStatus::NotRegained)).count().to_string(),
+    ]
+}
+
+/// One parameter count of one condition in scaling.json.
+#[derive(Clone, Debug, Serialize)]
+pub struct SizePoint {
+    pub params: f64,
+    pub runs: usize,
+    /// Learned drops over those runs, and how many of their half-lives are censored.
+    pub drops: usize,
+    pub censored: usize,
+    /// Kaplan–Meier median half-life over the drops.
+    pub half_life_median: Option<Median>,
+    /// Mean over runs of each run's mean exponential τ (`ok` fits only), with a t interval over runs.
+    pub exp_tau: Option<Mean>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ConditionScaling {
+    pub by_params: Vec<SizePoint>,
+    /// Half-life = prefactor · params^exponent, censored half-lives as lower bounds.
+    pub half_life_law: Option<PowerLaw>,
+    /// Exponential τ (`ok` fits, run means) against params, least squares.
+    pub exp_tau_law: Option<PowerLaw>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Excluded {
+    pub id: String,
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Scaling {
+    pub method: &'static str,
+    pub conditions: BTreeMap<String, ConditionScaling>,
+    pub excluded_runs: Vec<Excluded>,
+}
+
+fn scaling(rows: &[RunRow]) -> Scaling {
+    let mut by_condition: BTreeMap<String, Vec<&RunRow>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.status == RunStatus::Finished && r.params().is_some()) {
+        by_condition.entry(r.condition()).or_default().push(r);
     }
-    groups
+    let conditions = by_condition
         .into_iter()
-        .map(|(c, by)| {
-            let pts = by
-                .into_iter()
-                .map(|(p, vs)| {
-                    let n = vs.len();
-                    let m = vs.iter().sum::<f64>() / n as f64;
-                    let se = if n > 1 { (vs.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() / (n as f64).sqrt() } else { 0.0 };
-                    (p as f64, m, se, n)
+        .map(|(condition, runs)| {
+            let mut sizes: BTreeMap<u64, Vec<&RunRow>> = BTreeMap::new();
+            for r in &runs {
+                sizes.entry(r.params().unwrap_or(0.0) as u64).or_default().push(r);
+            }
+            let run_tau = |r: &RunRow| mean(r.learned_drops().filter_map(|d| ok_param(d.fits.as_ref().map(|f| &f.exponential), |f| f.tau)));
+            let by_params = sizes
+                .iter()
+                .map(|(&p, rs)| {
+                    let obs = half_life_observations(rs.iter().flat_map(|r| r.learned_drops()));
+                    let taus: Vec<f64> = rs.iter().filter_map(|r| run_tau(r)).collect();
+                    SizePoint { params: p as f64, runs: rs.len(), drops: obs.len(), censored: obs.iter().filter(|o| o.censored).count(), half_life_median: stats::km_median(&obs), exp_tau: stats::mean_ci(&taus) }
                 })
                 .collect();
-            (c, pts)
+            let half_lives: Vec<(f64, Observation)> = runs.iter().flat_map(|r| r.learned_drops().filter_map(|d| Some((r.params()?, d.half_life?.observation())))).collect();
+            let taus: Vec<(f64, Observation)> = runs.iter().filter_map(|r| Some((r.params()?, Observation { value: run_tau(r)?, censored: false }))).collect();
+            (condition, ConditionScaling { by_params, half_life_law: stats::power_law(&half_lives), exp_tau_law: stats::power_law(&taus) })
         })
-        .collect()
-}
-
-fn scaling(rows: &[RunRow]) -> Value {
-    let mut out = serde_json::Map::new();
-    for (name, column) in [("half_life", 0), ("tau", 1)] {
-        let mut per = serde_json::Map::new();
-        for (condition, pts) in grouped(rows, column) {
-            let raw: Vec<(f64, f64)> = rows.iter().filter(|r| r.condition() == condition).filter_map(|r| Some((r.params?, mean(r.drops.iter().filter_map(|d| drop_numbers(r, d)[column]))?))).collect();
-            let fit = power_law(&raw);
-            per.insert(condition, json!({
-                "exponent": fit.map(|f| f.0),
-                "exponent_ci95": fit.and_then(|f| f.1),
-                "prefactor": fit.map(|f| f.2),
-                "runs": raw.len(),
-                "by_params": pts.iter().map(|&(p, m, se, n)| json!({ "params": p, "mean": m, "standard_error": se, "seeds": n })).collect::<Vec<_>>(),
-            }));
-        }
-        out.insert(name.into(), Value::Object(per));
+        .collect();
+    Scaling {
+        method: "per condition: every learned drop of every finished run is one half-life observation at its run's parameter count; a half-life not reached inside its window is censored at the window's length. half_life_median: Kaplan–Meier median per size. half_life_law: ln(half-life) = ln(prefactor) + exponent·ln(params), censored-normal (Tobit) maximum likelihood with censored values as lower bounds (least squares when none is censored); exponent_ci95 from the observed information with the t quantile at n − 2 degrees of freedom. exp_tau: runs' mean τ of exponential fits with status ok, mean and 95% t interval over runs (none with one run).",
+        conditions,
+        excluded_runs: rows.iter().filter(|r| r.status != RunStatus::Finished).map(|r| Excluded { id: r.id.clone(), status: r.status.name() }).collect(),
     }
-    json!({ "law": "value = prefactor · params^exponent, least squares in log-log over every run; 95% interval from the slope's standard error", "fits": out })
 }
 
 /// Writes sweep.csv, drops.csv, scaling.json, plots/ and report.html.
 pub fn aggregate(dir: &Path, heatmap: &[String]) -> Result<Vec<PathBuf>> {
     let (keys, rows) = load(dir)?;
     let head = format!("id,{},params,status", keys.join(","));
-    let mut sweep = format!("{head},dropped,{}\n", COLUMNS.join(","));
-    let mut drops = format!("{head},task,{}\n", COLUMNS.join(","));
+    let mut sweep = format!("{head},{}\n", RUN_COLUMNS.join(","));
+    let mut drops = format!("{head},task,{}\n", DROP_COLUMNS.join(","));
     for r in &rows {
-        let prefix = format!("{},{},{},{}", r.id, r.point.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(","), cell(r.params), r.status.name());
-        let numbers: Vec<[Option<f64>; 7]> = r.drops.iter().map(|d| drop_numbers(r, d)).collect();
-        let means: Vec<String> = (0..7).map(|c| cell(mean(numbers.iter().filter_map(|n| n[c])))).collect();
-        sweep.push_str(&format!("{prefix},{},{}\n", r.drops.len(), means.join(",")));
-        for (d, n) in r.drops.iter().zip(&numbers) {
-            drops.push_str(&format!("{prefix},{},{}\n", d["task"].as_str().unwrap_or(""), n.iter().map(|&x| cell(x)).collect::<Vec<_>>().join(",")));
+        let prefix = format!("{},{},{},{}", r.id, r.point.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(","), cell(r.params()), r.status.name());
+        sweep.push_str(&format!("{prefix},{}\n", run_cells(r).join(",")));
+        for d in r.summary.iter().flat_map(|s| &s.drops) {
+            drops.push_str(&format!("{prefix},{},{}\n", d.task, drop_cells(r, d).join(",")));
         }
     }
+    let scaling = scaling(&rows);
     let mut written = Vec::new();
-    for (name, text) in [("sweep.csv", sweep), ("drops.csv", drops), ("scaling.json", serde_json::to_string_pretty(&scaling(&rows)).expect("JSON") + "\n")] {
+    for (name, text) in [("sweep.csv", sweep), ("drops.csv", drops), ("scaling.json", serde_json::to_string_pretty(&scaling).expect("JSON") + "\n")] {
         crate::run_dir::write_atomic(&dir.join(name), text.as_bytes())?;
         written.push(dir.join(name));
     }
-    let mut charts: Vec<Box<dyn Chart>> = vec![Box::new(HalfLifeScaling { groups: grouped(&rows, 0) }), Box::new(RetentionBySize { rows: rows.clone() })];
+    let mut charts: Vec<Box<dyn Chart>> = vec![Box::new(HalfLifeScaling { rows: rows.clone(), scaling: scaling.clone() }), Box::new(RetentionBySize { rows: rows.clone() })];
     if heatmap.len() == 2 {
         charts.push(Box::new(Heatmap { x: heatmap[0].clone(), y: heatmap[1].clone(), rows: rows.clone() }));
     }
     let (files, svgs) = crate::plot::draw_all(dir, &charts, Format::Png)?;
     written.extend(files);
     let table = std::fs::read_to_string(dir.join("sweep.csv")).unwrap_or_default();
+    let excluded = if scaling.excluded_runs.is_empty() {
+        String::new()
+    } else {
+        format!("<p>Left out of every number and fit: {}.</p>", scaling.excluded_runs.iter().map(|e| format!("{} ({})", e.id, e.status)).collect::<Vec<_>>().join(", "))
+    };
     let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>ebb sweep</title><style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} pre{{font-size:12px;background:#f6f6f6;padding:1em;overflow-x:auto}}</style></head><body><h1>ebb sweep {}</h1><p>{} runs: {} finished, {} diverged, {} failed.</p>{}<h2>sweep.csv</h2><pre>{}</pre></body></html>\n",
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>ebb sweep</title><style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} pre{{font-size:12px;background:#f6f6f6;padding:1em;overflow-x:auto}}</style></head><body><h1>ebb sweep {}</h1><p>{} runs: {} finished, {} diverged, {} failed.</p>{}{}<h2>sweep.csv</h2><pre>{}</pre></body></html>\n",
         dir.display(),
         rows.len(),
         rows.iter().filter(|r| r.status == RunStatus::Finished).count(),
         rows.iter().filter(|r| r.status == RunStatus::Diverged).count(),
         rows.iter().filter(|r| r.status == RunStatus::Failed).count(),
+        excluded.replace('&', "&amp;").replace('<', "&lt;"),
         svgs.iter().map(|(t, s)| format!("<figure><figcaption><b>{t}</b></figcaption>{s}</figure>")).collect::<String>(),
         table.replace('&', "&amp;").replace('<', "&lt;"),
     );
@@ -212,39 +288,54 @@ pub fn aggregate(dir: &Path, heatmap: &[String]) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-/// Half-life against parameter count, log-log, one series per condition,
-/// error bars over seeds and the fitted power law.
+/// Half-life against parameter count, log-log, one colour per condition:
+/// every drop (hollow triangles: censored, a lower bound), the Kaplan–Meier
+/// median per size (large circles; triangles when it is only a lower bound)
+/// and the censored power law (dashed).
 struct HalfLifeScaling {
-    groups: BTreeMap<String, Vec<(f64, f64, f64, usize)>>,
+    rows: Vec<RunRow>,
+    scaling: Scaling,
 }
 
 impl HalfLifeScaling {
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
         area.fill(&WHITE).map_err(err)?;
-        let all: Vec<&(f64, f64, f64, usize)> = self.groups.values().flatten().collect();
-        let (pmin, pmax) = all.iter().fold((f64::INFINITY, 0.0f64), |(a, b), p| (a.min(p.0), b.max(p.0)));
-        let (hmin, hmax) = all.iter().fold((f64::INFINITY, 0.0f64), |(a, b), p| (a.min((p.1 - p.2).max(p.1 * 0.5)), b.max(p.1 + p.2)));
+        let drops: Vec<(String, f64, Observation)> =
+            self.rows.iter().filter(|r| r.status == RunStatus::Finished).flat_map(|r| r.learned_drops().filter_map(|d| Some((r.condition(), r.params()?, d.half_life?.observation())))).collect();
+        let (pmin, pmax) = drops.iter().fold((f64::INFINITY, 0.0f64), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        let (hmin, hmax) = drops.iter().filter(|p| p.2.value > 0.0).fold((f64::INFINITY, 0.0f64), |(a, b), p| (a.min(p.2.value), b.max(p.2.value)));
         let (pmin, pmax) = if pmin.is_finite() { (pmin * 0.7, pmax * 1.4) } else { (1.0, 10.0) };
-        let (hmin, hmax) = if hmin.is_finite() && hmin > 0.0 { (hmin * 0.7, hmax * 1.4) } else { (1.0, 10.0) };
+        let (hmin, hmax) = if hmin.is_finite() && hmin > 0.0 { (hmin * 0.7, hmax * 1.6) } else { (1.0, 10.0) };
         let mut chart = ChartBuilder::on(area)
-            .caption("half-life of dropped tasks against model size (mean ± s.e. over seeds, fitted power law)", (FONT, 17))
+            .caption("half-life of dropped tasks against model size (dots: drops, ▵: censored; large: Kaplan–Meier median; dashed: censored power law)", (FONT, 15))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
             .build_cartesian_2d((pmin..pmax).log_scale(), (hmin..hmax).log_scale())
             .map_err(err)?;
         chart.configure_mesh().x_desc("parameters").y_desc("half-life (steps)").label_style((FONT, 13)).axis_desc_style((FONT, 14)).draw().map_err(err)?;
-        for (i, (condition, pts)) in self.groups.iter().enumerate() {
+        for (i, (condition, scaling)) in self.scaling.conditions.iter().enumerate() {
             let c = color(i);
-            chart.draw_series(pts.iter().map(|&(p, m, se, _)| ErrorBar::new_vertical(p, (m - se).max(m * 0.05), m, m + se, c.filled(), 8))).map_err(err)?;
-            chart.draw_series(pts.iter().map(|&(p, m, _, _)| Circle::new((p, m), 4, c.filled()))).map_err(err)?.label(condition.clone()).legend(move |(x, y)| Circle::new((x + 10, y), 4, c.filled()));
-            if let Some((b, _, a)) = power_law(&pts.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>()) {
-                let (lo, hi) = pts.iter().fold((f64::INFINITY, 0.0f64), |(l, h), p| (l.min(p.0), h.max(p.0)));
-                let line: Vec<(f64, f64)> = (0..=50).map(|k| lo * (hi / lo).powf(k as f64 / 50.0)).map(|p| (p, a * p.powf(b))).collect();
+            let mine = drops.iter().filter(|d| &d.0 == condition);
+            chart.draw_series(mine.clone().filter(|d| !d.2.censored).map(|d| Circle::new((d.1, d.2.value), 3, c.mix(0.5).filled()))).map_err(err)?;
+            chart.draw_series(mine.filter(|d| d.2.censored).map(|d| TriangleMarker::new((d.1, d.2.value), 5, c.mix(0.7).stroke_width(1)))).map_err(err)?;
+            let medians = scaling.by_params.iter().filter_map(|s| Some((s.params, s.half_life_median?)));
+            chart
+                .draw_series(medians.map(|(p, m)| -> DynElement<DB, (f64, f64)> {
+                    match m {
+                        Median::Reached { value } => Circle::new((p, value), 6, c.filled()).into_dyn(),
+                        Median::Above { value } => TriangleMarker::new((p, value), 8, c.filled()).into_dyn(),
+                    }
+                }))
+                .map_err(err)?
+                .label(condition.clone())
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
+            if let Some(law) = scaling.half_life_law {
+                let line: Vec<(f64, f64)> = (0..=50).map(|k| pmin * (pmax / pmin).powf(k as f64 / 50.0)).map(|p| (p, law.prefactor * p.powf(law.exponent))).collect();
                 chart.draw_series(DashedLineSeries::new(line, 8, 5, ShapeStyle::from(&c).stroke_width(2))).map_err(err)?;
             }
         }
-        legend(&mut chart, self.groups.len(), SeriesLabelPosition::UpperLeft)
+        legend(&mut chart, self.scaling.conditions.len(), SeriesLabelPosition::UpperLeft)
     }
 }
 
@@ -270,9 +361,8 @@ impl RetentionBySize {
             .rows
             .iter()
             .filter_map(|r| {
-                let d = r.drops.iter().find(|d| is_learned(d))?;
-                let pts: Vec<(f64, f64)> = d["retention"].as_array()?.iter().filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?))).collect();
-                Some((r.params?, pts))
+                let d = r.learned_drops().next()?;
+                Some((r.params()?, d.retention.iter().map(|p| (p.delta, p.r)).collect()))
             })
             .collect();
         let max_d = curves.iter().flat_map(|c| c.1.iter().map(|p| p.0)).fold(1.0f64, f64::max);
@@ -330,10 +420,13 @@ impl Heatmap {
             v
         };
         let (xs, ys) = (values(&self.x), values(&self.y));
-        let cell = |xv: &str, yv: &str| mean(self.rows.iter().filter(|r| r.value(&self.x) == Some(xv) && r.value(&self.y) == Some(yv)).filter_map(|r| mean(r.drops.iter().filter_map(|d| d["half_life"].as_f64()))));
-        let max = xs.iter().flat_map(|x| ys.iter().filter_map(move |y| cell(x, y))).fold(1e-9f64, f64::max);
+        let cell = |xv: &str, yv: &str| stats::km_median(&half_life_observations(self.rows.iter().filter(|r| r.value(&self.x) == Some(xv) && r.value(&self.y) == Some(yv)).flat_map(|r| r.learned_drops())));
+        let value = |m: Median| match m {
+            Median::Reached { value } | Median::Above { value } => value,
+        };
+        let max = xs.iter().flat_map(|x| ys.iter().filter_map(move |y| cell(x, y))).map(value).fold(1e-9f64, f64::max);
         let mut chart = ChartBuilder::on(area)
-            .caption(format!("mean half-life (steps) by {} and {}", self.x, self.y), (FONT, 17))
+            .caption(format!("median half-life (steps, Kaplan–Meier over drops; > W: censored) by {} and {}", self.x, self.y), (FONT, 17))
             .margin(12)
             .x_label_area_size(50)
             .y_label_area_size(90)
@@ -357,13 +450,22 @@ impl Heatmap {
             .map_err(err)?;
         for (i, xv) in xs.iter().enumerate() {
             for (j, yv) in ys.iter().enumerate() {
-                let v = cell(xv, yv);
+                let m = cell(xv, yv);
+                let v = m.map(value);
                 let a = v.map_or(0.0, |v| v / max);
                 let fill = if v.is_some() { RGBColor((255.0 - 200.0 * a) as u8, (255.0 - 120.0 * a) as u8, 255) } else { RGBColor(230, 230, 230) };
                 let (x, y) = (i as f64, j as f64);
                 chart.draw_series(std::iter::once(Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], fill.filled()))).map_err(err)?;
                 let style = (FONT, 15).into_font().color(&BLACK).pos(plotters::style::text_anchor::Pos::new(plotters::style::text_anchor::HPos::Center, plotters::style::text_anchor::VPos::Center));
-                chart.draw_series(std::iter::once(Text::new(v.map_or("-".to_string(), |v| format!("{v:.0}")), (x, y), style))).map_err(err)?;
+                chart.draw_series(std::iter::once(Text::new(
+                    match m {
+                        Some(Median::Reached { value }) => format!("{value:.0}"),
+                        Some(Median::Above { value }) => format!("> {value:.0}"),
+                        None => "-".to_string(),
+                    },
+                    (x, y),
+                    style,
+                ))).map_err(err)?;
             }
         }
         Ok(())
@@ -375,7 +477,7 @@ impl Chart for Heatmap {
         "half_life_heatmap"
     }
     fn title(&self) -> String {
-        format!("Mean half-life by {} and {}", self.x, self.y)
+        format!("Median half-life by {} and {}", self.x, self.y)
     }
     both_backends!();
 }
@@ -383,13 +485,14 @@ impl Chart for Heatmap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::fit::FitStatus;
 
     #[test]
-    fn a_drop_of_an_unlearned_task_has_no_numbers() {
-        let run = RunRow { id: "r".into(), point: Vec::new(), status: RunStatus::Finished, params: Some(1.0), drops: Vec::new(), summary: json!({ "tasks": { "t": { "final_exact_match": 0.5 } } }) };
-        let learned = json!({ "task": "t", "half_life": 10.0, "learned": true });
-        let unlearned = json!({ "task": "t", "half_life": 10.0, "learned": false });
-        assert_eq!(drop_numbers(&run, &learned)[0], Some(10.0));
-        assert_eq!(drop_numbers(&run, &unlearned), [None; 7]);
+    fn fit_parameters_count_only_when_their_fit_is_ok() {
+        let fit = |status| Fit { form: crate::analysis::fit::Form::Exponential, status, tau: Some(10.0), beta: None, r_inf: Some(0.0), rss: Some(0.1), aicc: Some(-5.0), points: 9 };
+        assert_eq!(ok_param(Some(&fit(FitStatus::Ok)), |f| f.tau), Some(10.0));
+        for status in [FitStatus::AtBound, FitStatus::NoDecay, FitStatus::TooFewPoints] {
+            assert_eq!(ok_param(Some(&fit(status)), |f| f.tau), None);
+        }
     }
 }

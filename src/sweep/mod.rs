@@ -224,13 +224,10 @@ impl RunStatus {
         if dir.join("failed.txt").exists() {
             return RunStatus::Failed;
         }
-        if let Some(summary) = std::fs::read_to_string(dir.join("summary.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) {
-            if !summary["diverged"].is_null() {
-                return RunStatus::Diverged;
-            }
-            if summary["finished"] == true {
-                return RunStatus::Finished;
-            }
+        match crate::analysis::stored_outcome(dir) {
+            Some((_, true)) => return RunStatus::Diverged,
+            Some((true, false)) => return RunStatus::Finished,
+            _ => {}
         }
         if crate::run_dir::RunLock::held(dir) {
             RunStatus::Running

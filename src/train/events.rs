@@ -260,12 +260,14 @@ impl Schedule {
     }
 
     /// Whether the model is evaluated once `done` steps are done: at 0, the
-    /// last step, every `every` steps, and (with `after_events`) at each
-    /// event and 1, 2, 4, 8, … steps after it.
+    /// last step, every `every` steps, and (with `after_events`) 1, 2, 4, 8,
+    /// … steps after the start and after each event, so that first learning
+    /// and relearning are timed on the same grid.
     pub fn is_eval_step(&self, done: u64, every: u64, last: u64, after_events: bool) -> bool {
         done == 0
             || done == last
             || done % every == 0
+            || (after_events && done.is_power_of_two())
             || (after_events && self.events.iter().any(|e| done >= e.step && ((done - e.step) == 0 || (done - e.step).is_power_of_two())))
     }
 }

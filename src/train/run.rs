@@ -97,11 +97,12 @@ pub struct Run<'a, B: Backend> {
 impl<'a, B: Backend> Run<'a, B> {
     /// A fresh run writing into `out`.
     pub fn start(backend: &'a B, cfg: &'a Config, suite: &'a Suite, out: &Path) -> Result<Self> {
+        // Everything that can refuse the run is checked before the directory is written.
+        let schedule = Schedule::build(cfg, suite, Path::new("config.toml"))?;
         run_dir::create(out)?;
         let lock = run_dir::RunLock::take(out)?;
         run_dir::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
         let mut tasks = String::from("task,family,chance,eval_examples,weight\n");
-        let schedule = Schedule::build(cfg, suite, Path::new("config.toml"))?;
         let run = Self::assemble(backend, cfg, suite, schedule, out, lock);
         for ((t, e), w) in suite.tasks.iter().zip(&run.evaluators).zip(&suite.weights) {
             tasks.push_str(&format!("{},{},{},{},{}\n", t.id, t.family_name, t.chance, e.len(), w));
@@ -120,13 +121,14 @@ impl<'a, B: Backend> Run<'a, B> {
         if vocab != ckpt.vocab {
             return Err(Error::input(format!("{}: the checkpoint's vocabulary ({} tokens) differs from this config's suite ({} tokens)", out.display(), ckpt.vocab.len(), vocab.len())));
         }
-        let mut run = Self::start(backend, cfg, suite, out)?;
-        if ckpt.params.len() != run.trainer.model.n_params() || ckpt.epochs.len() != suite.tasks.len() {
-            return Err(Error::input(format!("{}: the checkpoint holds {} parameters, this config's model {}", out.display(), ckpt.params.len(), run.trainer.model.n_params())));
+        let n_params = crate::model::ParamLayout::new(&cfg.model_shape(suite.vocab.len())).len();
+        if ckpt.params.len() != n_params || ckpt.epochs.len() != suite.tasks.len() {
+            return Err(Error::input(format!("{}: the checkpoint holds {} parameters, this config's model {n_params}", out.display(), ckpt.params.len())));
         }
         if ckpt.step > cfg.train.steps {
             return Err(Error::input(format!("{}: the checkpoint is at step {}, past train.steps = {}", out.display(), ckpt.step, cfg.train.steps)));
         }
+        let mut run = Self::start(backend, cfg, suite, out)?;
         let to_f = |v: &[f32]| v.iter().map(|&x| B::F::of(x as f64)).collect::<Vec<_>>();
         backend.upload(&mut run.trainer.model.params, &to_f(&ckpt.params));
         backend.upload(&mut run.trainer.opt.m, &to_f(&ckpt.adam_m));
