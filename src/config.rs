@@ -125,6 +125,11 @@ pub struct ModelConfig {
     /// `gpt2` (normal 0.02, residual projections scaled by depth) or
     /// `fan_in` (normal 1/√fan_in).
     pub init: Init,
+    /// Start from the weights in this safetensors file (`weights/step-N.safetensors`
+    /// of a run, or one written elsewhere) instead of `init`; relative to the
+    /// config's directory. `--init-from`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -140,6 +145,7 @@ impl Default for ModelConfig {
             tied_embeddings: true,
             dropout: 0.0,
             init: Init::Gpt2,
+            init_from: None,
         }
     }
 }
@@ -194,6 +200,22 @@ pub struct TrainConfig {
     /// What the loss averages over: every answer `token` alike (long
     /// answers weigh more), or every `example` alike.
     pub loss_per: LossPer,
+    /// Write `weights/step-N.safetensors` at step 0, every this many steps
+    /// and at the end (0: never); `--weights-every`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub weights_every: u64,
+    /// Write every training step's batch (`batches/step-N.safetensors`) and
+    /// each task's evaluation set (`eval/TASK.safetensors`); `--dump-batches`.
+    #[serde(skip_serializing_if = "is_false")]
+    pub dump_batches: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The unit the training loss weighs equally.
@@ -222,6 +244,8 @@ impl Default for TrainConfig {
             log_every: 10,
             checkpoint_every: 0,
             loss_per: LossPer::Token,
+            weights_every: 0,
+            dump_batches: false,
         }
     }
 }
@@ -302,6 +326,13 @@ impl Config {
             Error::key(path, &key, shown, e.inner().message().lines().next().unwrap_or("invalid value"))
         })?;
         cfg.model.d_mlp.get_or_insert(4 * cfg.model.d_model);
+        if let Some(file) = cfg.model.init_from.take() {
+            let file = path.parent().unwrap_or(Path::new(".")).join(file);
+            if !file.is_file() {
+                return Err(Error::key(path, "model.init_from", file.display(), "no such file"));
+            }
+            cfg.model.init_from = Some(file);
+        }
         let spec = cfg.data.resolve(path)?;
         let mut suite = Suite::build(&spec, cfg.seed, path)?;
         suite.choose_eval_sets(cfg.eval.examples);

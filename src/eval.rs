@@ -83,6 +83,15 @@ impl<F: Float> Evaluator<F> {
         Evaluator { examples, batch: Batch::new(rows, ctx), probs: vec![F::zero(); rows * ctx * vocab] }
     }
 
+    /// All the examples in one batch, a row each (as `ebb run --dump-batches` writes them).
+    pub fn as_batch(&self) -> Batch<F> {
+        let mut batch = Batch::new(self.examples.len(), self.batch.ctx);
+        for (row, (example, prompt)) in self.examples.iter().enumerate() {
+            batch.set_row(row, example, *prompt);
+        }
+        batch
+    }
+
     /// How many examples this evaluator scores.
     pub fn len(&self) -> usize {
         self.examples.len()

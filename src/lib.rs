@@ -21,5 +21,6 @@ pub mod run_dir;
 pub mod sweep;
 pub mod tasks;
 pub mod train;
+pub mod weights;
 
 pub use error::{Error, Result};

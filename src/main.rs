@@ -61,6 +61,15 @@ enum Command {
         /// Write a checkpoint every N steps (for `ebb resume` and `ebb fork`).
         #[arg(long, value_name = "N")]
         checkpoint_every: Option<u64>,
+        /// Write the parameters as weights/step-N.safetensors at step 0, every N steps and at the end.
+        #[arg(long, value_name = "N")]
+        weights_every: Option<u64>,
+        /// Write every training step's batch and each task's eval set as safetensors (batches/, eval/).
+        #[arg(long)]
+        dump_batches: bool,
+        /// Start from the weights in this safetensors file instead of the seeded initialization.
+        #[arg(long, value_name = "FILE")]
+        init_from: Option<PathBuf>,
         #[command(flatten)]
         compute: Compute,
     },
@@ -414,9 +423,19 @@ fn print_drops(summary: &ebb::analysis::Summary) {
 
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run { config, out, mut overrides, quiet, checkpoint_every, compute } => {
+        Command::Run { config, out, mut overrides, quiet, checkpoint_every, weights_every, dump_batches, init_from, compute } => {
             if let Some(n) = checkpoint_every {
                 overrides.push(format!("train.checkpoint_every={n}"));
+            }
+            if let Some(n) = weights_every {
+                overrides.push(format!("train.weights_every={n}"));
+            }
+            if dump_batches {
+                overrides.push("train.dump_batches=true".into());
+            }
+            if let Some(file) = init_from {
+                let file = std::path::absolute(&file).ok().filter(|f| f.is_file()).ok_or_else(|| Error::input(format!("--init-from {}: no such file", file.display())))?;
+                overrides.push(format!("model.init_from={}", toml::Value::String(file.display().to_string())));
             }
             let (cfg, suite) = Config::load(&config, &overrides)?;
             let out = out.unwrap_or_else(|| cfg.default_out());

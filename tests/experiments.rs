@@ -456,3 +456,44 @@ fn learned_trigger_config_errors_name_the_key() {
         assert_input_error(&out, &["bad.toml", &format!("`{key}` = {value}")]);
     }
 }
+
+/// The header of a safetensors file: tensor name → (dtype, shape).
+fn safetensors_header(path: &Path) -> std::collections::BTreeMap<String, (String, Vec<u64>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header.as_object().unwrap().iter().filter(|(k, _)| *k != "__metadata__").map(|(k, v)| (k.clone(), (v["dtype"].as_str().unwrap().to_string(), v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect()))).collect()
+}
+
+#[test]
+fn weights_and_batches_go_out_as_safetensors_and_weights_come_back_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tmp.path().join("first");
+    let out = run_config(&first, &two_tasks(""), &["--weights-every", "15", "--dump-batches"]);
+    let run = first.join("run");
+    let mut written: Vec<String> = std::fs::read_dir(run.join("weights")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    written.sort();
+    assert_eq!(written, ["step-0.safetensors", "step-15.safetensors", "step-30.safetensors", "step-40.safetensors"], "step 0, every 15, the end");
+    let weights = safetensors_header(&run.join("weights/step-40.safetensors"));
+    // d_model 32, 2 layers, n_ctx 10, tied embeddings: every tensor under its layout name.
+    assert_eq!(weights["h1.attn.qkv.w"], ("F32".to_string(), vec![96, 32]));
+    assert_eq!(weights["wpe"], ("F32".to_string(), vec![10, 32]));
+    assert!(weights.contains_key("h0.ln1.w") && weights.contains_key("lnf.b") && !weights.contains_key("unembed.w"), "{weights:?}");
+    assert_eq!(std::fs::read_dir(run.join("batches")).unwrap().count(), 40, "one batch per step");
+    let batch = safetensors_header(&run.join("batches/step-39.safetensors"));
+    assert_eq!(batch["tokens"].0, "I32");
+    assert_eq!(batch["mask"].0, "F32");
+    assert!(run.join("eval/add1.safetensors").is_file() && run.join("eval/add2.safetensors").is_file());
+    // Dumping changes nothing; a run from the first run's step-0 weights trains to the same bits.
+    let plain = run_config(&tmp.path().join("plain"), &two_tasks(""), &[]);
+    assert_eq!(fingerprint(&plain), fingerprint(&out));
+    let again = run_config(&tmp.path().join("again"), &two_tasks(""), &["--init-from", run.join("weights/step-0.safetensors").to_str().unwrap()]);
+    assert_eq!(fingerprint(&again), fingerprint(&out));
+    // Weights of another model are refused before anything is written.
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    write(&other.join("exp.toml"), &two_tasks("").replace("d_model = 32", "d_model = 48"));
+    let refused = ebb().arg("run").arg(other.join("exp.toml")).arg("--out").arg(other.join("run")).arg("--init-from").arg(run.join("weights/step-0.safetensors")).arg("--quiet").output().unwrap();
+    let err = assert_input_error(&refused, &["step-0.safetensors", "tensor `wte`", "[15, 32]", "[15, 48]"]);
+    assert!(!other.join("run").exists(), "{err}");
+}

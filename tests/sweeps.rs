@@ -89,36 +89,84 @@ fn bad_sweeps_are_refused_before_anything_runs() {
     rejects(&format!("{HEAD}seeds = []\n"), &[], &["seeds", "empty"]);
 }
 
-/// A run directory with synthetic logs: task `gone` dropped at step 500 and
-/// decaying exponentially with half-life `half_life`, task `kept` trained
-/// throughout at exact match 1; `config` is a real run's config.toml.
-fn synthetic_run(dir: &Path, config: &str, params: u64, half_life: f64, ending: &str) {
+/// A real run's resolved config, made 2000 steps long.
+fn config_2000_steps(tmp: &Path) -> String {
+    let base = tmp.join("base");
+    run_ok(ebb().arg("run").arg(root().join("tasks/exp-smoke.toml")).arg("--out").arg(&base).args(["--quiet", "--set", "train.steps=2", "--set", "schedule=[]"]));
+    let config = std::fs::read_to_string(base.join("config.toml")).unwrap().replace("\nsteps = 2\n", "\nsteps = 2000\n");
+    assert!(config.contains("\nsteps = 2000\n"), "{config}");
+    config
+}
+
+/// A run directory with synthetic logs over 2000 steps: `tasks` (id,
+/// initial weight), `events` (events.csv rows), exact match `accuracy(task,
+/// step)` at every 50th step and 1, 2, 4, … steps after the start and after
+/// each event, as a run evaluates; `config` is a real run's config.toml.
+fn synthetic_run(dir: &Path, config: &str, params: u64, tasks: &[(&str, f64)], events: &str, accuracy: impl Fn(&str, u64) -> f64) {
     std::fs::create_dir_all(dir).unwrap();
     write(&dir.join("config.toml"), config);
     write(&dir.join("model.json"), &format!("{{\"params\": {params}, \"suite\": \"synthetic\"}}\n"));
-    write(&dir.join("tasks.csv"), "task,family,chance,eval_examples,weight\ngone,copy,0,128,1\nkept,reverse,0,128,1\n");
-    write(&dir.join("events.csv"), &format!("step,event,task,value\n500,drop,gone,\n{ending}"));
-    let mut steps: Vec<u64> = (0..=2000).step_by(50).chain((0..11).map(|k| 500 + (1 << k))).collect();
+    let rows: String = tasks.iter().map(|(id, w)| format!("{id},copy,0,128,{w}\n")).collect();
+    write(&dir.join("tasks.csv"), &format!("task,family,chance,eval_examples,weight\n{rows}"));
+    write(&dir.join("events.csv"), &format!("step,event,task,value\n{events}"));
+    let starts: Vec<u64> = std::iter::once(0).chain(events.lines().map(|l| l.split(',').next().unwrap().parse().unwrap())).collect();
+    let mut steps: Vec<u64> = (0..=2000).step_by(50).chain(starts.iter().flat_map(|&e| std::iter::once(e).chain((0..11).map(move |k| e + (1 << k))))).filter(|&s| s <= 2000).collect();
     steps.sort_unstable();
     steps.dedup();
     let mut metrics = String::from("step,task,split,metric,value\n");
     for s in steps {
-        let gone = if s <= 500 { 1.0 } else { (-((s - 500) as f64) * std::f64::consts::LN_2 / half_life).exp() };
-        for (task, a) in [("gone", gone), ("kept", 1.0)] {
-            metrics.push_str(&format!("{s},{task},eval,exact_match,{a}\n"));
+        for (task, _) in tasks {
+            metrics.push_str(&format!("{s},{task},eval,exact_match,{}\n", accuracy(task, s)));
         }
     }
     write(&dir.join("metrics.csv"), &metrics);
 }
 
+/// Task `gone` dropped at step 500 with an exponential decay of the given
+/// half-life; task `kept` at exact match 1 throughout.
+fn decaying_run(dir: &Path, config: &str, params: u64, half_life: f64, ending: &str) {
+    let accuracy = |task: &str, s: u64| if task == "kept" || s <= 500 { 1.0 } else { (-((s - 500) as f64) * std::f64::consts::LN_2 / half_life).exp() };
+    synthetic_run(dir, config, params, &[("gone", 1.0), ("kept", 1.0)], &format!("500,drop,gone,\n{ending}"), accuracy);
+}
+
+#[test]
+fn savings_are_timed_on_one_grid_and_undefined_without_forgetting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_2000_steps(tmp.path());
+    let dir = tmp.path().join("relearn");
+    // a: first reaches 0.95 at step 64, dropped at 500, gone by 600, revived
+    // at 1000, back at 0.95 at step 1016. b: dropped, never forgotten. c:
+    // never comes back. d: enters training at 200 (weight 0 before), learned
+    // at 200 + 128; dropped and revived like a, back after 32 steps.
+    let events = "200,weight,d,1\n500,drop,a,\n500,drop,b,\n500,drop,c,\n500,drop,d,\n1000,revive,a,\n1000,revive,b,\n1000,revive,c,\n1000,revive,d,\n";
+    let accuracy = |task: &str, s: u64| match task {
+        "a" => if s < 64 { 0.1 } else if s <= 500 || s >= 1016 { 1.0 } else { 0.0 },
+        "b" => if s < 64 { 0.1 } else { 1.0 },
+        "c" => if s < 64 { 0.1 } else if s <= 500 { 1.0 } else { 0.0 },
+        _ => if s < 328 { 0.0 } else if s <= 500 || s >= 1032 { 1.0 } else { 0.0 },
+    };
+    synthetic_run(&dir, &config, 1000, &[("a", 1.0), ("b", 1.0), ("c", 1.0), ("d", 0.0)], events, accuracy);
+    run_ok(ebb().arg("analyze").arg(&dir));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let revive = |task: &str| summary["drops"].as_array().unwrap().iter().find(|d| d["task"] == task).unwrap()["revive"].clone();
+    let a = revive("a");
+    assert_eq!((a["status"].as_str(), a["steps_first_learned"].as_u64(), a["steps_to_regain"].as_u64()), (Some("regained"), Some(64), Some(16)), "{a}");
+    assert!((a["savings"].as_f64().unwrap() - 0.75).abs() < 1e-12 && (a["relearn_ratio"].as_f64().unwrap() - 0.25).abs() < 1e-12, "{a}");
+    let b = revive("b");
+    assert_eq!(b["status"], "not_forgotten", "{b}");
+    assert!(b["savings"].is_null() && b["relearn_ratio"].is_null(), "no forgetting is not instant relearning: {b}");
+    let c = revive("c");
+    assert_eq!((c["status"].as_str(), c["censored_at"].as_u64()), (Some("not_regained"), Some(1000)), "{c}");
+    assert!(c["savings"].is_null(), "{c}");
+    let d = revive("d");
+    assert_eq!((d["entered_training"].as_u64(), d["steps_first_learned"].as_u64(), d["steps_to_regain"].as_u64()), (Some(200), Some(128), Some(32)), "timed from entering training: {d}");
+    assert!((d["savings"].as_f64().unwrap() - 0.75).abs() < 1e-12, "{d}");
+}
+
 #[test]
 fn an_aggregate_counts_censored_half_lives_and_fits_with_them() {
     let tmp = tempfile::tempdir().unwrap();
-    // A real run's resolved config, made 2000 steps long.
-    let base = tmp.path().join("base");
-    run_ok(ebb().arg("run").arg(root().join("tasks/exp-smoke.toml")).arg("--out").arg(&base).args(["--quiet", "--set", "train.steps=2", "--set", "schedule=[]"]));
-    let config = std::fs::read_to_string(base.join("config.toml")).unwrap().replace("\nsteps = 2\n", "\nsteps = 2000\n");
-    assert!(config.contains("\nsteps = 2000\n"), "{config}");
+    let config = config_2000_steps(tmp.path());
     // Half-life = 0.6 · params^0.5 with a fixed scatter; the window after the
     // drop is 1500 steps, so the largest models' half-lives are censored.
     let sweep = tmp.path().join("sweep");
@@ -130,14 +178,14 @@ fn an_aggregate_counts_censored_half_lives_and_fits_with_them() {
             let half_life = 0.6 * (params as f64).sqrt() * (0.15 * (k as f64 * 12.9898 + seed as f64 * 78.233).sin()).exp();
             censored += (half_life > 1500.0) as usize;
             let id = format!("r{k}s{seed}");
-            synthetic_run(&sweep.join(&id), &config, params, half_life, "");
+            decaying_run(&sweep.join(&id), &config, params, half_life, "");
             run_ok(ebb().arg("analyze").arg(sweep.join(&id)));
             manifest.push_str(&format!("{id},{k},{seed}\n"));
         }
     }
     assert!(censored >= 3, "the synthetic sweep censors the largest size");
     // A diverged run and a failed one: listed, left out of every fit.
-    synthetic_run(&sweep.join("div"), &config, 10_000, 1.0, "900,diverged,all,loss\n");
+    decaying_run(&sweep.join("div"), &config, 10_000, 1.0, "900,diverged,all,loss\n");
     run_ok(ebb().arg("analyze").arg(sweep.join("div")));
     std::fs::create_dir_all(sweep.join("bad")).unwrap();
     write(&sweep.join("bad/failed.txt"), "config refused\n");

@@ -99,11 +99,21 @@ impl<'a, B: Backend> Run<'a, B> {
     pub fn start(backend: &'a B, cfg: &'a Config, suite: &'a Suite, out: &Path) -> Result<Self> {
         // Everything that can refuse the run is checked before the directory is written.
         let schedule = Schedule::build(cfg, suite, Path::new("config.toml"))?;
+        let layout = crate::model::ParamLayout::new(&cfg.model_shape(suite.vocab.len()));
+        let initial = cfg.model.init_from.as_deref().map(|file| crate::weights::read_weights(file, &layout)).transpose()?;
         run_dir::create(out)?;
         let lock = run_dir::RunLock::take(out)?;
         run_dir::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
         let mut tasks = String::from("task,family,chance,eval_examples,weight\n");
-        let run = Self::assemble(backend, cfg, suite, schedule, out, lock);
+        let mut run = Self::assemble(backend, cfg, suite, schedule, out, lock);
+        if let Some(params) = initial {
+            backend.upload(&mut run.trainer.model.params, &params.iter().map(|&x| B::F::of(x as f64)).collect::<Vec<_>>());
+        }
+        if cfg.train.dump_batches {
+            for (t, e) in suite.tasks.iter().zip(&run.evaluators) {
+                crate::weights::write_batch(&out.join("eval").join(format!("{}.safetensors", t.id)), &e.as_batch())?;
+            }
+        }
         for ((t, e), w) in suite.tasks.iter().zip(&run.evaluators).zip(&suite.weights) {
             tasks.push_str(&format!("{},{},{},{},{}\n", t.id, t.family_name, t.chance, e.len(), w));
         }
@@ -212,6 +222,9 @@ impl<'a, B: Backend> Run<'a, B> {
         if self.step == 0 {
             self.evaluate(0)?;
             self.metrics.flush()?;
+            if cfg.train.weights_every > 0 {
+                self.write_weights()?;
+            }
         }
         self.stream.set_weights(&self.schedule.weights_at(&self.suite.weights, self.step));
         let mut window = (Instant::now(), self.step);
@@ -231,6 +244,9 @@ impl<'a, B: Backend> Run<'a, B> {
                 self.events.flush()?;
             }
             self.batch.fill_train(self.suite, &mut self.stream, cfg.seed, step);
+            if cfg.train.dump_batches {
+                crate::weights::write_batch(&self.out.join("batches").join(format!("step-{step}.safetensors")), &self.batch)?;
+            }
             let stats = self.trainer.step(self.backend, &self.batch, step);
             let stats = match stats {
                 Ok(s) => s,
@@ -255,6 +271,9 @@ impl<'a, B: Backend> Run<'a, B> {
                 self.metrics.flush()?;
                 self.timing.flush()?;
                 window = (Instant::now(), done);
+            }
+            if cfg.train.weights_every > 0 && (done % cfg.train.weights_every == 0 || done == steps) {
+                self.write_weights()?;
             }
             if cfg.train.checkpoint_every > 0 && done % cfg.train.checkpoint_every == 0 && done < steps {
                 self.write_checkpoint()?;
@@ -306,6 +325,12 @@ impl<'a, B: Backend> Run<'a, B> {
             return Err(Error::key(Path::new("config.toml"), "schedule", format!("step {at}"), format!("leaves every task at weight 0 (a when_learned event was learned at step {step})")));
         }
         self.events.flush()
+    }
+
+    /// Writes `weights/step-N.safetensors` for the current step.
+    fn write_weights(&self) -> Result<()> {
+        let params: Vec<f32> = crate::model::to_host(self.backend, &self.trainer.model.params, self.n_params()).into_iter().map(|x| x.f64() as f32).collect();
+        crate::weights::write_weights(&self.out.join("weights").join(format!("step-{}.safetensors", self.step)), &self.trainer.model.layout, &params, self.step)
     }
 
     /// Writes `checkpoints/step-N.bin` for the current step.
