@@ -138,7 +138,6 @@ def main(argv=None) -> int:
           f"clip {cfg.train.grad_clip}, wd {cfg.train.weight_decay} on {','.join(cfg.train.decay)}, loss per {cfg.train.loss_per}")
 
     rep = replica.Replica(cfg, replica.load_weights(run / "weights" / "step-0.safetensors", s))
-    first_weights = min((w for w in weight_steps if w > 0), default=None)
     train_cmp, eval_cmp, param_cmp, failures = [], [], [], []
 
     def check(kind: str, step: int, what: str, diff: float, tol: float):
@@ -165,11 +164,22 @@ def main(argv=None) -> int:
         theirs = replica.load_weights(run / "weights" / f"step-{step}.safetensors", s)
         for name, _, _ in replica.layout(s):
             a, b = np.asarray(rep.params[name], np.float64), np.asarray(theirs[name], np.float64)
-            norm = np.linalg.norm(b)
-            diff = np.linalg.norm(a - b)
-            r = float(diff / norm) if norm > 0 else float(diff)
-            param_cmp.append({"step": step, "tensor": name, "max_abs": float(np.max(np.abs(a - b))), "rel_l2": r})
-            check("parameters", step, name, r, args.start_rtol if step == first_weights else args.param_rtol)
+            parts = [(name, slice(None), True)]
+            if name.endswith(".attn.qkv.b"):
+                # The key bias adds q·b_k to every score of a row, which the
+                # softmax cancels: its true gradient is 0 and what each
+                # program computes is rounding noise, which Adam turns into
+                # steps. It cannot change the function, so it is reported
+                # apart and not held to a tolerance.
+                C = s.d_model
+                parts = [(name + "[q,v]", np.r_[0:C, 2 * C : 3 * C], True), (name + "[k]", slice(C, 2 * C), False)]
+            for label, idx, gated in parts:
+                x, y = a[idx], b[idx]
+                norm, diff = np.linalg.norm(y), np.linalg.norm(x - y)
+                r = float(diff / norm) if norm > 0 else float(diff)
+                param_cmp.append({"step": step, "tensor": label, "max_abs": float(np.max(np.abs(x - y))), "rel_l2": r, "gated": gated})
+                if gated:
+                    check("parameters", step, label, r, args.start_rtol if step == 1 else args.param_rtol)
         if args.resync:
             rep.params = theirs
 
@@ -203,14 +213,20 @@ def main(argv=None) -> int:
             print(f"{r['step']:>6} {r['task']:<12} {l['ebb']:>10.5f} {l['replica']:>10.5f} {rel(l['replica'], l['ebb']):>9.2e} {em['ebb']:>7.4f} {em['replica']:>7.4f} {acc['ebb']:>8.4f} {acc['replica']:>8.4f}")
     if param_cmp:
         print("\nparameters (per weights file: the tensor with the largest relative L2 difference)")
-        print(f"{'step':>6} {'tensor':<18} {'rel L2':>9} {'max |diff|':>11}")
-        for step in sorted({r["step"] for r in param_cmp}):
-            worst = max((r for r in param_cmp if r["step"] == step), key=lambda r: r["rel_l2"])
-            print(f"{step:>6} {worst['tensor']:<18} {worst['rel_l2']:>9.2e} {worst['max_abs']:>11.2e}")
+        print(f"{'step':>6} {'tensor':<22} {'rel L2':>9} {'max |diff|':>11}")
+        wsteps = sorted({r["step"] for r in param_cmp})
+        shown = wsteps if len(wsteps) <= 20 else sorted({wsteps[round(i * (len(wsteps) - 1) / 19)] for i in range(20)})
+        for step in shown:
+            worst = max((r for r in param_cmp if r["step"] == step and r["gated"]), key=lambda r: r["rel_l2"])
+            print(f"{step:>6} {worst['tensor']:<22} {worst['rel_l2']:>9.2e} {worst['max_abs']:>11.2e}")
+        kb = [r for r in param_cmp if not r["gated"]]
+        if kb:
+            worst = max(kb, key=lambda r: r["rel_l2"])
+            print(f"  (key biases, which cannot change the function, not held to a tolerance: largest rel L2 {worst['rel_l2']:.2e}, max |diff| {max(r['max_abs'] for r in kb):.2e})")
 
     diffs = [(rel(r["loss"]["replica"], r["loss"]["ebb"]), f"training loss, step {r['step']}") for r in train_cmp]
     diffs += [(rel(r["loss"]["replica"], r["loss"]["ebb"]), f"held-out loss, step {r['step']}, {r['task']}") for r in eval_cmp]
-    diffs += [(r["rel_l2"], f"parameters, step {r['step']}, {r['tensor']}") for r in param_cmp]
+    diffs += [(r["rel_l2"], f"parameters, step {r['step']}, {r['tensor']}") for r in param_cmp if r["gated"]]
     print(f"\nlargest relative differences")
     for d, what in sorted(diffs, key=lambda x: -x[0] if not math.isnan(x[0]) else -math.inf)[: args.top]:
         print(f"  {d:9.2e}  {what}")
@@ -222,7 +238,8 @@ def main(argv=None) -> int:
         "max_eval_loss_rel": max((rel(r["loss"]["replica"], r["loss"]["ebb"]) for r in eval_cmp), default=None),
         "max_exact_match_abs": max((abs(r["exact_match"]["replica"] - r["exact_match"]["ebb"]) for r in eval_cmp if r["exact_match"]["ebb"] is not None), default=None),
         "final_weights_step": final,
-        "final_param_rel_l2_max": max((r["rel_l2"] for r in param_cmp if r["step"] == final), default=None),
+        "final_param_rel_l2_max": max((r["rel_l2"] for r in param_cmp if r["step"] == final and r["gated"]), default=None),
+        "final_key_bias_rel_l2_max": max((r["rel_l2"] for r in param_cmp if r["step"] == final and not r["gated"]), default=None),
         "tolerances": {"start_rtol": args.start_rtol, "loss_rtol": args.loss_rtol, "param_rtol": args.param_rtol, "acc_atol": args.acc_atol},
         "resync": args.resync,
         "failures": failures,

@@ -53,7 +53,7 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
             continue
         dtype = _DTYPES[info["dtype"]]
         start, end = info["data_offsets"]
-        out[name] = np.frombuffer(data[start:end], dtype=dtype).reshape(info["shape"]).copy()
+        out[name] = np.frombuffer(data[start:end], dtype=dtype).reshape(tuple(info["shape"])).copy()
     return out
 
 
@@ -62,7 +62,7 @@ def write_safetensors(path, tensors: dict[str, np.ndarray], metadata: dict[str, 
     names = {v: k for k, v in _DTYPES.items()}
     header, chunks, offset = {}, [], 0
     for name, array in tensors.items():
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
         dtype = array.dtype.newbyteorder("<")
         blob = array.astype(dtype).tobytes()
         header[name] = {"dtype": names[dtype], "shape": list(array.shape), "data_offsets": [offset, offset + len(blob)]}
