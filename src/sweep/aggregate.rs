@@ -313,7 +313,7 @@ impl HalfLifeScaling {
             .y_label_area_size(60)
             .build_cartesian_2d((pmin..pmax).log_scale(), (hmin..hmax).log_scale())
             .map_err(err)?;
-        chart.configure_mesh().x_desc("parameters").y_desc("half-life (steps)").label_style((FONT, 13)).axis_desc_style((FONT, 14)).draw().map_err(err)?;
+        chart.configure_mesh().x_desc("parameters").y_desc("half-life (steps)").x_label_formatter(&|v| format!("{v:.0}")).y_label_formatter(&|v| format!("{v:.0}")).label_style((FONT, 13)).axis_desc_style((FONT, 14)).draw().map_err(err)?;
         for (i, (condition, scaling)) in self.scaling.conditions.iter().enumerate() {
             let c = color(i);
             let mine = drops.iter().filter(|d| &d.0 == condition);
@@ -331,7 +331,9 @@ impl HalfLifeScaling {
                 .label(condition.clone())
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
             if let Some(law) = scaling.half_life_law {
-                let line: Vec<(f64, f64)> = (0..=50).map(|k| pmin * (pmax / pmin).powf(k as f64 / 50.0)).map(|p| (p, law.prefactor * p.powf(law.exponent))).collect();
+                // Over the sizes measured, and only where it stays on the chart.
+                let (lo, hi) = scaling.by_params.iter().filter(|s| s.drops > 0).fold((f64::INFINITY, 0.0f64), |(l, h), s| (l.min(s.params), h.max(s.params)));
+                let line: Vec<(f64, f64)> = (0..=50).map(|k| lo * (hi / lo).powf(k as f64 / 50.0)).map(|p| (p, law.prefactor * p.powf(law.exponent))).filter(|p| (hmin..=hmax).contains(&p.1)).collect();
                 chart.draw_series(DashedLineSeries::new(line, 8, 5, ShapeStyle::from(&c).stroke_width(2))).map_err(err)?;
             }
         }
