@@ -304,7 +304,7 @@ impl Config {
     /// resolves the suite (written inline into the returned config) and
     /// validates. Every failure is one line naming the file, key and value.
     pub fn load(path: &Path, overrides: &[String]) -> Result<(Config, Suite)> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = Error::read_text(path)?;
         Self::parse(&text, path, overrides)
     }
 

@@ -26,6 +26,21 @@ impl Error {
         Error::Input(format!("{}: key `{key}` = {value}: {why}", file.display()))
     }
 
+    /// Reads a text input (a config, suite or sweep file): refuses what is
+    /// not a regular file or is larger than any config could be, rather
+    /// than reading a device or a pipe forever.
+    pub fn read_text(path: &Path) -> Result<String> {
+        const MAX: u64 = 16 << 20;
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            return Err(Error::Input(format!("{}: not a regular file", path.display())));
+        }
+        if meta.len() > MAX {
+            return Err(Error::Input(format!("{}: {} bytes, larger than any config ({} MiB at most)", path.display(), meta.len(), MAX >> 20)));
+        }
+        std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    }
+
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         Error::Io { path: path.to_path_buf(), source }
     }

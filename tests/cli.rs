@@ -281,3 +281,18 @@ fn every_shipped_experiment_config_loads() {
     }
     assert_eq!(count, 10, "8 experiments and 2 sweeps");
 }
+
+#[test]
+fn a_revive_of_a_task_never_dropped_is_refused() {
+    rejects(&format!("{SMALL_CONFIG}\n[[schedule]]\nstep = 20\nrevive = [\"add1\"]\n"), &[], &["schedule[0].revive", "\"add1\"", "no earlier event drops"]);
+    // Dropped only after the revive: still refused.
+    rejects(&format!("{SMALL_CONFIG}\n[[schedule]]\nstep = 30\ndrop = [\"add1\"]\n\n[[schedule]]\nstep = 20\nrevive = [\"add1\"]\n"), &[], &["schedule[1].revive"]);
+}
+
+#[test]
+fn a_config_that_is_not_a_regular_file_is_refused_without_reading_it() {
+    for path in ["/dev/urandom", "/dev/zero", "/tmp"] {
+        let out = ebb().args(["run", path]).output().unwrap();
+        assert_input_error(&out, &[path, "not a regular file"]);
+    }
+}

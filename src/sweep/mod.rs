@@ -99,7 +99,7 @@ impl Plan {
     /// Reads and expands a sweep file, resolving and validating every run's
     /// config. Any bad input is an error before anything runs.
     pub fn load(path: &Path) -> Result<Plan> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = Error::read_text(path)?;
         let table: toml::Table = toml::from_str(&text).map_err(|e| crate::config::syntax_error(path, &text, &e))?;
         let sweep: SweepFile = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| Error::key(path, &e.path().to_string(), "", e.inner().message().lines().next().unwrap_or("invalid value")))?;
         let dir = path.parent().unwrap_or(Path::new("."));

@@ -225,7 +225,7 @@ impl SuiteFile {
 
     /// Reads a suite file.
     pub fn load(path: &Path) -> Result<SuiteFile> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = Error::read_text(path)?;
         let table: toml::Table = toml::from_str(&text).map_err(|e| crate::config::syntax_error(path, &text, &e))?;
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| Error::key(path, &e.path().to_string(), "", e.inner().message().lines().next().unwrap_or("invalid value")))
     }

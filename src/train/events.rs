@@ -166,6 +166,22 @@ impl Schedule {
             let when = when(e, i, &changes, tasks, cfg.train.steps, path)?;
             entries.push(Entry { when, changes });
         }
+        // A revive brings back a dropped task: one with no drop before it is a mistake.
+        for (i, e) in cfg.schedule.iter().enumerate() {
+            for id in &e.revive {
+                let fixed = |x: &crate::config::ScheduleEvent| x.when_learned.is_none().then_some(x.step).flatten();
+                let dropped_before = cfg.schedule.iter().any(|d| {
+                    d.drop.contains(id)
+                        && match (fixed(d), fixed(e)) {
+                            (Some(drop), Some(revive)) => drop < revive,
+                            _ => true, // a when_learned drop or revive: its step is only known in the run
+                        }
+                });
+                if !dropped_before {
+                    return Err(Error::key(path, &format!("schedule[{i}].revive"), format!("{id:?}"), "revives a task that no earlier event drops"));
+                }
+            }
+        }
         let mut schedule = Schedule { entries, events: Vec::new() };
         schedule.resolve();
         // Every step must train on something (learned events are checked
