@@ -267,6 +267,15 @@ pub enum HalfLifeStatus {
     Censored,
 }
 
+impl HalfLifeStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            HalfLifeStatus::Reached => "reached",
+            HalfLifeStatus::Censored => "censored",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HalfLife {
     pub status: HalfLifeStatus,
@@ -330,6 +339,16 @@ pub enum ReviveStatus {
     Regained,
     /// Not regained within the window: censored at `censored_at` steps.
     NotRegained,
+}
+
+impl ReviveStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReviveStatus::NotForgotten => "not_forgotten",
+            ReviveStatus::Regained => "regained",
+            ReviveStatus::NotRegained => "not_regained",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

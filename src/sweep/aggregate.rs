@@ -113,7 +113,7 @@ fn drop_cells(run: &RunRow, d: &DropSummary) -> Vec<String> {
     let final_accuracy = run.summary.as_ref().and_then(|s| s.tasks.get(&d.task)).and_then(|t| t.final_exact_match);
     vec![
         cell(d.half_life.map(|h| h.steps)),
-        d.half_life.map_or(if d.learned() { String::new() } else { "not_learned".into() }, |h| format!("{:?}", h.status).to_lowercase()),
+        d.half_life.map_or(if d.learned() { String::new() } else { "not_learned".into() }, |h| h.status.name().to_string()),
         param(exp, |f| f.tau),
         param(exp, |f| f.r_inf),
         status(exp),
@@ -126,7 +126,7 @@ fn drop_cells(run: &RunRow, d: &DropSummary) -> Vec<String> {
         cell(d.noise_floor.as_ref().and_then(|n| n.aurc_mean)),
         cell(d.accuracy_at_drop),
         cell(final_accuracy),
-        d.revive.as_ref().map_or(String::new(), |r| serde_json::to_value(r.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
+        d.revive.as_ref().map_or(String::new(), |r| r.status.name().to_string()),
         cell(d.revive.as_ref().and_then(|r| r.savings)),
         cell(d.revive.as_ref().and_then(|r| r.relearn_ratio)),
     ]
