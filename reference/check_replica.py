@@ -105,6 +105,20 @@ p = np.asarray(jax.nn.softmax(logits, axis=-1))
 onehot = np.eye(3)[np.asarray(targets)]
 check("loss gradient = (p − onehot)·mask/Σmask", np.allclose(dl, (p - onehot) * np.asarray(half)[..., None] / 2.0, atol=1e-7))
 
+# ---- confident positions: p_target rounds to 1 in float32, the loss and
+# the target's gradient still match float64 to float32's precision ----
+conf = jnp.asarray([[[30.0, 0.5, -1.0], [0.0, 24.0, 1.0]], [[-2.0, 0.0, 40.0], [18.0, 0.0, 0.0]]], dtype=jnp.float32)
+conf_t = jnp.asarray([[0, 1], [2, 0]], dtype=jnp.int32)
+ones = jnp.ones((2, 2), jnp.float32)
+z64 = np.asarray(conf, np.float64)
+t64 = np.asarray(conf_t)
+others64 = np.array([[sum(math.exp(z64[b, i, j] - z64[b, i, t64[b, i]]) for j in range(3) if j != t64[b, i]) for i in range(2)] for b in range(2)])
+per = np.asarray(R.position_losses(conf, conf_t, ones))
+check("confident positions: loss = log1p(Σ_{j≠t} e^(z_j − z_t))", np.allclose(per, np.log1p(others64), rtol=1e-5, atol=0), f"{per} vs {np.log1p(others64)}")
+gt = np.asarray(jax.grad(lambda z: R.position_losses(z, conf_t, ones).sum())(conf))
+gt_target = np.take_along_axis(gt, t64[..., None], -1)[..., 0]
+check("confident positions: target gradient = −Σ_{j≠t} p_j", np.allclose(gt_target, -others64 / (1 + others64), rtol=1e-5, atol=0), f"{gt_target}")
+
 # ---- the whole loss with an all-zero mask is 0 with zero gradient ----
 tok = jnp.asarray(np.random.default_rng(1).integers(0, s.vocab, (2, s.n_ctx)), dtype=jnp.int32)
 params = random_params(s)

@@ -312,10 +312,41 @@ def forward(params, tokens, s: Shape, drop=None):
     return linear(x, unembed)  # no bias on the unembedding
 
 
+@jax.custom_vjp
+def target_nll(logits, onehot):
+    """−log softmax(logits)[target] per position, computed as ebb's
+    crossentropy_forward does: the target's exponential apart from the
+    others, log1p(others) when the target is the largest logit, so that a
+    confident position keeps its loss instead of rounding to log(1) = 0."""
+    zmax = logits.max(-1, keepdims=True)
+    e = jnp.exp(logits - zmax)
+    others = jnp.sum(e * (1 - onehot), -1)
+    zt = jnp.sum(logits * onehot, -1)
+    total = jnp.sum(e * onehot, -1) + others
+    return jnp.where(zt == zmax[..., 0], jnp.log1p(others), jnp.log(total) + zmax[..., 0] - zt)
+
+
+def _target_nll_fwd(logits, onehot):
+    return target_nll(logits, onehot), (logits, onehot)
+
+
+def _target_nll_bwd(res, ct):
+    """crossentropy_backward: p − onehot, the target's entry as −Σ_{j≠t} p_j,
+    which keeps its size when p_target rounds to 1 (autograd's p − 1 would
+    be exactly 0 there)."""
+    logits, onehot = res
+    p = jax.nn.softmax(logits, axis=-1)
+    others = jnp.sum(p * (1 - onehot), -1, keepdims=True)
+    return jnp.where(onehot > 0, -others, p) * ct[..., None], None
+
+
+target_nll.defvjp(_target_nll_fwd, _target_nll_bwd)
+
+
 def position_losses(logits, targets, mask):
     """crossentropy_forward: −log softmax(logits)[target] · mask per position,
     exactly 0 where the mask is 0."""
-    ce = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    ce = target_nll(logits, jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype))
     return jnp.where(mask != 0, ce * mask, F32(0.0))
 
 

@@ -119,6 +119,36 @@ fn crossentropy_forward_matches_reference() {
     assert_close(&losses, &want_losses, "masked loss");
 }
 
+/// Confident rows: the target's logit 20 to 40 above the rest, so that from
+/// the second row on p_target rounds to 1 in float32. The loss and the
+/// target's gradient keep their size, to float32's relative precision, as
+/// float64 computes them (with p − 1 rounded they were exactly 0).
+#[test]
+fn crossentropy_keeps_confident_rows() {
+    let cpu = CpuBackend::<f32>::new();
+    let (n, v) = (6, 50);
+    let mut logits = random(n * v, 12);
+    let targets: Vec<u32> = (0..n as u32).map(|i| (i * 13) % v as u32).collect();
+    for r in 0..n {
+        logits[r * v + targets[r] as usize] += 20.0 + 4.0 * r as f32;
+    }
+    let mask = vec![1.0f32; n];
+    let (mut losses, mut probs, mut dlogits) = (vec![0.0f32; n], vec![0.0f32; n * v], vec![0.0f32; n * v]);
+    cpu.crossentropy_forward(&mut losses, &mut probs, &logits, &targets, &mask, n, v);
+    cpu.crossentropy_backward(&mut dlogits, &probs, &targets, &mask, 1.0, n, v);
+    for r in 0..n {
+        let t = targets[r] as usize;
+        let z = &logits[r * v..(r + 1) * v];
+        let others: f64 = (0..v).filter(|&j| j != t).map(|j| (z[j] as f64 - z[t] as f64).exp()).sum();
+        let (loss, dt) = (others.ln_1p(), -others / (1.0 + others));
+        assert!(r == 0 || probs[r * v + t] == 1.0, "row {r}: p_target {} should round to 1 in float32", probs[r * v + t]);
+        let loss_err = (losses[r] as f64 - loss).abs() / loss;
+        let grad_err = (dlogits[r * v + t] as f64 - dt).abs() / dt.abs();
+        assert!(loss_err < 1e-5, "row {r}: loss {} against {loss:e} (relative {loss_err:e})", losses[r]);
+        assert!(grad_err < 1e-5, "row {r}: target gradient {} against {dt:e} (relative {grad_err:e})", dlogits[r * v + t]);
+    }
+}
+
 #[test]
 fn encoder_and_elementwise_ops_match_reference() {
     let cpu = CpuBackend::<f32>::new();

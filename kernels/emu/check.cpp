@@ -156,6 +156,20 @@ int main() {
         for (int j = 0; j < v; j++) { wp[r * v + j] = std::exp(z[r * v + j] - mx) / tot; wd[r * v + j] = (wp[r * v + j] - (j == (int)tg[r])) * mask[r] * 0.25; }
         wl[r] = mask[r] * (std::log(tot) + mx - z[r * v + tg[r]]); }
       check("crossentropy probs", probs.data(), wp, 1e-6); check("crossentropy losses", loss.data(), wl, 1e-6); check("crossentropy dlogits", dl.data(), wd, 1e-6); }
+    // crossentropy on confident rows: the target's logit 20 to 40 above the
+    // rest, so p_target rounds to 1 in float32; the loss and the target's
+    // gradient must keep their size (relative error against float64).
+    { int n = 6, v = 100; auto z = rnd(n * v); std::vector<u32> tg(n); std::vector<float> mask(n, 1.0f);
+      for (int r = 0; r < n; r++) { tg[r] = (r * 13) % v; z[r * v + tg[r]] += 20.0f + 4.0f * r; }
+      std::vector<float> loss(n), probs(n * v), dl(n * v);
+      launch(crossentropy_forward, rows_cfg(n), B256, loss.data(), probs.data(), (const float*)z.data(), (const u32*)tg.data(), (const float*)mask.data(), n, v);
+      launch(crossentropy_backward, ew(n * v), B256, dl.data(), (const float*)probs.data(), (const u32*)tg.data(), (const float*)mask.data(), 1.0f, n, v);
+      double worst = 0;
+      for (int r = 0; r < n; r++) { double others = 0; for (int j = 0; j < v; j++) if (j != (int)tg[r]) others += std::exp((double)z[r * v + j] - z[r * v + tg[r]]);
+        double want_loss = std::log1p(others), want_dt = -others / (1 + others);
+        worst = std::max({worst, std::fabs(loss[r] - want_loss) / want_loss, std::fabs(dl[r * v + tg[r]] - want_dt) / -want_dt}); }
+      bool ok = worst <= 1e-5; if (!ok) fails++;
+      printf("%-40s %s worst relative %.2e\n", "crossentropy confident rows", ok ? "ok  " : "FAIL", worst); }
     // sum of squares
     { long long n = 40000; auto x = rnd(n); int chunks = (n + 16383) / 16384; std::vector<double> part(chunks);
       launch(sum_squares, dim3{(unsigned)chunks, 1, 1}, B256, part.data(), (const float*)x.data(), n, 16384);

@@ -175,6 +175,12 @@ fn sum_zip<F: Float, S: Float>(a: &[F], b: &[F], c: &[F], f: impl Fn(F, F, F) ->
     total
 }
 
+/// p_t − 1 computed as −Σ_{j≠t} p_j: the sum of a row's probabilities other
+/// than the target's, in index order (the CUDA kernel sums in the same order).
+fn others_sum<F: Float>(p: &[F], t: usize) -> F {
+    p.iter().enumerate().filter(|&(j, _)| j != t).fold(F::zero(), |s, (_, &p)| s + p)
+}
+
 /// The largest element of NaN-free input. Eight independent running maxima
 /// (a max is the same whatever the order) instead of one chain of compares,
 /// each waiting for the last.
@@ -663,30 +669,38 @@ impl<F: Float> Backend for CpuBackend<F> {
         });
     }
 
+    // The target's term is kept apart from the others in the loss and its
+    // gradient: when the model is confident, Σ_{j≠t} e^(z_j − z_t) is below
+    // half an ulp of 1, the total rounds to 1, and log(total) or p_t − 1
+    // would be exactly 0 instead of ~Σ_{j≠t} p_j.
     fn crossentropy_forward(&self, losses: &mut Vec<F>, probs: &mut Vec<F>, logits: &Vec<F>, targets: &Vec<u32>, mask: &Vec<F>, n: usize, v: usize) {
         probs[..n * v].par_chunks_mut(v).zip(losses[..n].par_iter_mut()).enumerate().with_min_len(ROWS_PER_TASK).for_each(|(row, (p, loss))| {
-            let z = &logits[row * v..(row + 1) * v];
+            let (z, t) = (&logits[row * v..(row + 1) * v], targets[row] as usize);
             let zmax = max(z);
             for (p, &z) in p.iter_mut().zip(z) {
                 *p = (z - zmax).fast_exp();
             }
-            let total = sum(p);
+            let target_exp = std::mem::replace(&mut p[t], F::zero());
+            let others = sum(p);
+            p[t] = target_exp;
+            let total = target_exp + others;
             let inv = F::one() / total;
             p.iter_mut().for_each(|p| *p *= inv);
-            // -log softmax(z)[target] = log Σ exp(z - max) + max - z[target]
-            *loss = if mask[row] != F::zero() { (total.ln() + zmax - z[targets[row] as usize]) * mask[row] } else { F::zero() };
+            // -log softmax(z)[t] = log Σ exp(z - max) + max - z[t]; = log(1 + others) when z[t] is the max
+            let nll = if z[t] == zmax { others.ln_1p() } else { total.ln() + zmax - z[t] };
+            *loss = if mask[row] != F::zero() { nll * mask[row] } else { F::zero() };
         });
     }
 
     fn crossentropy_backward(&self, dlogits: &mut Vec<F>, probs: &Vec<F>, targets: &Vec<u32>, mask: &Vec<F>, scale: f64, n: usize, v: usize) {
         let scale = F::of(scale);
         dlogits[..n * v].par_chunks_mut(v).enumerate().with_min_len(ROWS_PER_TASK).for_each(|(row, d)| {
-            let w = mask[row] * scale;
+            let (w, t) = (mask[row] * scale, targets[row] as usize);
             let p = &probs[row * v..(row + 1) * v];
-            for (j, (d, &p)) in d.iter_mut().zip(p).enumerate() {
-                let onehot = if j == targets[row] as usize { F::one() } else { F::zero() };
-                *d = (p - onehot) * w;
+            for (d, &p) in d.iter_mut().zip(p) {
+                *d = p * w;
             }
+            d[t] = -others_sum(p, t) * w;
         });
     }
 
