@@ -80,6 +80,10 @@ impl ScheduleEvent {
 
 /// Tasks trained one after another, `phase_steps` each; every task is
 /// evaluated throughout. `train.steps` becomes phases × phase_steps.
+/// With `when_learned`, a phase ends `after` steps after its task is
+/// learned (held-out exact match ≥ when_learned at two evaluations in a
+/// row), or `phase_steps` after it began, whichever is first; the last
+/// phase runs to the end.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SequentialConfig {
@@ -87,6 +91,10 @@ pub struct SequentialConfig {
     /// Task ids in training order (default: the suite's order), one phase each.
     #[serde(default)]
     pub order: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_learned: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -344,6 +352,18 @@ impl Config {
             let phases = if seq.order.is_empty() { suite.tasks.len() } else { seq.order.len() } as u64;
             if seq.phase_steps == 0 {
                 return Err(Error::key(path, "sequential.phase_steps", 0, "must be at least 1"));
+            }
+            if let Some(t) = seq.when_learned
+                && !(t > 0.0 && t <= 1.0)
+            {
+                return Err(Error::key(path, "sequential.when_learned", t, "must be in (0, 1]"));
+            }
+            match (seq.after, seq.when_learned) {
+                (Some(after), None) => return Err(Error::key(path, "sequential.after", after, "only applies with when_learned")),
+                (Some(after), Some(_)) if after >= seq.phase_steps => {
+                    return Err(Error::key(path, "sequential.after", after, format!("must be below phase_steps ({})", seq.phase_steps)));
+                }
+                _ => {}
             }
             cfg.train.steps = phases * seq.phase_steps;
         }

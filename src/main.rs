@@ -412,6 +412,19 @@ fn print_drops(summary: &ebb::analysis::Summary) {
             savings_cell(d),
         );
     }
+    if let Some(seq) = &summary.sequential {
+        let phase = |(i, task): (usize, &String)| {
+            let acc = seq.accuracy_matrix[i][i];
+            let state = match seq.learned.get(i).copied().flatten() {
+                Some(true) => " learned",
+                Some(false) => " NOT learned",
+                None => "",
+            };
+            format!("{task} {}{state}", num(acc))
+        };
+        let phases: Vec<String> = seq.order.iter().enumerate().map(phase).collect();
+        println!("  sequential, accuracy at each phase's end (learned: ≥ {}): {}", seq.learned_threshold, phases.join(", "));
+    }
     for e in summary.learned_events.iter().filter(|e| e.fired_at.is_none()) {
         let why = match e.learned_at {
             Some(s) => format!("learned at step {s}, due after the last step"),

@@ -439,6 +439,33 @@ fn resume_across_a_learned_trigger_is_bit_identical() {
 }
 
 #[test]
+fn a_learned_sequential_phase_ends_after_its_task_is_learned_and_resumes_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("exp.toml");
+    write(&cfg, &phrase_and_add2("[sequential]\nphase_steps = 150\nwhen_learned = 0.6\nafter = 10\n"));
+    let run = tmp.path().join("run");
+    let whole = run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(&run).args(["--quiet", "--checkpoint-every", "1"]));
+    let series = metric(&run, "phrase", "eval", "exact_match");
+    let learned = first_learned(&series, 0.6).expect("phrase, trained alone, is learned");
+    assert!(learned + 10 < 150, "phrase learned at {learned}: the test needs it learned before the cap");
+    let next = learned + 10;
+    let read = |dir: &Path, f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    assert_eq!(read(&run, "events.csv"), format!("step,event,task,value\n0,phase,phrase,\n{learned},learned,phrase,0.6\n{next},phase,add2,\n"));
+    let seq = &summary(&run)["sequential"];
+    assert_eq!(seq["phase_ends"], serde_json::json!([next, 300]));
+    assert_eq!((seq["learned"].clone(), seq["learned_threshold"].clone()), (serde_json::json!([true]), serde_json::json!(0.6)));
+    assert!(String::from_utf8_lossy(&whole.stdout).contains("sequential, accuracy at each phase's end (learned: ≥ 0.6): phrase "), "{}", String::from_utf8_lossy(&whole.stdout));
+    // Killed between the two qualifying evaluations and before the phase changed.
+    let first_qualifying = series.iter().rev().find(|p| p.0 < learned).unwrap().0;
+    for step in [(first_qualifying + learned) / 2, learned + 5] {
+        let dir = tmp.path().join(format!("killed-{step}"));
+        killed_copy(&run, &dir, step);
+        assert_eq!(fingerprint(&resume(&dir)), fingerprint(&whole), "killed after step {step}");
+        assert_eq!(read(&dir, "events.csv"), read(&run, "events.csv"), "killed after step {step}");
+    }
+}
+
+#[test]
 fn learned_trigger_config_errors_name_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let cases = [
@@ -448,6 +475,9 @@ fn learned_trigger_config_errors_name_the_key() {
         ("[[schedule]]\nstep = 10\nafter = 500\ndrop = [\"add1\"]\n", "schedule[0].after", "500"),
         ("[[schedule]]\nwhen_learned = 0.9\nstep = 40\ndrop = [\"add1\"]\n", "schedule[0].step", "40"),
         ("[analysis]\nlearned = 0\n", "analysis.learned", "0"),
+        ("[sequential]\nphase_steps = 20\nwhen_learned = 2.0\n", "sequential.when_learned", "2"),
+        ("[sequential]\nphase_steps = 20\nafter = 5\n", "sequential.after", "5"),
+        ("[sequential]\nphase_steps = 20\nwhen_learned = 0.9\nafter = 20\n", "sequential.after", "20"),
     ];
     for (extra, key, value) in cases {
         let cfg = tmp.path().join("bad.toml");

@@ -203,7 +203,7 @@ fn finite(x: Option<f64>) -> Option<f64> {
 
 /// The format of `summary.json`; a summary of another version is recomputed
 /// from the run's files when read.
-pub const SUMMARY_VERSION: u32 = 2;
+pub const SUMMARY_VERSION: u32 = 3;
 
 /// Everything `summary.json` holds about a run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -429,6 +429,12 @@ pub struct Sequential {
     pub normalization: String,
     /// R[i][j]: accuracy on the task of phase j after phase i.
     pub accuracy_matrix: Vec<Vec<Option<f64>>>,
+    /// Per phase but the last: whether its task was learned when the phase
+    /// ended (R[i][i] ≥ `learned_threshold`); none where R[i][i] is unknown.
+    /// A task not learned in its phase cannot show forgetting.
+    pub learned: Vec<Option<bool>>,
+    /// `sequential.when_learned`, else `analysis.learned`.
+    pub learned_threshold: f64,
     pub average_accuracy: Option<f64>,
     pub backward_transfer: Option<f64>,
     pub forgetting: Option<f64>,
@@ -623,10 +629,13 @@ fn sequential_summary(run: &RunData) -> Option<Sequential> {
     } else {
         (None, None, None)
     };
+    let threshold = run.config.sequential.as_ref().and_then(|s| s.when_learned).unwrap_or(run.config.analysis.learned);
     Some(Sequential {
         order: order.iter().map(|o| o.to_string()).collect(),
         phase_ends: ends,
         normalization: "raw exact-match accuracy (not chance-corrected); R[i][j] is task j (in phase order) after phase i".into(),
+        learned: (0..t - 1).map(|i| r[i][i].map(|a| a >= threshold)).collect(),
+        learned_threshold: threshold,
         accuracy_matrix: r.iter().map(|row| row.iter().map(|&x| finite(x)).collect()).collect(),
         average_accuracy: finite(average),
         backward_transfer: finite(bwt),

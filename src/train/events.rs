@@ -64,9 +64,16 @@ pub struct Trigger {
     pub after: u64,
     /// The latest step the event takes effect at.
     pub cap: Option<u64>,
-    /// The tasks the event changes, which are the tasks watched.
+    /// The tasks watched: the tasks the event changes, or for a sequential
+    /// phase the previous phase's task.
     pub tasks: Vec<usize>,
     pub progress: TriggerProgress,
+    /// For a sequential phase's start: the longest the previous phase
+    /// lasts. Its `cap` and `from` follow the previous phase's start.
+    phase_steps: Option<u64>,
+    /// Evaluations up to this step are not watched (a sequential phase:
+    /// the watched task trains from here).
+    from: Option<u64>,
 }
 
 impl Trigger {
@@ -87,7 +94,7 @@ impl Trigger {
     /// Records the evaluation after `done` steps (`accuracy[t]`: task t's
     /// exact match); true when the condition holds for the first time.
     fn observe(&mut self, done: u64, accuracy: &[f64]) -> bool {
-        if self.progress.learned_at.is_some() || self.cap.is_some_and(|c| done > c) {
+        if self.progress.learned_at.is_some() || self.cap.is_some_and(|c| done > c) || self.from.is_some_and(|f| done <= f) {
             return false;
         }
         let held = self.tasks.iter().all(|&t| accuracy[t] >= self.threshold);
@@ -144,7 +151,19 @@ impl Schedule {
                 seq.order.iter().map(|id| index("sequential.order", id)).collect::<Result<_>>()?
             };
             for (phase, &task) in order.iter().enumerate() {
-                entries.push(Entry { when: When::At(phase as u64 * seq.phase_steps), changes: vec![Change::Phase(task)] });
+                let when = match (phase, seq.when_learned) {
+                    (1.., Some(threshold)) => When::Learned(Trigger {
+                        threshold,
+                        after: seq.after.unwrap_or(0),
+                        cap: None, // set by `resolve` from the previous phase's start
+                        tasks: vec![order[phase - 1]],
+                        progress: TriggerProgress::default(),
+                        phase_steps: Some(seq.phase_steps),
+                        from: None,
+                    }),
+                    _ => When::At(phase as u64 * seq.phase_steps),
+                };
+                entries.push(Entry { when, changes: vec![Change::Phase(task)] });
             }
         }
         for (i, e) in cfg.schedule.iter().enumerate() {
@@ -192,8 +211,22 @@ impl Schedule {
         Ok(schedule)
     }
 
-    /// Rebuilds `events` from the entries whose step is known.
+    /// Rebuilds `events` from the entries whose step is known, after
+    /// moving each learned sequential phase's cap to `phase_steps` after the
+    /// previous phase's start (phases are entries in order, first to last).
     fn resolve(&mut self) {
+        let mut previous_start = 0;
+        for e in &mut self.entries {
+            if let When::Learned(t) = &mut e.when
+                && let Some(len) = t.phase_steps
+            {
+                t.from = Some(previous_start);
+                t.cap = Some(previous_start + len);
+            }
+            if let ([Change::Phase(_)], Some(start)) = (e.changes.as_slice(), e.step()) {
+                previous_start = start;
+            }
+        }
         self.events = self.entries.iter().filter_map(|e| Some((e.step()?, &e.changes))).flat_map(|(step, changes)| changes.iter().map(move |c| Event { step, change: c.clone() })).collect();
         self.events.sort_by_key(|e| e.step); // stable: same-step events keep their order
     }
@@ -314,7 +347,7 @@ fn when(e: &ScheduleEvent, i: usize, changes: &[Change], tasks: Vec<usize>, step
     if changes.is_empty() {
         return Err(Error::key(path, &key("when_learned"), threshold, "the event changes nothing (give drop, revive or weights)"));
     }
-    Ok(When::Learned(Trigger { threshold, after: e.after.unwrap_or(0), cap: e.step, tasks, progress: TriggerProgress::default() }))
+    Ok(When::Learned(Trigger { threshold, after: e.after.unwrap_or(0), cap: e.step, tasks, progress: TriggerProgress::default(), phase_steps: None, from: None }))
 }
 
 #[cfg(test)]
@@ -322,7 +355,7 @@ mod tests {
     use super::*;
 
     fn trigger(cap: Option<u64>) -> Trigger {
-        Trigger { threshold: 0.9, after: 5, cap, tasks: vec![0, 1], progress: TriggerProgress::default() }
+        Trigger { threshold: 0.9, after: 5, cap, tasks: vec![0, 1], progress: TriggerProgress::default(), phase_steps: None, from: None }
     }
 
     #[test]
@@ -335,6 +368,41 @@ mod tests {
         assert!(t.observe(40, &[1.0, 0.9]));
         assert_eq!((t.progress.learned_at, t.step(), t.capped()), (Some(40), Some(45), false));
         assert!(!t.observe(50, &[1.0, 1.0]), "fires once");
+    }
+
+    /// Phases of 100 steps at most over tasks 0, 1, 2; each ends 5 steps
+    /// after its task is learned.
+    fn learned_phases() -> Schedule {
+        let phase = |task: usize, watched: usize| Entry {
+            when: When::Learned(Trigger { tasks: vec![watched], phase_steps: Some(100), ..trigger(None) }),
+            changes: vec![Change::Phase(task)],
+        };
+        let first = Entry { when: When::At(0), changes: vec![Change::Phase(0)] };
+        let mut s = Schedule { entries: vec![first, phase(1, 0), phase(2, 1)], events: Vec::new() };
+        s.resolve();
+        s
+    }
+
+    #[test]
+    fn learned_phases_start_after_learning_and_cap_from_the_previous_start() {
+        let mut s = learned_phases();
+        let starts = |s: &Schedule| s.events.iter().map(|e| e.step).collect::<Vec<_>>();
+        assert_eq!(starts(&s), [0, 100, 200], "until learned, each phase lasts phase_steps");
+        assert!(s.observe(40, &[0.95, 1.0, 0.0]).is_empty());
+        assert!(s.observe(50, &[0.5, 1.0, 0.0]).is_empty(), "task 1 is not watched before its phase");
+        assert!(s.observe(60, &[0.95, 1.0, 0.0]).is_empty());
+        assert_eq!(s.observe(70, &[0.95, 1.0, 0.0]).len(), 1, "task 0 learned at 70");
+        assert_eq!(starts(&s), [0, 75, 175], "phase 1 at 70 + 5; phase 2's cap follows");
+        assert!(s.observe(75, &[0.95, 1.0, 0.0]).is_empty(), "the evaluation at phase 1's start is not its task's");
+        assert!(s.observe(80, &[0.95, 1.0, 0.0]).is_empty());
+        assert_eq!(s.observe(90, &[0.95, 1.0, 0.0]).len(), 1);
+        assert_eq!(starts(&s), [0, 75, 95]);
+        assert_eq!(s.weights_at(&[1.0; 3], 94), [0.0, 1.0, 0.0]);
+        assert_eq!(s.weights_at(&[1.0; 3], 95), [0.0, 0.0, 1.0]);
+        let progress = s.progress();
+        let mut resumed = learned_phases();
+        resumed.restore(&progress);
+        assert_eq!(starts(&resumed), [0, 75, 95], "a checkpoint's progress restores the phases");
     }
 
     #[test]

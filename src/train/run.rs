@@ -359,7 +359,7 @@ impl<'a, B: Backend> Run<'a, B> {
 /// had the schedule of `cfg`, so its learned triggers' progress carries over
 /// (a fork with a new schedule watches from the fork on).
 fn same_schedule(ckpt_config: &str, cfg: &Config) -> bool {
-    toml::from_str::<Config>(ckpt_config).is_ok_and(|c| c.schedule == cfg.schedule)
+    toml::from_str::<Config>(ckpt_config).is_ok_and(|c| c.schedule == cfg.schedule && c.sequential == cfg.sequential)
 }
 
 /// Runs the experiment `cfg` on its `suite` and `backend`, writing into
