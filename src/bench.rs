@@ -11,10 +11,10 @@ use std::time::Instant;
 use crate::backend::{Activation, Backend};
 use crate::config::TrainConfig;
 use crate::data::Batch;
-use num_traits::One;
 use crate::model::{Gpt, ModelShape, Norm};
 use crate::rng;
 use crate::train::{Trainer, fingerprint};
+use num_traits::One;
 
 #[derive(Clone, Copy, Debug)]
 pub struct BenchConfig {
@@ -96,7 +96,14 @@ impl BenchResult {
         let dropout = if self.dropout > 0.0 { format!(" dropout={}", self.dropout) } else { String::new() };
         format!(
             "ebb-{} threads={} {:<5}{dropout} params={} tok/step={} median_step={:.2}ms tok/s={:.0} GFLOP/s={:.1}",
-            self.device, self.threads, self.config, self.n_params, self.tokens_per_step, self.ms_per_step, self.tokens_per_s, self.gflops
+            self.device,
+            self.threads,
+            self.config,
+            self.n_params,
+            self.tokens_per_step,
+            self.ms_per_step,
+            self.tokens_per_s,
+            self.gflops
         )
     }
 }
@@ -124,7 +131,13 @@ fn bench_trainer<B: Backend>(backend: &B, cfg: &BenchConfig, steps: usize) -> (T
 }
 
 /// `run`, calling `after_warmup` between the warm-up and the timed steps.
-fn run_with<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, steps: usize, after_warmup: impl FnOnce()) -> BenchResult {
+fn run_with<B: Backend>(
+    backend: &B,
+    cfg: &BenchConfig,
+    warmup: usize,
+    steps: usize,
+    after_warmup: impl FnOnce(),
+) -> BenchResult {
     assert!(steps > 0, "at least one timed step");
     let shape = cfg.shape();
     let (mut trainer, batch) = bench_trainer(backend, cfg, warmup + steps);
@@ -166,7 +179,13 @@ fn run_with<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, steps: us
 /// best-of peak and a median step measured apart read the share high or
 /// low by the phase each caught; paired, both see the same phase (as the
 /// comparisons with the peer are paired). Returns the rounds' shares, sorted.
-pub fn shares_beside_fma_peak<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, rounds: usize, steps: usize) -> Vec<f64> {
+pub fn shares_beside_fma_peak<B: Backend>(
+    backend: &B,
+    cfg: &BenchConfig,
+    warmup: usize,
+    rounds: usize,
+    steps: usize,
+) -> Vec<f64> {
     assert!(rounds > 0 && steps > 0, "at least one round of one step");
     let (mut trainer, batch) = bench_trainer(backend, cfg, warmup + rounds * steps);
     let flops = cfg.shape().train_flops(trainer.model.n_params(), cfg.batch, cfg.ctx);
@@ -194,10 +213,19 @@ pub fn shares_beside_fma_peak<B: Backend>(backend: &B, cfg: &BenchConfig, warmup
 
 /// Time per op over `steps` steps after `warmup`: (op, ms per step, calls
 /// per step), slowest first.
-pub fn breakdown<B: Backend>(backend: B, cfg: &BenchConfig, warmup: usize, steps: usize) -> Vec<(&'static str, f64, u64)> {
+pub fn breakdown<B: Backend>(
+    backend: B,
+    cfg: &BenchConfig,
+    warmup: usize,
+    steps: usize,
+) -> Vec<(&'static str, f64, u64)> {
     let profiled = crate::backend::profiled::Profiled::new(backend);
     run_with(&profiled, cfg, warmup, steps, || profiled.reset());
-    let mut rows: Vec<_> = profiled.totals().into_iter().map(|(name, secs, calls)| (name, secs * 1e3 / steps as f64, calls / steps as u64)).collect();
+    let mut rows: Vec<_> = profiled
+        .totals()
+        .into_iter()
+        .map(|(name, secs, calls)| (name, secs * 1e3 / steps as f64, calls / steps as u64))
+        .collect();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
     rows
 }

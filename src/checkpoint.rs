@@ -45,7 +45,8 @@ pub fn path_for(run_dir: &Path, step: u64) -> PathBuf {
 }
 
 pub fn write(path: &Path, ckpt: &Checkpoint) -> Result<()> {
-    let payload = bincode::serde::encode_to_vec(ckpt, bincode::config::standard()).map_err(|e| Error::input(format!("{}: cannot encode checkpoint: {e}", path.display())))?;
+    let payload = bincode::serde::encode_to_vec(ckpt, bincode::config::standard())
+        .map_err(|e| Error::input(format!("{}: cannot encode checkpoint: {e}", path.display())))?;
     let mut bytes = Vec::with_capacity(HEADER + payload.len());
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&VERSION.to_le_bytes());
@@ -77,7 +78,8 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
     if crate::rng::fnv1a(payload) != checksum {
         return Err(bad("corrupted checkpoint: checksum mismatch".into()));
     }
-    let (ckpt, _) = bincode::serde::decode_from_slice(payload, bincode::config::standard()).map_err(|e| bad(format!("corrupted checkpoint: {e}")))?;
+    let (ckpt, _) = bincode::serde::decode_from_slice(payload, bincode::config::standard())
+        .map_err(|e| bad(format!("corrupted checkpoint: {e}")))?;
     Ok(ckpt)
 }
 

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::backend::Activation;
 use crate::error::{Error, Result};
 use crate::model::{Init, ModelShape, Norm};
-use crate::tasks::spec::{self, SuiteFile, SuiteSpec, TranslateSpec};
 use crate::tasks::Suite;
+use crate::tasks::spec::{self, SuiteFile, SuiteSpec, TranslateSpec};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -359,9 +359,16 @@ impl Config {
                 return Err(Error::key(path, "sequential.when_learned", t, "must be in (0, 1]"));
             }
             match (seq.after, seq.when_learned) {
-                (Some(after), None) => return Err(Error::key(path, "sequential.after", after, "only applies with when_learned")),
+                (Some(after), None) => {
+                    return Err(Error::key(path, "sequential.after", after, "only applies with when_learned"));
+                }
                 (Some(after), Some(_)) if after >= seq.phase_steps => {
-                    return Err(Error::key(path, "sequential.after", after, format!("must be below phase_steps ({})", seq.phase_steps)));
+                    return Err(Error::key(
+                        path,
+                        "sequential.after",
+                        after,
+                        format!("must be below phase_steps ({})", seq.phase_steps),
+                    ));
                 }
                 _ => {}
             }
@@ -389,7 +396,7 @@ impl Config {
         if m.d_model == 0 {
             return bad("model.d_model", &m.d_model, "must be at least 1");
         }
-        if m.n_heads == 0 || m.d_model % m.n_heads != 0 {
+        if m.n_heads == 0 || !m.d_model.is_multiple_of(m.n_heads) {
             return bad("model.n_heads", &m.n_heads, &format!("must divide model.d_model = {}", m.d_model));
         }
         if m.d_mlp == Some(0) {
@@ -415,7 +422,7 @@ impl Config {
                 return bad(&format!("train.betas[{i}]"), b, "must be in [0, 1)");
             }
         }
-        if !(t.eps > 0.0) {
+        if t.eps.is_nan() || t.eps <= 0.0 {
             return bad("train.eps", &t.eps, "must be positive");
         }
         if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
@@ -431,12 +438,23 @@ impl Config {
             return bad("eval.every", &self.eval.every, "must be at least 1");
         }
         if self.eval.examples < self.eval.min_examples.max(1) {
-            return bad("eval.examples", &self.eval.examples, &format!("must be at least eval.min_examples = {}", self.eval.min_examples));
+            return bad(
+                "eval.examples",
+                &self.eval.examples,
+                &format!("must be at least eval.min_examples = {}", self.eval.min_examples),
+            );
         }
         for (task, eval_set) in suite.tasks.iter().zip(&suite.eval_sets) {
             let held_out = eval_set.len();
             if held_out < self.eval.min_examples {
-                return bad("eval.min_examples", &self.eval.min_examples, &format!("suite `{}` task `{}` has only {held_out} held-out problems (give it a larger problem space or eval_fraction)", suite.name, task.id));
+                return bad(
+                    "eval.min_examples",
+                    &self.eval.min_examples,
+                    &format!(
+                        "suite `{}` task `{}` has only {held_out} held-out problems (give it a larger problem space or eval_fraction)",
+                        suite.name, task.id
+                    ),
+                );
             }
         }
         if !(self.analysis.regain > 0.0 && self.analysis.regain <= 1.0) {
@@ -452,7 +470,15 @@ impl Config {
         let need = suite.max_len() + 1;
         if m.n_ctx < need {
             let longest = suite.tasks.iter().max_by_key(|t| t.max_len()).expect("a suite has tasks");
-            return bad("model.n_ctx", &m.n_ctx, &format!("shorter than the longest example (task `{}`: {} tokens with BOS and EOS need n_ctx ≥ {need})", longest.id, longest.max_len() + 2));
+            return bad(
+                "model.n_ctx",
+                &m.n_ctx,
+                &format!(
+                    "shorter than the longest example (task `{}`: {} tokens with BOS and EOS need n_ctx ≥ {need})",
+                    longest.id,
+                    longest.max_len() + 2
+                ),
+            );
         }
         Ok(())
     }
@@ -555,11 +581,23 @@ impl DataConfig {
             let base = config_path.parent().unwrap_or(Path::new("."));
             let path = base.join(suite);
             if !path.is_file() {
-                return Err(Error::key(config_path, "data.suite", format!("{suite:?}"), format!("no suite file at {}", path.display())));
+                return Err(Error::key(
+                    config_path,
+                    "data.suite",
+                    format!("{suite:?}"),
+                    format!("no suite file at {}", path.display()),
+                ));
             }
             spec = SuiteFile::load(&path)?.expand(&suite_name(suite), &path)?;
         }
-        let inline = SuiteFile { name: None, description: None, tags: None, defaults: self.defaults.clone(), tasks: self.tasks.clone(), translate: self.translate.clone() };
+        let inline = SuiteFile {
+            name: None,
+            description: None,
+            tags: None,
+            defaults: self.defaults.clone(),
+            tasks: self.tasks.clone(),
+            translate: self.translate.clone(),
+        };
         let inline = inline.expand("inline", config_path)?;
         if spec.name.is_empty() {
             spec.name = inline.name.clone();
@@ -572,7 +610,12 @@ impl DataConfig {
             spec.tags = tags;
         }
         if spec.tasks.is_empty() {
-            return Err(Error::key(config_path, "data", "(no tasks)", "name a suite file (data.suite) or list tasks (data.tasks)"));
+            return Err(Error::key(
+                config_path,
+                "data",
+                "(no tasks)",
+                "name a suite file (data.suite) or list tasks (data.tasks)",
+            ));
         }
         spec::apply_weights(&mut spec, &self.weights, config_path)?;
         Ok(spec)
@@ -608,7 +651,14 @@ fn full_batch_size(suite: &Suite, path: &Path) -> Result<usize> {
         }
         match &task.train_set {
             Some(set) => total += set.len(),
-            None => return Err(Error::key(path, "data.full_batch", "true", format!("task `{}` has no finite training set (give it train_examples or train_fraction)", task.id))),
+            None => {
+                return Err(Error::key(
+                    path,
+                    "data.full_batch",
+                    "true",
+                    format!("task `{}` has no finite training set (give it train_examples or train_fraction)", task.id),
+                ));
+            }
         }
     }
     Ok(total)

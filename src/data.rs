@@ -48,7 +48,11 @@ impl<F: Float> Batch<F> {
         let t = self.ctx;
         let len = example.len() + 1; // inputs: BOS + example; targets: example + EOS
         assert!(len <= t, "example of {} tokens does not fit n_ctx {t}", example.len());
-        let (tok, tgt, mask) = (&mut self.tokens[row * t..(row + 1) * t], &mut self.targets[row * t..(row + 1) * t], &mut self.mask[row * t..(row + 1) * t]);
+        let (tok, tgt, mask) = (
+            &mut self.tokens[row * t..(row + 1) * t],
+            &mut self.targets[row * t..(row + 1) * t],
+            &mut self.mask[row * t..(row + 1) * t],
+        );
         tok[0] = BOS;
         tok[1..len].copy_from_slice(example);
         tok[len..].fill(PAD);
@@ -134,7 +138,13 @@ struct EpochPosition {
 
 impl TrainStream {
     pub fn new(suite: &Suite, full_batch: bool) -> Self {
-        let mut s = TrainStream { weights: Vec::new(), cumulative: Vec::new(), last_weighted: 0, full_batch, epochs: vec![EpochPosition::default(); suite.tasks.len()] };
+        let mut s = TrainStream {
+            weights: Vec::new(),
+            cumulative: Vec::new(),
+            last_weighted: 0,
+            full_batch,
+            epochs: vec![EpochPosition::default(); suite.tasks.len()],
+        };
         s.set_weights(&suite.weights);
         s
     }
@@ -145,10 +155,13 @@ impl TrainStream {
         self.last_weighted = weights.iter().rposition(|&w| w > 0.0).unwrap_or(0);
         let total: f64 = weights.iter().sum();
         let mut acc = 0.0;
-        self.cumulative = weights.iter().map(|w| {
-            acc += w / total;
-            acc
-        }).collect();
+        self.cumulative = weights
+            .iter()
+            .map(|w| {
+                acc += w / total;
+                acc
+            })
+            .collect();
     }
 
     /// The task whose cumulative-weight interval holds u ∈ [0, 1).
@@ -167,10 +180,10 @@ impl TrainStream {
             pos.order.clear();
             pos.epoch = epoch;
             pos.next = next as usize;
-            if let Some(set) = &suite.tasks[task].train_set {
-                if next > 0 || epoch > 0 {
-                    Self::fill_order(pos, set, seed, task);
-                }
+            if let Some(set) = &suite.tasks[task].train_set
+                && (next > 0 || epoch > 0)
+            {
+                Self::fill_order(pos, set, seed, task);
             }
         }
     }

@@ -36,7 +36,12 @@ impl Error {
             return Err(Error::Input(format!("{}: not a regular file", path.display())));
         }
         if meta.len() > MAX {
-            return Err(Error::Input(format!("{}: {} bytes, larger than any config ({} MiB at most)", path.display(), meta.len(), MAX >> 20)));
+            return Err(Error::Input(format!(
+                "{}: {} bytes, larger than any config ({} MiB at most)",
+                path.display(),
+                meta.len(),
+                MAX >> 20
+            )));
         }
         std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
     }

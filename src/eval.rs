@@ -139,7 +139,14 @@ impl<F: Float> Evaluator<F> {
         }
         let n = self.examples.len() as f64;
         let (exact_match_lo, exact_match_hi) = wilson_interval(exact, self.examples.len());
-        EvalResult { loss: loss / tokens as f64, token_acc: correct_tokens as f64 / tokens as f64, exact_match: exact as f64 / n, exact_match_lo, exact_match_hi, p_correct: p_correct / n }
+        EvalResult {
+            loss: loss / tokens as f64,
+            token_acc: correct_tokens as f64 / tokens as f64,
+            exact_match: exact as f64 / n,
+            exact_match_lo,
+            exact_match_hi,
+            p_correct: p_correct / n,
+        }
     }
 }
 

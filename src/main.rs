@@ -13,7 +13,11 @@ use ebb::config::Config;
 use ebb::{Error, Result};
 
 #[derive(Parser)]
-#[command(name = "ebb", version, about = "Train toy transformers and measure how capabilities decay once their task leaves training")]
+#[command(
+    name = "ebb",
+    version,
+    about = "Train toy transformers and measure how capabilities decay once their task leaves training"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,9 +108,7 @@ enum Command {
         compute: Compute,
     },
     /// Recompute summary.json (decay fits, forgetting, savings) from a run's files.
-    Analyze {
-        run_dir: PathBuf,
-    },
+    Analyze { run_dir: PathBuf },
     /// Run a sweep: a grid of experiments, several at once, resumable and shardable.
     Sweep {
         /// The sweep file (TOML).
@@ -161,13 +163,9 @@ enum Command {
         quiet: bool,
     },
     /// Where a sweep stands, from its directory: finished, running, interrupted, failed, diverged, pending.
-    Status {
-        sweep_dir: PathBuf,
-    },
+    Status { sweep_dir: PathBuf },
     /// Aggregate a sweep directory: sweep.csv, drops.csv, scaling.json, plots, report.html.
-    Aggregate {
-        sweep_dir: PathBuf,
-    },
+    Aggregate { sweep_dir: PathBuf },
     /// Redraw a run's plots and report.html from its files (any run, finished or not).
     Plot {
         run_dir: PathBuf,
@@ -280,23 +278,53 @@ enum Chosen {
 fn check_device(device: Device) -> Result<Chosen> {
     match device {
         Device::Cpu => Ok(Chosen::Cpu(None)),
-        Device::Cuda => CudaBackend::new().map(|b| Chosen::Gpu(Box::new(b))).map_err(|e| Error::input(format!("--device cuda: {e}; use --device cpu"))),
-        Device::Auto => Ok(CudaBackend::new().map_or_else(|e| Chosen::Cpu(Some(format!("auto: no usable GPU: {e}"))), |b| Chosen::Gpu(Box::new(b)))),
+        Device::Cuda => CudaBackend::new()
+            .map(|b| Chosen::Gpu(Box::new(b)))
+            .map_err(|e| Error::input(format!("--device cuda: {e}; use --device cpu"))),
+        Device::Auto => Ok(CudaBackend::new()
+            .map_or_else(|e| Chosen::Cpu(Some(format!("auto: no usable GPU: {e}"))), |b| Chosen::Gpu(Box::new(b)))),
     }
 }
 
 /// `ebb sweep --slurm`: prepares the sweep directory, submits what is
 /// missing as one job array and says where everything lands.
-fn submit_to_slurm(plan: &ebb::sweep::Plan, sweep: &std::path::Path, out: &std::path::Path, opts: &ebb::sweep::slurm::SlurmOptions) -> Result<()> {
+fn submit_to_slurm(
+    plan: &ebb::sweep::Plan,
+    sweep: &std::path::Path,
+    out: &std::path::Path,
+    opts: &ebb::sweep::slurm::SlurmOptions,
+) -> Result<()> {
     let sub = ebb::sweep::slurm::submit(plan, sweep, out, opts)?;
-    let running = if sub.running_runs > 0 { format!(" ({} running elsewhere, left to their job)", sub.running_runs) } else { String::new() };
+    let running = if sub.running_runs > 0 {
+        format!(" ({} running elsewhere, left to their job)", sub.running_runs)
+    } else {
+        String::new()
+    };
     if sub.indices.is_empty() {
-        println!("sweep {}: nothing to submit: {} of {} runs need running{running}; directory {}", plan.name, sub.missing_runs, plan.runs.len(), out.display());
+        println!(
+            "sweep {}: nothing to submit: {} of {} runs need running{running}; directory {}",
+            plan.name,
+            sub.missing_runs,
+            plan.runs.len(),
+            out.display()
+        );
     } else {
         let array = ebb::sweep::slurm::array_spec(&sub.indices);
         match &sub.job {
-            Some(job) => println!("sweep {}: submitted job {job}: {} runs to do in array tasks {array} of {}{running}; directory {}", plan.name, sub.missing_runs, sub.array_tasks, out.display()),
-            None => println!("sweep {}: dry run: {} runs to do in array tasks {array} of {}{running}; submit with: sbatch {}", plan.name, sub.missing_runs, sub.array_tasks, sub.script.display()),
+            Some(job) => println!(
+                "sweep {}: submitted job {job}: {} runs to do in array tasks {array} of {}{running}; directory {}",
+                plan.name,
+                sub.missing_runs,
+                sub.array_tasks,
+                out.display()
+            ),
+            None => println!(
+                "sweep {}: dry run: {} runs to do in array tasks {array} of {}{running}; submit with: sbatch {}",
+                plan.name,
+                sub.missing_runs,
+                sub.array_tasks,
+                sub.script.display()
+            ),
         }
         println!("batch script: {}", sub.script.display());
     }
@@ -310,14 +338,25 @@ fn submit_to_slurm(plan: &ebb::sweep::Plan, sweep: &std::path::Path, out: &std::
         }
         // Diverged runs are complete (and reported): only unfinished runs fail the sweep.
         if !status.complete() {
-            return Err(Error::input(format!("sweep {}: not every run finished; see `ebb status {}` and submit again to run what is missing", plan.name, out.display())));
+            return Err(Error::input(format!(
+                "sweep {}: not every run finished; see `ebb status {}` and submit again to run what is missing",
+                plan.name,
+                out.display()
+            )));
         }
     }
     Ok(())
 }
 
 /// Trains `cfg` into `out` on `backend`, from `ckpt` when given.
-fn train_on<B: Backend>(backend: &B, cfg: &Config, suite: &ebb::tasks::Suite, out: &std::path::Path, quiet: bool, ckpt: Option<ebb::checkpoint::Checkpoint>) -> Result<ebb::train::run::RunOutcome> {
+fn train_on<B: Backend>(
+    backend: &B,
+    cfg: &Config,
+    suite: &ebb::tasks::Suite,
+    out: &std::path::Path,
+    quiet: bool,
+    ckpt: Option<ebb::checkpoint::Checkpoint>,
+) -> Result<ebb::train::run::RunOutcome> {
     let run = match ckpt {
         Some(c) => ebb::train::run::Run::from_checkpoint(backend, cfg, suite, out, c)?,
         None => ebb::train::run::Run::start(backend, cfg, suite, out)?,
@@ -335,7 +374,11 @@ const CUDA_FAILURE: &str = ebb::backend::cuda::FAILURE;
 const PAIRED_ROUNDS: usize = 7;
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("")
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("")
 }
 
 /// Runs GPU work, turning a CUDA failure inside an op (out of memory, a
@@ -344,12 +387,23 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
 fn gpu_guard<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|payload| {
         let msg = panic_message(&*payload);
-        if msg.starts_with(CUDA_FAILURE) { Err(Error::input(msg.to_string())) } else { std::panic::resume_unwind(payload) }
+        if msg.starts_with(CUDA_FAILURE) {
+            Err(Error::input(msg.to_string()))
+        } else {
+            std::panic::resume_unwind(payload)
+        }
     })
 }
 
 /// Trains `cfg` into `out` (from `ckpt` when given) and prints the outcome.
-fn train(cfg: &Config, suite: &ebb::tasks::Suite, out: &std::path::Path, quiet: bool, compute: Compute, ckpt: Option<ebb::checkpoint::Checkpoint>) -> Result<()> {
+fn train(
+    cfg: &Config,
+    suite: &ebb::tasks::Suite,
+    out: &std::path::Path,
+    quiet: bool,
+    compute: Compute,
+    ckpt: Option<ebb::checkpoint::Checkpoint>,
+) -> Result<()> {
     let device = check_device(compute.device)?;
     let pool = thread_pool(compute.threads)?;
     let outcome = match device {
@@ -372,10 +426,20 @@ fn train(cfg: &Config, suite: &ebb::tasks::Suite, out: &std::path::Path, quiet: 
         ebb::plot::plot_run(out, ebb::plot::Format::Png)?;
     }
     let outcome = outcome?;
-    println!("run {} finished in {:.1}s: {} parameters, suite {} ({} tasks)", cfg.name, outcome.seconds, outcome.n_params, suite.name, suite.tasks.len());
+    println!(
+        "run {} finished in {:.1}s: {} parameters, suite {} ({} tasks)",
+        cfg.name,
+        outcome.seconds,
+        outcome.n_params,
+        suite.name,
+        suite.tasks.len()
+    );
     for (task, e) in &outcome.final_eval {
         let chance = suite.task(task).map_or(0.0, |t| t.chance);
-        println!("  {task:<16} exact_match {:.3} [95% {:.3}, {:.3}] (chance {chance:.3})  token_acc {:.3}  loss {:.4}", e.exact_match, e.exact_match_lo, e.exact_match_hi, e.token_acc, e.loss);
+        println!(
+            "  {task:<16} exact_match {:.3} [95% {:.3}, {:.3}] (chance {chance:.3})  token_acc {:.3}  loss {:.4}",
+            e.exact_match, e.exact_match_lo, e.exact_match_hi, e.token_acc, e.loss
+        );
     }
     if let Ok(summary) = ebb::analysis::read_summary(out) {
         print_drops(&summary);
@@ -393,14 +457,21 @@ fn print_drops(summary: &ebb::analysis::Summary) {
     let num = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
     for d in &summary.drops {
         if !d.learned() {
-            println!("  dropped {} at step {}: not learned (accuracy {} < {:?} at the drop)", d.task, d.step, num(d.accuracy_at_drop), d.learned_threshold);
+            println!(
+                "  dropped {} at step {}: not learned (accuracy {} < {:?} at the drop)",
+                d.task,
+                d.step,
+                num(d.accuracy_at_drop),
+                d.learned_threshold
+            );
             continue;
         }
         let fit = match d.fits.as_ref().and_then(|f| f.best()) {
             Some(f) => format!("{} fit τ {}", f.form.name(), num(f.tau)),
             None => "no fit ok".to_string(),
         };
-        let floor = d.noise_floor.as_ref().map_or(String::new(), |n| format!(" (kept tasks: AURC {})", num(n.aurc_mean)));
+        let floor =
+            d.noise_floor.as_ref().map_or(String::new(), |n| format!(" (kept tasks: AURC {})", num(n.aurc_mean)));
         println!(
             "  dropped {} at step {}: accuracy {} -> {}, half-life {} steps, {fit}, AURC {}{floor}, savings {}",
             d.task,
@@ -423,7 +494,11 @@ fn print_drops(summary: &ebb::analysis::Summary) {
             format!("{task} {}{state}", num(acc))
         };
         let phases: Vec<String> = seq.order.iter().enumerate().map(phase).collect();
-        println!("  sequential, accuracy at each phase's end (learned: ≥ {}): {}", seq.learned_threshold, phases.join(", "));
+        println!(
+            "  sequential, accuracy at each phase's end (learned: ≥ {}): {}",
+            seq.learned_threshold,
+            phases.join(", ")
+        );
     }
     for e in summary.learned_events.iter().filter(|e| e.fired_at.is_none()) {
         let why = match e.learned_at {
@@ -436,7 +511,17 @@ fn print_drops(summary: &ebb::analysis::Summary) {
 
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run { config, out, mut overrides, quiet, checkpoint_every, weights_every, dump_batches, init_from, compute } => {
+        Command::Run {
+            config,
+            out,
+            mut overrides,
+            quiet,
+            checkpoint_every,
+            weights_every,
+            dump_batches,
+            init_from,
+            compute,
+        } => {
             if let Some(n) = checkpoint_every {
                 overrides.push(format!("train.checkpoint_every={n}"));
             }
@@ -447,7 +532,10 @@ fn dispatch(command: Command) -> Result<()> {
                 overrides.push("train.dump_batches=true".into());
             }
             if let Some(file) = init_from {
-                let file = std::path::absolute(&file).ok().filter(|f| f.is_file()).ok_or_else(|| Error::input(format!("--init-from {}: no such file", file.display())))?;
+                let file = std::path::absolute(&file)
+                    .ok()
+                    .filter(|f| f.is_file())
+                    .ok_or_else(|| Error::input(format!("--init-from {}: no such file", file.display())))?;
                 overrides.push(format!("model.init_from={}", toml::Value::String(file.display().to_string())));
             }
             let (cfg, suite) = Config::load(&config, &overrides)?;
@@ -480,18 +568,46 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Fork { run_dir, at, out, config, overrides, quiet, compute } => {
             let steps = ebb::checkpoint::steps(&run_dir);
             if !steps.contains(&at) {
-                let have = if steps.is_empty() { "none".to_string() } else { steps.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ") };
-                return Err(Error::input(format!("--at {at}: {} has no checkpoint at that step (it has: {have})", run_dir.display())));
+                let have = if steps.is_empty() {
+                    "none".to_string()
+                } else {
+                    steps.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+                };
+                return Err(Error::input(format!(
+                    "--at {at}: {} has no checkpoint at that step (it has: {have})",
+                    run_dir.display()
+                )));
             }
             if out.join("config.toml").exists() {
-                return Err(Error::input(format!("--out {}: already a run directory; choose a new one", out.display())));
+                return Err(Error::input(format!(
+                    "--out {}: already a run directory; choose a new one",
+                    out.display()
+                )));
             }
             let config = config.unwrap_or_else(|| run_dir.join("config.toml"));
             let (cfg, suite) = Config::load(&config, &overrides)?;
             let ckpt = ebb::checkpoint::read(&ebb::checkpoint::path_for(&run_dir, at))?;
             train(&cfg, &suite, &out, quiet, compute, Some(ckpt))
         }
-        Command::Sweep { sweep, out, jobs, threads, shard, dry_run, status, slurm, array_parallel, array_tasks, partition, time, cpus_per_task, sbatch_arg, wait, no_aggregate, quiet } => {
+        Command::Sweep {
+            sweep,
+            out,
+            jobs,
+            threads,
+            shard,
+            dry_run,
+            status,
+            slurm,
+            array_parallel,
+            array_tasks,
+            partition,
+            time,
+            cpus_per_task,
+            sbatch_arg,
+            wait,
+            no_aggregate,
+            quiet,
+        } => {
             let plan = ebb::sweep::Plan::load(&sweep)?;
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&plan.name));
             if status {
@@ -500,9 +616,20 @@ fn dispatch(command: Command) -> Result<()> {
             }
             if slurm {
                 if shard.is_some() || jobs.is_some() || threads.is_some() {
-                    return Err(Error::input("--slurm: --shard, --jobs and --threads are set per array task; use --array-tasks and --cpus-per-task"));
+                    return Err(Error::input(
+                        "--slurm: --shard, --jobs and --threads are set per array task; use --array-tasks and --cpus-per-task",
+                    ));
                 }
-                let opts = ebb::sweep::slurm::SlurmOptions { array_parallel, array_tasks, partition, time, cpus_per_task, sbatch_args: sbatch_arg, wait, dry_run };
+                let opts = ebb::sweep::slurm::SlurmOptions {
+                    array_parallel,
+                    array_tasks,
+                    partition,
+                    time,
+                    cpus_per_task,
+                    sbatch_args: sbatch_arg,
+                    wait,
+                    dry_run,
+                };
                 return submit_to_slurm(&plan, &sweep, &out, &opts);
             }
             let shard = shard.as_deref().map(ebb::sweep::parse_shard).transpose()?.unwrap_or((1, 1));
@@ -514,10 +641,25 @@ fn dispatch(command: Command) -> Result<()> {
             let threads = threads.unwrap_or((cores / jobs).max(1));
             let mine = plan.shard(shard.0, shard.1);
             if dry_run {
-                println!("sweep {}: {} runs, shard {}/{} has {}; {} at once, {} threads each; directory {}", plan.name, plan.runs.len(), shard.0, shard.1, mine.len(), jobs, threads, out.display());
+                println!(
+                    "sweep {}: {} runs, shard {}/{} has {}; {} at once, {} threads each; directory {}",
+                    plan.name,
+                    plan.runs.len(),
+                    shard.0,
+                    shard.1,
+                    mine.len(),
+                    jobs,
+                    threads,
+                    out.display()
+                );
                 for r in mine {
                     let status = ebb::sweep::RunStatus::of(&out.join(&r.id));
-                    println!("  {} {:<11} {}", r.id, status.name(), r.point.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+                    println!(
+                        "  {} {:<11} {}",
+                        r.id,
+                        status.name(),
+                        r.point.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+                    );
                 }
                 return Ok(());
             }
@@ -527,14 +669,35 @@ fn dispatch(command: Command) -> Result<()> {
             if !no_aggregate {
                 ebb::sweep::aggregate::aggregate(&out, &plan.report.heatmap)?;
             }
-            let busy = if outcome.busy.is_empty() { String::new() } else { format!(", {} being run by another process", outcome.busy.len()) };
-            println!("sweep {}: {} finished now, {} already done, {} diverged, {} failed, {} interrupted{busy}; aggregate in {}", plan.name, outcome.finished.len(), outcome.skipped.len(), outcome.diverged.len(), outcome.failed.len(), outcome.interrupted.len(), out.join("sweep.csv").display());
-            let bad: Vec<String> = outcome.failed.iter().map(|id| format!("{id} (failed: see {}/failed.txt)", out.join(id).display())).chain(outcome.diverged.iter().map(|id| format!("{id} (diverged)"))).collect();
+            let busy = if outcome.busy.is_empty() {
+                String::new()
+            } else {
+                format!(", {} being run by another process", outcome.busy.len())
+            };
+            println!(
+                "sweep {}: {} finished now, {} already done, {} diverged, {} failed, {} interrupted{busy}; aggregate in {}",
+                plan.name,
+                outcome.finished.len(),
+                outcome.skipped.len(),
+                outcome.diverged.len(),
+                outcome.failed.len(),
+                outcome.interrupted.len(),
+                out.join("sweep.csv").display()
+            );
+            let bad: Vec<String> = outcome
+                .failed
+                .iter()
+                .map(|id| format!("{id} (failed: see {}/failed.txt)", out.join(id).display()))
+                .chain(outcome.diverged.iter().map(|id| format!("{id} (diverged)")))
+                .collect();
             if !bad.is_empty() {
                 return Err(Error::input(format!("runs that did not finish: {}", bad.join(", "))));
             }
             if !outcome.interrupted.is_empty() {
-                return Err(Error::input(format!("interrupted; run the same command again to resume: {}", outcome.interrupted.join(", "))));
+                return Err(Error::input(format!(
+                    "interrupted; run the same command again to resume: {}",
+                    outcome.interrupted.join(", ")
+                )));
             }
             Ok(())
         }
@@ -543,7 +706,11 @@ fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Aggregate { sweep_dir } => {
-            let heatmap: Vec<String> = std::fs::read_to_string(sweep_dir.join("report.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).and_then(|v| serde_json::from_value(v["heatmap"].clone()).ok()).unwrap_or_default();
+            let heatmap: Vec<String> = std::fs::read_to_string(sweep_dir.join("report.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| serde_json::from_value(v["heatmap"].clone()).ok())
+                .unwrap_or_default();
             for path in ebb::sweep::aggregate::aggregate(&sweep_dir, &heatmap)? {
                 println!("wrote {}", path.display());
             }
@@ -576,14 +743,23 @@ fn dispatch(command: Command) -> Result<()> {
                 let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                 let count = file.tasks.len() + if file.translate.is_some() { 1 } else { 0 };
                 let extra = if file.translate.is_some() { " + translation pairs" } else { "" };
-                println!("  {name:<13} {} ({} tasks{extra})", file.description.as_deref().unwrap_or(""), count - file.translate.is_some() as usize);
+                println!(
+                    "  {name:<13} {} ({} tasks{extra})",
+                    file.description.as_deref().unwrap_or(""),
+                    count - file.translate.is_some() as usize
+                );
             }
             Ok(())
         }
         Command::Tasks { command: TasksCommand::Sample { suite, n, seed, task } } => {
             let (spec, path) = ebb::tasks::spec::load_any(&suite)?;
             let built = ebb::tasks::Suite::build(&spec, seed, &path)?;
-            println!("suite {}: {} tasks, {} tokens in the vocabulary", built.name, built.tasks.len(), built.vocab.len());
+            println!(
+                "suite {}: {} tasks, {} tokens in the vocabulary",
+                built.name,
+                built.tasks.len(),
+                built.vocab.len()
+            );
             let mut shown = 0;
             for (i, t) in built.tasks.iter().enumerate() {
                 if task.as_ref().is_some_and(|id| id != &t.id) {
@@ -591,7 +767,15 @@ fn dispatch(command: Command) -> Result<()> {
                 }
                 shown += 1;
                 let weight = built.weights[i];
-                println!("[{}] family {}, {} problems, chance {:.4}, up to {} tokens{}", t.id, t.family_name, t.space(), t.chance, t.max_len(), if weight == 0.0 { ", never trained (weight 0)" } else { "" });
+                println!(
+                    "[{}] family {}, {} problems, chance {:.4}, up to {} tokens{}",
+                    t.id,
+                    t.family_name,
+                    t.space(),
+                    t.chance,
+                    t.max_len(),
+                    if weight == 0.0 { ", never trained (weight 0)" } else { "" }
+                );
                 let mut r = ebb::rng::stream(seed, "sample", ebb::rng::purpose_id(&t.id));
                 let mut out = Vec::new();
                 for _ in 0..n {
@@ -601,7 +785,11 @@ fn dispatch(command: Command) -> Result<()> {
                 }
             }
             if shown == 0 {
-                return Err(Error::input(format!("--task {}: no such task in {}", task.unwrap_or_default(), path.display())));
+                return Err(Error::input(format!(
+                    "--task {}: no such task in {}",
+                    task.unwrap_or_default(),
+                    path.display()
+                )));
             }
             Ok(())
         }
@@ -620,7 +808,11 @@ fn dispatch(command: Command) -> Result<()> {
                 return Err(Error::input("--ceilings measures the CPU's limits; use it with --device cpu"));
             }
             let pool = thread_pool(compute.threads)?;
-            let configs: Vec<BenchConfig> = if config.is_empty() { bench::CONFIGS.to_vec() } else { config.iter().filter_map(|n| BenchConfig::by_name(n)).collect() };
+            let configs: Vec<BenchConfig> = if config.is_empty() {
+                bench::CONFIGS.to_vec()
+            } else {
+                config.iter().filter_map(|n| BenchConfig::by_name(n)).collect()
+            };
             let configs: Vec<BenchConfig> = configs.into_iter().map(|c| BenchConfig { dropout, ..c }).collect();
             let backend = CpuBackend::<f32>::new();
             let suite = match suite {
@@ -639,9 +831,16 @@ fn dispatch(command: Command) -> Result<()> {
                 if let Some(suite) = &suite {
                     let ms = bench::batch_generation_ms(suite, c.batch, c.ctx, 50);
                     if json {
-                        println!("{}", serde_json::json!({"config": c.name, "suite": suite.name, "batch_ms": ms, "share_of_step": ms / r.ms_per_step}));
+                        println!(
+                            "{}",
+                            serde_json::json!({"config": c.name, "suite": suite.name, "batch_ms": ms, "share_of_step": ms / r.ms_per_step})
+                        );
                     } else {
-                        println!("  batch generation, suite {}: {ms:.3} ms per batch = {:.2}% of the step", suite.name, 100.0 * ms / r.ms_per_step);
+                        println!(
+                            "  batch generation, suite {}: {ms:.3} ms per batch = {:.2}% of the step",
+                            suite.name,
+                            100.0 * ms / r.ms_per_step
+                        );
                     }
                 }
                 if breakdown {
@@ -657,7 +856,10 @@ fn dispatch(command: Command) -> Result<()> {
                     let total: f64 = rows.iter().map(|r| r.1).sum();
                     for (op, ms, calls) in rows {
                         if json {
-                            println!("{}", serde_json::json!({"config": c.name, "op": op, "ms_per_step": ms, "calls_per_step": calls}));
+                            println!(
+                                "{}",
+                                serde_json::json!({"config": c.name, "op": op, "ms_per_step": ms, "calls_per_step": calls})
+                            );
                         } else {
                             println!("  {op:<22} {ms:8.2} ms/step {:5.1}%  {calls} calls", 100.0 * ms / total);
                         }
@@ -671,12 +873,36 @@ fn dispatch(command: Command) -> Result<()> {
                     // And each round of steps beside its own peak burst (after
                     // one untimed step, which allocates the fresh trainer's buffers).
                     let steps_per_round = (steps / PAIRED_ROUNDS).max(1);
-                    let paired = pool.install(|| bench::shares_beside_fma_peak(&CpuBackend::<f32>::new(), c, 1, PAIRED_ROUNDS, steps_per_round));
-                    let (paired_median, paired_low, paired_high) = (paired[paired.len() / 2], paired[0], paired[paired.len() - 1]);
+                    let paired = pool.install(|| {
+                        bench::shares_beside_fma_peak(&CpuBackend::<f32>::new(), c, 1, PAIRED_ROUNDS, steps_per_round)
+                    });
+                    let (paired_median, paired_low, paired_high) =
+                        (paired[paired.len() / 2], paired[0], paired[paired.len() - 1]);
                     if json {
-                        println!("{}", serde_json::json!({"config": c.name, "threads": m.threads, "fma_peak_gflops": m.fma_gflops, "tiled_kernel_gflops": m.kernel_gflops, "copy_gb_per_s": m.copy_gb_per_s, "gemm_1024_gflops": m.square_gflops, "step_products_gflops": m.step_products_gflops, "step_products_ms": m.step_products_ms, "linear_products_gflops": m.linear_products_gflops, "linear_products_ms": m.linear_products_ms, "products_only_tokens_per_s": best_tokens, "step_share_of_fma_peak": r.gflops / m.fma_gflops, "best_step_share_of_fma_peak": best_step_share, "step_share_beside_fma_peak": paired_median, "step_share_beside_fma_peak_range": [paired_low, paired_high]}));
+                        println!(
+                            "{}",
+                            serde_json::json!({"config": c.name, "threads": m.threads, "fma_peak_gflops": m.fma_gflops, "tiled_kernel_gflops": m.kernel_gflops, "copy_gb_per_s": m.copy_gb_per_s, "gemm_1024_gflops": m.square_gflops, "step_products_gflops": m.step_products_gflops, "step_products_ms": m.step_products_ms, "linear_products_gflops": m.linear_products_gflops, "linear_products_ms": m.linear_products_ms, "products_only_tokens_per_s": best_tokens, "step_share_of_fma_peak": r.gflops / m.fma_gflops, "best_step_share_of_fma_peak": best_step_share, "step_share_beside_fma_peak": paired_median, "step_share_beside_fma_peak_range": [paired_low, paired_high]})
+                        );
                     } else {
-                        println!("  ceilings, {} threads: f32 FMA peak {:.0} GFLOP/s; tiled product kernel, operands in cache {:.0} GFLOP/s; copy {:.1} GB/s; gemm 1024³ {:.0} GFLOP/s; gemm on this step's products {:.0} GFLOP/s = {:.2} ms/step, i.e. at most {:.0} tok/s if all else were free (its linear maps alone {:.0} GFLOP/s = {:.2} ms/step, {:.0}% of the FMA peak); this step runs at {:.0}% of the FMA peak (its fastest step {:.0}%); measured beside the peak ({PAIRED_ROUNDS} rounds of an FMA burst then {steps_per_round} steps) {:.0}% (rounds {:.0}–{:.0}%)", m.threads, m.fma_gflops, m.kernel_gflops, m.copy_gb_per_s, m.square_gflops, m.step_products_gflops, m.step_products_ms, best_tokens, m.linear_products_gflops, m.linear_products_ms, 100.0 * m.linear_products_gflops / m.fma_gflops, 100.0 * r.gflops / m.fma_gflops, 100.0 * best_step_share, 100.0 * paired_median, 100.0 * paired_low, 100.0 * paired_high);
+                        println!(
+                            "  ceilings, {} threads: f32 FMA peak {:.0} GFLOP/s; tiled product kernel, operands in cache {:.0} GFLOP/s; copy {:.1} GB/s; gemm 1024³ {:.0} GFLOP/s; gemm on this step's products {:.0} GFLOP/s = {:.2} ms/step, i.e. at most {:.0} tok/s if all else were free (its linear maps alone {:.0} GFLOP/s = {:.2} ms/step, {:.0}% of the FMA peak); this step runs at {:.0}% of the FMA peak (its fastest step {:.0}%); measured beside the peak ({PAIRED_ROUNDS} rounds of an FMA burst then {steps_per_round} steps) {:.0}% (rounds {:.0}–{:.0}%)",
+                            m.threads,
+                            m.fma_gflops,
+                            m.kernel_gflops,
+                            m.copy_gb_per_s,
+                            m.square_gflops,
+                            m.step_products_gflops,
+                            m.step_products_ms,
+                            best_tokens,
+                            m.linear_products_gflops,
+                            m.linear_products_ms,
+                            100.0 * m.linear_products_gflops / m.fma_gflops,
+                            100.0 * r.gflops / m.fma_gflops,
+                            100.0 * best_step_share,
+                            100.0 * paired_median,
+                            100.0 * paired_low,
+                            100.0 * paired_high
+                        );
                     }
                 }
             }

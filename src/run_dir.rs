@@ -21,9 +21,11 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
 
 /// Creates the run directory, or explains in one line why it cannot.
 pub fn create(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::input(format!("{}: cannot create the output directory: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::input(format!("{}: cannot create the output directory: {e}", dir.display())))?;
     let probe = dir.join(".write-test");
-    std::fs::write(&probe, b"").map_err(|e| Error::input(format!("{}: output directory is not writable: {e}", dir.display())))?;
+    std::fs::write(&probe, b"")
+        .map_err(|e| Error::input(format!("{}: output directory is not writable: {e}", dir.display())))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
 }
@@ -38,22 +40,40 @@ impl RunLock {
     /// Claims `dir` (which must exist), or says which process holds it.
     pub fn take(dir: &Path) -> Result<RunLock> {
         let path = dir.join(".lock");
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         // A status probe holds a shared lock for an instant: retry briefly.
         for _ in 0..100 {
             match flock(&file, libc::LOCK_EX) {
                 Ok(true) => {
                     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
                     let _ = file.set_len(0);
-                    let _ = std::io::Write::write_all(&mut &file, format!("pid {} on {}\n", std::process::id(), host.trim()).as_bytes());
+                    let _ = std::io::Write::write_all(
+                        &mut &file,
+                        format!("pid {} on {}\n", std::process::id(), host.trim()).as_bytes(),
+                    );
                     return Ok(RunLock(file));
                 }
                 Ok(false) => std::thread::sleep(std::time::Duration::from_millis(10)),
-                Err(e) => return Err(Error::input(format!("{}: cannot lock it ({e}); run directories need a filesystem with working flock, shared by every node that runs them", path.display()))),
+                Err(e) => {
+                    return Err(Error::input(format!(
+                        "{}: cannot lock it ({e}); run directories need a filesystem with working flock, shared by every node that runs them",
+                        path.display()
+                    )));
+                }
             }
         }
         let holder = std::fs::read_to_string(&path).unwrap_or_default();
-        Err(Error::input(format!("{}: in use by another ebb process ({}); wait for it or stop it", dir.display(), holder.trim())))
+        Err(Error::input(format!(
+            "{}: in use by another ebb process ({}); wait for it or stop it",
+            dir.display(),
+            holder.trim()
+        )))
     }
 
     /// Whether some process holds `dir` now.

@@ -31,12 +31,19 @@ fn bytes_i32(values: &[u32]) -> Vec<u8> {
 
 /// Serializes named (dtype, shape, bytes) tensors with `metadata` and writes
 /// them to `path` (a temporary name, then renamed).
-fn write_tensors(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)], metadata: HashMap<String, String>) -> Result<()> {
+fn write_tensors(
+    path: &Path,
+    tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     let views: Vec<(&str, TensorView)> = tensors
         .iter()
-        .map(|(name, dtype, shape, bytes)| (*name, TensorView::new(*dtype, shape.clone(), bytes).expect("the shape matches the data")))
+        .map(|(name, dtype, shape, bytes)| {
+            (*name, TensorView::new(*dtype, shape.clone(), bytes).expect("the shape matches the data"))
+        })
         .collect();
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+    let bytes =
+        safetensors::serialize(views, Some(metadata)).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
@@ -45,9 +52,23 @@ fn write_tensors(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)], me
 
 /// Writes every tensor of `layout` from the flat `params` after `step` steps.
 pub fn write_weights(path: &Path, layout: &ParamLayout, params: &[f32], step: u64) -> Result<()> {
-    let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> =
-        layout.tensors.iter().map(|t| (t.name.as_str(), Dtype::F32, t.shape.clone(), bytes_f32(&params[t.view.offset..t.view.offset + t.view.len]))).collect();
-    write_tensors(path, &tensors, HashMap::from([("step".to_string(), step.to_string()), ("format".to_string(), "ebb weights".to_string())]))
+    let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = layout
+        .tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name.as_str(),
+                Dtype::F32,
+                t.shape.clone(),
+                bytes_f32(&params[t.view.offset..t.view.offset + t.view.len]),
+            )
+        })
+        .collect();
+    write_tensors(
+        path,
+        &tensors,
+        HashMap::from([("step".to_string(), step.to_string()), ("format".to_string(), "ebb weights".to_string())]),
+    )
 }
 
 /// Reads the flat parameters of `layout` from a weights file: every tensor
@@ -59,11 +80,26 @@ pub fn read_weights(path: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
     let file = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
     let mut params = vec![0.0f32; layout.len()];
     for t in &layout.tensors {
-        let tensor = file.tensor(&t.name).map_err(|_| bad(format!("no tensor `{}` (this model has {} tensors: {}, …)", t.name, layout.tensors.len(), layout.tensors.iter().take(3).map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "))))?;
+        let tensor = file.tensor(&t.name).map_err(|_| {
+            bad(format!(
+                "no tensor `{}` (this model has {} tensors: {}, …)",
+                t.name,
+                layout.tensors.len(),
+                layout.tensors.iter().take(3).map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
         if tensor.dtype() != Dtype::F32 || tensor.shape() != t.shape.as_slice() {
-            return Err(bad(format!("tensor `{}` is {:?} {:?}, this model's is F32 {:?}", t.name, tensor.dtype(), tensor.shape(), t.shape)));
+            return Err(bad(format!(
+                "tensor `{}` is {:?} {:?}, this model's is F32 {:?}",
+                t.name,
+                tensor.dtype(),
+                tensor.shape(),
+                t.shape
+            )));
         }
-        for (p, chunk) in params[t.view.offset..t.view.offset + t.view.len].iter_mut().zip(tensor.data().chunks_exact(4)) {
+        for (p, chunk) in
+            params[t.view.offset..t.view.offset + t.view.len].iter_mut().zip(tensor.data().chunks_exact(4))
+        {
             *p = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
         }
     }
@@ -77,6 +113,10 @@ pub fn read_weights(path: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
 pub fn write_batch<F: Float>(path: &Path, batch: &Batch<F>) -> Result<()> {
     let shape = vec![batch.rows, batch.ctx];
     let mask: Vec<f32> = batch.mask.iter().map(|m| m.f64() as f32).collect();
-    let tensors = [("tokens", Dtype::I32, shape.clone(), bytes_i32(&batch.tokens)), ("targets", Dtype::I32, shape.clone(), bytes_i32(&batch.targets)), ("mask", Dtype::F32, shape, bytes_f32(&mask))];
+    let tensors = [
+        ("tokens", Dtype::I32, shape.clone(), bytes_i32(&batch.tokens)),
+        ("targets", Dtype::I32, shape.clone(), bytes_i32(&batch.targets)),
+        ("mask", Dtype::F32, shape, bytes_f32(&mask)),
+    ];
     write_tensors(path, &tensors, HashMap::new())
 }

@@ -13,7 +13,10 @@ fn rejects(config_text: &str, extra: &[&str], expect: &[&str]) {
     write(&cfg, config_text);
     let out = ebb().arg("run").arg(&cfg).arg("--out").arg(tmp.path().join("out")).args(extra).output().unwrap();
     let stderr = assert_input_error(&out, expect);
-    assert!(stderr.contains("exp.toml") || extra.iter().any(|e| stderr.contains(e)), "error does not name the file: {stderr}");
+    assert!(
+        stderr.contains("exp.toml") || extra.iter().any(|e| stderr.contains(e)),
+        "error does not name the file: {stderr}"
+    );
 }
 
 fn with(line_in_section: (&str, &str)) -> String {
@@ -67,7 +70,11 @@ fn a_held_out_set_below_the_minimum_names_suite_task_and_size() {
 
 #[test]
 fn unknown_task_family_is_rejected() {
-    rejects(&SMALL_CONFIG.replace("family = \"addition\"", "family = \"division\""), &[], &["tasks.add1.family", "division"]);
+    rejects(
+        &SMALL_CONFIG.replace("family = \"addition\"", "family = \"division\""),
+        &[],
+        &["tasks.add1.family", "division"],
+    );
 }
 
 #[test]
@@ -90,7 +97,8 @@ fn duplicate_task_ids_are_rejected() {
 
 #[test]
 fn operands_whose_statements_exceed_the_context_are_rejected() {
-    let tally = SMALL_CONFIG.replace("family = \"addition\"\ndigits = 1", "family = \"arithmetic\"\nform = \"tally\"\noperands = 50");
+    let tally = SMALL_CONFIG
+        .replace("family = \"addition\"\ndigits = 1", "family = \"arithmetic\"\nform = \"tally\"\noperands = 50");
     rejects(&tally, &[], &["model.n_ctx", "8", "add1"]);
 }
 
@@ -144,7 +152,8 @@ fn a_run_writes_resolved_config_metrics_and_timing() {
     assert!(resolved.contains("lr = 0.002"), "override lands in the resolved config:\n{resolved}");
     assert!(resolved.contains("d_mlp = 128"), "defaults are filled in:\n{resolved}");
     // The resolved config is itself a valid config that reproduces the run.
-    let again = run_ok(ebb().arg("run").arg(dir.join("config.toml")).arg("--out").arg(tmp.path().join("again")).arg("--quiet"));
+    let again =
+        run_ok(ebb().arg("run").arg(dir.join("config.toml")).arg("--out").arg(tmp.path().join("again")).arg("--quiet"));
     let first = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
     assert_eq!(first, std::fs::read_to_string(tmp.path().join("again/metrics.csv")).unwrap());
     assert!(!fingerprint(&again).is_empty());
@@ -170,23 +179,37 @@ fn quickstart_learns_suite_a_and_drops_affine_once_learned() {
         assert!(first < 0.1, "{language}: the untrained model already scores {first}");
         finals.push(last);
     }
-    assert!(finals.iter().filter(|&&x| x > 0.5).count() >= 9, "most languages should be learned on held-out problems: {finals:?}");
+    assert!(
+        finals.iter().filter(|&&x| x > 0.5).count() >= 9,
+        "most languages should be learned on held-out problems: {finals:?}"
+    );
     // affine is dropped 300 steps after it is learned (≥ 0.9 at two
     // evaluations in a row) and revived at 1800: the summary shows a learned
     // drop, its decay, and its return.
     let exact = metric(&dir, "affine", "eval", "exact_match");
-    let learned_at = exact.windows(2).find(|w| w[0].1 >= 0.9 && w[1].1 >= 0.9).map(|w| w[1].0).expect("affine is never learned");
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let learned_at =
+        exact.windows(2).find(|w| w[0].1 >= 0.9 && w[1].1 >= 0.9).map(|w| w[1].0).expect("affine is never learned");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     let drop = &summary["drops"][0];
     assert_eq!(drop["task"], "affine");
-    assert_eq!(drop["step"].as_u64(), Some(learned_at + 300), "the drop is not 300 steps after the second evaluation at ≥ 0.9");
+    assert_eq!(
+        drop["step"].as_u64(),
+        Some(learned_at + 300),
+        "the drop is not 300 steps after the second evaluation at ≥ 0.9"
+    );
     assert_eq!(drop["status"], "learned");
-    let (at_drop, at_end) = (drop["accuracy_at_drop"].as_f64().unwrap(), drop["accuracy_at_window_end"].as_f64().unwrap());
+    let (at_drop, at_end) =
+        (drop["accuracy_at_drop"].as_f64().unwrap(), drop["accuracy_at_window_end"].as_f64().unwrap());
     assert!(at_drop >= 0.9 && at_end < 0.5 * at_drop, "no clear decay: {at_drop} -> {at_end}");
     assert_eq!(drop["half_life"]["status"], "reached", "{}", drop["half_life"]);
     assert!(drop["half_life"]["steps"].as_f64().unwrap() > 0.0);
     assert!(drop["fits"]["exponential"]["tau"].as_f64().unwrap() > 0.0);
-    assert!(drop["noise_floor"]["tasks"].as_array().unwrap().len() >= 5, "the kept languages give the noise floor: {}", drop["noise_floor"]);
+    assert!(
+        drop["noise_floor"]["tasks"].as_array().unwrap().len() >= 5,
+        "the kept languages give the noise floor: {}",
+        drop["noise_floor"]
+    );
     assert_eq!(drop["revive"]["status"], "regained", "affine never came back: {}", drop["revive"]);
     assert!(drop["revive"]["steps_to_regain"].as_u64().is_some());
     assert_eq!(summary["version"], 2);
@@ -207,7 +230,8 @@ fn cuda_without_a_driver_fails_with_a_clear_message() {
 
 #[test]
 fn bench_json_prints_one_object_per_config() {
-    let out = run_ok(ebb().args(["bench", "--config", "tiny", "--steps", "2", "--warmup", "1", "--json", "--threads", "1"]));
+    let out =
+        run_ok(ebb().args(["bench", "--config", "tiny", "--steps", "2", "--warmup", "1", "--json", "--threads", "1"]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1);
@@ -216,12 +240,28 @@ fn bench_json_prints_one_object_per_config() {
     for key in ["tokens_per_s", "ms_per_step", "best_ms_per_step", "gflops"] {
         assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {v}");
     }
-    assert!(v["best_ms_per_step"].as_f64() <= v["ms_per_step"].as_f64(), "the fastest step is slower than the median: {v}");
+    assert!(
+        v["best_ms_per_step"].as_f64() <= v["ms_per_step"].as_f64(),
+        "the fastest step is slower than the median: {v}"
+    );
 }
 
 #[test]
 fn bench_times_the_step_with_dropout_and_refuses_a_bad_probability() {
-    let out = run_ok(ebb().args(["bench", "--config", "tiny", "--steps", "2", "--warmup", "1", "--json", "--threads", "1", "--dropout", "0.1"]));
+    let out = run_ok(ebb().args([
+        "bench",
+        "--config",
+        "tiny",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+        "--threads",
+        "1",
+        "--dropout",
+        "0.1",
+    ]));
     let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(v["dropout"].as_f64(), Some(0.1), "{v}");
     assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
@@ -231,20 +271,52 @@ fn bench_times_the_step_with_dropout_and_refuses_a_bad_probability() {
 
 #[test]
 fn bench_ceilings_report_the_machine_limits_beside_the_step() {
-    let out = run_ok(ebb().args(["bench", "--config", "tiny", "--steps", "1", "--warmup", "0", "--json", "--threads", "1", "--ceilings"]));
+    let out = run_ok(ebb().args([
+        "bench",
+        "--config",
+        "tiny",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        "--threads",
+        "1",
+        "--ceilings",
+    ]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2, "{stdout}");
     let c = &lines[1];
     assert_eq!((c["config"].as_str(), c["threads"].as_u64()), (Some("tiny"), Some(1)), "{c}");
-    for key in ["fma_peak_gflops", "copy_gb_per_s", "gemm_1024_gflops", "step_products_gflops", "step_products_ms", "linear_products_gflops", "linear_products_ms", "products_only_tokens_per_s", "step_share_of_fma_peak", "best_step_share_of_fma_peak", "step_share_beside_fma_peak"] {
+    for key in [
+        "fma_peak_gflops",
+        "copy_gb_per_s",
+        "gemm_1024_gflops",
+        "step_products_gflops",
+        "step_products_ms",
+        "linear_products_gflops",
+        "linear_products_ms",
+        "products_only_tokens_per_s",
+        "step_share_of_fma_peak",
+        "best_step_share_of_fma_peak",
+        "step_share_beside_fma_peak",
+    ] {
         let v = c[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {c}"));
         assert!(v.is_finite() && v > 0.0, "{key} = {v} in {c}");
     }
     // The paired share is its rounds' median, so inside their range.
-    let range: Vec<f64> = c["step_share_beside_fma_peak_range"].as_array().unwrap_or_else(|| panic!("no range in {c}")).iter().map(|v| v.as_f64().unwrap()).collect();
+    let range: Vec<f64> = c["step_share_beside_fma_peak_range"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no range in {c}"))
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     let median = c["step_share_beside_fma_peak"].as_f64().unwrap();
-    assert!(range.len() == 2 && range[0] > 0.0 && range[0] <= median && median <= range[1], "{median} outside {range:?} in {c}");
+    assert!(
+        range.len() == 2 && range[0] > 0.0 && range[0] <= median && median <= range[1],
+        "{median} outside {range:?} in {c}"
+    );
 }
 
 #[test]
@@ -252,12 +324,33 @@ fn every_shipped_suite_trains() {
     for suite in ["a-unrelated", "b-shared", "c-translate", "d-zero-shot"] {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join(suite);
-        run_ok(ebb().arg("run").arg(root().join("tasks/quickstart.toml")).arg("--out").arg(&dir).arg("--quiet").args([
-            "--set", &format!("data.suite={suite}.toml"), "--set", "schedule=[]", "--set", "model.n_ctx=72", "--set", "train.steps=30", "--set", "eval.every=30", "--set", "eval.examples=4", "--set", "eval.min_examples=4",
-        ]));
+        run_ok(ebb().arg("run").arg(root().join("tasks/quickstart.toml")).arg("--out").arg(&dir).arg("--quiet").args(
+            [
+                "--set",
+                &format!("data.suite={suite}.toml"),
+                "--set",
+                "schedule=[]",
+                "--set",
+                "model.n_ctx=72",
+                "--set",
+                "train.steps=30",
+                "--set",
+                "eval.every=30",
+                "--set",
+                "eval.examples=4",
+                "--set",
+                "eval.min_examples=4",
+            ],
+        ));
         let loss = metric(&dir, "all", "train", "loss");
         assert!(loss.last().unwrap().1 < loss.first().unwrap().1, "{suite}: loss did not fall: {loss:?}");
-        let tasks: std::collections::BTreeSet<String> = std::fs::read_to_string(dir.join("metrics.csv")).unwrap().lines().skip(1).filter(|l| l.contains(",eval,")).map(|l| l.split(',').nth(1).unwrap().to_string()).collect();
+        let tasks: std::collections::BTreeSet<String> = std::fs::read_to_string(dir.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .filter(|l| l.contains(",eval,"))
+            .map(|l| l.split(',').nth(1).unwrap().to_string())
+            .collect();
         assert!(tasks.len() >= 10, "{suite}: only {} tasks evaluated", tasks.len());
     }
 }
@@ -284,9 +377,19 @@ fn every_shipped_experiment_config_loads() {
 
 #[test]
 fn a_revive_of_a_task_never_dropped_is_refused() {
-    rejects(&format!("{SMALL_CONFIG}\n[[schedule]]\nstep = 20\nrevive = [\"add1\"]\n"), &[], &["schedule[0].revive", "\"add1\"", "no earlier event drops"]);
+    rejects(
+        &format!("{SMALL_CONFIG}\n[[schedule]]\nstep = 20\nrevive = [\"add1\"]\n"),
+        &[],
+        &["schedule[0].revive", "\"add1\"", "no earlier event drops"],
+    );
     // Dropped only after the revive: still refused.
-    rejects(&format!("{SMALL_CONFIG}\n[[schedule]]\nstep = 30\ndrop = [\"add1\"]\n\n[[schedule]]\nstep = 20\nrevive = [\"add1\"]\n"), &[], &["schedule[1].revive"]);
+    rejects(
+        &format!(
+            "{SMALL_CONFIG}\n[[schedule]]\nstep = 30\ndrop = [\"add1\"]\n\n[[schedule]]\nstep = 20\nrevive = [\"add1\"]\n"
+        ),
+        &[],
+        &["schedule[1].revive"],
+    );
 }
 
 #[test]

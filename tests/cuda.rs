@@ -15,7 +15,7 @@ mod common;
 use ebb::backend::cpu::CpuBackend;
 use ebb::backend::cuda::compile::{self, FILES};
 use ebb::backend::cuda::{CudaBackend, DropoutArgs};
-use ebb::backend::{attention_saved_len, Activation, AdamW, Backend, DecayGroup, Dropout, View};
+use ebb::backend::{Activation, AdamW, Backend, DecayGroup, Dropout, View, attention_saved_len};
 use ebb::rng;
 
 fn env_is(name: &str, value: &str) -> bool {
@@ -45,13 +45,28 @@ fn kernels_compile_for_sm80_and_sm90() {
             }
             let report = compile::resources(&c.log);
             for &k in file.kernels {
-                let r = report.iter().find(|r| r.kernel == k).unwrap_or_else(|| panic!("{} for {arch}: ptxas reported no kernel {k}; log:\n{}", file.name, c.log));
-                eprintln!("{arch} {:<28} {:>3} registers {:>6} B smem {:>4} B stack", k, r.registers, r.shared_bytes, r.stack_bytes);
+                let r = report.iter().find(|r| r.kernel == k).unwrap_or_else(|| {
+                    panic!("{} for {arch}: ptxas reported no kernel {k}; log:\n{}", file.name, c.log)
+                });
+                eprintln!(
+                    "{arch} {:<28} {:>3} registers {:>6} B smem {:>4} B stack",
+                    k, r.registers, r.shared_bytes, r.stack_bytes
+                );
                 assert!(r.registers > 0 && r.registers <= 255, "{k} for {arch}: {} registers", r.registers);
                 assert_eq!((r.spill_store_bytes, r.spill_load_bytes), (0, 0), "{k} for {arch} spills registers");
-                assert!(r.shared_bytes <= 48 * 1024, "{k} for {arch}: {} bytes of static shared memory", r.shared_bytes);
+                assert!(
+                    r.shared_bytes <= 48 * 1024,
+                    "{k} for {arch}: {} bytes of static shared memory",
+                    r.shared_bytes
+                );
             }
-            assert_eq!(report.len(), file.kernels.len(), "{} for {arch}: kernels in the file vs. FILES: {:?}", file.name, report.iter().map(|r| &r.kernel).collect::<Vec<_>>());
+            assert_eq!(
+                report.len(),
+                file.kernels.len(),
+                "{} for {arch}: kernels in the file vs. FILES: {:?}",
+                file.name,
+                report.iter().map(|r| &r.kernel).collect::<Vec<_>>()
+            );
         }
     }
 }
@@ -67,7 +82,12 @@ fn kernels_match_f64_references_on_the_cpu_emulator() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let exe = tempfile::tempdir().unwrap();
     let bin = exe.path().join("ebb-emu");
-    let built = match std::process::Command::new("g++").args(["-std=c++20", "-O1", "-pthread", "-ffp-contract=off", "-Ikernels", "kernels/emu/check.cpp", "-o"]).arg(&bin).current_dir(root).output() {
+    let built = match std::process::Command::new("g++")
+        .args(["-std=c++20", "-O1", "-pthread", "-ffp-contract=off", "-Ikernels", "kernels/emu/check.cpp", "-o"])
+        .arg(&bin)
+        .current_dir(root)
+        .output()
+    {
         Err(e) => {
             assert!(!env_is("CI", "true"), "g++ is required under CI=true: {e}");
             eprintln!("skipped: no g++ ({e})");
@@ -89,7 +109,11 @@ fn a_broken_kernel_fails_to_compile_with_its_log() {
         eprintln!("skipped: no NVRTC");
         return;
     }
-    let bad = compile::KernelFile { name: "bad.cu", source: "#include \"common.cuh\"\nextern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }\n", kernels: &["k"] };
+    let bad = compile::KernelFile {
+        name: "bad.cu",
+        source: "#include \"common.cuh\"\nextern \"C\" __global__ void k(float* x) { x[0] = undefined_name; }\n",
+        kernels: &["k"],
+    };
     let err = compile::compile(&bad, "sm_80").unwrap_err();
     assert!(err.contains("bad.cu") && err.contains("undefined_name"), "{err}");
     assert!(compile::compile(&FILES[0], "compute_90").unwrap_err().contains("real one"));
@@ -121,7 +145,11 @@ fn dropout_args_give_the_cpu_mask_bit_for_bit() {
                 continue;
             }
             let d = Dropout { p, key };
-            assert_eq!(DropoutArgs::of(d).factor(i).to_bits(), d.factor::<f32>(i as usize).to_bits(), "p {p} element {i}");
+            assert_eq!(
+                DropoutArgs::of(d).factor(i).to_bits(),
+                d.factor::<f32>(i as usize).to_bits(),
+                "p {p} element {i}"
+            );
         }
     }
 }
@@ -154,9 +182,11 @@ const TOL_ELEMENTWISE: f64 = 1e-6;
 
 /// Shapes (rows N, width C, output width OC) for the matrix products: none
 /// a multiple of the 64×64 tile, plus degenerate ones.
-const MATMUL_SHAPES: [(usize, usize, usize); 6] = [(1, 1, 1), (7, 5, 3), (37, 19, 23), (130, 64, 192), (257, 96, 65), (640, 128, 512)];
+const MATMUL_SHAPES: [(usize, usize, usize); 6] =
+    [(1, 1, 1), (7, 5, 3), (37, 19, 23), (130, 64, 192), (257, 96, 65), (640, 128, 512)];
 /// (B, T, C, H) for attention.
-const ATTENTION_SHAPES: [(usize, usize, usize, usize); 5] = [(1, 1, 4, 1), (2, 5, 12, 3), (3, 17, 20, 4), (2, 77, 8, 2), (2, 64, 64, 4)];
+const ATTENTION_SHAPES: [(usize, usize, usize, usize); 5] =
+    [(1, 1, 4, 1), (2, 5, 12, 3), (3, 17, 20, 4), (2, 77, 8, 2), (2, 64, 64, 4)];
 /// (N, C) for LayerNorm and the encoder.
 const ROW_SHAPES: [(usize, usize); 5] = [(1, 3), (9, 31), (40, 64), (131, 96), (300, 33)];
 
@@ -258,7 +288,8 @@ fn gpu_layernorm_matches_cpu() {
             assert_close(&gg[w.range()], &grads[w.range()], TOL_LONG_SUM, &format!("{what} dw"));
             // db adds the same terms in the same order as the CPU.
             assert_close(&gg[b.range()], &grads[b.range()], EXACT, &format!("{what} db"));
-            let untouched: Vec<usize> = (0..params.len()).filter(|i| !w.range().contains(i) && !b.range().contains(i)).collect();
+            let untouched: Vec<usize> =
+                (0..params.len()).filter(|i| !w.range().contains(i) && !b.range().contains(i)).collect();
             assert!(untouched.iter().all(|&i| gg[i].to_bits() == grads[i].to_bits()), "{what}: wrote outside dw/db");
         }
     }
@@ -356,7 +387,8 @@ fn gpu_elementwise_ops_match_cpu() {
         let bv = View { offset: 0, len: width };
         let (gx, gd, gbias) = (up(&g, &x), up(&g, &d), up(&g, &bias));
         // The bias gradient sums `rows` GELU gradients, each within TOL_ELEMENTWISE.
-        for (act, tol, sum_tol) in [(Activation::Gelu, TOL_ELEMENTWISE, TOL_LONG_SUM), (Activation::Relu, EXACT, EXACT)] {
+        for (act, tol, sum_tol) in [(Activation::Gelu, TOL_ELEMENTWISE, TOL_LONG_SUM), (Activation::Relu, EXACT, EXACT)]
+        {
             let mut y = vec![0.0; n];
             cpu.activation_forward(&mut y, &x, &bias, bv, rows, act);
             let mut gy = g.alloc(n);
@@ -452,7 +484,10 @@ mod runs {
     fn config(dir: &Path) -> (Config, ebb::tasks::Suite) {
         let path = dir.join("cuda-small.toml");
         std::fs::write(&path, common::SMALL_CONFIG).unwrap();
-        let overrides: Vec<String> = ["train.steps=200", "train.log_every=10", "train.checkpoint_every=100", "eval.every=50"].map(String::from).to_vec();
+        let overrides: Vec<String> =
+            ["train.steps=200", "train.log_every=10", "train.checkpoint_every=100", "eval.every=50"]
+                .map(String::from)
+                .to_vec();
         Config::load(&path, &overrides).expect("config loads")
     }
 
@@ -480,7 +515,10 @@ mod runs {
     fn resume_on<B: Backend>(backend: &B, from: &Path, at: u64, dir: &Path) -> ebb::train::run::RunOutcome {
         let (cfg, suite) = config(dir.parent().unwrap());
         let ckpt = ebb::checkpoint::read(&ebb::checkpoint::path_for(from, at)).expect("checkpoint");
-        ebb::train::run::Run::from_checkpoint(backend, &cfg, &suite, dir, ckpt).expect("resumes").train(true).expect("run finishes")
+        ebb::train::run::Run::from_checkpoint(backend, &cfg, &suite, dir, ckpt)
+            .expect("resumes")
+            .train(true)
+            .expect("run finishes")
     }
 
     /// Loss-curve tolerance between devices: the GPU sums in other orders,
@@ -495,7 +533,11 @@ mod runs {
         let a = run_on(&g, &tmp.path().join("gpu-a"));
         let b = run_on(&CudaBackend::new().unwrap(), &tmp.path().join("gpu-b"));
         assert_eq!(a.fingerprint, b.fingerprint, "two GPU runs of one config differ");
-        assert_eq!(losses(&tmp.path().join("gpu-a")), losses(&tmp.path().join("gpu-b")), "two GPU runs log different losses");
+        assert_eq!(
+            losses(&tmp.path().join("gpu-a")),
+            losses(&tmp.path().join("gpu-b")),
+            "two GPU runs log different losses"
+        );
         let (cpu_losses, gpu_losses) = (losses(&tmp.path().join("cpu")), losses(&tmp.path().join("gpu-a")));
         assert_curves_close(&gpu_losses, &cpu_losses, CURVE_TOL, "GPU vs CPU");
         let (first, last) = (gpu_losses[0].1, gpu_losses.last().unwrap().1);
@@ -514,8 +556,18 @@ mod runs {
         // each follows the run it came from.
         resume_on(&cpu, &gpu_dir, 100, &tmp.path().join("gpu-then-cpu"));
         resume_on(&g, &cpu_dir, 100, &tmp.path().join("cpu-then-gpu"));
-        assert_curves_close(&losses(&tmp.path().join("gpu-then-cpu")), &losses(&gpu_dir), CURVE_TOL, "GPU run resumed on the CPU");
-        assert_curves_close(&losses(&tmp.path().join("cpu-then-gpu")), &losses(&cpu_dir), CURVE_TOL, "CPU run resumed on the GPU");
+        assert_curves_close(
+            &losses(&tmp.path().join("gpu-then-cpu")),
+            &losses(&gpu_dir),
+            CURVE_TOL,
+            "GPU run resumed on the CPU",
+        );
+        assert_curves_close(
+            &losses(&tmp.path().join("cpu-then-gpu")),
+            &losses(&cpu_dir),
+            CURVE_TOL,
+            "CPU run resumed on the GPU",
+        );
         // Up to the checkpoint the resumed logs are the original's, bit for bit.
         let upto = |v: Vec<(u64, f64)>| v.into_iter().filter(|&(s, _)| s <= 100).collect::<Vec<_>>();
         assert_eq!(upto(losses(&tmp.path().join("gpu-then-cpu"))), upto(losses(&gpu_dir)));

@@ -31,7 +31,8 @@ fn a_different_seed_gives_different_parameters() {
     let cfg = tmp.path().join("small.toml");
     write(&cfg, SMALL_CONFIG);
     let a = run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(tmp.path().join("a")).arg("--quiet"));
-    let b = run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(tmp.path().join("b")).args(["--quiet", "--set", "seed=6"]));
+    let b =
+        run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(tmp.path().join("b")).args(["--quiet", "--set", "seed=6"]));
     assert_ne!(fingerprint(&a), fingerprint(&b));
 }
 
@@ -57,7 +58,15 @@ fn the_fan_in_initialization_is_deterministic_and_differs_from_gpt2() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("small.toml");
     write(&cfg, SMALL_CONFIG);
-    let run = |dir: &str, threads: &str, init: &str| fingerprint(&run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(tmp.path().join(dir)).args(["--threads", threads, "--quiet", "--set", &format!("model.init={init}")])));
+    let run = |dir: &str, threads: &str, init: &str| {
+        fingerprint(&run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(tmp.path().join(dir)).args([
+            "--threads",
+            threads,
+            "--quiet",
+            "--set",
+            &format!("model.init={init}"),
+        ])))
+    };
     let (one, two) = (run("f1", "1", "fan_in"), run("f2", "2", "fan_in"));
     assert_eq!(one, two, "fan_in init differs between 1 and 2 threads");
     assert_ne!(one, run("g1", "1", "gpt2"));

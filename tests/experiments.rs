@@ -102,18 +102,30 @@ fn a_tiny_training_set_is_evaluated_on_the_train_split_and_memorized() {
     let tmp = tempfile::tempdir().unwrap();
     // add2 trains on 16 problems only and is scored on the first 12 of them;
     // add1 has no finite training set, so no train-split rows.
-    let text = two_tasks("").replace("digits = 2\n", "digits = 2\ntrain_examples = 16\n").replace("examples = 8", "examples = 12").replace("steps = 40", "steps = 300").replace("every = 10", "every = 50");
+    let text = two_tasks("")
+        .replace("digits = 2\n", "digits = 2\ntrain_examples = 16\n")
+        .replace("examples = 8", "examples = 12")
+        .replace("steps = 40", "steps = 300")
+        .replace("every = 10", "every = 50");
     run_config(tmp.path(), &text, &[]);
     let dir = tmp.path().join("run");
     let held_out = metric(&dir, "add2", "eval", "exact_match");
     let steps: Vec<u64> = held_out.iter().map(|r| r.0).collect();
     assert_eq!(steps, vec![0, 1, 2, 4, 8, 16, 32, 50, 64, 100, 128, 150, 200, 250, 256, 300]);
     for name in ["loss", "token_acc", "exact_match", "exact_match_lo", "exact_match_hi", "p_correct"] {
-        assert_eq!(metric(&dir, "add2", "train", name).iter().map(|r| r.0).collect::<Vec<_>>(), steps, "add2 train {name}");
+        assert_eq!(
+            metric(&dir, "add2", "train", name).iter().map(|r| r.0).collect::<Vec<_>>(),
+            steps,
+            "add2 train {name}"
+        );
         assert!(metric(&dir, "add1", "train", name).is_empty(), "add1 has no finite training set");
     }
     // Every row's interval is the Wilson interval of k of 12 examples.
-    let (exact, lo, hi) = (metric(&dir, "add2", "train", "exact_match"), metric(&dir, "add2", "train", "exact_match_lo"), metric(&dir, "add2", "train", "exact_match_hi"));
+    let (exact, lo, hi) = (
+        metric(&dir, "add2", "train", "exact_match"),
+        metric(&dir, "add2", "train", "exact_match_lo"),
+        metric(&dir, "add2", "train", "exact_match_hi"),
+    );
     for ((e, l), h) in exact.iter().zip(&lo).zip(&hi) {
         let k = (e.1 * 12.0).round();
         assert!((e.1 * 12.0 - k).abs() < 1e-9, "exact match {} is not k/12", e.1);
@@ -141,7 +153,16 @@ fn heavy(steps: u64) -> String {
 }
 
 fn spawn_run(cfg: &Path, dir: &Path) -> std::process::Child {
-    ebb().arg("run").arg(cfg).arg("--out").arg(dir).args(["--quiet", "--checkpoint-every", "1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+    ebb()
+        .arg("run")
+        .arg(cfg)
+        .arg("--out")
+        .arg(dir)
+        .args(["--quiet", "--checkpoint-every", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn resume(dir: &Path) -> std::process::Output {
@@ -149,7 +170,8 @@ fn resume(dir: &Path) -> std::process::Output {
 }
 
 fn tmp_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join("checkpoints")).map_or(0, |d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).count())
+    std::fs::read_dir(dir.join("checkpoints"))
+        .map_or(0, |d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).count())
 }
 
 /// SIGKILL, the real thing.
@@ -165,7 +187,8 @@ fn resume_after_sigkill_is_bit_identical() {
     let cfg = tmp.path().join("heavy.toml");
     write(&cfg, &heavy(60));
     let reference = tmp.path().join("reference");
-    let whole = run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(&reference).args(["--quiet", "--checkpoint-every", "1"]));
+    let whole =
+        run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(&reference).args(["--quiet", "--checkpoint-every", "1"]));
     let want_metrics = std::fs::read_to_string(reference.join("metrics.csv")).unwrap();
 
     // One run killed three times at different points, resumed each time.
@@ -174,14 +197,18 @@ fn resume_after_sigkill_is_bit_identical() {
     std::thread::sleep(Duration::from_millis(700));
     kill(&mut child);
     for delay in [400, 900] {
-        let mut child = ebb().arg("resume").arg(&dir).arg("--quiet").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child =
+            ebb().arg("resume").arg(&dir).arg("--quiet").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay));
         kill(&mut child);
     }
     let resumed = resume(&dir);
     assert_eq!(fingerprint(&resumed), fingerprint(&whole));
     assert_eq!(std::fs::read_to_string(dir.join("metrics.csv")).unwrap(), want_metrics);
-    assert_eq!(std::fs::read_to_string(dir.join("events.csv")).unwrap(), std::fs::read_to_string(reference.join("events.csv")).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("events.csv")).unwrap(),
+        std::fs::read_to_string(reference.join("events.csv")).unwrap()
+    );
 
     // Kills until one lands inside a checkpoint write (a .tmp is left behind).
     let mut mid_write = 0;
@@ -214,12 +241,15 @@ fn a_damaged_checkpoint_is_refused_with_a_clear_error() {
     std::fs::remove_file(dir.join("summary.json")).unwrap(); // as if interrupted
     let latest = dir.join("checkpoints/step-30.bin");
     let bytes = std::fs::read(&latest).unwrap();
-    for (damage, expect) in [("truncated", bytes[..bytes.len() - 100].to_vec()), ("checksum", {
-        let mut b = bytes.clone();
-        let i = b.len() / 2;
-        b[i] ^= 0x40;
-        b
-    })] {
+    for (damage, expect) in [
+        ("truncated", bytes[..bytes.len() - 100].to_vec()),
+        ("checksum", {
+            let mut b = bytes.clone();
+            let i = b.len() / 2;
+            b[i] ^= 0x40;
+            b
+        }),
+    ] {
         std::fs::write(&latest, &expect).unwrap();
         let out = ebb().arg("resume").arg(&dir).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -234,17 +264,28 @@ fn a_fork_shares_the_trunk_and_branches_from_the_checkpoint() {
     let cfg = tmp.path().join("exp.toml");
     write(&cfg, &two_tasks(""));
     let trunk = tmp.path().join("trunk");
-    let whole = run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(&trunk).args(["--quiet", "--checkpoint-every", "20"]));
+    let whole =
+        run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(&trunk).args(["--quiet", "--checkpoint-every", "20"]));
     // A fork with the same config continues exactly like the trunk.
-    let same = run_ok(ebb().arg("fork").arg(&trunk).args(["--at", "20", "--out"]).arg(tmp.path().join("same")).arg("--quiet"));
+    let same =
+        run_ok(ebb().arg("fork").arg(&trunk).args(["--at", "20", "--out"]).arg(tmp.path().join("same")).arg("--quiet"));
     assert_eq!(fingerprint(&same), fingerprint(&whole));
     // A branch that drops add1 at the fork point.
     let branch = tmp.path().join("branch");
-    let forked = run_ok(ebb().arg("fork").arg(&trunk).args(["--at", "20", "--out"]).arg(&branch).args(["--quiet", "--set", "schedule=[{step=20, drop=[\"add1\"]}]"]));
+    let forked = run_ok(ebb().arg("fork").arg(&trunk).args(["--at", "20", "--out"]).arg(&branch).args([
+        "--quiet",
+        "--set",
+        "schedule=[{step=20, drop=[\"add1\"]}]",
+    ]));
     assert_ne!(fingerprint(&forked), fingerprint(&whole));
     let (t, b) = (metric(&trunk, "add1", "eval", "exact_match"), metric(&branch, "add1", "eval", "exact_match"));
-    assert_eq!(t.iter().filter(|r| r.0 <= 20).collect::<Vec<_>>(), b.iter().filter(|r| r.0 <= 20).collect::<Vec<_>>(), "the trunk's history is kept");
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(branch.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        t.iter().filter(|r| r.0 <= 20).collect::<Vec<_>>(),
+        b.iter().filter(|r| r.0 <= 20).collect::<Vec<_>>(),
+        "the trunk's history is kept"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(branch.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["drops"][0]["task"], "add1");
     assert_eq!(summary["drops"][0]["step"], 20);
     // No checkpoint at the requested step: a clear error.
@@ -254,7 +295,14 @@ fn a_fork_shares_the_trunk_and_branches_from_the_checkpoint() {
     // A fork refused for its config leaves nothing behind, so its retry runs.
     let retry = tmp.path().join("retry");
     for bad in ["model.n_layers=3", "schedule=[{step=500, drop=[\"add1\"]}]"] {
-        let out = ebb().arg("fork").arg(&trunk).args(["--at", "20", "--out"]).arg(&retry).args(["--quiet", "--set", bad]).output().unwrap();
+        let out = ebb()
+            .arg("fork")
+            .arg(&trunk)
+            .args(["--at", "20", "--out"])
+            .arg(&retry)
+            .args(["--quiet", "--set", bad])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(!retry.exists(), "the refused fork ({bad}) left {} behind", retry.display());
     }
@@ -271,7 +319,8 @@ fn divergence_stops_the_run_and_is_recorded() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("diverged at step"), "{stderr}");
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     assert!(summary["diverged"]["message"].as_str().unwrap().starts_with("diverged at step"), "{summary}");
     assert_eq!(summary["finished"], false);
     // What was logged before the divergence is still there.
@@ -284,7 +333,8 @@ fn a_sequential_run_reports_its_accuracy_matrix() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("seq");
     run_config(&dir, &two_tasks("[sequential]\nphase_steps = 20\n"), &[]);
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run/summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/summary.json")).unwrap()).unwrap();
     let seq = &summary["sequential"];
     assert_eq!(seq["order"], serde_json::json!(["add1", "add2"]));
     assert_eq!(seq["phase_ends"], serde_json::json!([20, 40]));
@@ -302,7 +352,10 @@ fn a_sequential_run_reports_its_accuracy_matrix() {
 /// `schedule` is appended.
 fn phrase_and_add2(schedule: &str) -> String {
     two_tasks(schedule)
-        .replace("id = \"add1\"\nfamily = \"addition\"\ndigits = 1", "id = \"phrase\"\nfamily = \"evens\"\nlength = [4, 5]")
+        .replace(
+            "id = \"add1\"\nfamily = \"addition\"\ndigits = 1",
+            "id = \"phrase\"\nfamily = \"evens\"\nlength = [4, 5]",
+        )
         .replace("d_model = 32", "d_model = 64")
         .replace("batch_size = 16", "batch_size = 32")
         .replace("n_ctx = 10", "n_ctx = 32")
@@ -327,7 +380,8 @@ fn a_learned_trigger_fires_after_two_evaluations_at_the_threshold() {
     let dir = tmp.path().join("learned");
     run_config(&dir, &phrase_and_add2(DROP_PHRASE_WHEN_LEARNED), &[]);
     let run = dir.join("run");
-    let learned = first_learned(&metric(&run, "phrase", "eval", "exact_match"), 0.6).expect("the phrase task is learned in 300 steps");
+    let learned = first_learned(&metric(&run, "phrase", "eval", "exact_match"), 0.6)
+        .expect("the phrase task is learned in 300 steps");
     let fired = learned + 10;
     let events = std::fs::read_to_string(run.join("events.csv")).unwrap();
     assert_eq!(events, format!("step,event,task,value\n{learned},learned,phrase,0.6\n{fired},drop,phrase,\n"));
@@ -360,15 +414,29 @@ fn a_learned_trigger_fires_at_its_cap_and_never_without_one() {
     let tmp = tempfile::tempdir().unwrap();
     // add2 never reaches exact match 1.0 in 300 steps: the cap fires.
     let capped = tmp.path().join("capped");
-    let out = run_config(&capped, &phrase_and_add2("[[schedule]]\nwhen_learned = 1.0\nafter = 5\nstep = 100\ndrop = [\"add2\"]\n"), &[]);
+    let out = run_config(
+        &capped,
+        &phrase_and_add2("[[schedule]]\nwhen_learned = 1.0\nafter = 5\nstep = 100\ndrop = [\"add2\"]\n"),
+        &[],
+    );
     let events = std::fs::read_to_string(capped.join("run/events.csv")).unwrap();
     assert_eq!(events, "step,event,task,value\n100,learned_cap,add2,1\n100,drop,add2,\n");
     let s = summary(&capped.join("run"));
     assert_eq!(s["learned_events"][0]["status"], "fired_at_cap");
     // Dropped below its threshold: reported as not learned, outside every fit.
     let d = &s["drops"][0];
-    assert_eq!((d["status"].clone(), d["learned_threshold"].clone()), (serde_json::json!("not_learned"), serde_json::json!(1.0)));
-    assert!(d["half_life"].is_null() && d["aurc"].is_null() && d["fits"].is_null() && d["noise_floor"].is_null() && d["retention"].as_array().unwrap().is_empty(), "{d}");
+    assert_eq!(
+        (d["status"].clone(), d["learned_threshold"].clone()),
+        (serde_json::json!("not_learned"), serde_json::json!(1.0))
+    );
+    assert!(
+        d["half_life"].is_null()
+            && d["aurc"].is_null()
+            && d["fits"].is_null()
+            && d["noise_floor"].is_null()
+            && d["retention"].as_array().unwrap().is_empty(),
+        "{d}"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("dropped add2 at step 100: not learned (accuracy 0.000 < 1.0 at the drop)"), "{stdout}");
 
@@ -392,7 +460,10 @@ fn a_fixed_step_drop_below_analysis_learned_is_not_learned() {
     assert_eq!(d["learned_threshold"], 0.9);
     assert!(d["half_life"].is_null(), "{d}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("dropped add2 at step 12: not learned (accuracy") && stdout.contains("< 0.9 at the drop)"), "{stdout}");
+    assert!(
+        stdout.contains("dropped add2 at step 12: not learned (accuracy") && stdout.contains("< 0.9 at the drop)"),
+        "{stdout}"
+    );
 }
 
 /// A copy of `run` as if killed after checkpoint `step` was written.
@@ -410,7 +481,8 @@ fn resume_across_a_learned_trigger_is_bit_identical() {
     let cfg = tmp.path().join("exp.toml");
     write(&cfg, &phrase_and_add2(DROP_PHRASE_WHEN_LEARNED));
     let reference = tmp.path().join("reference");
-    let whole = run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(&reference).args(["--quiet", "--checkpoint-every", "1"]));
+    let whole =
+        run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(&reference).args(["--quiet", "--checkpoint-every", "1"]));
     let read = |dir: &Path, f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     let series = metric(&reference, "phrase", "eval", "exact_match");
     let learned = first_learned(&series, 0.6).unwrap();
@@ -450,11 +522,22 @@ fn a_learned_sequential_phase_ends_after_its_task_is_learned_and_resumes_bit_ide
     assert!(learned + 10 < 150, "phrase learned at {learned}: the test needs it learned before the cap");
     let next = learned + 10;
     let read = |dir: &Path, f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-    assert_eq!(read(&run, "events.csv"), format!("step,event,task,value\n0,phase,phrase,\n{learned},learned,phrase,0.6\n{next},phase,add2,\n"));
+    assert_eq!(
+        read(&run, "events.csv"),
+        format!("step,event,task,value\n0,phase,phrase,\n{learned},learned,phrase,0.6\n{next},phase,add2,\n")
+    );
     let seq = &summary(&run)["sequential"];
     assert_eq!(seq["phase_ends"], serde_json::json!([next, 300]));
-    assert_eq!((seq["learned"].clone(), seq["learned_threshold"].clone()), (serde_json::json!([true]), serde_json::json!(0.6)));
-    assert!(String::from_utf8_lossy(&whole.stdout).contains("sequential, accuracy at each phase's end (learned: ≥ 0.6): phrase "), "{}", String::from_utf8_lossy(&whole.stdout));
+    assert_eq!(
+        (seq["learned"].clone(), seq["learned_threshold"].clone()),
+        (serde_json::json!([true]), serde_json::json!(0.6))
+    );
+    assert!(
+        String::from_utf8_lossy(&whole.stdout)
+            .contains("sequential, accuracy at each phase's end (learned: ≥ 0.6): phrase "),
+        "{}",
+        String::from_utf8_lossy(&whole.stdout)
+    );
     // Killed between the two qualifying evaluations and before the phase changed.
     let first_qualifying = series.iter().rev().find(|p| p.0 < learned).unwrap().0;
     for step in [(first_qualifying + learned) / 2, learned + 5] {
@@ -492,7 +575,21 @@ fn safetensors_header(path: &Path) -> std::collections::BTreeMap<String, (String
     let bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    header.as_object().unwrap().iter().filter(|(k, _)| *k != "__metadata__").map(|(k, v)| (k.clone(), (v["dtype"].as_str().unwrap().to_string(), v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect()))).collect()
+    header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                (
+                    v["dtype"].as_str().unwrap().to_string(),
+                    v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect(),
+                ),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -501,14 +598,24 @@ fn weights_and_batches_go_out_as_safetensors_and_weights_come_back_in() {
     let first = tmp.path().join("first");
     let out = run_config(&first, &two_tasks(""), &["--weights-every", "15", "--dump-batches"]);
     let run = first.join("run");
-    let mut written: Vec<String> = std::fs::read_dir(run.join("weights")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut written: Vec<String> = std::fs::read_dir(run.join("weights"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     written.sort();
-    assert_eq!(written, ["step-0.safetensors", "step-15.safetensors", "step-30.safetensors", "step-40.safetensors"], "step 0, every 15, the end");
+    assert_eq!(
+        written,
+        ["step-0.safetensors", "step-15.safetensors", "step-30.safetensors", "step-40.safetensors"],
+        "step 0, every 15, the end"
+    );
     let weights = safetensors_header(&run.join("weights/step-40.safetensors"));
     // d_model 32, 2 layers, n_ctx 10, tied embeddings: every tensor under its layout name.
     assert_eq!(weights["h1.attn.qkv.w"], ("F32".to_string(), vec![96, 32]));
     assert_eq!(weights["wpe"], ("F32".to_string(), vec![10, 32]));
-    assert!(weights.contains_key("h0.ln1.w") && weights.contains_key("lnf.b") && !weights.contains_key("unembed.w"), "{weights:?}");
+    assert!(
+        weights.contains_key("h0.ln1.w") && weights.contains_key("lnf.b") && !weights.contains_key("unembed.w"),
+        "{weights:?}"
+    );
     assert_eq!(std::fs::read_dir(run.join("batches")).unwrap().count(), 40, "one batch per step");
     let batch = safetensors_header(&run.join("batches/step-39.safetensors"));
     assert_eq!(batch["tokens"].0, "I32");
@@ -517,13 +624,26 @@ fn weights_and_batches_go_out_as_safetensors_and_weights_come_back_in() {
     // Dumping changes nothing; a run from the first run's step-0 weights trains to the same bits.
     let plain = run_config(&tmp.path().join("plain"), &two_tasks(""), &[]);
     assert_eq!(fingerprint(&plain), fingerprint(&out));
-    let again = run_config(&tmp.path().join("again"), &two_tasks(""), &["--init-from", run.join("weights/step-0.safetensors").to_str().unwrap()]);
+    let again = run_config(
+        &tmp.path().join("again"),
+        &two_tasks(""),
+        &["--init-from", run.join("weights/step-0.safetensors").to_str().unwrap()],
+    );
     assert_eq!(fingerprint(&again), fingerprint(&out));
     // Weights of another model are refused before anything is written.
     let other = tmp.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     write(&other.join("exp.toml"), &two_tasks("").replace("d_model = 32", "d_model = 48"));
-    let refused = ebb().arg("run").arg(other.join("exp.toml")).arg("--out").arg(other.join("run")).arg("--init-from").arg(run.join("weights/step-0.safetensors")).arg("--quiet").output().unwrap();
+    let refused = ebb()
+        .arg("run")
+        .arg(other.join("exp.toml"))
+        .arg("--out")
+        .arg(other.join("run"))
+        .arg("--init-from")
+        .arg(run.join("weights/step-0.safetensors"))
+        .arg("--quiet")
+        .output()
+        .unwrap();
     let err = assert_input_error(&refused, &["step-0.safetensors", "tensor `wte`", "[15, 32]", "[15, 48]"]);
     assert!(!other.join("run").exists(), "{err}");
 }

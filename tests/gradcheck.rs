@@ -10,7 +10,19 @@ use ebb::rng;
 const BATCH: usize = 2;
 
 fn shape(activation: Activation, norm: Norm, tied_embeddings: bool, dropout: f64) -> ModelShape {
-    ModelShape { vocab: 11, n_ctx: 6, d_model: 8, n_layers: 2, n_heads: 2, d_mlp: 12, activation, norm, tied_embeddings, dropout, init: Init::Gpt2 }
+    ModelShape {
+        vocab: 11,
+        n_ctx: 6,
+        d_model: 8,
+        n_layers: 2,
+        n_heads: 2,
+        d_mlp: 12,
+        activation,
+        norm,
+        tied_embeddings,
+        dropout,
+        init: Init::Gpt2,
+    }
 }
 
 /// Below this magnitude a gradient is compared absolutely rather than
@@ -59,7 +71,16 @@ fn max_relative_error_at(s: ModelShape, batch: usize, dropout_key: Option<u64>) 
             model.params[i] = orig;
             let rel = (analytic[i] - numeric).abs() / analytic[i].abs().max(numeric.abs()).max(GRADIENT_FLOOR);
             if rel > worst.0 {
-                worst = (rel, format!("{}[{}]: analytic {:e} numeric {:e}", tensor.name, i - tensor.view.offset, analytic[i], numeric));
+                worst = (
+                    rel,
+                    format!(
+                        "{}[{}]: analytic {:e} numeric {:e}",
+                        tensor.name,
+                        i - tensor.view.offset,
+                        analytic[i],
+                        numeric
+                    ),
+                );
             }
         }
     }
@@ -100,7 +121,19 @@ fn gradients_match_finite_differences_through_a_fixed_dropout_mask() {
 fn gradients_match_finite_differences_with_a_context_of_several_attention_blocks() {
     // The causal attention products work in blocks of positions; a context
     // of 45 covers full blocks, a partial one and the skipped upper blocks.
-    let s = ModelShape { vocab: 5, n_ctx: 45, d_model: 4, n_layers: 1, n_heads: 2, d_mlp: 4, activation: Activation::Gelu, norm: Norm::Pre, tied_embeddings: true, dropout: 0.0, init: Init::Gpt2 };
+    let s = ModelShape {
+        vocab: 5,
+        n_ctx: 45,
+        d_model: 4,
+        n_layers: 1,
+        n_heads: 2,
+        d_mlp: 4,
+        activation: Activation::Gelu,
+        norm: Norm::Pre,
+        tied_embeddings: true,
+        dropout: 0.0,
+        init: Init::Gpt2,
+    };
     let (err, at) = max_relative_error_at(s, 1, None);
     assert!(err < 1e-6, "relative error {err:e} at {at}");
 }

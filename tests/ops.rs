@@ -3,7 +3,7 @@
 //! block size. Backward ops are checked by the gradient check.
 
 use ebb::backend::cpu::CpuBackend;
-use ebb::backend::{attention_saved_len, Activation, Backend, Dropout, View};
+use ebb::backend::{Activation, Backend, Dropout, View, attention_saved_len};
 use ebb::rng;
 
 /// f32 ops against f64 references: relative to the output's scale.
@@ -62,11 +62,13 @@ fn attention_forward_matches_reference() {
                     let q = |d: usize| qkv[(bi * t + i) * 3 * c + hi * hs + d] as f64;
                     let k = |j: usize, d: usize| qkv[(bi * t + j) * 3 * c + c + hi * hs + d] as f64;
                     let v = |j: usize, d: usize| qkv[(bi * t + j) * 3 * c + 2 * c + hi * hs + d] as f64;
-                    let scores: Vec<f64> = (0..=i).map(|j| (0..hs).map(|d| q(d) * k(j, d)).sum::<f64>() / (hs as f64).sqrt()).collect();
+                    let scores: Vec<f64> =
+                        (0..=i).map(|j| (0..hs).map(|d| q(d) * k(j, d)).sum::<f64>() / (hs as f64).sqrt()).collect();
                     let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
                     for d in 0..hs {
-                        want[(bi * t + i) * c + hi * hs + d] = (0..=i).map(|j| (scores[j] - max).exp() / z * v(j, d)).sum();
+                        want[(bi * t + i) * c + hi * hs + d] =
+                            (0..=i).map(|j| (scores[j] - max).exp() / z * v(j, d)).sum();
                     }
                 }
             }
@@ -82,7 +84,17 @@ fn layernorm_forward_matches_reference() {
         let inp = random(n * c, 4);
         let params = random(2 * c, 5);
         let (mut out, mut mean, mut rstd) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
-        cpu.layernorm_forward(&mut out, &mut mean, &mut rstd, &inp, &params, View { offset: 0, len: c }, View { offset: c, len: c }, n, c);
+        cpu.layernorm_forward(
+            &mut out,
+            &mut mean,
+            &mut rstd,
+            &inp,
+            &params,
+            View { offset: 0, len: c },
+            View { offset: c, len: c },
+            n,
+            c,
+        );
         let mut want = vec![0.0; n * c];
         for r in 0..n {
             let x: Vec<f64> = inp[r * c..(r + 1) * c].iter().map(|&v| v as f64).collect();
@@ -141,11 +153,19 @@ fn crossentropy_keeps_confident_rows() {
         let z = &logits[r * v..(r + 1) * v];
         let others: f64 = (0..v).filter(|&j| j != t).map(|j| (z[j] as f64 - z[t] as f64).exp()).sum();
         let (loss, dt) = (others.ln_1p(), -others / (1.0 + others));
-        assert!(r == 0 || probs[r * v + t] == 1.0, "row {r}: p_target {} should round to 1 in float32", probs[r * v + t]);
+        assert!(
+            r == 0 || probs[r * v + t] == 1.0,
+            "row {r}: p_target {} should round to 1 in float32",
+            probs[r * v + t]
+        );
         let loss_err = (losses[r] as f64 - loss).abs() / loss;
         let grad_err = (dlogits[r * v + t] as f64 - dt).abs() / dt.abs();
         assert!(loss_err < 1e-5, "row {r}: loss {} against {loss:e} (relative {loss_err:e})", losses[r]);
-        assert!(grad_err < 1e-5, "row {r}: target gradient {} against {dt:e} (relative {grad_err:e})", dlogits[r * v + t]);
+        assert!(
+            grad_err < 1e-5,
+            "row {r}: target gradient {} against {dt:e} (relative {grad_err:e})",
+            dlogits[r * v + t]
+        );
     }
 }
 
@@ -156,11 +176,22 @@ fn encoder_and_elementwise_ops_match_reference() {
     let params = random(v * c + t * c, 7);
     let tokens: Vec<u32> = (0..(rows * t) as u32).map(|i| (i * 3) % v as u32).collect();
     let mut out = vec![0.0f32; rows * t * c];
-    cpu.encoder_forward(&mut out, &tokens, &params, View { offset: 0, len: v * c }, View { offset: v * c, len: t * c }, rows * t, t, c);
-    let want: Vec<f64> = (0..rows * t * c).map(|i| {
-        let (n, j) = (i / c, i % c);
-        params[tokens[n] as usize * c + j] as f64 + params[v * c + (n % t) * c + j] as f64
-    }).collect();
+    cpu.encoder_forward(
+        &mut out,
+        &tokens,
+        &params,
+        View { offset: 0, len: v * c },
+        View { offset: v * c, len: t * c },
+        rows * t,
+        t,
+        c,
+    );
+    let want: Vec<f64> = (0..rows * t * c)
+        .map(|i| {
+            let (n, j) = (i / c, i % c);
+            params[tokens[n] as usize * c + j] as f64 + params[v * c + (n % t) * c + j] as f64
+        })
+        .collect();
     assert_close(&out, &want, "encoder");
 
     // Activations and the residual add, each with the bias of the product
@@ -173,7 +204,12 @@ fn encoder_and_elementwise_ops_match_reference() {
     let mut y = vec![0.0f32; rows * f];
     cpu.activation_forward(&mut y, &x, &bias, bv, rows, Activation::Gelu);
     let s = (2.0 / std::f64::consts::PI).sqrt();
-    let want: Vec<f64> = (0..rows * f).map(|i| { let x = with_bias(i); 0.5 * x * (1.0 + (s * (x + 0.044715 * x * x * x)).tanh()) }).collect();
+    let want: Vec<f64> = (0..rows * f)
+        .map(|i| {
+            let x = with_bias(i);
+            0.5 * x * (1.0 + (s * (x + 0.044715 * x * x * x)).tanh())
+        })
+        .collect();
     assert_close(&y, &want, "gelu");
     cpu.activation_forward(&mut y, &x, &bias, bv, rows, Activation::Relu);
     assert_close(&y, &(0..rows * f).map(|i| with_bias(i).max(0.0)).collect::<Vec<_>>(), "relu");
@@ -220,13 +256,18 @@ fn attention_builds_with_and_without_avx512_give_the_same_bits() {
             let tt = b * h * t * t;
             let drop_len = if dropout.active() { tt } else { 0 };
             let [wide, narrow] = both_builds().map(|cpu| {
-                let (mut out, mut att, mut att_drop) = (vec![0.0f32; b * t * c], vec![0.0f32; attention_saved_len(b, h, t)], vec![0.0f32; drop_len]);
+                let (mut out, mut att, mut att_drop) =
+                    (vec![0.0f32; b * t * c], vec![0.0f32; attention_saved_len(b, h, t)], vec![0.0f32; drop_len]);
                 cpu.attention_forward(&mut out, &mut att, &mut att_drop, &qkv, b, t, c, h, dropout);
                 let (mut dqkv, mut datt) = (vec![0.0f32; b * t * 3 * c], vec![0.0f32; tt]);
                 cpu.attention_backward(&mut dqkv, &mut datt, &dout, &qkv, &att, &att_drop, b, t, c, h, dropout);
                 bits(&[&out, &att, &dqkv])
             });
-            assert!(wide == narrow, "attention b{b} t{t} c{c} h{h} p{}: the AVX-512 and 8-lane builds differ", dropout.p);
+            assert!(
+                wide == narrow,
+                "attention b{b} t{t} c{c} h{h} p{}: the AVX-512 and 8-lane builds differ",
+                dropout.p
+            );
         }
     }
 }
@@ -264,7 +305,9 @@ fn dropout_drops_exactly_the_elements_whose_hash_is_below_p() {
     let key = 0x5eed_u64;
     for i in 0..2000usize {
         let u = (rng::mix64(key ^ rng::mix64(i as u64)) >> 40) as f64;
-        for p in [0.1, 0.5, 0.9, 1.0 / 3.0, u / grid, u / grid + 1e-12, u / grid - 1e-12, (u + 1.0) / grid, (u - 1.0) / grid] {
+        for p in
+            [0.1, 0.5, 0.9, 1.0 / 3.0, u / grid, u / grid + 1e-12, u / grid - 1e-12, (u + 1.0) / grid, (u - 1.0) / grid]
+        {
             if p <= 0.0 || p >= 1.0 {
                 continue;
             }

@@ -79,9 +79,13 @@ fn a_run_draws_every_plot_and_a_report_holding_them() {
     }
     let report = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert_eq!(report.matches("<svg").count(), names.len(), "one inline SVG per plot");
-    assert!(!report.contains("<script") && !report.contains("src=\"http") && !report.contains("href=\"http"), "the report loads nothing");
+    assert!(
+        !report.contains("<script") && !report.contains("src=\"http") && !report.contains("href=\"http"),
+        "the report loads nothing"
+    );
     assert!(report.contains("<polygon"), "the Wilson bands are drawn");
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     let drop = &summary["drops"][0];
     for key in ["accuracy_at_drop", "aurc"] {
         let v = drop[key].as_f64().unwrap();
@@ -99,7 +103,12 @@ fn plot_redraws_an_interrupted_run_from_its_files() {
     // before they existed) and remove what the end of a run writes.
     let metrics = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
     let old = |l: &&str| !l.contains(",exact_match_lo,") && !l.contains(",exact_match_hi,");
-    let cut: String = metrics.lines().filter(old).filter(|l| l.starts_with("step") || l.split(',').next().unwrap().parse::<u64>().unwrap() <= 300).map(|l| format!("{l}\n")).collect();
+    let cut: String = metrics
+        .lines()
+        .filter(old)
+        .filter(|l| l.starts_with("step") || l.split(',').next().unwrap().parse::<u64>().unwrap() <= 300)
+        .map(|l| format!("{l}\n"))
+        .collect();
     std::fs::write(dir.join("metrics.csv"), cut).unwrap();
     std::fs::remove_dir_all(dir.join("plots")).unwrap();
     std::fs::remove_file(dir.join("summary.json")).unwrap();

@@ -23,7 +23,9 @@ fn replica_python() -> Option<String> {
     }
     let required = |k: &str, v: &str| std::env::var(k).is_ok_and(|x| x == v);
     if required("CI", "true") || required("EBB_REQUIRE_REPLICA", "1") {
-        panic!("the reference replica is required here (CI=true or EBB_REQUIRE_REPLICA=1): set EBB_REPLICA_PYTHON (eval \"$(bash .ci/replica.sh)\")");
+        panic!(
+            "the reference replica is required here (CI=true or EBB_REQUIRE_REPLICA=1): set EBB_REPLICA_PYTHON (eval \"$(bash .ci/replica.sh)\")"
+        );
     }
     eprintln!("skipped: no EBB_REPLICA_PYTHON (eval \"$(bash .ci/replica.sh)\" installs the replica's JAX)");
     None
@@ -38,8 +40,18 @@ fn matches_the_replica(name: &str, config: &str) {
     let cfg = tmp.path().join(format!("{name}.toml"));
     write(&cfg, config);
     let run = tmp.path().join("run");
-    run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(&run).args(["--quiet", "--weights-every", "1", "--dump-batches"]));
-    let out = Command::new(&python).arg(root().join("reference/compare.py")).arg(&run).arg("--resync").output().expect("the replica's Python runs");
+    run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(&run).args([
+        "--quiet",
+        "--weights-every",
+        "1",
+        "--dump-batches",
+    ]));
+    let out = Command::new(&python)
+        .arg(root().join("reference/compare.py"))
+        .arg(&run)
+        .arg("--resync")
+        .output()
+        .expect("the replica's Python runs");
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{name}: ebb and the replica differ beyond float32 rounding:\n{report}");
     assert!(report.contains("PASS"), "{report}");

@@ -41,7 +41,8 @@ fn classic(seed: u64) -> Suite {
 }
 
 fn all_suites(seed: u64) -> Vec<Suite> {
-    let mut v: Vec<Suite> = ["a-unrelated", "b-shared", "c-translate", "d-zero-shot"].iter().map(|n| suite(n, seed)).collect();
+    let mut v: Vec<Suite> =
+        ["a-unrelated", "b-shared", "c-translate", "d-zero-shot"].iter().map(|n| suite(n, seed)).collect();
     v.push(classic(seed));
     v
 }
@@ -86,7 +87,8 @@ fn every_family_is_deterministic_for_a_seed() {
     // Another seed draws other batches and holds out other problems.
     for (a, b) in all_suites(11).iter().zip(all_suites(12).iter()) {
         assert_ne!(training_rows(a, 11, 3, 32), training_rows(b, 12, 3, 32), "{}", a.name);
-        let differing = a.tasks.iter().zip(&b.tasks).filter(|(x, y)| x.eval_problems(20) != y.eval_problems(20)).count();
+        let differing =
+            a.tasks.iter().zip(&b.tasks).filter(|(x, y)| x.eval_problems(20) != y.eval_problems(20)).count();
         assert!(differing * 2 > a.tasks.len(), "{}: only {differing} eval sets depend on the seed", a.name);
     }
 }
@@ -121,7 +123,12 @@ fn training_never_draws_a_held_out_example() {
         // By test: no rendered training example equals an eval example of its task.
         let rows = training_rows(&s, 3, 200, 64);
         for (task, example, prompt) in rows {
-            assert!(!eval[task].contains(&(example.clone(), prompt)), "{}: training drew held-out {}", s.tasks[task].id, s.vocab.decode(&example));
+            assert!(
+                !eval[task].contains(&(example.clone(), prompt)),
+                "{}: training drew held-out {}",
+                s.tasks[task].id,
+                s.vocab.decode(&example)
+            );
         }
     }
 }
@@ -140,7 +147,28 @@ fn digits_in(tokens: &[&str], base: u64, reversed: bool) -> u64 {
 }
 
 fn english(tokens: &[&str]) -> u64 {
-    const ONES: [&str; 20] = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"];
+    const ONES: [&str; 20] = [
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+    ];
     const TENS: [&str; 8] = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"];
     let (mut total, mut current) = (0, 0);
     for t in tokens {
@@ -186,15 +214,21 @@ fn tally(tokens: &[&str]) -> u64 {
     if tokens == ["∅"] {
         return 0;
     }
-    tokens.iter().map(|t| match *t {
-        "卌" => 5,
-        "|" => 1,
-        _ => panic!("not a tally mark: {t}"),
-    }).sum()
+    tokens
+        .iter()
+        .map(|t| match *t {
+            "卌" => 5,
+            "|" => 1,
+            _ => panic!("not a tally mark: {t}"),
+        })
+        .sum()
 }
 
 fn words_in(tokens: &[&str], table: &[&str; 10], reversed: bool) -> u64 {
-    let ds: Vec<String> = tokens.iter().map(|t| table.iter().position(|w| w == t).unwrap_or_else(|| panic!("not a digit word: {t}")).to_string()).collect();
+    let ds: Vec<String> = tokens
+        .iter()
+        .map(|t| table.iter().position(|w| w == t).unwrap_or_else(|| panic!("not a digit word: {t}")).to_string())
+        .collect();
     digits_in(&ds.iter().map(String::as_str).collect::<Vec<_>>(), 10, reversed)
 }
 
@@ -218,7 +252,8 @@ fn op_char(word: &str) -> char {
 
 fn parse(form: &str, text: &str) -> Statement {
     // A task tag (`<digits>`) names the task, not the statement.
-    let tokens: Vec<&str> = text.split(' ').filter(|t| !(t.len() > 2 && t.starts_with('<') && t.ends_with('>'))).collect();
+    let tokens: Vec<&str> =
+        text.split(' ').filter(|t| !(t.len() > 2 && t.starts_with('<') && t.ends_with('>'))).collect();
     let infix = |eq: &str, ops: &[&str], num: &dyn Fn(&[&str]) -> u64| -> Statement {
         let (lhs, _, c) = split_at(&tokens, &[eq]);
         let (a, op, b) = split_at(lhs, ops);
@@ -266,7 +301,8 @@ fn every_surface_form_of_suite_b_parses_back_to_the_same_statement() {
     assert_eq!(space, expected.len() as u64);
     let mut forms_seen = 0;
     for p in 0..space {
-        let statements: Vec<Statement> = s.tasks.iter().enumerate().map(|(i, t)| parse(&t.id, &s.vocab.decode(&render(&s, i, p)))).collect();
+        let statements: Vec<Statement> =
+            s.tasks.iter().enumerate().map(|(i, t)| parse(&t.id, &s.vocab.decode(&render(&s, i, p)))).collect();
         let first = statements[0];
         assert!(expected.contains(&first), "problem {p} parses to {first:?}, not a valid statement");
         for (t, st) in s.tasks.iter().zip(&statements) {
@@ -284,13 +320,18 @@ fn every_surface_form_of_suite_b_parses_back_to_the_same_statement() {
 fn a_problem_held_out_in_one_form_is_held_out_in_every_form_and_translation() {
     let s = suite("c-translate", 9);
     let digits = s.tasks.iter().position(|t| t.id == "digits").unwrap();
-    let held: BTreeSet<Statement> = s.tasks[digits].eval_problems(10_000).into_iter().map(|p| parse("digits", &s.vocab.decode(&render(&s, digits, p)))).collect();
+    let held: BTreeSet<Statement> = s.tasks[digits]
+        .eval_problems(10_000)
+        .into_iter()
+        .map(|p| parse("digits", &s.vocab.decode(&render(&s, digits, p))))
+        .collect();
     assert!(held.len() > 50);
     for (i, t) in s.tasks.iter().enumerate() {
         if t.family_name != "arithmetic" {
             continue;
         }
-        let mine: BTreeSet<Statement> = t.eval_problems(10_000).into_iter().map(|p| parse(&t.id, &s.vocab.decode(&render(&s, i, p)))).collect();
+        let mine: BTreeSet<Statement> =
+            t.eval_problems(10_000).into_iter().map(|p| parse(&t.id, &s.vocab.decode(&render(&s, i, p)))).collect();
         assert_eq!(mine, held, "form {} holds out other statements", t.id);
     }
     // No training row of any task, translations included, states a held-out problem.
@@ -311,7 +352,8 @@ fn a_problem_held_out_in_one_form_is_held_out_in_every_form_and_translation() {
 #[test]
 fn zero_shot_pairs_of_suite_d_never_appear_in_a_training_batch() {
     let s = suite("d-zero-shot", 4);
-    let held_out: Vec<usize> = s.tasks.iter().enumerate().filter(|(i, _)| s.weights[*i] == 0.0).map(|(i, _)| i).collect();
+    let held_out: Vec<usize> =
+        s.tasks.iter().enumerate().filter(|(i, _)| s.weights[*i] == 0.0).map(|(i, _)| i).collect();
     let ids: BTreeSet<&str> = held_out.iter().map(|&i| s.tasks[i].id.as_str()).collect();
     assert_eq!(ids, BTreeSet::from(["roman>tally", "words>binary"]));
     let roman_letters = ["I", "V", "X", "L", "C", "N"];
@@ -327,7 +369,10 @@ fn zero_shot_pairs_of_suite_d_never_appear_in_a_training_batch() {
             translations += 1;
             let target = rest.split(' ').next().unwrap();
             let words: Vec<&str> = source.split(' ').collect();
-            assert!(!(target == "tally" && words.iter().any(|w| roman_letters.contains(w))), "roman→tally trained: {text}");
+            assert!(
+                !(target == "tally" && words.iter().any(|w| roman_letters.contains(w))),
+                "roman→tally trained: {text}"
+            );
             assert!(!(target == "binary" && words.iter().any(|w| english.contains(w))), "words→binary trained: {text}");
         }
     }
@@ -346,7 +391,8 @@ fn a_finite_training_set_is_iterated_in_shuffled_epochs() {
     let set = s.tasks[task].train_set.clone().unwrap();
     assert_eq!(set.len(), 23 * 22 / 2);
     let rendered: HashSet<Vec<u32>> = set.iter().map(|&p| render(&s, task, p)).collect();
-    let rows: Vec<Vec<u32>> = training_rows(&s, 5, 100, 64).into_iter().filter(|(t, _, _)| *t == task).map(|r| r.1).collect();
+    let rows: Vec<Vec<u32>> =
+        training_rows(&s, 5, 100, 64).into_iter().filter(|(t, _, _)| *t == task).map(|r| r.1).collect();
     assert!(rows.len() > 3 * set.len(), "{} rows", rows.len());
     // Each epoch is a permutation of the training set.
     for epoch in rows.chunks_exact(set.len()) {
@@ -461,7 +507,6 @@ fn full_batch_after_a_drop_trains_only_the_remaining_tasks() {
     }
 }
 
-
 // ---- Valid measurements: one answer per prompt, held out means unseen, enough held out ----
 
 /// Every suite file that ships in tasks/, built for `seed`.
@@ -491,7 +536,14 @@ fn ambiguous_prompts(s: &Suite) -> Vec<String> {
             let prompt = t.render(p, &mut out);
             let (q, a) = (out[..prompt].to_vec(), out[prompt..].to_vec());
             match answers.get(&q) {
-                Some((other, j)) if *other != a => clashes.push(format!("{}: `{}` → `{}`, but in {}: `{}`", t.id, s.vocab.decode(&q), s.vocab.decode(&a), s.tasks[*j].id, s.vocab.decode(other))),
+                Some((other, j)) if *other != a => clashes.push(format!(
+                    "{}: `{}` → `{}`, but in {}: `{}`",
+                    t.id,
+                    s.vocab.decode(&q),
+                    s.vocab.decode(&a),
+                    s.tasks[*j].id,
+                    s.vocab.decode(other)
+                )),
                 Some(_) => {}
                 None => {
                     answers.insert(q, (a, i));
@@ -565,8 +617,18 @@ fn answer_determining_content(s: &Suite, task: usize, p: u64) -> String {
             format!("{a} {op} {b}")
         }
         "modular" | "addition" => {
-            let (a, op, b) = (all[..all.iter().position(|w| ["+", "-", "*", "/"].contains(w)).unwrap()].join(""), all.iter().find(|w| ["+", "-", "*", "/"].contains(w)).unwrap().to_string(), "");
-            let rest: Vec<&str> = all.iter().skip_while(|w| !["+", "-", "*", "/"].contains(w)).skip(1).take_while(|w| **w != "=").copied().collect();
+            let (a, op, b) = (
+                all[..all.iter().position(|w| ["+", "-", "*", "/"].contains(w)).unwrap()].join(""),
+                all.iter().find(|w| ["+", "-", "*", "/"].contains(w)).unwrap().to_string(),
+                "",
+            );
+            let rest: Vec<&str> = all
+                .iter()
+                .skip_while(|w| !["+", "-", "*", "/"].contains(w))
+                .skip(1)
+                .take_while(|w| **w != "=")
+                .copied()
+                .collect();
             let (x, y) = (a.parse::<u64>().unwrap(), rest.join("").parse::<u64>().unwrap());
             let (x, y) = if op == "+" || op == "*" { (x.max(y), x.min(y)) } else { (x, y) };
             format!("{x} {op} {y}{b}")

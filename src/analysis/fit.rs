@@ -119,22 +119,32 @@ fn solve_r_inf(points: &[(f64, f64)], g: impl Fn(f64) -> f64) -> (f64, f64) {
     }
     // The RSS is a parabola in r∞: the best value in range is the free optimum, clamped.
     let r_inf = if den > 0.0 { (num / den).clamp(R_INF_RANGE.0, R_INF_RANGE.1) } else { R_INF_RANGE.1 };
-    let rss = points.iter().map(|&(d, r)| {
-        let gd = g(d);
-        let e = r - (gd + r_inf * (1.0 - gd));
-        e * e
-    }).sum();
+    let rss = points
+        .iter()
+        .map(|&(d, r)| {
+            let gd = g(d);
+            let e = r - (gd + r_inf * (1.0 - gd));
+            e * e
+        })
+        .sum();
     (r_inf, rss)
 }
 
 /// AICc of a least-squares fit with `k` parameters (the noise variance
 /// included); None when n ≤ k + 1, where it is undefined.
 fn aicc(rss: f64, n: usize, k: usize) -> Option<f64> {
-    (n > k + 1).then(|| n as f64 * (rss / n as f64).max(1e-300).ln() + 2.0 * k as f64 + 2.0 * (k * (k + 1)) as f64 / (n - k - 1) as f64)
+    (n > k + 1).then(|| {
+        n as f64 * (rss / n as f64).max(1e-300).ln() + 2.0 * k as f64 + 2.0 * (k * (k + 1)) as f64 / (n - k - 1) as f64
+    })
 }
 
 /// Nelder–Mead minimisation of `f` from `start` with initial step `step`.
-pub(crate) fn nelder_mead<const N: usize>(f: impl Fn([f64; N]) -> f64, start: [f64; N], step: f64, iters: usize) -> [f64; N] {
+pub(crate) fn nelder_mead<const N: usize>(
+    f: impl Fn([f64; N]) -> f64,
+    start: [f64; N],
+    step: f64,
+    iters: usize,
+) -> [f64; N] {
     let mut simplex: Vec<([f64; N], f64)> = (0..=N)
         .map(|i| {
             let mut x = start;
@@ -221,7 +231,16 @@ fn finish(form: Form, points: &[(f64, f64)], k: usize, shape: &[(f64, (f64, f64)
     } else {
         FitStatus::Ok
     };
-    Fit { form, status, tau: Some(tau), beta, r_inf: Some(r_inf), rss: Some(rss), aicc: aicc(rss, points.len(), k), points: points.len() }
+    Fit {
+        form,
+        status,
+        tau: Some(tau),
+        beta,
+        r_inf: Some(r_inf),
+        rss: Some(rss),
+        aicc: aicc(rss, points.len(), k),
+        points: points.len(),
+    }
 }
 
 fn too_few(form: Form, points: usize) -> Fit {
@@ -231,10 +250,15 @@ fn too_few(form: Form, points: usize) -> Fit {
 /// Fits the exponential form (k = 3: τ, r∞, noise) to (Δ, r) points.
 pub fn fit_exponential(points: &[(f64, f64)]) -> Fit {
     const K: usize = 3;
-    let Some((lo, hi)) = log_tau_range(points).filter(|_| points.len() > K + 1) else { return too_few(Form::Exponential, points.len()) };
+    let Some((lo, hi)) = log_tau_range(points).filter(|_| points.len() > K + 1) else {
+        return too_few(Form::Exponential, points.len());
+    };
     let rss = |x: [f64; 1]| solve_r_inf(points, |d| exp_shape(d, x[0].clamp(lo, hi).exp())).1;
     let grid = 200;
-    let best = (0..=grid).map(|i| lo + (hi - lo) * i as f64 / grid as f64).min_by(|a, b| rss([*a]).total_cmp(&rss([*b]))).expect("a non-empty grid");
+    let best = (0..=grid)
+        .map(|i| lo + (hi - lo) * i as f64 / grid as f64)
+        .min_by(|a, b| rss([*a]).total_cmp(&rss([*b])))
+        .expect("a non-empty grid");
     let [ln_tau] = nelder_mead(rss, [best], (hi - lo) / grid as f64, 200);
     finish(Form::Exponential, points, K, &[(ln_tau.clamp(lo, hi), (lo, hi))])
 }
@@ -242,9 +266,12 @@ pub fn fit_exponential(points: &[(f64, f64)]) -> Fit {
 /// Fits the power-law form (k = 4: τ, β, r∞, noise) to (Δ, r) points.
 pub fn fit_power(points: &[(f64, f64)]) -> Fit {
     const K: usize = 4;
-    let Some((lo, hi)) = log_tau_range(points).filter(|_| points.len() > K + 1) else { return too_few(Form::Power, points.len()) };
+    let Some((lo, hi)) = log_tau_range(points).filter(|_| points.len() > K + 1) else {
+        return too_few(Form::Power, points.len());
+    };
     let (blo, bhi) = (BETA_RANGE.0.ln(), BETA_RANGE.1.ln());
-    let rss = |x: [f64; 2]| solve_r_inf(points, |d| power_shape(d, x[0].clamp(lo, hi).exp(), x[1].clamp(blo, bhi).exp())).1;
+    let rss =
+        |x: [f64; 2]| solve_r_inf(points, |d| power_shape(d, x[0].clamp(lo, hi).exp(), x[1].clamp(blo, bhi).exp())).1;
     let (gt, gb) = (80, 60);
     let mut best = ([lo, blo], f64::INFINITY);
     for i in 0..=gt {
@@ -299,27 +326,45 @@ mod tests {
     #[test]
     fn exponential_fit_recovers_known_parameters() {
         for (tau, r_inf) in [(50.0, 0.2), (400.0, 0.0), (1500.0, 0.5)] {
-            let pts: Vec<(f64, f64)> = deltas().iter().enumerate().map(|(i, &d)| (d, r_inf + (1.0 - r_inf) * (-d / tau).exp() + noise(i))).collect();
+            let pts: Vec<(f64, f64)> = deltas()
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| (d, r_inf + (1.0 - r_inf) * (-d / tau).exp() + noise(i)))
+                .collect();
             let f = fit_exponential(&pts);
             assert_eq!(f.status, FitStatus::Ok);
             assert!(close(f.tau.unwrap(), tau, 0.05), "τ {:?} vs {tau}", f.tau);
             assert!((f.r_inf.unwrap() - r_inf).abs() <= 0.05 * r_inf.max(0.1), "r∞ {:?} vs {r_inf}", f.r_inf);
             let p = fit_power(&pts);
-            assert!(f.aicc.unwrap() < p.aicc.unwrap() + 4.0, "exponential data should not favour the power law clearly: {:?} vs {:?}", f.aicc, p.aicc);
+            assert!(
+                f.aicc.unwrap() < p.aicc.unwrap() + 4.0,
+                "exponential data should not favour the power law clearly: {:?} vs {:?}",
+                f.aicc,
+                p.aicc
+            );
         }
     }
 
     #[test]
     fn power_fit_recovers_known_parameters_and_wins_on_power_data() {
         for (tau, beta, r_inf) in [(20.0, 0.7, 0.1), (100.0, 1.5, 0.3), (10.0, 0.4, 0.0)] {
-            let pts: Vec<(f64, f64)> = deltas().iter().enumerate().map(|(i, &d)| (d, r_inf + (1.0 - r_inf) * (1.0 + d / tau).powf(-beta) + noise(i) * 0.25)).collect();
+            let pts: Vec<(f64, f64)> = deltas()
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| (d, r_inf + (1.0 - r_inf) * (1.0 + d / tau).powf(-beta) + noise(i) * 0.25))
+                .collect();
             let p = fit_power(&pts);
             assert_eq!(p.status, FitStatus::Ok);
             assert!(close(p.tau.unwrap(), tau, 0.05), "τ {:?} vs {tau}", p.tau);
             assert!(close(p.beta.unwrap(), beta, 0.05), "β {:?} vs {beta}", p.beta);
             assert!((p.r_inf.unwrap() - r_inf).abs() <= 0.05 * r_inf.max(0.1), "r∞ {:?} vs {r_inf}", p.r_inf);
             let (e, _, preferred) = fit_both(&pts);
-            assert!(p.aicc.unwrap() < e.aicc.unwrap(), "power-law data prefers the power law: {:?} vs {:?}", p.aicc, e.aicc);
+            assert!(
+                p.aicc.unwrap() < e.aicc.unwrap(),
+                "power-law data prefers the power law: {:?} vs {:?}",
+                p.aicc,
+                e.aicc
+            );
             assert_eq!(preferred, Some(Form::Power));
         }
     }

@@ -80,15 +80,22 @@ fn read(dir: &Path, name: &str) -> Result<String> {
 
 impl RunData {
     pub fn load(dir: &Path) -> Result<RunData> {
-        let config: Config = toml::from_str(&read(dir, "config.toml")?).map_err(|e| Error::input(format!("{}: {}", dir.join("config.toml").display(), e.message())))?;
-        let bad = |file: &str, line: &str| Error::input(format!("{}: malformed row {line:?}", dir.join(file).display()));
+        let config: Config = toml::from_str(&read(dir, "config.toml")?)
+            .map_err(|e| Error::input(format!("{}: {}", dir.join("config.toml").display(), e.message())))?;
+        let bad =
+            |file: &str, line: &str| Error::input(format!("{}: malformed row {line:?}", dir.join(file).display()));
         let mut tasks = Vec::new();
         for line in read(dir, "tasks.csv")?.lines().skip(1) {
             let f: Vec<&str> = line.split(',').collect();
             if f.len() != 5 {
                 return Err(bad("tasks.csv", line));
             }
-            tasks.push(TaskInfo { id: f[0].into(), family: f[1].into(), chance: f[2].parse().map_err(|_| bad("tasks.csv", line))?, weight: f[4].parse().map_err(|_| bad("tasks.csv", line))? });
+            tasks.push(TaskInfo {
+                id: f[0].into(),
+                family: f[1].into(),
+                chance: f[2].parse().map_err(|_| bad("tasks.csv", line))?,
+                weight: f[4].parse().map_err(|_| bad("tasks.csv", line))?,
+            });
         }
         let mut events = Vec::new();
         if let Ok(text) = read(dir, "events.csv") {
@@ -97,7 +104,12 @@ impl RunData {
                 if f.len() != 4 {
                     return Err(bad("events.csv", line));
                 }
-                events.push(EventRow { step: f[0].parse().map_err(|_| bad("events.csv", line))?, event: f[1].into(), task: f[2].into(), value: f[3].into() });
+                events.push(EventRow {
+                    step: f[0].parse().map_err(|_| bad("events.csv", line))?,
+                    event: f[1].into(),
+                    task: f[2].into(),
+                    value: f[3].into(),
+                });
             }
         }
         let mut eval: BTreeMap<(String, String), Vec<(u64, f64)>> = BTreeMap::new();
@@ -153,7 +165,13 @@ pub fn retention(series: &[(u64, f64)], t0: u64, end: u64, chance: f64) -> Optio
     if a0 - chance < MIN_LEARNED_GAP {
         return None;
     }
-    Some(series.iter().filter(|p| p.0 >= t0 && p.0 <= end).map(|&(t, a)| ((t - t0) as f64, (a - chance) / (a0 - chance))).collect())
+    Some(
+        series
+            .iter()
+            .filter(|p| p.0 >= t0 && p.0 <= end)
+            .map(|&(t, a)| ((t - t0) as f64, (a - chance) / (a0 - chance)))
+            .collect(),
+    )
 }
 
 /// The first Δ where r ≤ 0.5, interpolated between evaluations; censored
@@ -449,13 +467,23 @@ fn is_learned_row(e: &EventRow) -> bool {
 /// threshold of its latest learned-trigger row up to `t0` (the `when_learned`
 /// of the event that dropped it), else `analysis.learned`.
 fn learned_threshold(run: &RunData, task: &str, t0: u64) -> f64 {
-    run.events.iter().filter(|e| e.task == task && e.step <= t0 && is_learned_row(e)).filter_map(|e| e.value.parse().ok()).next_back().unwrap_or(run.config.analysis.learned)
+    run.events
+        .iter()
+        .filter(|e| e.task == task && e.step <= t0 && is_learned_row(e))
+        .filter_map(|e| e.value.parse().ok())
+        .next_back()
+        .unwrap_or(run.config.analysis.learned)
 }
 
 /// The end of the window that starts at `from` for `task`: the next event
 /// touching it (or a phase change), else the last logged step.
 fn window_end(run: &RunData, task: &str, from: u64) -> u64 {
-    run.events.iter().filter(|e| e.step > from && !is_learned_row(e) && (e.task == task || e.event == "phase")).map(|e| e.step).min().unwrap_or(run.last_step)
+    run.events
+        .iter()
+        .filter(|e| e.step > from && !is_learned_row(e) && (e.task == task || e.event == "phase"))
+        .map(|e| e.step)
+        .min()
+        .unwrap_or(run.last_step)
 }
 
 /// The step `task` entered training before `t0`: 0 when it starts with a
@@ -464,7 +492,11 @@ fn entered_training(run: &RunData, task: &TaskInfo, t0: u64) -> u64 {
     if task.weight > 0.0 {
         return 0;
     }
-    let enters = |e: &EventRow| e.event == "revive" || e.event == "phase" || (e.event == "weight" && e.value.parse::<f64>().is_ok_and(|w| w > 0.0));
+    let enters = |e: &EventRow| {
+        e.event == "revive"
+            || e.event == "phase"
+            || (e.event == "weight" && e.value.parse::<f64>().is_ok_and(|w| w > 0.0))
+    };
     run.events.iter().filter(|e| e.task == task.id && e.step < t0 && enters(e)).map(|e| e.step).min().unwrap_or(0)
 }
 
@@ -483,7 +515,8 @@ fn retention_points(run: &RunData, task: &TaskInfo, t0: u64, end: u64) -> Option
                 let t = t0 + d as u64;
                 let lo_t = lo.iter().find(|p| p.0 == t).map(|p| p.1 - c);
                 let hi_t = hi.iter().find(|p| p.0 == t).map(|p| p.1 - c);
-                let ratio = |num: Option<f64>, den: Option<f64>| finite(num.zip(den.filter(|&x| x > 0.0)).map(|(n, d)| n / d));
+                let ratio =
+                    |num: Option<f64>, den: Option<f64>| finite(num.zip(den.filter(|&x| x > 0.0)).map(|(n, d)| n / d));
                 // The low end: A(t)'s low over A(t₀)'s high (or low when A(t) is below chance); the high end alike.
                 let low = ratio(lo_t, if lo_t.is_some_and(|v| v < 0.0) { lo0 } else { hi0 });
                 let high = ratio(hi_t, if hi_t.is_some_and(|v| v < 0.0) { hi0 } else { lo0 });
@@ -581,7 +614,11 @@ fn drop_summary(run: &RunData, task: &TaskInfo, t0: u64) -> DropSummary {
         aurc_horizon: horizon,
         fits,
         noise_floor: if rd.is_some() { noise_floor(run, &task.id, t0, end, horizon) } else { None },
-        revive: run.events.iter().find(|e| e.step > t0 && e.task == task.id && e.event == "revive").map(|e| revive_summary(run, task, t0, a0, e.step)),
+        revive: run
+            .events
+            .iter()
+            .find(|e| e.step > t0 && e.task == task.id && e.event == "revive")
+            .map(|e| revive_summary(run, task, t0, a0, e.step)),
         retention: points.unwrap_or_default(),
     }
 }
@@ -593,17 +630,36 @@ fn learned_events(run: &RunData) -> Vec<LearnedEvent> {
     for (i, e) in run.config.schedule.iter().enumerate() {
         let Some(threshold) = e.when_learned else { continue };
         let tasks = e.tasks();
-        let learned_row = |step: u64, task: &str| run.events.iter().any(|r| r.step == step && r.task == task && r.event == "learned" && r.value.parse() == Ok(threshold));
+        let learned_row = |step: u64, task: &str| {
+            run.events
+                .iter()
+                .any(|r| r.step == step && r.task == task && r.event == "learned" && r.value.parse() == Ok(threshold))
+        };
         let learned_at = run.events.iter().map(|r| r.step).find(|&s| tasks.iter().all(|t| learned_row(s, t)));
         let due = learned_at.map(|s| s + e.after.unwrap_or(0)).into_iter().chain(e.step).min();
-        let fired_at = due.filter(|&s| run.events.iter().any(|r| r.step == s && tasks.contains(&r.task.as_str()) && ["drop", "revive", "weight"].contains(&r.event.as_str())));
+        let fired_at = due.filter(|&s| {
+            run.events.iter().any(|r| {
+                r.step == s
+                    && tasks.contains(&r.task.as_str())
+                    && ["drop", "revive", "weight"].contains(&r.event.as_str())
+            })
+        });
         let status = match (fired_at, learned_at) {
             (Some(s), Some(l)) if l + e.after.unwrap_or(0) == s => LearnedStatus::FiredWhenLearned,
             (Some(_), _) => LearnedStatus::FiredAtCap,
             (None, None) => LearnedStatus::NeverLearned,
             (None, Some(_)) => LearnedStatus::DueAfterTheEnd,
         };
-        out.push(LearnedEvent { schedule: i, tasks: tasks.iter().map(|t| t.to_string()).collect(), when_learned: threshold, after: e.after.unwrap_or(0), cap: e.step, learned_at, fired_at, status });
+        out.push(LearnedEvent {
+            schedule: i,
+            tasks: tasks.iter().map(|t| t.to_string()).collect(),
+            when_learned: threshold,
+            after: e.after.unwrap_or(0),
+            cap: e.step,
+            learned_at,
+            fired_at,
+            status,
+        });
     }
     out
 }
@@ -618,13 +674,19 @@ fn sequential_summary(run: &RunData) -> Option<Sequential> {
     let ends: Vec<u64> = phases.iter().skip(1).map(|e| e.step).chain([run.config.train.steps]).collect();
     let order: Vec<&str> = phases.iter().map(|e| e.task.as_str()).collect();
     let t = order.len();
-    let r: Vec<Vec<Option<f64>>> = ends.iter().map(|&end| order.iter().map(|task| at(run.accuracy(task), end).filter(|_| end <= run.last_step)).collect()).collect();
+    let r: Vec<Vec<Option<f64>>> = ends
+        .iter()
+        .map(|&end| order.iter().map(|task| at(run.accuracy(task), end).filter(|_| end <= run.last_step)).collect())
+        .collect();
     let complete = r.iter().all(|row| row.iter().all(Option::is_some));
     let v = |i: usize, j: usize| r[i][j].unwrap_or(f64::NAN);
     let (average, bwt, forgetting) = if complete {
         let average = (0..t).map(|j| v(t - 1, j)).sum::<f64>() / t as f64;
         let bwt = (0..t - 1).map(|j| v(t - 1, j) - v(j, j)).sum::<f64>() / (t - 1) as f64;
-        let forgetting = (0..t - 1).map(|j| (0..t - 1).map(|i| v(i, j)).fold(f64::NEG_INFINITY, f64::max) - v(t - 1, j)).sum::<f64>() / (t - 1) as f64;
+        let forgetting = (0..t - 1)
+            .map(|j| (0..t - 1).map(|i| v(i, j)).fold(f64::NEG_INFINITY, f64::max) - v(t - 1, j))
+            .sum::<f64>()
+            / (t - 1) as f64;
         (Some(average), Some(bwt), Some(forgetting))
     } else {
         (None, None, None)
@@ -633,7 +695,8 @@ fn sequential_summary(run: &RunData) -> Option<Sequential> {
     Some(Sequential {
         order: order.iter().map(|o| o.to_string()).collect(),
         phase_ends: ends,
-        normalization: "raw exact-match accuracy (not chance-corrected); R[i][j] is task j (in phase order) after phase i".into(),
+        normalization:
+            "raw exact-match accuracy (not chance-corrected); R[i][j] is task j (in phase order) after phase i".into(),
         learned: (0..t - 1).map(|i| r[i][i].map(|a| a >= threshold)).collect(),
         learned_threshold: threshold,
         accuracy_matrix: r.iter().map(|row| row.iter().map(|&x| finite(x)).collect()).collect(),
@@ -646,7 +709,11 @@ fn sequential_summary(run: &RunData) -> Option<Sequential> {
 /// The summary of a run directory, computed from its files.
 pub fn summarize(dir: &Path) -> Result<Summary> {
     let run = RunData::load(dir)?;
-    let diverged = run.events.iter().find(|e| e.event == "diverged").map(|e| Diverged { step: e.step, what: e.value.clone(), message: format!("diverged at step {}", e.step) });
+    let diverged = run.events.iter().find(|e| e.event == "diverged").map(|e| Diverged {
+        step: e.step,
+        what: e.value.clone(),
+        message: format!("diverged at step {}", e.step),
+    });
     let finished = diverged.is_none() && run.last_step >= run.config.train.steps;
     let tasks = run
         .tasks
@@ -663,8 +730,14 @@ pub fn summarize(dir: &Path) -> Result<Summary> {
             (t.id.clone(), summary)
         })
         .collect();
-    let drops = run.events.iter().filter(|e| e.event == "drop").filter_map(|e| run.tasks.iter().find(|t| t.id == e.task).map(|t| drop_summary(&run, t, e.step))).collect();
-    let model: Option<serde_json::Value> = std::fs::read_to_string(dir.join("model.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let drops = run
+        .events
+        .iter()
+        .filter(|e| e.event == "drop")
+        .filter_map(|e| run.tasks.iter().find(|t| t.id == e.task).map(|t| drop_summary(&run, t, e.step)))
+        .collect();
+    let model: Option<serde_json::Value> =
+        std::fs::read_to_string(dir.join("model.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     Ok(Summary {
         version: SUMMARY_VERSION,
         run: run.config.name.clone(),
@@ -704,7 +777,8 @@ pub fn stored_outcome(dir: &Path) -> Option<(bool, bool)> {
 /// A run's summary: `summary.json` when it is of this version, else
 /// recomputed from the run's files (and rewritten).
 pub fn read_summary(dir: &Path) -> Result<Summary> {
-    let stored = std::fs::read_to_string(dir.join("summary.json")).ok().and_then(|t| serde_json::from_str::<Summary>(&t).ok());
+    let stored =
+        std::fs::read_to_string(dir.join("summary.json")).ok().and_then(|t| serde_json::from_str::<Summary>(&t).ok());
     match stored {
         Some(s) if s.version == SUMMARY_VERSION => Ok(s),
         _ => write_summary(dir),
@@ -720,7 +794,10 @@ mod tests {
         let pts = [(0.0, 1.0), (10.0, 0.8), (20.0, 0.4), (30.0, 0.2)];
         assert!((half_life(&pts).unwrap().reached().unwrap() - 17.5).abs() < 1e-12);
         // Never below 0.5 in the window: censored at the window's length, not missing.
-        assert_eq!(half_life(&[(0.0, 1.0), (5.0, 0.9)]), Some(HalfLife { status: HalfLifeStatus::Censored, steps: 5.0 }));
+        assert_eq!(
+            half_life(&[(0.0, 1.0), (5.0, 0.9)]),
+            Some(HalfLife { status: HalfLifeStatus::Censored, steps: 5.0 })
+        );
     }
 
     #[test]

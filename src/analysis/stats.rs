@@ -41,7 +41,9 @@ fn beta_fraction(a: f64, b: f64, x: f64) -> f64 {
     for m in 1..500 {
         let m = m as f64;
         let m2 = 2.0 * m;
-        for coefficient in [m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))] {
+        for coefficient in
+            [m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))]
+        {
             d = 1.0 + coefficient * d;
             d = 1.0 / if d.abs() < tiny { tiny } else { d };
             c = 1.0 + coefficient / c;
@@ -64,7 +66,11 @@ fn incomplete_beta(a: f64, b: f64, x: f64) -> f64 {
         return 1.0;
     }
     let front = (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp();
-    if x < (a + 1.0) / (a + b + 2.0) { front * beta_fraction(a, b, x) / a } else { 1.0 - front * beta_fraction(b, a, 1.0 - x) / b }
+    if x < (a + 1.0) / (a + b + 2.0) {
+        front * beta_fraction(a, b, x) / a
+    } else {
+        1.0 - front * beta_fraction(b, a, 1.0 - x) / b
+    }
 }
 
 /// P(T ≤ t) for Student's t with `df` degrees of freedom.
@@ -215,7 +221,11 @@ pub struct PowerLaw {
 /// t quantile. None with fewer than two distinct x or fewer than two
 /// uncensored points.
 pub fn power_law(points: &[(f64, Observation)]) -> Option<PowerLaw> {
-    let pts: Vec<(f64, f64, bool)> = points.iter().filter(|p| p.0 > 0.0 && p.1.value > 0.0).map(|p| (p.0.ln(), p.1.value.ln(), p.1.censored)).collect();
+    let pts: Vec<(f64, f64, bool)> = points
+        .iter()
+        .filter(|p| p.0 > 0.0 && p.1.value > 0.0)
+        .map(|p| (p.0.ln(), p.1.value.ln(), p.1.censored))
+        .collect();
     let n = pts.len();
     let censored = pts.iter().filter(|p| p.2).count();
     let mx = pts.iter().map(|p| p.0).sum::<f64>() / n as f64;
@@ -263,8 +273,13 @@ fn hessian_inverse_diag(f: &impl Fn([f64; 3]) -> f64, x: [f64; 3]) -> Option<[f6
         y[dj] += sj * h;
         f(y)
     };
-    let m: [[f64; 3]; 3] = std::array::from_fn(|i| std::array::from_fn(|j| (at(i, 1.0, j, 1.0) - at(i, 1.0, j, -1.0) - at(i, -1.0, j, 1.0) + at(i, -1.0, j, -1.0)) / (4.0 * h * h)));
-    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+    let m: [[f64; 3]; 3] = std::array::from_fn(|i| {
+        std::array::from_fn(|j| {
+            (at(i, 1.0, j, 1.0) - at(i, 1.0, j, -1.0) - at(i, -1.0, j, 1.0) + at(i, -1.0, j, -1.0)) / (4.0 * h * h)
+        })
+    });
+    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
     let diag = [
         (m[1][1] * m[2][2] - m[1][2] * m[2][1]) / det,
         (m[0][0] * m[2][2] - m[0][2] * m[2][0]) / det,
@@ -280,14 +295,31 @@ mod tests {
     #[test]
     fn t_quantiles_match_published_tables() {
         // Two-sided 95% values from standard tables, df 1…200.
-        for (df, want) in [(1.0, 12.7062), (2.0, 4.3027), (3.0, 3.1824), (5.0, 2.5706), (10.0, 2.2281), (30.0, 2.0423), (31.0, 2.0395), (60.0, 2.0003), (120.0, 1.9799), (200.0, 1.9719)] {
+        for (df, want) in [
+            (1.0, 12.7062),
+            (2.0, 4.3027),
+            (3.0, 3.1824),
+            (5.0, 2.5706),
+            (10.0, 2.2281),
+            (30.0, 2.0423),
+            (31.0, 2.0395),
+            (60.0, 2.0003),
+            (120.0, 1.9799),
+            (200.0, 1.9719),
+        ] {
             assert!((t95(df) - want).abs() < 5e-4, "df {df}: {} vs {want}", t95(df));
         }
     }
 
     #[test]
     fn the_normal_tail_matches_known_values() {
-        for (z, want) in [(0.0, 0.5), (1.959_963_985, 0.025), (-1.0, 0.841_344_746), (3.0, 1.349_898_032e-3), (8.0, 6.220_960_574e-16)] {
+        for (z, want) in [
+            (0.0, 0.5),
+            (1.959_963_985, 0.025),
+            (-1.0, 0.841_344_746),
+            (3.0, 1.349_898_032e-3),
+            (8.0, 6.220_960_574e-16),
+        ] {
             assert!((normal_tail(z) - want).abs() <= 1e-8 * want.max(1e-7), "z {z}: {} vs {want}", normal_tail(z));
         }
     }
@@ -351,13 +383,17 @@ mod tests {
             covered += ((fit.exponent - 0.4).abs() <= fit.exponent_ci95.unwrap()) as usize;
         }
         let (with, dropped) = (with / 20.0, dropped / 20.0);
-        assert!(dropped < -0.05 && with.abs() < 0.3 * dropped.abs(), "mean error of the exponent with censoring {with} vs dropping {dropped}");
+        assert!(
+            dropped < -0.05 && with.abs() < 0.3 * dropped.abs(),
+            "mean error of the exponent with censoring {with} vs dropping {dropped}"
+        );
         assert!(covered >= 16, "the 95% interval covers the true exponent in {covered} of 20 sweeps");
     }
 
     #[test]
     fn without_censoring_the_fit_is_least_squares() {
-        let pts: Vec<(f64, Observation)> = [(10.0, 20.0), (100.0, 70.0), (1000.0, 180.0)].iter().map(|&(x, y)| (x, obs(y, false))).collect();
+        let pts: Vec<(f64, Observation)> =
+            [(10.0, 20.0), (100.0, 70.0), (1000.0, 180.0)].iter().map(|&(x, y)| (x, obs(y, false))).collect();
         let fit = power_law(&pts).unwrap();
         let (lx, ly): (Vec<f64>, Vec<f64>) = pts.iter().map(|p| (p.0.ln(), p.1.value.ln())).unzip();
         let slope = (ly[2] - ly[0]) / (lx[2] - lx[0]);

@@ -46,7 +46,12 @@ impl<F: Float> Default for CpuBackend<F> {
 
 impl<F: Float> CpuBackend<F> {
     pub fn new() -> Self {
-        CpuBackend { partials: Mutex::new(Vec::new()), block_partials: Mutex::new(Vec::new()), avx512: has_avx512(), _float: PhantomData }
+        CpuBackend {
+            partials: Mutex::new(Vec::new()),
+            block_partials: Mutex::new(Vec::new()),
+            avx512: has_avx512(),
+            _float: PhantomData,
+        }
     }
 
     /// The same backend without its AVX-512 builds, for checking that both
@@ -258,7 +263,12 @@ impl<F: Float> CpuBackend<F> {
     /// block's contributions into its zeroed partial (the outputs laid end to
     /// end); then each output gets Σ partials in block order. The blocks
     /// depend only on `rows`, so the bits do not depend on the thread count.
-    fn add_block_sums(&self, outs: &mut [&mut [F]], rows: usize, add_block: impl Fn(std::ops::Range<usize>, &mut [F]) + Sync) {
+    fn add_block_sums(
+        &self,
+        outs: &mut [&mut [F]],
+        rows: usize,
+        add_block: impl Fn(std::ops::Range<usize>, &mut [F]) + Sync,
+    ) {
         let width: usize = outs.iter().map(|o| o.len()).sum();
         let blocks = rows.div_ceil(ROWS_PER_SUM_BLOCK);
         let mut partials = self.scratch(blocks * width);
@@ -295,7 +305,8 @@ impl<F: Float> CpuBackend<F> {
         (0..splits).into_par_iter().for_each(|split| {
             let r0 = split * rows;
             let r1 = (r0 + rows).min(n);
-            let (dst, accumulate) = if split == 0 { (dw_ptr.at(0), true) } else { (partial_ptr.at((split - 1) * oc * c), false) };
+            let (dst, accumulate) =
+                if split == 0 { (dw_ptr.at(0), true) } else { (partial_ptr.at((split - 1) * oc * c), false) };
             unsafe {
                 gemm_strided(
                     oc,
@@ -448,7 +459,8 @@ fn advise_huge_pages<F>(buf: &[F]) {
     {
         const HUGE_PAGE: usize = 1 << 21;
         let start = buf.as_ptr() as usize;
-        let (first, last) = (start.next_multiple_of(HUGE_PAGE), (start + std::mem::size_of_val(buf)) / HUGE_PAGE * HUGE_PAGE);
+        let (first, last) =
+            (start.next_multiple_of(HUGE_PAGE), (start + std::mem::size_of_val(buf)) / HUGE_PAGE * HUGE_PAGE);
         if last > first {
             // SAFETY: advice over whole pages inside `buf`; it changes how
             // they are backed, not what they hold.
@@ -506,7 +518,17 @@ impl<F: Float> Backend for CpuBackend<F> {
         buf.par_chunks_mut(ELEMS_PER_TASK).for_each(|c| c.fill(F::zero()));
     }
 
-    fn encoder_forward(&self, out: &mut Vec<F>, tokens: &Vec<u32>, params: &Vec<F>, wte: View, wpe: View, n: usize, t: usize, c: usize) {
+    fn encoder_forward(
+        &self,
+        out: &mut Vec<F>,
+        tokens: &Vec<u32>,
+        params: &Vec<F>,
+        wte: View,
+        wpe: View,
+        n: usize,
+        t: usize,
+        c: usize,
+    ) {
         let (wte, wpe) = (&params[wte.range()], &params[wpe.range()]);
         out[..n * c].par_chunks_mut(c).enumerate().with_min_len(ROWS_PER_TASK).for_each(|(row, o)| {
             let tok = tokens[row] as usize;
@@ -517,7 +539,17 @@ impl<F: Float> Backend for CpuBackend<F> {
         });
     }
 
-    fn encoder_backward(&self, grads: &mut Vec<F>, wte: View, wpe: View, dout: &Vec<F>, tokens: &Vec<u32>, n: usize, t: usize, c: usize) {
+    fn encoder_backward(
+        &self,
+        grads: &mut Vec<F>,
+        wte: View,
+        wpe: View,
+        dout: &Vec<F>,
+        tokens: &Vec<u32>,
+        n: usize,
+        t: usize,
+        c: usize,
+    ) {
         // Each task owns a block of columns of both tables and walks the rows in order.
         let dwte = SharedMut(grads[wte.range()].as_mut_ptr());
         let dwpe = SharedMut(grads[wpe.range()].as_mut_ptr());
@@ -529,23 +561,55 @@ impl<F: Float> Backend for CpuBackend<F> {
                 let (tok, pos) = (tokens[row] as usize, row % t);
                 // The two tables are disjoint views of the gradients, and this
                 // task alone writes columns [j0, j1) of both.
-                let (dtok, dpos) = unsafe { (std::slice::from_raw_parts_mut(dwte.at(tok * c + j0), j1 - j0), std::slice::from_raw_parts_mut(dwpe.at(pos * c + j0), j1 - j0)) };
+                let (dtok, dpos) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(dwte.at(tok * c + j0), j1 - j0),
+                        std::slice::from_raw_parts_mut(dwpe.at(pos * c + j0), j1 - j0),
+                    )
+                };
                 add_to_both(dtok, dpos, &dout[row * c + j0..row * c + j1]);
             }
         });
     }
 
-    fn layernorm_forward(&self, out: &mut Vec<F>, mean: &mut Vec<F>, rstd: &mut Vec<F>, inp: &Vec<F>, params: &Vec<F>, w: View, b: View, n: usize, c: usize) {
+    fn layernorm_forward(
+        &self,
+        out: &mut Vec<F>,
+        mean: &mut Vec<F>,
+        rstd: &mut Vec<F>,
+        inp: &Vec<F>,
+        params: &Vec<F>,
+        w: View,
+        b: View,
+        n: usize,
+        c: usize,
+    ) {
         let (w, b) = (&params[w.range()], &params[b.range()]);
         out[..n * c]
             .par_chunks_mut(c)
             .zip(mean[..n].par_iter_mut().zip(rstd[..n].par_iter_mut()))
             .enumerate()
             .with_min_len(ROWS_PER_TASK)
-            .for_each(|(row, (o, (mu, rs)))| (*mu, *rs) = layernorm_row(self.avx512, o, &inp[row * c..(row + 1) * c], w, b));
+            .for_each(|(row, (o, (mu, rs)))| {
+                (*mu, *rs) = layernorm_row(self.avx512, o, &inp[row * c..(row + 1) * c], w, b)
+            });
     }
 
-    fn layernorm_backward(&self, dinp: &mut Vec<F>, accumulate: bool, grads: &mut Vec<F>, w: View, b: View, dout: &Vec<F>, inp: &Vec<F>, params: &Vec<F>, mean: &Vec<F>, rstd: &Vec<F>, n: usize, c: usize) {
+    fn layernorm_backward(
+        &self,
+        dinp: &mut Vec<F>,
+        accumulate: bool,
+        grads: &mut Vec<F>,
+        w: View,
+        b: View,
+        dout: &Vec<F>,
+        inp: &Vec<F>,
+        params: &Vec<F>,
+        mean: &Vec<F>,
+        rstd: &Vec<F>,
+        n: usize,
+        c: usize,
+    ) {
         let wt = &params[w.range()];
         assert!(dinp.len() >= n * c && dout.len() >= n * c && inp.len() >= n * c);
         let dinp = SharedMut(dinp.as_mut_ptr());
@@ -561,7 +625,17 @@ impl<F: Float> Backend for CpuBackend<F> {
         });
     }
 
-    fn matmul_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, params: &Vec<F>, w: View, b: Option<View>, n: usize, c: usize, oc: usize) {
+    fn matmul_forward(
+        &self,
+        out: &mut Vec<F>,
+        inp: &Vec<F>,
+        params: &Vec<F>,
+        w: View,
+        b: Option<View>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
         let out = &mut out[..n * oc];
         if let Some(b) = b {
             let bias = &params[b.range()];
@@ -585,7 +659,20 @@ impl<F: Float> Backend for CpuBackend<F> {
         }
     }
 
-    fn matmul_backward(&self, dinp: &mut Vec<F>, accumulate: bool, grads: &mut Vec<F>, w: View, b: Option<View>, dout: &Vec<F>, inp: &Vec<F>, params: &Vec<F>, n: usize, c: usize, oc: usize) {
+    fn matmul_backward(
+        &self,
+        dinp: &mut Vec<F>,
+        accumulate: bool,
+        grads: &mut Vec<F>,
+        w: View,
+        b: Option<View>,
+        dout: &Vec<F>,
+        inp: &Vec<F>,
+        params: &Vec<F>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
         let wt = &params[w.range()];
         assert!(dinp.len() >= n * c && dout.len() >= n * oc && inp.len() >= n * c);
         unsafe {
@@ -615,27 +702,63 @@ impl<F: Float> Backend for CpuBackend<F> {
 
     /// `att` keeps each softmax row's maximum and normalizer (its first
     /// 2·B·H·T elements); `att_drop` goes unused: see `attention`.
-    fn attention_forward(&self, out: &mut Vec<F>, att: &mut Vec<F>, _att_drop: &mut Vec<F>, qkv: &Vec<F>, b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
+    fn attention_forward(
+        &self,
+        out: &mut Vec<F>,
+        att: &mut Vec<F>,
+        _att_drop: &mut Vec<F>,
+        qkv: &Vec<F>,
+        b: usize,
+        t: usize,
+        c: usize,
+        h: usize,
+        dropout: Dropout,
+    ) {
         attention::forward(self, out, att, qkv, b, t, c, h, dropout);
     }
 
     /// The probabilities come from `att`'s statistics again; `datt` and
     /// `att_drop` go unused: see `attention`.
-    fn attention_backward(&self, dqkv: &mut Vec<F>, _datt: &mut Vec<F>, dout: &Vec<F>, qkv: &Vec<F>, att: &Vec<F>, _att_drop: &Vec<F>, b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
+    fn attention_backward(
+        &self,
+        dqkv: &mut Vec<F>,
+        _datt: &mut Vec<F>,
+        dout: &Vec<F>,
+        qkv: &Vec<F>,
+        att: &Vec<F>,
+        _att_drop: &Vec<F>,
+        b: usize,
+        t: usize,
+        c: usize,
+        h: usize,
+        dropout: Dropout,
+    ) {
         attention::backward(self, dqkv, dout, att, qkv, b, t, c, h, dropout);
     }
 
     fn activation_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, params: &Vec<F>, b: View, n: usize, act: Activation) {
         let (f, bias) = (b.len, &params[b.range()]);
-        out[..n * f].par_chunks_mut(f).zip(inp[..n * f].par_chunks(f)).with_min_len(rows_per_task(f)).for_each(|(o, x)| {
-            match act {
+        out[..n * f].par_chunks_mut(f).zip(inp[..n * f].par_chunks(f)).with_min_len(rows_per_task(f)).for_each(
+            |(o, x)| match act {
                 Activation::Gelu => gelu_forward(self.avx512, o, x, bias),
-                Activation::Relu => o.iter_mut().zip(x.iter().zip(bias)).for_each(|(o, (&x, &b))| *o = (x + b).max(F::zero())),
-            }
-        });
+                Activation::Relu => {
+                    o.iter_mut().zip(x.iter().zip(bias)).for_each(|(o, (&x, &b))| *o = (x + b).max(F::zero()))
+                }
+            },
+        );
     }
 
-    fn activation_backward(&self, dinp: &mut Vec<F>, grads: &mut Vec<F>, b: View, dout: &Vec<F>, inp: &Vec<F>, params: &Vec<F>, n: usize, act: Activation) {
+    fn activation_backward(
+        &self,
+        dinp: &mut Vec<F>,
+        grads: &mut Vec<F>,
+        b: View,
+        dout: &Vec<F>,
+        inp: &Vec<F>,
+        params: &Vec<F>,
+        n: usize,
+        act: Activation,
+    ) {
         let (f, bias) = (b.len, &params[b.range()]);
         assert!(dinp.len() >= n * f && dout.len() >= n * f && inp.len() >= n * f);
         let dinp = SharedMut(dinp.as_mut_ptr());
@@ -664,35 +787,60 @@ impl<F: Float> Backend for CpuBackend<F> {
     }
 
     fn dropout_backward(&self, dinp: &mut Vec<F>, dout: &Vec<F>, dropout: Dropout) {
-        dinp.par_chunks_mut(ELEMS_PER_TASK).zip(dout.par_chunks(ELEMS_PER_TASK)).enumerate().for_each(|(chunk, (di, d))| {
-            dropout_scale(self.avx512, di, d, dropout, chunk * ELEMS_PER_TASK);
-        });
+        dinp.par_chunks_mut(ELEMS_PER_TASK).zip(dout.par_chunks(ELEMS_PER_TASK)).enumerate().for_each(
+            |(chunk, (di, d))| {
+                dropout_scale(self.avx512, di, d, dropout, chunk * ELEMS_PER_TASK);
+            },
+        );
     }
 
     // The target's term is kept apart from the others in the loss and its
     // gradient: when the model is confident, Σ_{j≠t} e^(z_j − z_t) is below
     // half an ulp of 1, the total rounds to 1, and log(total) or p_t − 1
     // would be exactly 0 instead of ~Σ_{j≠t} p_j.
-    fn crossentropy_forward(&self, losses: &mut Vec<F>, probs: &mut Vec<F>, logits: &Vec<F>, targets: &Vec<u32>, mask: &Vec<F>, n: usize, v: usize) {
-        probs[..n * v].par_chunks_mut(v).zip(losses[..n].par_iter_mut()).enumerate().with_min_len(ROWS_PER_TASK).for_each(|(row, (p, loss))| {
-            let (z, t) = (&logits[row * v..(row + 1) * v], targets[row] as usize);
-            let zmax = max(z);
-            for (p, &z) in p.iter_mut().zip(z) {
-                *p = (z - zmax).fast_exp();
-            }
-            let target_exp = std::mem::replace(&mut p[t], F::zero());
-            let others = sum(p);
-            p[t] = target_exp;
-            let total = target_exp + others;
-            let inv = F::one() / total;
-            p.iter_mut().for_each(|p| *p *= inv);
-            // -log softmax(z)[t] = log Σ exp(z - max) + max - z[t]; = log(1 + others) when z[t] is the max
-            let nll = if z[t] == zmax { others.ln_1p() } else { total.ln() + zmax - z[t] };
-            *loss = if mask[row] != F::zero() { nll * mask[row] } else { F::zero() };
-        });
+    fn crossentropy_forward(
+        &self,
+        losses: &mut Vec<F>,
+        probs: &mut Vec<F>,
+        logits: &Vec<F>,
+        targets: &Vec<u32>,
+        mask: &Vec<F>,
+        n: usize,
+        v: usize,
+    ) {
+        probs[..n * v]
+            .par_chunks_mut(v)
+            .zip(losses[..n].par_iter_mut())
+            .enumerate()
+            .with_min_len(ROWS_PER_TASK)
+            .for_each(|(row, (p, loss))| {
+                let (z, t) = (&logits[row * v..(row + 1) * v], targets[row] as usize);
+                let zmax = max(z);
+                for (p, &z) in p.iter_mut().zip(z) {
+                    *p = (z - zmax).fast_exp();
+                }
+                let target_exp = std::mem::replace(&mut p[t], F::zero());
+                let others = sum(p);
+                p[t] = target_exp;
+                let total = target_exp + others;
+                let inv = F::one() / total;
+                p.iter_mut().for_each(|p| *p *= inv);
+                // -log softmax(z)[t] = log Σ exp(z - max) + max - z[t]; = log(1 + others) when z[t] is the max
+                let nll = if z[t] == zmax { others.ln_1p() } else { total.ln() + zmax - z[t] };
+                *loss = if mask[row] != F::zero() { nll * mask[row] } else { F::zero() };
+            });
     }
 
-    fn crossentropy_backward(&self, dlogits: &mut Vec<F>, probs: &Vec<F>, targets: &Vec<u32>, mask: &Vec<F>, scale: f64, n: usize, v: usize) {
+    fn crossentropy_backward(
+        &self,
+        dlogits: &mut Vec<F>,
+        probs: &Vec<F>,
+        targets: &Vec<u32>,
+        mask: &Vec<F>,
+        scale: f64,
+        n: usize,
+        v: usize,
+    ) {
         let scale = F::of(scale);
         dlogits[..n * v].par_chunks_mut(v).enumerate().with_min_len(ROWS_PER_TASK).for_each(|(row, d)| {
             let (w, t) = (mask[row] * scale, targets[row] as usize);
@@ -710,11 +858,22 @@ impl<F: Float> Backend for CpuBackend<F> {
         if partials.len() != chunks {
             partials.resize(chunks, 0.0); // first call only: the buffer size never changes
         }
-        partials.par_iter_mut().zip(buf.par_chunks(ELEMS_PER_TASK)).for_each(|(s, c)| *s = sum_zip(c, c, c, |g, _, _| g.f64() * g.f64()));
+        partials
+            .par_iter_mut()
+            .zip(buf.par_chunks(ELEMS_PER_TASK))
+            .for_each(|(s, c)| *s = sum_zip(c, c, c, |g, _, _| g.f64() * g.f64()));
         partials.iter().sum()
     }
 
-    fn adamw_update(&self, params: &mut Vec<F>, grads: &Vec<F>, m: &mut Vec<F>, v: &mut Vec<F>, groups: &[DecayGroup], hp: AdamW) {
+    fn adamw_update(
+        &self,
+        params: &mut Vec<F>,
+        grads: &Vec<F>,
+        m: &mut Vec<F>,
+        v: &mut Vec<F>,
+        groups: &[DecayGroup],
+        hp: AdamW,
+    ) {
         let (b1, b2) = (F::of(hp.beta1), F::of(hp.beta2));
         let (one_b1, one_b2) = (F::of(1.0 - hp.beta1), F::of(1.0 - hp.beta2));
         let lr = F::of(hp.lr);
@@ -749,5 +908,10 @@ fn grads_pair<F>(grads: &mut [F], a: View, b: View) -> (&mut [F], &mut [F]) {
     let ptr = grads.as_mut_ptr();
     assert!(a.offset + a.len <= grads.len() && b.offset + b.len <= grads.len());
     // SAFETY: both ranges are in bounds and disjoint.
-    unsafe { (std::slice::from_raw_parts_mut(ptr.add(a.offset), a.len), std::slice::from_raw_parts_mut(ptr.add(b.offset), b.len)) }
+    unsafe {
+        (
+            std::slice::from_raw_parts_mut(ptr.add(a.offset), a.len),
+            std::slice::from_raw_parts_mut(ptr.add(b.offset), b.len),
+        )
+    }
 }

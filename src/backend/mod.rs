@@ -120,21 +120,89 @@ pub trait Backend {
     fn zero(&self, buf: &mut Self::Buf);
 
     /// out (N,C) = wte[tokens[n]] + wpe[n mod T]; tokens (N), wte (V,C), wpe (T,C)
-    fn encoder_forward(&self, out: &mut Self::Buf, tokens: &Self::Tokens, params: &Self::Buf, wte: View, wpe: View, n: usize, t: usize, c: usize);
+    fn encoder_forward(
+        &self,
+        out: &mut Self::Buf,
+        tokens: &Self::Tokens,
+        params: &Self::Buf,
+        wte: View,
+        wpe: View,
+        n: usize,
+        t: usize,
+        c: usize,
+    );
     /// dwte[tokens[n]] += dout[n]; dwpe[n mod T] += dout[n]; dout (N,C)
-    fn encoder_backward(&self, grads: &mut Self::Buf, wte: View, wpe: View, dout: &Self::Buf, tokens: &Self::Tokens, n: usize, t: usize, c: usize);
+    fn encoder_backward(
+        &self,
+        grads: &mut Self::Buf,
+        wte: View,
+        wpe: View,
+        dout: &Self::Buf,
+        tokens: &Self::Tokens,
+        n: usize,
+        t: usize,
+        c: usize,
+    );
 
     /// out (N,C) = (inp - mean) * rstd * w + b; inp (N,C), mean/rstd (N), w/b (C)
-    fn layernorm_forward(&self, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, w: View, b: View, n: usize, c: usize);
+    fn layernorm_forward(
+        &self,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        inp: &Self::Buf,
+        params: &Self::Buf,
+        w: View,
+        b: View,
+        n: usize,
+        c: usize,
+    );
     /// dinp (N,C) (+)= ∂L/∂inp; dw, db (C) += ...; dout (N,C)
     #[allow(clippy::too_many_arguments)]
-    fn layernorm_backward(&self, dinp: &mut Self::Buf, accumulate: bool, grads: &mut Self::Buf, w: View, b: View, dout: &Self::Buf, inp: &Self::Buf, params: &Self::Buf, mean: &Self::Buf, rstd: &Self::Buf, n: usize, c: usize);
+    fn layernorm_backward(
+        &self,
+        dinp: &mut Self::Buf,
+        accumulate: bool,
+        grads: &mut Self::Buf,
+        w: View,
+        b: View,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        params: &Self::Buf,
+        mean: &Self::Buf,
+        rstd: &Self::Buf,
+        n: usize,
+        c: usize,
+    );
 
     /// out (N,OC) = inp (N,C) · w (OC,C)ᵀ + b (OC)
-    fn matmul_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, w: View, b: Option<View>, n: usize, c: usize, oc: usize);
+    fn matmul_forward(
+        &self,
+        out: &mut Self::Buf,
+        inp: &Self::Buf,
+        params: &Self::Buf,
+        w: View,
+        b: Option<View>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    );
     /// dinp (N,C) (+)= dout (N,OC) · w; dw (OC,C) += doutᵀ · inp; db (OC) += Σₙ dout
     #[allow(clippy::too_many_arguments)]
-    fn matmul_backward(&self, dinp: &mut Self::Buf, accumulate: bool, grads: &mut Self::Buf, w: View, b: Option<View>, dout: &Self::Buf, inp: &Self::Buf, params: &Self::Buf, n: usize, c: usize, oc: usize);
+    fn matmul_backward(
+        &self,
+        dinp: &mut Self::Buf,
+        accumulate: bool,
+        grads: &mut Self::Buf,
+        w: View,
+        b: Option<View>,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        params: &Self::Buf,
+        n: usize,
+        c: usize,
+        oc: usize,
+    );
 
     /// Causal multi-head self-attention: qkv (B,T,3C) → out (B,T,C).
     /// `att` (`attention_saved_len` elements) and `att_drop` (B,H,T,T, empty
@@ -143,19 +211,61 @@ pub trait Backend {
     /// CPU backend each softmax row's maximum and normalizer (it computes the
     /// probabilities again and leaves `att_drop` alone).
     #[allow(clippy::too_many_arguments)]
-    fn attention_forward(&self, out: &mut Self::Buf, att: &mut Self::Buf, att_drop: &mut Self::Buf, qkv: &Self::Buf, b: usize, t: usize, c: usize, h: usize, dropout: Dropout);
+    fn attention_forward(
+        &self,
+        out: &mut Self::Buf,
+        att: &mut Self::Buf,
+        att_drop: &mut Self::Buf,
+        qkv: &Self::Buf,
+        b: usize,
+        t: usize,
+        c: usize,
+        h: usize,
+        dropout: Dropout,
+    );
     /// dqkv (B,T,3C) = ∂L/∂qkv; datt (B,H,T,T) scratch; dout (B,T,C)
     #[allow(clippy::too_many_arguments)]
-    fn attention_backward(&self, dqkv: &mut Self::Buf, datt: &mut Self::Buf, dout: &Self::Buf, qkv: &Self::Buf, att: &Self::Buf, att_drop: &Self::Buf, b: usize, t: usize, c: usize, h: usize, dropout: Dropout);
+    fn attention_backward(
+        &self,
+        dqkv: &mut Self::Buf,
+        datt: &mut Self::Buf,
+        dout: &Self::Buf,
+        qkv: &Self::Buf,
+        att: &Self::Buf,
+        att_drop: &Self::Buf,
+        b: usize,
+        t: usize,
+        c: usize,
+        h: usize,
+        dropout: Dropout,
+    );
 
     /// out (N,F) = act(inp (N,F) + b (F)). The bias of the matrix product
     /// that made `inp` is added here, in the same pass as the activation, so
     /// the product need not write its output twice; F = b.len.
     #[allow(clippy::too_many_arguments)]
-    fn activation_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, b: View, n: usize, act: Activation);
+    fn activation_forward(
+        &self,
+        out: &mut Self::Buf,
+        inp: &Self::Buf,
+        params: &Self::Buf,
+        b: View,
+        n: usize,
+        act: Activation,
+    );
     /// dinp (N,F) = act'(inp + b) · dout; db (F) += Σₙ dinp
     #[allow(clippy::too_many_arguments)]
-    fn activation_backward(&self, dinp: &mut Self::Buf, grads: &mut Self::Buf, b: View, dout: &Self::Buf, inp: &Self::Buf, params: &Self::Buf, n: usize, act: Activation);
+    fn activation_backward(
+        &self,
+        dinp: &mut Self::Buf,
+        grads: &mut Self::Buf,
+        b: View,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        params: &Self::Buf,
+        n: usize,
+        act: Activation,
+    );
 
     /// out (N,C) = inp (N,C) + dropout(out + b (C)), in place: `out` holds
     /// the branch's last product on entry and the residual sum on return
@@ -163,19 +273,53 @@ pub trait Backend {
     /// a fresh buffer's trip through memory). The product's bias is added
     /// here (see `activation_forward`); its gradient is that product's,
     /// Σₙ of the branch gradient. C = b.len.
-    fn residual_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, b: View, n: usize, dropout: Dropout);
+    fn residual_forward(
+        &self,
+        out: &mut Self::Buf,
+        inp: &Self::Buf,
+        params: &Self::Buf,
+        b: View,
+        n: usize,
+        dropout: Dropout,
+    );
     /// dinp (N) = dropout mask · dout (N)
     fn dropout_backward(&self, dinp: &mut Self::Buf, dout: &Self::Buf, dropout: Dropout);
 
     /// probs (N,V) = softmax(logits (N,V)); losses (N) = -log probs[target] · mask (0 where masked out)
     #[allow(clippy::too_many_arguments)]
-    fn crossentropy_forward(&self, losses: &mut Self::Buf, probs: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Tokens, mask: &Self::Buf, n: usize, v: usize);
+    fn crossentropy_forward(
+        &self,
+        losses: &mut Self::Buf,
+        probs: &mut Self::Buf,
+        logits: &Self::Buf,
+        targets: &Self::Tokens,
+        mask: &Self::Buf,
+        n: usize,
+        v: usize,
+    );
     /// dlogits (N,V) = (probs - onehot(target)) · mask · scale
     #[allow(clippy::too_many_arguments)]
-    fn crossentropy_backward(&self, dlogits: &mut Self::Buf, probs: &Self::Buf, targets: &Self::Tokens, mask: &Self::Buf, scale: f64, n: usize, v: usize);
+    fn crossentropy_backward(
+        &self,
+        dlogits: &mut Self::Buf,
+        probs: &Self::Buf,
+        targets: &Self::Tokens,
+        mask: &Self::Buf,
+        scale: f64,
+        n: usize,
+        v: usize,
+    );
 
     /// Σ g² over the whole buffer, summed in a fixed order.
     fn sum_squares(&self, buf: &Self::Buf) -> f64;
     /// One AdamW step over every group (each group one parameter tensor).
-    fn adamw_update(&self, params: &mut Self::Buf, grads: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, groups: &[DecayGroup], hp: AdamW);
+    fn adamw_update(
+        &self,
+        params: &mut Self::Buf,
+        grads: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        groups: &[DecayGroup],
+        hp: AdamW,
+    );
 }

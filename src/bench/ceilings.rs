@@ -69,15 +69,20 @@ fn fma_chains_avx2(iters: u64) -> f32 {
         }
     }
     let mut lanes = [0f32; 8];
-    acc.iter().map(|&r| {
-        // SAFETY: `lanes` holds eight f32.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), r) };
-        lanes.iter().sum::<f32>()
-    }).sum()
+    acc.iter()
+        .map(|&r| {
+            // SAFETY: `lanes` holds eight f32.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), r) };
+            lanes.iter().sum::<f32>()
+        })
+        .sum()
 }
 
+/// A loop of FMA chains run for a number of iterations.
+type FmaLoop = fn(u64) -> f32;
+
 /// FLOPs of `iters` iterations of the widest FMA loop this CPU has, and the loop.
-fn fma_loop() -> Option<(f64, fn(u64) -> f32)> {
+fn fma_loop() -> Option<(f64, FmaLoop)> {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
@@ -117,7 +122,10 @@ unsafe fn tile_kernel_avx512(k: usize, a: *const f32, b: *const f32, c: *mut f32
         }
         for (r, row) in acc.iter().enumerate() {
             _mm512_storeu_ps(c.add(r * KERNEL_COLS), _mm512_add_ps(_mm512_loadu_ps(c.add(r * KERNEL_COLS)), row[0]));
-            _mm512_storeu_ps(c.add(r * KERNEL_COLS + 16), _mm512_add_ps(_mm512_loadu_ps(c.add(r * KERNEL_COLS + 16)), row[1]));
+            _mm512_storeu_ps(
+                c.add(r * KERNEL_COLS + 16),
+                _mm512_add_ps(_mm512_loadu_ps(c.add(r * KERNEL_COLS + 16)), row[1]),
+            );
         }
     }
 }
@@ -144,7 +152,14 @@ pub fn tiled_kernel_rate() -> f64 {
             for _ in 0..passes {
                 for jt in 0..col_tiles {
                     for it in 0..row_tiles {
-                        unsafe { tile_kernel_avx512(k, a[it * KERNEL_ROWS * k..].as_ptr(), b[jt * KERNEL_COLS * k..].as_ptr(), c.as_mut_ptr()) };
+                        unsafe {
+                            tile_kernel_avx512(
+                                k,
+                                a[it * KERNEL_ROWS * k..].as_ptr(),
+                                b[jt * KERNEL_COLS * k..].as_ptr(),
+                                c.as_mut_ptr(),
+                            )
+                        };
                     }
                 }
             }
@@ -170,7 +185,9 @@ pub fn tiled_kernel_rate() -> f64 {
 pub fn copy_bandwidth() -> f64 {
     let len = 16 << 20;
     let threads = rayon::current_num_threads() as f64;
-    let buffers: Vec<(Vec<f32>, std::sync::Mutex<Vec<f32>>)> = (0..rayon::current_num_threads()).map(|i| (vec![i as f32; len], std::sync::Mutex::new(vec![0f32; len]))).collect();
+    let buffers: Vec<(Vec<f32>, std::sync::Mutex<Vec<f32>>)> = (0..rayon::current_num_threads())
+        .map(|i| (vec![i as f32; len], std::sync::Mutex::new(vec![0f32; len])))
+        .collect();
     (0..5)
         .map(|_| {
             let secs = rayon::broadcast(|ctx| {
@@ -231,7 +248,27 @@ fn time_products(products: &[Product], rounds: usize) -> f64 {
         for p in products {
             // SAFETY: each buffer holds at least the (row-major, contiguous) extent of its operand.
             unsafe {
-                gemm::gemm(p.m, p.n, p.k, dst.as_mut_ptr(), 1, p.n as isize, false, lhs.as_ptr(), 1, p.k as isize, rhs.as_ptr(), 1, p.n as isize, 0.0, 1.0, false, false, false, par);
+                gemm::gemm(
+                    p.m,
+                    p.n,
+                    p.k,
+                    dst.as_mut_ptr(),
+                    1,
+                    p.n as isize,
+                    false,
+                    lhs.as_ptr(),
+                    1,
+                    p.k as isize,
+                    rhs.as_ptr(),
+                    1,
+                    p.n as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
             }
         }
         best = best.min(t0.elapsed().as_secs_f64());

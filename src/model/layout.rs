@@ -33,8 +33,8 @@ pub struct ParamTensor {
 pub struct BlockViews {
     pub ln1_w: View,
     pub ln1_b: View,
-    pub qkv_w: View, // (3C,C)
-    pub qkv_b: View, // (3C)
+    pub qkv_w: View,  // (3C,C)
+    pub qkv_b: View,  // (3C)
     pub proj_w: View, // (C,C)
     pub proj_b: View, // (C)
     pub ln2_w: View,
@@ -77,7 +77,10 @@ impl ParamLayout {
         for l in 0..s.n_layers {
             let norm = |lay: &mut Self, name: &str| {
                 if pre {
-                    (lay.push(&format!("h{l}.{name}.w"), &[c], ParamKind::NormWeight), lay.push(&format!("h{l}.{name}.b"), &[c], ParamKind::NormBias))
+                    (
+                        lay.push(&format!("h{l}.{name}.w"), &[c], ParamKind::NormWeight),
+                        lay.push(&format!("h{l}.{name}.b"), &[c], ParamKind::NormBias),
+                    )
                 } else {
                     (View { offset: lay.len, len: 0 }, View { offset: lay.len, len: 0 })
                 }
@@ -92,7 +95,20 @@ impl ParamLayout {
             let fc_b = lay.push(&format!("h{l}.mlp.fc.b"), &[f], ParamKind::Bias);
             let out_w = lay.push(&format!("h{l}.mlp.proj.w"), &[c, f], ParamKind::ResidualWeight);
             let out_b = lay.push(&format!("h{l}.mlp.proj.b"), &[c], ParamKind::Bias);
-            lay.blocks.push(BlockViews { ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, out_w, out_b });
+            lay.blocks.push(BlockViews {
+                ln1_w,
+                ln1_b,
+                qkv_w,
+                qkv_b,
+                proj_w,
+                proj_b,
+                ln2_w,
+                ln2_b,
+                fc_w,
+                fc_b,
+                out_w,
+                out_b,
+            });
         }
         if pre {
             lay.lnf_w = lay.push("lnf.w", &[c], ParamKind::NormWeight);
@@ -153,7 +169,19 @@ mod tests {
     use crate::backend::Activation;
 
     fn shape(init: Init) -> ModelShape {
-        ModelShape { vocab: 300, n_ctx: 64, d_model: 48, n_layers: 3, n_heads: 4, d_mlp: 192, activation: Activation::Gelu, norm: Norm::Pre, tied_embeddings: false, dropout: 0.0, init }
+        ModelShape {
+            vocab: 300,
+            n_ctx: 64,
+            d_model: 48,
+            n_layers: 3,
+            n_heads: 4,
+            d_mlp: 192,
+            activation: Activation::Gelu,
+            norm: Norm::Pre,
+            tied_embeddings: false,
+            dropout: 0.0,
+            init,
+        }
     }
 
     fn std_of(values: &[f64]) -> f64 {

@@ -6,7 +6,7 @@ mod layout;
 
 pub use layout::{ParamKind, ParamLayout, ParamTensor};
 
-use crate::backend::{attention_saved_len, Activation, Backend, Dropout};
+use crate::backend::{Activation, Backend, Dropout, attention_saved_len};
 use crate::float::Float;
 use num_traits::Zero;
 
@@ -60,20 +60,20 @@ impl ModelShape {
 
 /// One block's forward activations, kept for the backward pass.
 struct BlockActs<B: Backend> {
-    ln1: B::Buf,       // (N,C)
-    ln1_mean: B::Buf,  // (N)
-    ln1_rstd: B::Buf,  // (N)
-    qkv: B::Buf,       // (N,3C)
-    att: B::Buf,       // (B,H,T,T)
-    att_drop: B::Buf,  // (B,H,T,T), empty without dropout
-    atty: B::Buf,      // (N,C)
-    res_mid: B::Buf,   // (N,C) residual after attention (first the attention branch's output projection)
-    ln2: B::Buf,       // (N,C)
-    ln2_mean: B::Buf,  // (N)
-    ln2_rstd: B::Buf,  // (N)
-    fc: B::Buf,        // (N,F)
-    fc_act: B::Buf,    // (N,F)
-    res_out: B::Buf,   // (N,C) residual after the MLP: the next block's input (first the MLP's output projection)
+    ln1: B::Buf,      // (N,C)
+    ln1_mean: B::Buf, // (N)
+    ln1_rstd: B::Buf, // (N)
+    qkv: B::Buf,      // (N,3C)
+    att: B::Buf,      // (B,H,T,T)
+    att_drop: B::Buf, // (B,H,T,T), empty without dropout
+    atty: B::Buf,     // (N,C)
+    res_mid: B::Buf,  // (N,C) residual after attention (first the attention branch's output projection)
+    ln2: B::Buf,      // (N,C)
+    ln2_mean: B::Buf, // (N)
+    ln2_rstd: B::Buf, // (N)
+    fc: B::Buf,       // (N,F)
+    fc_act: B::Buf,   // (N,F)
+    res_out: B::Buf,  // (N,C) residual after the MLP: the next block's input (first the MLP's output projection)
 }
 
 /// Gradient scratch shared by all blocks in the backward pass.
@@ -109,13 +109,13 @@ pub struct Gpt<B: Backend> {
     mask: B::Buf,       // (N)
     encoded: B::Buf,    // (N,C)
     blocks: Vec<BlockActs<B>>,
-    lnf: B::Buf,        // (N,C)
-    lnf_mean: B::Buf,   // (N)
-    lnf_rstd: B::Buf,   // (N)
-    logits: B::Buf,     // (N,V)
+    lnf: B::Buf,      // (N,C)
+    lnf_mean: B::Buf, // (N)
+    lnf_rstd: B::Buf, // (N)
+    logits: B::Buf,   // (N,V)
     /// Softmax of the logits after a forward pass.
-    pub probs: B::Buf,  // (N,V)
-    losses: B::Buf,     // (N)
+    pub probs: B::Buf, // (N,V)
+    losses: B::Buf,   // (N)
     host_losses: Vec<B::F>,
     host_mask: Vec<B::F>,
     masked_count: f64,
@@ -201,7 +201,14 @@ impl<B: Backend> Gpt<B> {
     /// (B·T, 1 where the target counts). `dropout_key` is `Some` in training
     /// (masks drawn from it) and `None` in evaluation (no dropout).
     /// Returns the mean loss over masked positions (0 when none are masked).
-    pub fn forward(&mut self, backend: &B, tokens: &[u32], targets: &[u32], mask: &[B::F], dropout_key: Option<u64>) -> f64 {
+    pub fn forward(
+        &mut self,
+        backend: &B,
+        tokens: &[u32],
+        targets: &[u32],
+        mask: &[B::F],
+        dropout_key: Option<u64>,
+    ) -> f64 {
         let s = &self.shape;
         let (bsz, t, c, f, v, h) = (self.batch, s.n_ctx, s.d_model, s.d_mlp, s.vocab, s.n_heads);
         let n = bsz * t;
@@ -222,20 +229,50 @@ impl<B: Backend> Gpt<B> {
             let x = if l == 0 { &self.encoded } else { &before[l - 1].res_out };
             let bl = &lay.blocks[l];
             let attn_in = if pre {
-                backend.layernorm_forward(&mut a.ln1, &mut a.ln1_mean, &mut a.ln1_rstd, x, &self.params, bl.ln1_w, bl.ln1_b, n, c);
+                backend.layernorm_forward(
+                    &mut a.ln1,
+                    &mut a.ln1_mean,
+                    &mut a.ln1_rstd,
+                    x,
+                    &self.params,
+                    bl.ln1_w,
+                    bl.ln1_b,
+                    n,
+                    c,
+                );
                 &a.ln1
             } else {
                 x
             };
             backend.matmul_forward(&mut a.qkv, attn_in, &self.params, bl.qkv_w, Some(bl.qkv_b), n, c, 3 * c);
-            backend.attention_forward(&mut a.atty, &mut a.att, &mut a.att_drop, &a.qkv, bsz, t, c, h, dropout_for(p, dropout_key, l, 0));
+            backend.attention_forward(
+                &mut a.atty,
+                &mut a.att,
+                &mut a.att_drop,
+                &a.qkv,
+                bsz,
+                t,
+                c,
+                h,
+                dropout_for(p, dropout_key, l, 0),
+            );
             // The biases of proj, fc and out are added by the ops that read
             // their products (one pass fewer over each product's output);
             // the residual adds run in place over the branch's product.
             backend.matmul_forward(&mut a.res_mid, &a.atty, &self.params, bl.proj_w, None, n, c, c);
             backend.residual_forward(&mut a.res_mid, x, &self.params, bl.proj_b, n, dropout_for(p, dropout_key, l, 1));
             let mlp_in = if pre {
-                backend.layernorm_forward(&mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.res_mid, &self.params, bl.ln2_w, bl.ln2_b, n, c);
+                backend.layernorm_forward(
+                    &mut a.ln2,
+                    &mut a.ln2_mean,
+                    &mut a.ln2_rstd,
+                    &a.res_mid,
+                    &self.params,
+                    bl.ln2_w,
+                    bl.ln2_b,
+                    n,
+                    c,
+                );
                 &a.ln2
             } else {
                 &a.res_mid
@@ -243,11 +280,28 @@ impl<B: Backend> Gpt<B> {
             backend.matmul_forward(&mut a.fc, mlp_in, &self.params, bl.fc_w, None, n, c, f);
             backend.activation_forward(&mut a.fc_act, &a.fc, &self.params, bl.fc_b, n, s.activation);
             backend.matmul_forward(&mut a.res_out, &a.fc_act, &self.params, bl.out_w, None, n, f, c);
-            backend.residual_forward(&mut a.res_out, &a.res_mid, &self.params, bl.out_b, n, dropout_for(p, dropout_key, l, 2));
+            backend.residual_forward(
+                &mut a.res_out,
+                &a.res_mid,
+                &self.params,
+                bl.out_b,
+                n,
+                dropout_for(p, dropout_key, l, 2),
+            );
         }
         let last = self.blocks.last().map_or(&self.encoded, |b| &b.res_out);
         let head_in = if pre {
-            backend.layernorm_forward(&mut self.lnf, &mut self.lnf_mean, &mut self.lnf_rstd, last, &self.params, lay.lnf_w, lay.lnf_b, n, c);
+            backend.layernorm_forward(
+                &mut self.lnf,
+                &mut self.lnf_mean,
+                &mut self.lnf_rstd,
+                last,
+                &self.params,
+                lay.lnf_w,
+                lay.lnf_b,
+                n,
+                c,
+            );
             &self.lnf
         } else {
             last
@@ -274,10 +328,47 @@ impl<B: Backend> Gpt<B> {
         backend.crossentropy_backward(&mut g.logits, &self.probs, &self.targets, &self.mask, scale, n, v);
         let last = self.blocks.last().map_or(&self.encoded, |b| &b.res_out);
         if pre {
-            backend.matmul_backward(&mut g.norm_out, false, &mut self.grads, lay.unembed, None, &g.logits, &self.lnf, &self.params, n, c, v);
-            backend.layernorm_backward(&mut g.residual, false, &mut self.grads, lay.lnf_w, lay.lnf_b, &g.norm_out, last, &self.params, &self.lnf_mean, &self.lnf_rstd, n, c);
+            backend.matmul_backward(
+                &mut g.norm_out,
+                false,
+                &mut self.grads,
+                lay.unembed,
+                None,
+                &g.logits,
+                &self.lnf,
+                &self.params,
+                n,
+                c,
+                v,
+            );
+            backend.layernorm_backward(
+                &mut g.residual,
+                false,
+                &mut self.grads,
+                lay.lnf_w,
+                lay.lnf_b,
+                &g.norm_out,
+                last,
+                &self.params,
+                &self.lnf_mean,
+                &self.lnf_rstd,
+                n,
+                c,
+            );
         } else {
-            backend.matmul_backward(&mut g.residual, false, &mut self.grads, lay.unembed, None, &g.logits, last, &self.params, n, c, v);
+            backend.matmul_backward(
+                &mut g.residual,
+                false,
+                &mut self.grads,
+                lay.unembed,
+                None,
+                &g.logits,
+                last,
+                &self.params,
+                n,
+                c,
+                v,
+            );
         }
         for l in (0..s.n_layers).rev() {
             let a = &self.blocks[l];
@@ -285,24 +376,143 @@ impl<B: Backend> Gpt<B> {
             let bl = &lay.blocks[l];
             // MLP branch: g.residual holds ∂L/∂res_out.
             let d_fcproj = branch_grad(backend, &mut g.branch, &g.residual, dropout_for(p, key, l, 2));
-            backend.matmul_backward(&mut g.fc_act, false, &mut self.grads, bl.out_w, Some(bl.out_b), d_fcproj, &a.fc_act, &self.params, n, f, c);
+            backend.matmul_backward(
+                &mut g.fc_act,
+                false,
+                &mut self.grads,
+                bl.out_w,
+                Some(bl.out_b),
+                d_fcproj,
+                &a.fc_act,
+                &self.params,
+                n,
+                f,
+                c,
+            );
             // fc's bias gradient comes from the activation's backward pass.
-            backend.activation_backward(&mut g.fc, &mut self.grads, bl.fc_b, &g.fc_act, &a.fc, &self.params, n, s.activation);
+            backend.activation_backward(
+                &mut g.fc,
+                &mut self.grads,
+                bl.fc_b,
+                &g.fc_act,
+                &a.fc,
+                &self.params,
+                n,
+                s.activation,
+            );
             if pre {
-                backend.matmul_backward(&mut g.norm_out, false, &mut self.grads, bl.fc_w, None, &g.fc, &a.ln2, &self.params, n, c, f);
-                backend.layernorm_backward(&mut g.residual, true, &mut self.grads, bl.ln2_w, bl.ln2_b, &g.norm_out, &a.res_mid, &self.params, &a.ln2_mean, &a.ln2_rstd, n, c);
+                backend.matmul_backward(
+                    &mut g.norm_out,
+                    false,
+                    &mut self.grads,
+                    bl.fc_w,
+                    None,
+                    &g.fc,
+                    &a.ln2,
+                    &self.params,
+                    n,
+                    c,
+                    f,
+                );
+                backend.layernorm_backward(
+                    &mut g.residual,
+                    true,
+                    &mut self.grads,
+                    bl.ln2_w,
+                    bl.ln2_b,
+                    &g.norm_out,
+                    &a.res_mid,
+                    &self.params,
+                    &a.ln2_mean,
+                    &a.ln2_rstd,
+                    n,
+                    c,
+                );
             } else {
-                backend.matmul_backward(&mut g.residual, true, &mut self.grads, bl.fc_w, None, &g.fc, &a.res_mid, &self.params, n, c, f);
+                backend.matmul_backward(
+                    &mut g.residual,
+                    true,
+                    &mut self.grads,
+                    bl.fc_w,
+                    None,
+                    &g.fc,
+                    &a.res_mid,
+                    &self.params,
+                    n,
+                    c,
+                    f,
+                );
             }
             // Attention branch: g.residual now holds ∂L/∂res_mid.
             let d_attproj = branch_grad(backend, &mut g.branch, &g.residual, dropout_for(p, key, l, 1));
-            backend.matmul_backward(&mut g.atty, false, &mut self.grads, bl.proj_w, Some(bl.proj_b), d_attproj, &a.atty, &self.params, n, c, c);
-            backend.attention_backward(&mut g.qkv, &mut g.att, &g.atty, &a.qkv, &a.att, &a.att_drop, bsz, t, c, h, dropout_for(p, key, l, 0));
+            backend.matmul_backward(
+                &mut g.atty,
+                false,
+                &mut self.grads,
+                bl.proj_w,
+                Some(bl.proj_b),
+                d_attproj,
+                &a.atty,
+                &self.params,
+                n,
+                c,
+                c,
+            );
+            backend.attention_backward(
+                &mut g.qkv,
+                &mut g.att,
+                &g.atty,
+                &a.qkv,
+                &a.att,
+                &a.att_drop,
+                bsz,
+                t,
+                c,
+                h,
+                dropout_for(p, key, l, 0),
+            );
             if pre {
-                backend.matmul_backward(&mut g.norm_out, false, &mut self.grads, bl.qkv_w, Some(bl.qkv_b), &g.qkv, &a.ln1, &self.params, n, c, 3 * c);
-                backend.layernorm_backward(&mut g.residual, true, &mut self.grads, bl.ln1_w, bl.ln1_b, &g.norm_out, x, &self.params, &a.ln1_mean, &a.ln1_rstd, n, c);
+                backend.matmul_backward(
+                    &mut g.norm_out,
+                    false,
+                    &mut self.grads,
+                    bl.qkv_w,
+                    Some(bl.qkv_b),
+                    &g.qkv,
+                    &a.ln1,
+                    &self.params,
+                    n,
+                    c,
+                    3 * c,
+                );
+                backend.layernorm_backward(
+                    &mut g.residual,
+                    true,
+                    &mut self.grads,
+                    bl.ln1_w,
+                    bl.ln1_b,
+                    &g.norm_out,
+                    x,
+                    &self.params,
+                    &a.ln1_mean,
+                    &a.ln1_rstd,
+                    n,
+                    c,
+                );
             } else {
-                backend.matmul_backward(&mut g.residual, true, &mut self.grads, bl.qkv_w, Some(bl.qkv_b), &g.qkv, x, &self.params, n, c, 3 * c);
+                backend.matmul_backward(
+                    &mut g.residual,
+                    true,
+                    &mut self.grads,
+                    bl.qkv_w,
+                    Some(bl.qkv_b),
+                    &g.qkv,
+                    x,
+                    &self.params,
+                    n,
+                    c,
+                    3 * c,
+                );
             }
         }
         backend.encoder_backward(&mut self.grads, lay.wte, lay.wpe, &g.residual, &self.tokens, n, t, c);
@@ -311,7 +521,12 @@ impl<B: Backend> Gpt<B> {
 
 /// ∂L/∂(branch output): the residual gradient through the branch's dropout,
 /// or the residual gradient itself when dropout is off.
-fn branch_grad<'a, B: Backend>(backend: &B, scratch: &'a mut B::Buf, residual: &'a B::Buf, dropout: Dropout) -> &'a B::Buf {
+fn branch_grad<'a, B: Backend>(
+    backend: &B,
+    scratch: &'a mut B::Buf,
+    residual: &'a B::Buf,
+    dropout: Dropout,
+) -> &'a B::Buf {
     if dropout.active() {
         backend.dropout_backward(scratch, residual, dropout);
         scratch

@@ -9,7 +9,7 @@
 pub mod charts;
 pub mod report;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use plotters::coord::Shift;
@@ -66,9 +66,12 @@ pub fn to_png(chart: &dyn Chart, path: &Path) -> std::result::Result<(), String>
     std::fs::rename(&tmp, path).map_err(|e| e.to_string())
 }
 
+/// A chart's title and its SVG text.
+pub type TitledSvg = (String, String);
+
 /// Draws `charts` into `dir/plots` in `format`; returns the files and each
 /// chart's (title, SVG) for a report.
-pub fn draw_all(dir: &Path, charts: &[Box<dyn Chart + '_>], format: Format) -> Result<(Vec<std::path::PathBuf>, Vec<(String, String)>)> {
+pub fn draw_all(dir: &Path, charts: &[Box<dyn Chart + '_>], format: Format) -> Result<(Vec<PathBuf>, Vec<TitledSvg>)> {
     let plots = dir.join("plots");
     std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
     let mut written = Vec::new();
@@ -97,7 +100,8 @@ pub fn plot_run(dir: &Path, format: Format) -> Result<Vec<std::path::PathBuf>> {
     let data = RunData::load(dir)?;
     let summary = crate::analysis::read_summary(dir)?;
     let (mut written, svgs) = draw_all(dir, &charts_for(&data, &summary), format)?;
-    let html = report::render(&data, &summary, &svgs, &std::fs::read_to_string(dir.join("config.toml")).unwrap_or_default());
+    let html =
+        report::render(&data, &summary, &svgs, &std::fs::read_to_string(dir.join("config.toml")).unwrap_or_default());
     let report = dir.join("report.html");
     crate::run_dir::write_atomic(&report, html.as_bytes())?;
     written.push(report);

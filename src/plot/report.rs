@@ -15,7 +15,11 @@ fn num(v: Option<f64>, digits: usize) -> String {
 fn fit_cells(drop: &DropSummary) -> [String; 3] {
     let Some(fits) = &drop.fits else { return ["–".into(), "–".into(), "–".into()] };
     let Some(f) = fits.best() else {
-        return [format!("– (exponential {}, power {})", fits.exponential.status.name(), fits.power.status.name()), "–".into(), "–".into()];
+        return [
+            format!("– (exponential {}, power {})", fits.exponential.status.name(), fits.power.status.name()),
+            "–".into(),
+            "–".into(),
+        ];
     };
     [format!("{} ({})", num(f.tau, 1), f.form.name()), num(f.beta, 2), num(f.r_inf, 3)]
 }
@@ -47,10 +51,28 @@ pub fn render(data: &RunData, summary: &Summary, plots: &[(String, String)], con
         let info = summary.tasks.get(&t.id);
         let drop = summary.drops.iter().find(|d| d.task == t.id);
         let cells = match drop {
-            Some(d) if !d.learned() => [format!("{}", d.step), num(d.accuracy_at_drop, 3), "not learned".into(), "–".into(), "–".into(), "–".into(), "–".into(), "–".into()],
+            Some(d) if !d.learned() => [
+                format!("{}", d.step),
+                num(d.accuracy_at_drop, 3),
+                "not learned".into(),
+                "–".into(),
+                "–".into(),
+                "–".into(),
+                "–".into(),
+                "–".into(),
+            ],
             Some(d) => {
                 let [tau, beta, r_inf] = fit_cells(d);
-                [format!("{}", d.step), num(d.accuracy_at_drop, 3), half_life_cell(d), tau, beta, r_inf, num(d.aurc, 3), savings_cell(d)]
+                [
+                    format!("{}", d.step),
+                    num(d.accuracy_at_drop, 3),
+                    half_life_cell(d),
+                    tau,
+                    beta,
+                    r_inf,
+                    num(d.aurc, 3),
+                    savings_cell(d),
+                ]
             }
             None => std::array::from_fn(|_| "–".to_string()),
         };
@@ -68,7 +90,10 @@ pub fn render(data: &RunData, summary: &Summary, plots: &[(String, String)], con
     } else if summary.finished {
         format!("<p>Finished {} steps.</p>", summary.steps)
     } else {
-        format!("<p class=\"bad\">Interrupted: logged up to step {} of {}.</p>", summary.last_logged_step, summary.steps)
+        format!(
+            "<p class=\"bad\">Interrupted: logged up to step {} of {}.</p>",
+            summary.last_logged_step, summary.steps
+        )
     };
     let sequential = match &summary.sequential {
         Some(s) => format!(
@@ -80,7 +105,10 @@ pub fn render(data: &RunData, summary: &Summary, plots: &[(String, String)], con
         ),
         None => String::new(),
     };
-    let figures: String = plots.iter().map(|(title, svg)| format!("<figure><figcaption>{}</figcaption>{svg}</figure>\n", escape(title))).collect();
+    let figures: String = plots
+        .iter()
+        .map(|(title, svg)| format!("<figure><figcaption>{}</figcaption>{svg}</figure>\n", escape(title)))
+        .collect();
     format!(
         r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>ebb run {name}</title>

@@ -39,7 +39,12 @@ pub struct RunRow {
 impl RunRow {
     /// The condition: every varied value except the seed and model shape.
     fn condition(&self) -> String {
-        let c: Vec<String> = self.point.iter().filter(|(k, _)| k != "seed" && !k.starts_with("model.")).map(|(k, v)| format!("{k}={v}")).collect();
+        let c: Vec<String> = self
+            .point
+            .iter()
+            .filter(|(k, _)| k != "seed" && !k.starts_with("model."))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         if c.is_empty() { "all".into() } else { c.join(" ") }
     }
 
@@ -53,7 +58,10 @@ impl RunRow {
 
     /// The drops that count: learned drops of a finished run.
     fn learned_drops(&self) -> impl Iterator<Item = &DropSummary> {
-        self.summary.iter().filter(|_| self.status == RunStatus::Finished).flat_map(|s| s.drops.iter().filter(|d| d.learned()))
+        self.summary
+            .iter()
+            .filter(|_| self.status == RunStatus::Finished)
+            .flat_map(|s| s.drops.iter().filter(|d| d.learned()))
     }
 }
 
@@ -61,7 +69,8 @@ impl RunRow {
 /// files when summary.json is missing or of another version).
 pub fn load(dir: &Path) -> Result<(Vec<String>, Vec<RunRow>)> {
     let path = dir.join("manifest.csv");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::input(format!("{}: not a sweep directory ({e})", dir.display())))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::input(format!("{}: not a sweep directory ({e})", dir.display())))?;
     let mut lines = text.lines();
     let keys: Vec<String> = lines.next().unwrap_or("id").split(',').skip(1).map(String::from).collect();
     let mut rows = Vec::new();
@@ -70,8 +79,17 @@ pub fn load(dir: &Path) -> Result<(Vec<String>, Vec<RunRow>)> {
         let id = f[0].to_string();
         let run = dir.join(&id);
         let status = RunStatus::of(&run);
-        let summary = if matches!(status, RunStatus::Finished | RunStatus::Diverged | RunStatus::Interrupted) { crate::analysis::read_summary(&run).ok() } else { None };
-        rows.push(RunRow { point: keys.iter().cloned().zip(f[1..].iter().map(|s| s.to_string())).collect(), status, summary, id });
+        let summary = if matches!(status, RunStatus::Finished | RunStatus::Diverged | RunStatus::Interrupted) {
+            crate::analysis::read_summary(&run).ok()
+        } else {
+            None
+        };
+        rows.push(RunRow {
+            point: keys.iter().cloned().zip(f[1..].iter().map(|s| s.to_string())).collect(),
+            status,
+            summary,
+            id,
+        });
     }
     Ok((keys, rows))
 }
@@ -113,7 +131,8 @@ fn drop_cells(run: &RunRow, d: &DropSummary) -> Vec<String> {
     let final_accuracy = run.summary.as_ref().and_then(|s| s.tasks.get(&d.task)).and_then(|t| t.final_exact_match);
     vec![
         cell(d.half_life.map(|h| h.steps)),
-        d.half_life.map_or(if d.learned() { String::new() } else { "not_learned".into() }, |h| h.status.name().to_string()),
+        d.half_life
+            .map_or(if d.learned() { String::new() } else { "not_learned".into() }, |h| h.status.name().to_string()),
         param(exp, |f| f.tau),
         param(exp, |f| f.r_inf),
         status(exp),
@@ -133,7 +152,18 @@ fn drop_cells(run: &RunRow, d: &DropSummary) -> Vec<String> {
 }
 
 /// The columns of one run in sweep.csv, over its learned drops.
-const RUN_COLUMNS: [&str; 10] = ["dropped", "learned", "censored", "half_life_km_median", "half_life_median_status", "exp_tau_mean", "exp_fits_ok", "aurc_mean", "savings_mean", "not_regained"];
+const RUN_COLUMNS: [&str; 10] = [
+    "dropped",
+    "learned",
+    "censored",
+    "half_life_km_median",
+    "half_life_median_status",
+    "exp_tau_mean",
+    "exp_fits_ok",
+    "aurc_mean",
+    "savings_mean",
+    "not_regained",
+];
 
 fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
     let v: Vec<f64> = xs.filter(|x| x.is_finite()).collect();
@@ -156,7 +186,8 @@ fn run_cells(run: &RunRow) -> Vec<String> {
     let all = run.summary.as_ref().map_or(0, |s| s.drops.len());
     let learned: Vec<&DropSummary> = run.learned_drops().collect();
     let obs = half_life_observations(learned.iter().copied());
-    let exp_ok: Vec<f64> = learned.iter().filter_map(|d| ok_param(d.fits.as_ref().map(|f| &f.exponential), |f| f.tau)).collect();
+    let exp_ok: Vec<f64> =
+        learned.iter().filter_map(|d| ok_param(d.fits.as_ref().map(|f| &f.exponential), |f| f.tau)).collect();
     let [median, median_status] = median_cells(stats::km_median(&obs));
     vec![
         all.to_string(),
@@ -168,7 +199,11 @@ fn run_cells(run: &RunRow) -> Vec<String> {
         exp_ok.len().to_string(),
         cell(mean(learned.iter().filter_map(|d| d.aurc))),
         cell(mean(learned.iter().filter_map(|d| d.revive.as_ref().and_then(|r| r.savings)))),
-        learned.iter().filter(|d| d.revive.as_ref().is_some_and(|r| r.status == ReviveStatus::NotRegained)).count().to_string(),
+        learned
+            .iter()
+            .filter(|d| d.revive.as_ref().is_some_and(|r| r.status == ReviveStatus::NotRegained))
+            .count()
+            .to_string(),
     ]
 }
 
@@ -220,24 +255,50 @@ fn scaling(rows: &[RunRow]) -> Scaling {
             for r in &runs {
                 sizes.entry(r.params().unwrap_or(0.0) as u64).or_default().push(r);
             }
-            let run_tau = |r: &RunRow| mean(r.learned_drops().filter_map(|d| ok_param(d.fits.as_ref().map(|f| &f.exponential), |f| f.tau)));
+            let run_tau = |r: &RunRow| {
+                mean(r.learned_drops().filter_map(|d| ok_param(d.fits.as_ref().map(|f| &f.exponential), |f| f.tau)))
+            };
             let by_params = sizes
                 .iter()
                 .map(|(&p, rs)| {
                     let obs = half_life_observations(rs.iter().flat_map(|r| r.learned_drops()));
                     let taus: Vec<f64> = rs.iter().filter_map(|r| run_tau(r)).collect();
-                    SizePoint { params: p as f64, runs: rs.len(), drops: obs.len(), censored: obs.iter().filter(|o| o.censored).count(), half_life_median: stats::km_median(&obs), exp_tau: stats::mean_ci(&taus) }
+                    SizePoint {
+                        params: p as f64,
+                        runs: rs.len(),
+                        drops: obs.len(),
+                        censored: obs.iter().filter(|o| o.censored).count(),
+                        half_life_median: stats::km_median(&obs),
+                        exp_tau: stats::mean_ci(&taus),
+                    }
                 })
                 .collect();
-            let half_lives: Vec<(f64, Observation)> = runs.iter().flat_map(|r| r.learned_drops().filter_map(|d| Some((r.params()?, d.half_life?.observation())))).collect();
-            let taus: Vec<(f64, Observation)> = runs.iter().filter_map(|r| Some((r.params()?, Observation { value: run_tau(r)?, censored: false }))).collect();
-            (condition, ConditionScaling { by_params, half_life_law: stats::power_law(&half_lives), exp_tau_law: stats::power_law(&taus) })
+            let half_lives: Vec<(f64, Observation)> = runs
+                .iter()
+                .flat_map(|r| r.learned_drops().filter_map(|d| Some((r.params()?, d.half_life?.observation()))))
+                .collect();
+            let taus: Vec<(f64, Observation)> = runs
+                .iter()
+                .filter_map(|r| Some((r.params()?, Observation { value: run_tau(r)?, censored: false })))
+                .collect();
+            (
+                condition,
+                ConditionScaling {
+                    by_params,
+                    half_life_law: stats::power_law(&half_lives),
+                    exp_tau_law: stats::power_law(&taus),
+                },
+            )
         })
         .collect();
     Scaling {
         method: "per condition: every learned drop of every finished run is one half-life observation at its run's parameter count; a half-life not reached inside its window is censored at the window's length. half_life_median: Kaplan–Meier median per size. half_life_law: ln(half-life) = ln(prefactor) + exponent·ln(params), censored-normal (Tobit) maximum likelihood with censored values as lower bounds (least squares when none is censored); exponent_ci95 from the observed information with the t quantile at n − 2 degrees of freedom. exp_tau: runs' mean τ of exponential fits with status ok, mean and 95% t interval over runs (none with one run).",
         conditions,
-        excluded_runs: rows.iter().filter(|r| r.status != RunStatus::Finished).map(|r| Excluded { id: r.id.clone(), status: r.status.name() }).collect(),
+        excluded_runs: rows
+            .iter()
+            .filter(|r| r.status != RunStatus::Finished)
+            .map(|r| Excluded { id: r.id.clone(), status: r.status.name() })
+            .collect(),
     }
 }
 
@@ -248,7 +309,13 @@ pub fn aggregate(dir: &Path, heatmap: &[String]) -> Result<Vec<PathBuf>> {
     let mut sweep = format!("{head},{}\n", RUN_COLUMNS.join(","));
     let mut drops = format!("{head},task,{}\n", DROP_COLUMNS.join(","));
     for r in &rows {
-        let prefix = format!("{},{},{},{}", r.id, r.point.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(","), cell(r.params()), r.status.name());
+        let prefix = format!(
+            "{},{},{},{}",
+            r.id,
+            r.point.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(","),
+            cell(r.params()),
+            r.status.name()
+        );
         sweep.push_str(&format!("{prefix},{}\n", run_cells(r).join(",")));
         for d in r.summary.iter().flat_map(|s| &s.drops) {
             drops.push_str(&format!("{prefix},{},{}\n", d.task, drop_cells(r, d).join(",")));
@@ -256,11 +323,18 @@ pub fn aggregate(dir: &Path, heatmap: &[String]) -> Result<Vec<PathBuf>> {
     }
     let scaling = scaling(&rows);
     let mut written = Vec::new();
-    for (name, text) in [("sweep.csv", sweep), ("drops.csv", drops), ("scaling.json", serde_json::to_string_pretty(&scaling).expect("JSON") + "\n")] {
+    for (name, text) in [
+        ("sweep.csv", sweep),
+        ("drops.csv", drops),
+        ("scaling.json", serde_json::to_string_pretty(&scaling).expect("JSON") + "\n"),
+    ] {
         crate::run_dir::write_atomic(&dir.join(name), text.as_bytes())?;
         written.push(dir.join(name));
     }
-    let mut charts: Vec<Box<dyn Chart>> = vec![Box::new(HalfLifeScaling { rows: rows.clone(), scaling: scaling.clone() }), Box::new(RetentionBySize { rows: rows.clone() })];
+    let mut charts: Vec<Box<dyn Chart>> = vec![
+        Box::new(HalfLifeScaling { rows: rows.clone(), scaling: scaling.clone() }),
+        Box::new(RetentionBySize { rows: rows.clone() }),
+    ];
     if heatmap.len() == 2 {
         charts.push(Box::new(Heatmap { x: heatmap[0].clone(), y: heatmap[1].clone(), rows: rows.clone() }));
     }
@@ -270,7 +344,10 @@ pub fn aggregate(dir: &Path, heatmap: &[String]) -> Result<Vec<PathBuf>> {
     let excluded = if scaling.excluded_runs.is_empty() {
         String::new()
     } else {
-        format!("<p>Left out of every number and fit: {}.</p>", scaling.excluded_runs.iter().map(|e| format!("{} ({})", e.id, e.status)).collect::<Vec<_>>().join(", "))
+        format!(
+            "<p>Left out of every number and fit: {}.</p>",
+            scaling.excluded_runs.iter().map(|e| format!("{} ({})", e.id, e.status)).collect::<Vec<_>>().join(", ")
+        )
     };
     let html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>ebb sweep</title><style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} pre{{font-size:12px;background:#f6f6f6;padding:1em;overflow-x:auto}}</style></head><body><h1>ebb sweep {}</h1><p>{} runs: {} finished, {} diverged, {} failed.</p>{}{}<h2>sweep.csv</h2><pre>{}</pre></body></html>\n",
@@ -280,7 +357,9 @@ pub fn aggregate(dir: &Path, heatmap: &[String]) -> Result<Vec<PathBuf>> {
         rows.iter().filter(|r| r.status == RunStatus::Diverged).count(),
         rows.iter().filter(|r| r.status == RunStatus::Failed).count(),
         excluded.replace('&', "&amp;").replace('<', "&lt;"),
-        svgs.iter().map(|(t, s)| format!("<figure><figcaption><b>{t}</b></figcaption>{s}</figure>")).collect::<String>(),
+        svgs.iter()
+            .map(|(t, s)| format!("<figure><figcaption><b>{t}</b></figcaption>{s}</figure>"))
+            .collect::<String>(),
         table.replace('&', "&amp;").replace('<', "&lt;"),
     );
     crate::run_dir::write_atomic(&dir.join("report.html"), html.as_bytes())?;
@@ -300,10 +379,19 @@ struct HalfLifeScaling {
 impl HalfLifeScaling {
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
         area.fill(&WHITE).map_err(err)?;
-        let drops: Vec<(String, f64, Observation)> =
-            self.rows.iter().filter(|r| r.status == RunStatus::Finished).flat_map(|r| r.learned_drops().filter_map(|d| Some((r.condition(), r.params()?, d.half_life?.observation())))).collect();
+        let drops: Vec<(String, f64, Observation)> = self
+            .rows
+            .iter()
+            .filter(|r| r.status == RunStatus::Finished)
+            .flat_map(|r| {
+                r.learned_drops().filter_map(|d| Some((r.condition(), r.params()?, d.half_life?.observation())))
+            })
+            .collect();
         let (pmin, pmax) = drops.iter().fold((f64::INFINITY, 0.0f64), |(a, b), p| (a.min(p.1), b.max(p.1)));
-        let (hmin, hmax) = drops.iter().filter(|p| p.2.value > 0.0).fold((f64::INFINITY, 0.0f64), |(a, b), p| (a.min(p.2.value), b.max(p.2.value)));
+        let (hmin, hmax) = drops
+            .iter()
+            .filter(|p| p.2.value > 0.0)
+            .fold((f64::INFINITY, 0.0f64), |(a, b), p| (a.min(p.2.value), b.max(p.2.value)));
         let (pmin, pmax) = if pmin.is_finite() { (pmin * 0.7, pmax * 1.4) } else { (1.0, 10.0) };
         let (hmin, hmax) = if hmin.is_finite() && hmin > 0.0 { (hmin * 0.7, hmax * 1.6) } else { (1.0, 10.0) };
         let mut chart = ChartBuilder::on(area)
@@ -313,12 +401,32 @@ impl HalfLifeScaling {
             .y_label_area_size(60)
             .build_cartesian_2d((pmin..pmax).log_scale(), (hmin..hmax).log_scale())
             .map_err(err)?;
-        chart.configure_mesh().x_desc("parameters").y_desc("half-life (steps)").x_label_formatter(&|v| format!("{v:.0}")).y_label_formatter(&|v| format!("{v:.0}")).label_style((FONT, 13)).axis_desc_style((FONT, 14)).draw().map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("parameters")
+            .y_desc("half-life (steps)")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 14))
+            .draw()
+            .map_err(err)?;
         for (i, (condition, scaling)) in self.scaling.conditions.iter().enumerate() {
             let c = color(i);
             let mine = drops.iter().filter(|d| &d.0 == condition);
-            chart.draw_series(mine.clone().filter(|d| !d.2.censored).map(|d| Circle::new((d.1, d.2.value), 3, c.mix(0.5).filled()))).map_err(err)?;
-            chart.draw_series(mine.filter(|d| d.2.censored).map(|d| TriangleMarker::new((d.1, d.2.value), 5, c.mix(0.7).stroke_width(1)))).map_err(err)?;
+            chart
+                .draw_series(
+                    mine.clone()
+                        .filter(|d| !d.2.censored)
+                        .map(|d| Circle::new((d.1, d.2.value), 3, c.mix(0.5).filled())),
+                )
+                .map_err(err)?;
+            chart
+                .draw_series(
+                    mine.filter(|d| d.2.censored)
+                        .map(|d| TriangleMarker::new((d.1, d.2.value), 5, c.mix(0.7).stroke_width(1))),
+                )
+                .map_err(err)?;
             let medians = scaling.by_params.iter().filter_map(|s| Some((s.params, s.half_life_median?)));
             chart
                 .draw_series(medians.map(|(p, m)| -> DynElement<DB, (f64, f64)> {
@@ -332,9 +440,19 @@ impl HalfLifeScaling {
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
             if let Some(law) = scaling.half_life_law {
                 // Over the sizes measured, and only where it stays on the chart.
-                let (lo, hi) = scaling.by_params.iter().filter(|s| s.drops > 0).fold((f64::INFINITY, 0.0f64), |(l, h), s| (l.min(s.params), h.max(s.params)));
-                let line: Vec<(f64, f64)> = (0..=50).map(|k| lo * (hi / lo).powf(k as f64 / 50.0)).map(|p| (p, law.prefactor * p.powf(law.exponent))).filter(|p| (hmin..=hmax).contains(&p.1)).collect();
-                chart.draw_series(DashedLineSeries::new(line, 8, 5, ShapeStyle::from(&c).stroke_width(2))).map_err(err)?;
+                let (lo, hi) = scaling
+                    .by_params
+                    .iter()
+                    .filter(|s| s.drops > 0)
+                    .fold((f64::INFINITY, 0.0f64), |(l, h), s| (l.min(s.params), h.max(s.params)));
+                let line: Vec<(f64, f64)> = (0..=50)
+                    .map(|k| lo * (hi / lo).powf(k as f64 / 50.0))
+                    .map(|p| (p, law.prefactor * p.powf(law.exponent)))
+                    .filter(|p| (hmin..=hmax).contains(&p.1))
+                    .collect();
+                chart
+                    .draw_series(DashedLineSeries::new(line, 8, 5, ShapeStyle::from(&c).stroke_width(2)))
+                    .map_err(err)?;
             }
         }
         legend(&mut chart, self.scaling.conditions.len(), SeriesLabelPosition::UpperLeft)
@@ -368,7 +486,10 @@ impl RetentionBySize {
             })
             .collect();
         let max_d = curves.iter().flat_map(|c| c.1.iter().map(|p| p.0)).fold(1.0f64, f64::max);
-        let (lo, hi) = curves.iter().flat_map(|c| c.1.iter().map(|p| p.1)).fold((0.0f64, 1.05f64), |(l, h), r| (l.min(r - 0.05), h.max(r + 0.05)));
+        let (lo, hi) = curves
+            .iter()
+            .flat_map(|c| c.1.iter().map(|p| p.1))
+            .fold((0.0f64, 1.05f64), |(l, h), r| (l.min(r - 0.05), h.max(r + 0.05)));
         let mut chart = ChartBuilder::on(area)
             .caption("retention after the first drop of every run, coloured by parameter count", (FONT, 17))
             .margin(12)
@@ -376,7 +497,15 @@ impl RetentionBySize {
             .y_label_area_size(55)
             .build_cartesian_2d(0f64..max_d, lo..hi)
             .map_err(err)?;
-        chart.configure_mesh().x_desc("steps since the drop").y_desc("retention").x_label_formatter(&|v| format!("{v:.0}")).label_style((FONT, 13)).axis_desc_style((FONT, 14)).draw().map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("steps since the drop")
+            .y_desc("retention")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 14))
+            .draw()
+            .map_err(err)?;
         let mut sizes: Vec<u64> = curves.iter().map(|c| c.0 as u64).collect();
         sizes.sort_unstable();
         sizes.dedup();
@@ -384,9 +513,13 @@ impl RetentionBySize {
             let c = color(i);
             let mut first = true;
             for (_, pts) in curves.iter().filter(|x| x.0 as u64 == size) {
-                let s = chart.draw_series(LineSeries::new(pts.clone(), ShapeStyle::from(&c.mix(0.8)).stroke_width(2))).map_err(err)?;
+                let s = chart
+                    .draw_series(LineSeries::new(pts.clone(), ShapeStyle::from(&c.mix(0.8)).stroke_width(2)))
+                    .map_err(err)?;
                 if first {
-                    s.label(format!("{size} parameters")).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ShapeStyle::from(&c).stroke_width(3)));
+                    s.label(format!("{size} parameters")).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], ShapeStyle::from(&c).stroke_width(3))
+                    });
                     first = false;
                 }
             }
@@ -417,18 +550,33 @@ impl Heatmap {
         area.fill(&WHITE).map_err(err)?;
         let values = |key: &str| {
             let mut v: Vec<String> = self.rows.iter().filter_map(|r| r.value(key).map(String::from)).collect();
-            v.sort_by(|a, b| a.parse::<f64>().ok().zip(b.parse::<f64>().ok()).map_or(a.cmp(b), |(x, y)| x.total_cmp(&y)));
+            v.sort_by(|a, b| {
+                a.parse::<f64>().ok().zip(b.parse::<f64>().ok()).map_or(a.cmp(b), |(x, y)| x.total_cmp(&y))
+            });
             v.dedup();
             v
         };
         let (xs, ys) = (values(&self.x), values(&self.y));
-        let cell = |xv: &str, yv: &str| stats::km_median(&half_life_observations(self.rows.iter().filter(|r| r.value(&self.x) == Some(xv) && r.value(&self.y) == Some(yv)).flat_map(|r| r.learned_drops())));
+        let cell = |xv: &str, yv: &str| {
+            stats::km_median(&half_life_observations(
+                self.rows
+                    .iter()
+                    .filter(|r| r.value(&self.x) == Some(xv) && r.value(&self.y) == Some(yv))
+                    .flat_map(|r| r.learned_drops()),
+            ))
+        };
         let value = |m: Median| match m {
             Median::Reached { value } | Median::Above { value } => value,
         };
         let max = xs.iter().flat_map(|x| ys.iter().filter_map(move |y| cell(x, y))).map(value).fold(1e-9f64, f64::max);
         let mut chart = ChartBuilder::on(area)
-            .caption(format!("median half-life (steps, Kaplan–Meier over drops; > W: censored) by {} and {}", self.x, self.y), (FONT, 17))
+            .caption(
+                format!(
+                    "median half-life (steps, Kaplan–Meier over drops; > W: censored) by {} and {}",
+                    self.x, self.y
+                ),
+                (FONT, 17),
+            )
             .margin(12)
             .x_label_area_size(50)
             .y_label_area_size(90)
@@ -436,7 +584,11 @@ impl Heatmap {
             .map_err(err)?;
         let at = |names: &[String], v: f64| {
             let i = v.round();
-            if (v - i).abs() > 1e-6 || i < 0.0 { String::new() } else { names.get(i as usize).cloned().unwrap_or_default() }
+            if (v - i).abs() > 1e-6 || i < 0.0 {
+                String::new()
+            } else {
+                names.get(i as usize).cloned().unwrap_or_default()
+            }
         };
         chart
             .configure_mesh()
@@ -455,19 +607,33 @@ impl Heatmap {
                 let m = cell(xv, yv);
                 let v = m.map(value);
                 let a = v.map_or(0.0, |v| v / max);
-                let fill = if v.is_some() { RGBColor((255.0 - 200.0 * a) as u8, (255.0 - 120.0 * a) as u8, 255) } else { RGBColor(230, 230, 230) };
+                let fill = if v.is_some() {
+                    RGBColor((255.0 - 200.0 * a) as u8, (255.0 - 120.0 * a) as u8, 255)
+                } else {
+                    RGBColor(230, 230, 230)
+                };
                 let (x, y) = (i as f64, j as f64);
-                chart.draw_series(std::iter::once(Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], fill.filled()))).map_err(err)?;
-                let style = (FONT, 15).into_font().color(&BLACK).pos(plotters::style::text_anchor::Pos::new(plotters::style::text_anchor::HPos::Center, plotters::style::text_anchor::VPos::Center));
-                chart.draw_series(std::iter::once(Text::new(
-                    match m {
-                        Some(Median::Reached { value }) => format!("{value:.0}"),
-                        Some(Median::Above { value }) => format!("> {value:.0}"),
-                        None => "-".to_string(),
-                    },
-                    (x, y),
-                    style,
-                ))).map_err(err)?;
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)],
+                        fill.filled(),
+                    )))
+                    .map_err(err)?;
+                let style = (FONT, 15).into_font().color(&BLACK).pos(plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Center,
+                    plotters::style::text_anchor::VPos::Center,
+                ));
+                chart
+                    .draw_series(std::iter::once(Text::new(
+                        match m {
+                            Some(Median::Reached { value }) => format!("{value:.0}"),
+                            Some(Median::Above { value }) => format!("> {value:.0}"),
+                            None => "-".to_string(),
+                        },
+                        (x, y),
+                        style,
+                    )))
+                    .map_err(err)?;
             }
         }
         Ok(())
@@ -491,7 +657,16 @@ mod tests {
 
     #[test]
     fn fit_parameters_count_only_when_their_fit_is_ok() {
-        let fit = |status| Fit { form: crate::analysis::fit::Form::Exponential, status, tau: Some(10.0), beta: None, r_inf: Some(0.0), rss: Some(0.1), aicc: Some(-5.0), points: 9 };
+        let fit = |status| Fit {
+            form: crate::analysis::fit::Form::Exponential,
+            status,
+            tau: Some(10.0),
+            beta: None,
+            r_inf: Some(0.0),
+            rss: Some(0.1),
+            aicc: Some(-5.0),
+            points: 9,
+        };
         assert_eq!(ok_param(Some(&fit(FitStatus::Ok)), |f| f.tau), Some(10.0));
         for status in [FitStatus::AtBound, FitStatus::NoDecay, FitStatus::TooFewPoints] {
             assert_eq!(ok_param(Some(&fit(status)), |f| f.tau), None);

@@ -101,7 +101,9 @@ impl Plan {
     pub fn load(path: &Path) -> Result<Plan> {
         let text = Error::read_text(path)?;
         let table: toml::Table = toml::from_str(&text).map_err(|e| crate::config::syntax_error(path, &text, &e))?;
-        let sweep: SweepFile = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| Error::key(path, &e.path().to_string(), "", e.inner().message().lines().next().unwrap_or("invalid value")))?;
+        let sweep: SweepFile = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            Error::key(path, &e.path().to_string(), "", e.inner().message().lines().next().unwrap_or("invalid value"))
+        })?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let bad = |key: &str, value: &dyn std::fmt::Display, why: &str| Error::key(path, key, value, why);
         if sweep.seeds.is_empty() {
@@ -110,7 +112,8 @@ impl Plan {
         // Axes: each grid key, each zip group, then the seeds.
         let mut axes: Vec<Vec<Vec<(String, toml::Value)>>> = Vec::new();
         for (key, values) in &sweep.grid {
-            let list = values.as_array().ok_or_else(|| bad(&format!("grid.{key}"), values, "must be a list of values"))?;
+            let list =
+                values.as_array().ok_or_else(|| bad(&format!("grid.{key}"), values, "must be a list of values"))?;
             if list.is_empty() {
                 return Err(bad(&format!("grid.{key}"), &"[]", "the axis is empty"));
             }
@@ -119,18 +122,32 @@ impl Plan {
         for (i, group) in sweep.zip.iter().enumerate() {
             let mut len = None;
             for (key, values) in group {
-                let list = values.as_array().ok_or_else(|| bad(&format!("zip[{i}].{key}"), values, "must be a list of values"))?;
+                let list = values
+                    .as_array()
+                    .ok_or_else(|| bad(&format!("zip[{i}].{key}"), values, "must be a list of values"))?;
                 if list.is_empty() {
                     return Err(bad(&format!("zip[{i}].{key}"), &"[]", "the axis is empty"));
                 }
                 match len {
                     None => len = Some(list.len()),
-                    Some(n) if n != list.len() => return Err(bad(&format!("zip[{i}].{key}"), &list.len(), &format!("zipped lists must have equal lengths (the first has {n})"))),
+                    Some(n) if n != list.len() => {
+                        return Err(bad(
+                            &format!("zip[{i}].{key}"),
+                            &list.len(),
+                            &format!("zipped lists must have equal lengths (the first has {n})"),
+                        ));
+                    }
                     _ => {}
                 }
             }
             let n = len.ok_or_else(|| bad(&format!("zip[{i}]"), &"{}", "the zip group is empty"))?;
-            axes.push((0..n).map(|j| group.iter().map(|(k, v)| (k.clone(), v.as_array().expect("checked")[j].clone())).collect()).collect());
+            axes.push(
+                (0..n)
+                    .map(|j| {
+                        group.iter().map(|(k, v)| (k.clone(), v.as_array().expect("checked")[j].clone())).collect()
+                    })
+                    .collect(),
+            );
         }
         axes.push(sweep.seeds.iter().map(|&s| vec![("seed".to_string(), toml::Value::Integer(s as i64))]).collect());
         let keys: Vec<String> = axes.iter().flat_map(|a| a[0].iter().map(|(k, _)| k.clone())).collect();
@@ -158,18 +175,28 @@ impl Plan {
 
     /// The resolved config of one point of the grid.
     fn resolve(sweep: &SweepFile, dir: &Path, path: &Path, point: &[(String, toml::Value)]) -> Result<PlannedRun> {
-        let base = point.iter().find(|(k, _)| k == "base").map(|(_, v)| short(v)).or_else(|| sweep.base.clone()).ok_or_else(|| Error::key(path, "base", "(missing)", "name the experiment config the sweep varies"))?;
+        let base = point
+            .iter()
+            .find(|(k, _)| k == "base")
+            .map(|(_, v)| short(v))
+            .or_else(|| sweep.base.clone())
+            .ok_or_else(|| Error::key(path, "base", "(missing)", "name the experiment config the sweep varies"))?;
         let base_path = dir.join(&base);
-        let text = std::fs::read_to_string(&base_path).map_err(|e| Error::key(path, "base", format!("{base:?}"), format!("cannot read {}: {e}", base_path.display())))?;
-        let mut table: toml::Table = toml::from_str(&text).map_err(|e| crate::config::syntax_error(&base_path, &text, &e))?;
+        let text = std::fs::read_to_string(&base_path).map_err(|e| {
+            Error::key(path, "base", format!("{base:?}"), format!("cannot read {}: {e}", base_path.display()))
+        })?;
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| crate::config::syntax_error(&base_path, &text, &e))?;
         for (key, value) in &sweep.set {
-            set_key(&mut table, key, value.clone()).map_err(|why| Error::key(path, &format!("set.{key}"), value, why))?;
+            set_key(&mut table, key, value.clone())
+                .map_err(|why| Error::key(path, &format!("set.{key}"), value, why))?;
         }
         for (key, value) in point.iter().filter(|(k, _)| k != "base") {
             set_key(&mut table, key, value.clone()).map_err(|why| Error::key(path, key, value, why))?;
         }
         set_key(&mut table, "name", toml::Value::String(sweep.name.clone())).expect("top-level key");
-        let (mut cfg, _) = Config::from_table(table, &base_path).map_err(|e| Error::input(format!("{}: run {}: {e}", path.display(), describe(point))))?;
+        let (mut cfg, _) = Config::from_table(table, &base_path)
+            .map_err(|e| Error::input(format!("{}: run {}: {e}", path.display(), describe(point))))?;
         cfg.train.checkpoint_every = sweep.checkpoint_every.unwrap_or((cfg.train.steps / 10).max(1));
         let config = cfg.to_toml();
         let id = format!("{:016x}", crate::rng::fnv1a(config.as_bytes()))[..12].to_string();
@@ -185,7 +212,11 @@ impl Plan {
     pub fn manifest(&self) -> String {
         let mut out = format!("id,{}\n", self.keys.join(","));
         for r in &self.runs {
-            out.push_str(&format!("{},{}\n", r.id, r.point.iter().map(|(_, v)| v.replace(',', ";")).collect::<Vec<_>>().join(",")));
+            out.push_str(&format!(
+                "{},{}\n",
+                r.id,
+                r.point.iter().map(|(_, v)| v.replace(',', ";")).collect::<Vec<_>>().join(",")
+            ));
         }
         out
     }
@@ -339,9 +370,16 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<SweepOutcome> {
                     } else {
                         cmd.arg("run").arg(configs.join(format!("{}.toml", r.id))).arg("--out").arg(&dir);
                     }
-                    cmd.args(["--quiet", "--device", "cpu", "--threads", &opts.threads_per_job.to_string()]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+                    cmd.args(["--quiet", "--device", "cpu", "--threads", &opts.threads_per_job.to_string()])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::piped());
                     if !opts.quiet {
-                        eprintln!("start  {} ({})", r.id, r.point.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+                        eprintln!(
+                            "start  {} ({})",
+                            r.id,
+                            r.point.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+                        );
                     }
                     let result = cmd.output();
                     let status = match &result {
@@ -353,7 +391,9 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<SweepOutcome> {
                         }
                         Ok(_) if RunStatus::of(&dir) == RunStatus::Diverged => RunStatus::Diverged,
                         // Another process took the run between our look and the child's start.
-                        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("in use by another ebb process") => RunStatus::Running,
+                        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("in use by another ebb process") => {
+                            RunStatus::Running
+                        }
                         Ok(out) => {
                             let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
                             let _ = std::fs::create_dir_all(&dir);

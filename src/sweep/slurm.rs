@@ -80,15 +80,22 @@ fn quote(path: &Path) -> String {
 /// `#SBATCH` parser treat specially.
 fn reachable(what: &str, path: &Path) -> Result<PathBuf> {
     nameable(what, path)?;
-    let abs = path.canonicalize().map_err(|e| Error::input(format!("{what} {}: the batch script cannot reach it: {e}", path.display())))?;
+    let abs = path
+        .canonicalize()
+        .map_err(|e| Error::input(format!("{what} {}: the batch script cannot reach it: {e}", path.display())))?;
     nameable(what, &abs)?;
     Ok(abs)
 }
 
 fn nameable(what: &str, path: &Path) -> Result<()> {
-    let abs = std::path::absolute(path).map_err(|e| Error::input(format!("{what} {}: the batch script cannot reach it: {e}", path.display())))?;
-    match abs.to_string_lossy().chars().find(|c| c.is_whitespace() || matches!(c, '%' | '\'' | '"' | '\\' | '$' | '`')) {
-        Some(c) => Err(Error::input(format!("{what} {}: the batch script cannot name a path containing {c:?}; choose another directory", abs.display()))),
+    let abs = std::path::absolute(path)
+        .map_err(|e| Error::input(format!("{what} {}: the batch script cannot reach it: {e}", path.display())))?;
+    match abs.to_string_lossy().chars().find(|c| c.is_whitespace() || matches!(c, '%' | '\'' | '"' | '\\' | '$' | '`'))
+    {
+        Some(c) => Err(Error::input(format!(
+            "{what} {}: the batch script cannot name a path containing {c:?}; choose another directory",
+            abs.display()
+        ))),
         None => Ok(()),
     }
 }
@@ -99,14 +106,29 @@ fn on_path(name: &str) -> Option<PathBuf> {
 }
 
 /// The batch script for `n` array tasks over the sweep in `out`.
-fn batch_script(plan: &Plan, sweep_file: &Path, out: &Path, exe: &Path, n: usize, indices: &[usize], opts: &SlurmOptions) -> String {
+fn batch_script(
+    plan: &Plan,
+    sweep_file: &Path,
+    out: &Path,
+    exe: &Path,
+    n: usize,
+    indices: &[usize],
+    opts: &SlurmOptions,
+) -> String {
     let mut s = String::new();
     s.push_str("#!/bin/bash\n");
-    s.push_str(&format!("# ebb sweep: {} runs as a Slurm job array of {n} tasks, written by `ebb sweep --slurm`.\n", plan.runs.len()));
+    s.push_str(&format!(
+        "# ebb sweep: {} runs as a Slurm job array of {n} tasks, written by `ebb sweep --slurm`.\n",
+        plan.runs.len()
+    ));
     s.push_str(&format!("# Array task i runs shard i+1/{n} of the plan: finished runs are skipped and interrupted\n"));
     s.push_str("# ones resume from their checkpoints, so submitting again is always safe.\n");
     s.push_str(&format!("# Submit by hand: sbatch {}\n", quote(&out.join("slurm/sweep.sbatch"))));
-    let job_name: String = plan.name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' }).collect();
+    let job_name: String = plan
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+        .collect();
     s.push_str(&format!("#SBATCH --job-name=ebb-{job_name}\n"));
     let parallel = opts.array_parallel.map(|p| format!("%{p}")).unwrap_or_default();
     s.push_str(&format!("#SBATCH --array={}{parallel}\n", array_spec(indices)));
@@ -138,8 +160,16 @@ fn batch_script(plan: &Plan, sweep_file: &Path, out: &Path, exe: &Path, n: usize
 /// Prepares `out` (`super::prepare`) once the options and paths are known
 /// to be good. Any refusal is an error naming its cause, with nothing submitted.
 pub fn submit(plan: &Plan, sweep_file: &Path, out: &Path, opts: &SlurmOptions) -> Result<Submission> {
-    let sbatch = if opts.dry_run { None } else { Some(on_path("sbatch").ok_or_else(|| Error::input("--slurm: no `sbatch` on the PATH; is this a Slurm login node? (--dry-run writes the batch script without it)"))?) };
-    for (flag, v) in [("--cpus-per-task", Some(opts.cpus_per_task)), ("--array-parallel", opts.array_parallel), ("--array-tasks", opts.array_tasks)] {
+    let sbatch = if opts.dry_run {
+        None
+    } else {
+        Some(on_path("sbatch").ok_or_else(|| Error::input("--slurm: no `sbatch` on the PATH; is this a Slurm login node? (--dry-run writes the batch script without it)"))?)
+    };
+    for (flag, v) in [
+        ("--cpus-per-task", Some(opts.cpus_per_task)),
+        ("--array-parallel", opts.array_parallel),
+        ("--array-tasks", opts.array_tasks),
+    ] {
         if v == Some(0) {
             return Err(Error::input(format!("{flag} 0: must be at least 1")));
         }
@@ -168,19 +198,25 @@ pub fn submit(plan: &Plan, sweep_file: &Path, out: &Path, opts: &SlurmOptions) -
     let dir = out.join("slurm");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let script = dir.join("sweep.sbatch");
-    let mut submission = Submission { script: script.clone(), indices, array_tasks: n, missing_runs, running_runs, job: None };
+    let mut submission =
+        Submission { script: script.clone(), indices, array_tasks: n, missing_runs, running_runs, job: None };
     if submission.indices.is_empty() {
         return Ok(submission);
     }
-    crate::run_dir::write_atomic(&script, batch_script(plan, &sweep_file, &out, &exe, n, &submission.indices, opts).as_bytes())?;
+    crate::run_dir::write_atomic(
+        &script,
+        batch_script(plan, &sweep_file, &out, &exe, n, &submission.indices, opts).as_bytes(),
+    )?;
     let Some(sbatch) = sbatch else { return Ok(submission) };
     // An earlier array still queued would run the same shards again: wait for it.
-    if let Some(job) = last_job(&out) {
-        if let Ok(states) = queued_tasks(&job) {
-            if !states.is_empty() {
-                return Err(Error::input(format!("--slurm: job {job} of this sweep is still in the queue ({}); wait for it to end or `scancel {job}`, then submit again", describe_states(&states))));
-            }
-        }
+    if let Some(job) = last_job(&out)
+        && let Ok(states) = queued_tasks(&job)
+        && !states.is_empty()
+    {
+        return Err(Error::input(format!(
+            "--slurm: job {job} of this sweep is still in the queue ({}); wait for it to end or `scancel {job}`, then submit again",
+            describe_states(&states)
+        )));
     }
 
     // `--parsable` prints "<job>[;cluster]" as soon as the job is queued;
@@ -190,13 +226,22 @@ pub fn submit(plan: &Plan, sweep_file: &Path, out: &Path, opts: &SlurmOptions) -
     if opts.wait {
         cmd.arg("--wait");
     }
-    let mut child = cmd.arg(&script).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| Error::input(format!("--slurm: cannot start {}: {e}", sbatch.display())))?;
+    let mut child = cmd
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::input(format!("--slurm: cannot start {}: {e}", sbatch.display())))?;
     let mut first = String::new();
     let _ = BufReader::new(child.stdout.as_mut().expect("piped")).read_line(&mut first);
     let job = first.trim().split(';').next().unwrap_or("").to_string();
     if !job.is_empty() {
         if opts.wait {
-            eprintln!("submitted job {job} (array {} of {n} tasks); waiting for it to end", array_spec(&submission.indices));
+            eprintln!(
+                "submitted job {job} (array {} of {n} tasks); waiting for it to end",
+                array_spec(&submission.indices)
+            );
         }
         let row = format!("{job},{},{},{n}\n", unix_seconds(), array_spec(&submission.indices).replace(',', " "));
         append(&dir.join("jobs.csv"), "job,submitted_unix,array,array_tasks\n", &row)?;
@@ -208,7 +253,7 @@ pub fn submit(plan: &Plan, sweep_file: &Path, out: &Path, opts: &SlurmOptions) -
     let mut err = String::new();
     let _ = child.stderr.as_mut().expect("piped").read_to_string(&mut err);
     if job.is_empty() {
-        let why = err.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or("no job id printed");
+        let why = err.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("no job id printed");
         return Err(Error::input(format!("sbatch refused the job ({}): {why}", script.display())));
     }
     submission.job = Some(job);
@@ -236,8 +281,16 @@ pub struct SweepStatus {
 impl SweepStatus {
     pub fn read(out: &Path) -> Result<SweepStatus> {
         let manifest = out.join("manifest.csv");
-        let text = std::fs::read_to_string(&manifest).map_err(|e| Error::input(format!("{}: not a sweep directory (cannot read manifest.csv: {e})", out.display())))?;
-        let runs = text.lines().skip(1).filter_map(|l| l.split(',').next()).filter(|id| !id.is_empty()).map(|id| (id.to_string(), RunStatus::of(&out.join(id)))).collect();
+        let text = std::fs::read_to_string(&manifest).map_err(|e| {
+            Error::input(format!("{}: not a sweep directory (cannot read manifest.csv: {e})", out.display()))
+        })?;
+        let runs = text
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split(',').next())
+            .filter(|id| !id.is_empty())
+            .map(|id| (id.to_string(), RunStatus::of(&out.join(id))))
+            .collect();
         Ok(SweepStatus { runs, last_job: last_job(out) })
     }
 
@@ -253,11 +306,22 @@ impl SweepStatus {
     /// The report `ebb status` prints.
     pub fn describe(&self, out: &Path) -> String {
         let mut s = format!("sweep {}: {} runs", out.display(), self.runs.len());
-        for status in [RunStatus::Finished, RunStatus::Running, RunStatus::Interrupted, RunStatus::Failed, RunStatus::Diverged, RunStatus::Pending] {
+        for status in [
+            RunStatus::Finished,
+            RunStatus::Running,
+            RunStatus::Interrupted,
+            RunStatus::Failed,
+            RunStatus::Diverged,
+            RunStatus::Pending,
+        ] {
             s.push_str(&format!("\n  {:<12} {}", status.name(), self.count(status)));
         }
         if let Some(job) = &self.last_job {
-            s.push_str(&format!("\nlast Slurm job: {job}, {}; array task output in {}", queue_state(job), out.join("slurm").display()));
+            s.push_str(&format!(
+                "\nlast Slurm job: {job}, {}; array task output in {}",
+                queue_state(job),
+                out.join("slurm").display()
+            ));
         }
         for (id, _) in self.runs.iter().filter(|(_, st)| *st == RunStatus::Failed) {
             let why = std::fs::read_to_string(out.join(id).join("failed.txt")).unwrap_or_default();
@@ -274,7 +338,10 @@ fn queued_tasks(job: &str) -> std::result::Result<Vec<(String, usize)>, String> 
     if on_path("squeue").is_none() {
         return Err("no squeue here".to_string());
     }
-    let out = Command::new("squeue").args(["-h", "-r", "-j", job, "-o", "%T"]).output().map_err(|e| format!("squeue does not start: {e}"))?;
+    let out = Command::new("squeue")
+        .args(["-h", "-r", "-j", job, "-o", "%T"])
+        .output()
+        .map_err(|e| format!("squeue does not start: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         // A job purged from the controller's memory is an "invalid job id".
@@ -284,7 +351,8 @@ fn queued_tasks(job: &str) -> std::result::Result<Vec<(String, usize)>, String> 
         return Err(format!("squeue: {}", err.lines().next().unwrap_or("failed").trim()));
     }
     let mut states: Vec<(String, usize)> = Vec::new();
-    for state in String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_lowercase()).filter(|l| !l.is_empty()) {
+    for state in String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_lowercase()).filter(|l| !l.is_empty())
+    {
         match states.iter_mut().find(|(s, _)| *s == state) {
             Some((_, n)) => *n += 1,
             None => states.push((state, 1)),
@@ -308,7 +376,9 @@ fn queue_state(job: &str) -> String {
 
 /// The job id of the newest submission recorded in `out`.
 fn last_job(out: &Path) -> Option<String> {
-    std::fs::read_to_string(out.join("slurm/jobs.csv")).ok().and_then(|t| t.lines().skip(1).last().and_then(|l| l.split(',').next()).map(str::to_string))
+    std::fs::read_to_string(out.join("slurm/jobs.csv"))
+        .ok()
+        .and_then(|t| t.lines().skip(1).last().and_then(|l| l.split(',').next()).map(str::to_string))
 }
 
 #[cfg(test)]
@@ -325,10 +395,14 @@ mod tests {
     #[test]
     fn run_k_is_in_the_shard_of_its_array_task() {
         let run = |i: usize| super::super::PlannedRun { id: format!("r{i}"), point: vec![], config: String::new() };
-        let plan = Plan { name: "t".into(), keys: vec![], runs: (0..20).map(run).collect(), report: Default::default() };
+        let plan =
+            Plan { name: "t".into(), keys: vec![], runs: (0..20).map(run).collect(), report: Default::default() };
         for n in 1..7 {
             for k in 0..20 {
-                assert!(plan.shard(task_of_run(k, n) + 1, n).iter().any(|r| r.id == format!("r{k}")), "run {k}, {n} tasks");
+                assert!(
+                    plan.shard(task_of_run(k, n) + 1, n).iter().any(|r| r.id == format!("r{k}")),
+                    "run {k}, {n} tasks"
+                );
             }
         }
     }

@@ -119,7 +119,8 @@ pub enum FormName {
     Tally,
 }
 
-pub const FORM_NAMES: [&str; 10] = ["digits", "words", "zu", "ko", "prefix", "reversed", "base7", "binary", "roman", "tally"];
+pub const FORM_NAMES: [&str; 10] =
+    ["digits", "words", "zu", "ko", "prefix", "reversed", "base7", "binary", "roman", "tally"];
 
 /// The invented languages' digit words and operator words.
 pub const ZU_DIGITS: [&str; 10] = ["zu", "ka", "mi", "ro", "te", "pa", "lu", "ni", "so", "ve"];
@@ -132,7 +133,26 @@ pub const KO_EQUALS: &str = "tor";
 pub const KO_AND: &str = "lo";
 
 const ONES: [&str; 20] = [
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
 ];
 const TENS: [&str; 10] = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"];
 const WORD_OPS: [&str; 3] = ["plus", "minus", "times"];
@@ -154,14 +174,21 @@ pub struct Form {
 
 impl Form {
     pub fn new(name: FormName, vocab: &mut Vocab) -> Form {
-        let digit_tokens = |base: usize, vocab: &mut Vocab| (0..base).map(|d| vocab.intern(&d.to_string())).collect::<Vec<_>>();
+        let digit_tokens =
+            |base: usize, vocab: &mut Vocab| (0..base).map(|d| vocab.intern(&d.to_string())).collect::<Vec<_>>();
         let symbol_ops = |vocab: &mut Vocab| [vocab.intern("+"), vocab.intern("-"), vocab.intern("*")];
         let (digits, ops, equals) = match name {
-            FormName::Digits | FormName::Prefix | FormName::Reversed => (digit_tokens(10, vocab), symbol_ops(vocab), vocab.intern("=")),
+            FormName::Digits | FormName::Prefix | FormName::Reversed => {
+                (digit_tokens(10, vocab), symbol_ops(vocab), vocab.intern("="))
+            }
             FormName::Base7 => (digit_tokens(7, vocab), symbol_ops(vocab), vocab.intern("=")),
             FormName::Binary => (digit_tokens(2, vocab), symbol_ops(vocab), vocab.intern("=")),
-            FormName::Zu => (vocab.intern_all(&ZU_DIGITS), vocab.intern_all(&ZU_OPS).try_into().unwrap(), vocab.intern(ZU_EQUALS)),
-            FormName::Ko => (vocab.intern_all(&KO_DIGITS), vocab.intern_all(&KO_OPS).try_into().unwrap(), vocab.intern(KO_EQUALS)),
+            FormName::Zu => {
+                (vocab.intern_all(&ZU_DIGITS), vocab.intern_all(&ZU_OPS).try_into().unwrap(), vocab.intern(ZU_EQUALS))
+            }
+            FormName::Ko => {
+                (vocab.intern_all(&KO_DIGITS), vocab.intern_all(&KO_OPS).try_into().unwrap(), vocab.intern(KO_EQUALS))
+            }
             FormName::Words => (Vec::new(), vocab.intern_all(&WORD_OPS).try_into().unwrap(), vocab.intern("equals")),
             FormName::Roman | FormName::Tally => (Vec::new(), symbol_ops(vocab), vocab.intern("=")),
         };
@@ -210,7 +237,7 @@ impl Form {
         if n >= 1000 {
             self.english(n / 1000, out);
             out.push(thousand);
-            if n % 1000 != 0 {
+            if !n.is_multiple_of(1000) {
                 self.english(n % 1000, out);
             }
             return;
@@ -218,7 +245,7 @@ impl Form {
         if n >= 100 {
             out.push(ones[(n / 100) as usize]);
             out.push(hundred);
-            if n % 100 == 0 {
+            if n.is_multiple_of(100) {
                 return;
             }
         }
@@ -227,7 +254,7 @@ impl Form {
             out.push(ones[r as usize]);
         } else {
             out.push(tens[(r / 10) as usize]);
-            if r % 10 != 0 {
+            if !r.is_multiple_of(10) {
                 out.push(ones[(r % 10) as usize]);
             }
         }
@@ -405,7 +432,11 @@ fn default_ops() -> Vec<Op> {
 
 fn check_form(form: FormName, space: &ProblemSpace, key: &str, ctx: &ParamContext) -> Result<()> {
     if form == FormName::Roman && space.max_result() > 3999 {
-        return Err(ctx.error(key, "\"roman\"", format!("roman numerals stop at 3999; these operands reach {}", space.max_result())));
+        return Err(ctx.error(
+            key,
+            "\"roman\"",
+            format!("roman numerals stop at 3999; these operands reach {}", space.max_result()),
+        ));
     }
     Ok(())
 }
@@ -425,7 +456,12 @@ fn problem_space(operands: u64, ops: Vec<Op>, ctx: &ParamContext) -> Result<Prob
     Ok(ProblemSpace { operands, ops })
 }
 
-pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: &ParamContext) -> Result<Box<dyn Family>> {
+pub(super) fn build(
+    family: &str,
+    params: &toml::Table,
+    vocab: &mut Vocab,
+    ctx: &ParamContext,
+) -> Result<Box<dyn Family>> {
     if family == "arithmetic" {
         let p: ArithmeticParams = ctx.parse(params)?;
         let space = problem_space(p.operands, p.ops, ctx)?;

@@ -174,10 +174,15 @@ fn default_digits() -> u32 {
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
-pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: &ParamContext) -> Result<Box<dyn Family>> {
+pub(super) fn build(
+    family: &str,
+    params: &toml::Table,
+    vocab: &mut Vocab,
+    ctx: &ParamContext,
+) -> Result<Box<dyn Family>> {
     if family == "modular" {
         let p: ModularParams = ctx.parse(params)?;
         if !(2..=1000).contains(&p.modulus) {
@@ -195,5 +200,11 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
         return Err(ctx.error("digits", p.digits, "must be between 1 and 9"));
     }
     let digit_tokens = (0..10).map(|d| vocab.intern(&d.to_string())).collect();
-    Ok(Box::new(Addition { digits: p.digits, reverse_answer: p.reverse_answer, digit_tokens, plus: vocab.intern("+"), equals: vocab.intern("=") }))
+    Ok(Box::new(Addition {
+        digits: p.digits,
+        reverse_answer: p.reverse_answer,
+        digit_tokens,
+        plus: vocab.intern("+"),
+        equals: vocab.intern("="),
+    }))
 }

@@ -247,18 +247,42 @@ impl Suite {
         let mut tasks = Vec::with_capacity(spec.tasks.len());
         for t in &spec.tasks {
             if tasks.iter().any(|x: &Task| x.id == t.id) {
-                return Err(Error::key(file, &format!("tasks.{}.id", t.id), format!("{:?}", t.id), "duplicate task id"));
+                return Err(Error::key(
+                    file,
+                    &format!("tasks.{}.id", t.id),
+                    format!("{:?}", t.id),
+                    "duplicate task id",
+                ));
             }
             let family = build_family(t, &mut vocab, file)?;
             let tag = spec.tags.then(|| vocab.intern(&format!("<{}>", t.id)));
-            let group = t.split_group.clone().or_else(|| family.split_group().map(str::to_string)).unwrap_or_else(|| t.id.clone());
+            let group = t
+                .split_group
+                .clone()
+                .or_else(|| family.split_group().map(str::to_string))
+                .unwrap_or_else(|| t.id.clone());
             let split_seed = rng::stream_key(seed, "split", rng::purpose_id(&group));
             let chance = chance_level(family.as_ref());
-            let mut task = Task { id: t.id.clone(), family_name: t.family.clone(), family, tag, split_seed, eval_fraction: t.eval_fraction, train_set: None, chance };
+            let mut task = Task {
+                id: t.id.clone(),
+                family_name: t.family.clone(),
+                family,
+                tag,
+                split_seed,
+                eval_fraction: t.eval_fraction,
+                train_set: None,
+                chance,
+            };
             task.train_set = spec::train_set(&task, t, seed, file)?;
             tasks.push(task);
         }
-        Ok(Suite { name: spec.name.clone(), vocab, tasks, weights: spec.tasks.iter().map(|t| t.weight).collect(), eval_sets: Vec::new() })
+        Ok(Suite {
+            name: spec.name.clone(),
+            vocab,
+            tasks,
+            weights: spec.tasks.iter().map(|t| t.weight).collect(),
+            eval_sets: Vec::new(),
+        })
     }
 
     /// Chooses up to `n` held-out problems of every task (`Task::eval_problems`).
@@ -277,8 +301,14 @@ impl Suite {
 
 /// One line per family for `ebb tasks list`.
 pub const FAMILIES: &[(&str, &str)] = &[
-    ("affine", "suite A: x → mul·x + add (mod modulus), fixed-width numbers in their own digits; continue the sequence"),
-    ("phrase", "suite A: a phrase of `period` words (\"brink bronk poot toot\"), new in every problem, repeated; continue it"),
+    (
+        "affine",
+        "suite A: x → mul·x + add (mod modulus), fixed-width numbers in their own digits; continue the sequence",
+    ),
+    (
+        "phrase",
+        "suite A: a phrase of `period` words (\"brink bronk poot toot\"), new in every problem, repeated; continue it",
+    ),
     ("count", "suite A: counting in base k from a random start; write the next numbers"),
     ("pattern", "a fixed periodic symbol pattern; continue it"),
     ("fibonacci", "Fibonacci mod m in fixed-width numbers from two terms; continue it"),
@@ -290,7 +320,10 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("evens", "suite A: every other letter of a string, from the first (`I · J · K ⇢`)"),
     ("stutter", "suite A: every symbol of a string twice (`twice ♠ ~ ♣ !`)"),
     ("swap", "suite A: a string's letters swapped in adjacent pairs (`⌈ а б в г ⌋ ⇄`)"),
-    ("arithmetic", "suite B: \"a op b = c\" in one surface form (digits, words, zu, ko, prefix, reversed, base7, binary, roman, tally)"),
+    (
+        "arithmetic",
+        "suite B: \"a op b = c\" in one surface form (digits, words, zu, ko, prefix, reversed, base7, binary, roman, tally)",
+    ),
     ("translate", "suite C/D: a statement in one surface form → the same statement in another"),
     ("modular", "a ∘ b mod p (add, sub, mul, div), the answer one token"),
     ("addition", "n-digit addition, the answer's digits plain or reversed"),
@@ -299,9 +332,15 @@ pub const FAMILIES: &[(&str, &str)] = &[
 fn build_family(t: &TaskSpec, vocab: &mut Vocab, file: &std::path::Path) -> Result<Box<dyn Family>> {
     let ctx = spec::ParamContext { file, task: &t.id };
     match t.family.as_str() {
-        "affine" | "phrase" | "count" | "pattern" | "fibonacci" | "copy" | "reverse" | "sort" | "brackets" | "cipher" | "evens" | "stutter" | "swap" => sequences::build(&t.family, &t.params, vocab, &ctx),
+        "affine" | "phrase" | "count" | "pattern" | "fibonacci" | "copy" | "reverse" | "sort" | "brackets"
+        | "cipher" | "evens" | "stutter" | "swap" => sequences::build(&t.family, &t.params, vocab, &ctx),
         "arithmetic" | "translate" => arithmetic::build(&t.family, &t.params, vocab, &ctx),
         "modular" | "addition" => classic::build(&t.family, &t.params, vocab, &ctx),
-        other => Err(Error::key(file, &format!("tasks.{}.family", t.id), format!("{other:?}"), format!("unknown task family (known: {})", FAMILIES.iter().map(|f| f.0).collect::<Vec<_>>().join(", ")))),
+        other => Err(Error::key(
+            file,
+            &format!("tasks.{}.family", t.id),
+            format!("{other:?}"),
+            format!("unknown task family (known: {})", FAMILIES.iter().map(|f| f.0).collect::<Vec<_>>().join(", ")),
+        )),
     }
 }

@@ -30,7 +30,11 @@ impl Lengths {
 
     fn check(self, ctx: &ParamContext, key: &str, least: usize) -> Result<()> {
         if self.min < least || self.max < self.min || self.max > 64 {
-            return Err(ctx.error(key, format!("[{}, {}]", self.min, self.max), format!("must be [min, max] with {least} ≤ min ≤ max ≤ 64")));
+            return Err(ctx.error(
+                key,
+                format!("[{}, {}]", self.min, self.max),
+                format!("must be [min, max] with {least} ≤ min ≤ max ≤ 64"),
+            ));
         }
         Ok(())
     }
@@ -399,7 +403,10 @@ impl Family for Strings {
             StringOp::Stutter => 2 * self.lengths.max,
             _ => self.lengths.max,
         };
-        self.before.len() + self.after.len() + if self.between.is_some() { 2 * self.lengths.max - 1 } else { self.lengths.max } + answer
+        self.before.len()
+            + self.after.len()
+            + if self.between.is_some() { 2 * self.lengths.max - 1 } else { self.lengths.max }
+            + answer
     }
 }
 
@@ -434,7 +441,14 @@ const CLOSE: u8 = u8::MAX;
 
 impl Brackets {
     fn enumerate(types: u8, lens: Lengths) -> (Vec<u8>, Vec<u32>) {
-        fn walk(prefix: &mut Vec<u8>, stack: &mut Vec<u8>, types: u8, lens: Lengths, moves: &mut Vec<u8>, starts: &mut Vec<u32>) {
+        fn walk(
+            prefix: &mut Vec<u8>,
+            stack: &mut Vec<u8>,
+            types: u8,
+            lens: Lengths,
+            moves: &mut Vec<u8>,
+            starts: &mut Vec<u32>,
+        ) {
             if prefix.len() >= lens.min && !stack.is_empty() {
                 moves.extend_from_slice(prefix);
                 starts.push(moves.len() as u32);
@@ -544,7 +558,12 @@ struct PhraseParams {
 impl Default for PhraseParams {
     fn default() -> Self {
         let words = ["brink", "bronk", "poot", "toot", "wug", "dax", "blick", "fep"];
-        PhraseParams { words: words.iter().map(|w| w.to_string()).collect(), period: 4, prompt_len: Lengths { min: 4, max: 7 }, answer_len: 4 }
+        PhraseParams {
+            words: words.iter().map(|w| w.to_string()).collect(),
+            period: 4,
+            prompt_len: Lengths { min: 4, max: 7 },
+            answer_len: 4,
+        }
     }
 }
 
@@ -575,7 +594,12 @@ fn letters(range: std::ops::RangeInclusive<char>) -> Vec<String> {
     range.map(|c| c.to_string()).collect()
 }
 
-pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: &ParamContext) -> Result<Box<dyn Family>> {
+pub(super) fn build(
+    family: &str,
+    params: &toml::Table,
+    vocab: &mut Vocab,
+    ctx: &ParamContext,
+) -> Result<Box<dyn Family>> {
     Ok(match family {
         "affine" | "fibonacci" | "count" => {
             let p: NumberParams = ctx.parse(params)?;
@@ -586,8 +610,18 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
             }
             // (default base, default modulus or none, default prompt terms, token prefix)
             let (base, modulus, prompt, prefix) = match family {
-                "affine" => (p.base.unwrap_or(10), Some(p.modulus.unwrap_or(1000)), p.prompt_terms.unwrap_or(Lengths { min: 1, max: 3 }), "x"),
-                "fibonacci" => (p.base.unwrap_or(10), Some(p.modulus.unwrap_or(100)), p.prompt_terms.unwrap_or(Lengths { min: 2, max: 4 }), "f"),
+                "affine" => (
+                    p.base.unwrap_or(10),
+                    Some(p.modulus.unwrap_or(1000)),
+                    p.prompt_terms.unwrap_or(Lengths { min: 1, max: 3 }),
+                    "x",
+                ),
+                "fibonacci" => (
+                    p.base.unwrap_or(10),
+                    Some(p.modulus.unwrap_or(100)),
+                    p.prompt_terms.unwrap_or(Lengths { min: 2, max: 4 }),
+                    "f",
+                ),
                 _ => (p.base.unwrap_or(3), None, p.prompt_terms.unwrap_or(Lengths { min: 2, max: 4 }), "c"),
             };
             if !(2..=16).contains(&base) {
@@ -597,7 +631,11 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
                 return Err(ctx.error("modulus", p.modulus.unwrap_or(0), "counting takes no modulus"));
             }
             if family != "count" && p.starts.is_some() {
-                return Err(ctx.error("starts", p.starts.unwrap_or(0), "only count takes starts (the others start anywhere below the modulus)"));
+                return Err(ctx.error(
+                    "starts",
+                    p.starts.unwrap_or(0),
+                    "only count takes starts (the others start anywhere below the modulus)",
+                ));
             }
             prompt.check(ctx, "prompt_terms", if family == "fibonacci" { 2 } else { 1 })?;
             at_least(ctx, "answer_terms", p.answer_terms as u64, 1)?;
@@ -615,9 +653,15 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
                         return Err(ctx.error("modulus", m, "must be between 2 and 10^6"));
                     }
                     // Fixed-width terms: as many digits as modulus − 1 needs.
-                    let width = std::iter::successors(Some(m - 1), |x| Some(x / base)).take_while(|&x| x > 0).count().max(1);
+                    let width =
+                        std::iter::successors(Some(m - 1), |x| Some(x / base)).take_while(|&x| x > 0).count().max(1);
                     if family == "affine" {
-                        (Rule::Affine { mul: p.mul.unwrap_or(2) % m, add: p.add.unwrap_or(1) % m, modulus: m }, m, Some(width), None)
+                        (
+                            Rule::Affine { mul: p.mul.unwrap_or(2) % m, add: p.add.unwrap_or(1) % m, modulus: m },
+                            m,
+                            Some(width),
+                            None,
+                        )
                     } else {
                         (Rule::Fibonacci { modulus: m }, m * m, Some(width), Some(vocab.intern("f,")))
                     }
@@ -637,11 +681,21 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
             }
             p.prompt_len.check(ctx, "prompt_len", p.period)?;
             at_least(ctx, "answer_len", p.answer_len as u64, 1)?;
-            Box::new(Phrase { words: vocab.intern_all(&p.words), period: p.period, marker: vocab.intern("…"), prompt: p.prompt_len, answer: p.answer_len })
+            Box::new(Phrase {
+                words: vocab.intern_all(&p.words),
+                period: p.period,
+                marker: vocab.intern("…"),
+                prompt: p.prompt_len,
+                answer: p.answer_len,
+            })
         }
         "pattern" => {
             let mut table = params.clone();
-            table.entry("cycle").or_insert_with(|| toml::Value::Array(["◆", "◆", "◇", "●", "◆", "○"].iter().map(|s| toml::Value::String(s.to_string())).collect()));
+            table.entry("cycle").or_insert_with(|| {
+                toml::Value::Array(
+                    ["◆", "◆", "◇", "●", "◆", "○"].iter().map(|s| toml::Value::String(s.to_string())).collect(),
+                )
+            });
             table.entry("prompt_len").or_insert_with(|| toml::Value::Array(vec![2.into(), 8.into()]));
             table.entry("answer_len").or_insert_with(|| 4.into());
             let p: CycleParams = ctx.parse(&table)?;
@@ -650,21 +704,35 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
             }
             p.prompt_len.check(ctx, "prompt_len", 1)?;
             at_least(ctx, "answer_len", p.answer_len as u64, 1)?;
-            Box::new(Cycle { cycle: vocab.intern_all(&p.cycle), marker: vocab.intern("▷"), prompt: p.prompt_len, answer: p.answer_len })
+            Box::new(Cycle {
+                cycle: vocab.intern_all(&p.cycle),
+                marker: vocab.intern("▷"),
+                prompt: p.prompt_len,
+                answer: p.answer_len,
+            })
         }
         "copy" | "reverse" | "sort" | "cipher" | "evens" | "stutter" | "swap" => {
             // Each family its own letters and template: (letters, op, tokens before, between and after the string).
-            let (default_letters, op, before, between, after): (Vec<String>, StringOp, &[&str], Option<&str>, &[&str]) = match family {
-                "copy" => (letters('a'..='h'), StringOp::Copy, &[], None, &["copy"]),
-                "reverse" => (letters('i'..='p'), StringOp::Reverse, &["⟪"], None, &["⟫"]),
-                "sort" => (letters('q'..='x'), StringOp::Sort, &["sort"], None, &[";"]),
-                "cipher" => (letters('A'..='H'), StringOp::Cipher, &[], None, &["encode"]),
-                "evens" => (letters('I'..='P'), StringOp::Evens, &[], Some("·"), &["⇢"]),
-                "swap" => (letters('а'..='з'), StringOp::Swap, &["⌈"], None, &["⌋", "⇄"]),
-                _ => (["♠", "♣", "♥", "♦", "♤", "♧", "♡", "♢"].iter().map(|s| s.to_string()).collect(), StringOp::Stutter, &["twice"], Some("~"), &["!"]),
-            };
+            let (default_letters, op, before, between, after): (Vec<String>, StringOp, &[&str], Option<&str>, &[&str]) =
+                match family {
+                    "copy" => (letters('a'..='h'), StringOp::Copy, &[], None, &["copy"]),
+                    "reverse" => (letters('i'..='p'), StringOp::Reverse, &["⟪"], None, &["⟫"]),
+                    "sort" => (letters('q'..='x'), StringOp::Sort, &["sort"], None, &[";"]),
+                    "cipher" => (letters('A'..='H'), StringOp::Cipher, &[], None, &["encode"]),
+                    "evens" => (letters('I'..='P'), StringOp::Evens, &[], Some("·"), &["⇢"]),
+                    "swap" => (letters('а'..='з'), StringOp::Swap, &["⌈"], None, &["⌋", "⇄"]),
+                    _ => (
+                        ["♠", "♣", "♥", "♦", "♤", "♧", "♡", "♢"].iter().map(|s| s.to_string()).collect(),
+                        StringOp::Stutter,
+                        &["twice"],
+                        Some("~"),
+                        &["!"],
+                    ),
+                };
             let mut table = params.clone();
-            table.entry("letters").or_insert_with(|| toml::Value::Array(default_letters.into_iter().map(toml::Value::String).collect()));
+            table
+                .entry("letters")
+                .or_insert_with(|| toml::Value::Array(default_letters.into_iter().map(toml::Value::String).collect()));
             table.entry("length").or_insert_with(|| toml::Value::Array(vec![3.into(), 6.into()]));
             table.entry("key").or_insert_with(|| 7.into());
             let p: StringParams = ctx.parse(&table)?;
@@ -674,7 +742,11 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
             p.length.check(ctx, "length", if op == StringOp::Evens { 2 } else { 1 })?;
             let space: f64 = (p.length.min..=p.length.max).map(|l| (p.letters.len() as f64).powi(l as i32)).sum();
             if space > 1e15 {
-                return Err(ctx.error("length", format!("[{}, {}]", p.length.min, p.length.max), "too many strings (more than 10^15)"));
+                return Err(ctx.error(
+                    "length",
+                    format!("[{}, {}]", p.length.min, p.length.max),
+                    "too many strings (more than 10^15)",
+                ));
             }
             let letter_ids = vocab.intern_all(&p.letters);
             let outputs = match op {
@@ -682,7 +754,11 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
                     // A seeded permutation of Greek letters, one per plain letter.
                     let greek: Vec<String> = ('α'..='ω').filter(|&c| c != 'ς').map(|c| c.to_string()).collect();
                     if p.letters.len() > greek.len() {
-                        return Err(ctx.error("letters", p.letters.len(), format!("the cipher has {} symbols", greek.len())));
+                        return Err(ctx.error(
+                            "letters",
+                            p.letters.len(),
+                            format!("the cipher has {} symbols", greek.len()),
+                        ));
                     }
                     let mut order: Vec<usize> = (0..greek.len()).collect();
                     super::shuffle(&mut order, &mut crate::rng::stream(p.key, "cipher", 0));
@@ -690,7 +766,15 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
                 }
                 _ => letter_ids.clone(),
             };
-            Box::new(Strings { letters: letter_ids, outputs, before: vocab.intern_all(before), between: between.map(|t| vocab.intern(t)), after: vocab.intern_all(after), lengths: p.length, op })
+            Box::new(Strings {
+                letters: letter_ids,
+                outputs,
+                before: vocab.intern_all(before),
+                between: between.map(|t| vocab.intern(t)),
+                after: vocab.intern_all(after),
+                lengths: p.length,
+                op,
+            })
         }
         "brackets" => {
             let p: BracketParams = ctx.parse(params)?;
@@ -699,7 +783,11 @@ pub(super) fn build(family: &str, params: &toml::Table, vocab: &mut Vocab, ctx: 
             }
             p.prompt_len.check(ctx, "prompt_len", 1)?;
             if p.prompt_len.max > 12 {
-                return Err(ctx.error("prompt_len", format!("[{}, {}]", p.prompt_len.min, p.prompt_len.max), "max must be at most 12 (every prefix is enumerated)"));
+                return Err(ctx.error(
+                    "prompt_len",
+                    format!("[{}, {}]", p.prompt_len.min, p.prompt_len.max),
+                    "max must be at most 12 (every prefix is enumerated)",
+                ));
             }
             let pairs = [("(", ")"), ("[", "]"), ("{", "}"), ("<", ">")];
             let opens = pairs[..p.types as usize].iter().map(|(o, _)| vocab.intern(o)).collect();

@@ -62,7 +62,9 @@ impl ParamContext<'_> {
     pub fn parse<P: DeserializeOwned>(&self, params: &toml::Table) -> Result<P> {
         serde_path_to_error::deserialize(toml::Value::Table(params.clone())).map_err(|e| {
             let key = e.path().to_string();
-            let shown = params.get(key.split(['.', '[']).next().unwrap_or("")).map_or_else(|| "(missing)".to_string(), |v| v.to_string());
+            let shown = params
+                .get(key.split(['.', '[']).next().unwrap_or(""))
+                .map_or_else(|| "(missing)".to_string(), |v| v.to_string());
             self.error(&key, shown, e.inner().message().lines().next().unwrap_or("invalid value"))
         })
     }
@@ -79,14 +81,28 @@ impl TaskSpec {
         t.extend(table.clone());
         let id = match t.remove("id") {
             Some(toml::Value::String(s)) if !s.is_empty() && !s.contains([',', ' ', '"']) => s,
-            Some(v) => return Err(Error::key(file, &format!("tasks[{index}].id"), v, "must be a name without spaces or commas")),
+            Some(v) => {
+                return Err(Error::key(
+                    file,
+                    &format!("tasks[{index}].id"),
+                    v,
+                    "must be a name without spaces or commas",
+                ));
+            }
             None => return Err(Error::key(file, &format!("tasks[{index}].id"), "(missing)", "every task needs an id")),
         };
         let key = |k: &str| format!("tasks.{id}.{k}");
         let family = match t.remove("family") {
             Some(toml::Value::String(s)) => s,
             Some(v) => return Err(Error::key(file, &key("family"), v, "must be a family name (see `ebb tasks list`)")),
-            None => return Err(Error::key(file, &key("family"), "(missing)", "every task needs a family (see `ebb tasks list`)")),
+            None => {
+                return Err(Error::key(
+                    file,
+                    &key("family"),
+                    "(missing)",
+                    "every task needs a family (see `ebb tasks list`)",
+                ));
+            }
         };
         let float = |t: &mut toml::Table, k: &str, default: f64| -> Result<f64> {
             match t.remove(k) {
@@ -122,7 +138,12 @@ impl TaskSpec {
             },
         };
         if train_examples.is_some() && train_fraction.is_some() {
-            return Err(Error::key(file, &key("train_fraction"), train_fraction.unwrap_or(0.0), "give train_examples or train_fraction, not both"));
+            return Err(Error::key(
+                file,
+                &key("train_fraction"),
+                train_fraction.unwrap_or(0.0),
+                "give train_examples or train_fraction, not both",
+            ));
         }
         Ok(TaskSpec { id, family, weight, eval_fraction, split_group, train_examples, train_fraction, params: t })
     }
@@ -188,24 +209,48 @@ impl SuiteFile {
             tasks.push(TaskSpec::from_table(t, &self.defaults, file, i)?);
         }
         if let Some(tr) = &self.translate {
-            let forms: Vec<String> = tasks.iter().filter(|t| t.family == "arithmetic").map(|t| t.params.get("form").and_then(|f| f.as_str()).unwrap_or("digits").to_string()).collect();
+            let forms: Vec<String> = tasks
+                .iter()
+                .filter(|t| t.family == "arithmetic")
+                .map(|t| t.params.get("form").and_then(|f| f.as_str()).unwrap_or("digits").to_string())
+                .collect();
             let pairs: Vec<[String; 2]> = match &tr.pairs {
-                toml::Value::String(s) if s == "all" => forms.iter().flat_map(|a| forms.iter().filter(move |b| *b != a).map(move |b| [a.clone(), b.clone()])).collect(),
-                v => v.clone().try_into().map_err(|_| Error::key(file, "translate.pairs", v, "must be \"all\" or a list of [from, to] form names"))?,
+                toml::Value::String(s) if s == "all" => forms
+                    .iter()
+                    .flat_map(|a| forms.iter().filter(move |b| *b != a).map(move |b| [a.clone(), b.clone()]))
+                    .collect(),
+                v => v.clone().try_into().map_err(|_| {
+                    Error::key(file, "translate.pairs", v, "must be \"all\" or a list of [from, to] form names")
+                })?,
             };
             for pair in pairs.iter().chain(&tr.held_out) {
                 for form in pair {
                     if !forms.contains(form) {
-                        return Err(Error::key(file, "translate.pairs", format!("[{:?}, {:?}]", pair[0], pair[1]), format!("no arithmetic task in this suite has form {form:?} (forms: {})", forms.join(", "))));
+                        return Err(Error::key(
+                            file,
+                            "translate.pairs",
+                            format!("[{:?}, {:?}]", pair[0], pair[1]),
+                            format!("no arithmetic task in this suite has form {form:?} (forms: {})", forms.join(", ")),
+                        ));
                     }
                 }
             }
             for pair in &tr.held_out {
                 if !pairs.contains(pair) {
-                    return Err(Error::key(file, "translate.held_out", format!("[{:?}, {:?}]", pair[0], pair[1]), "is not one of the translation pairs"));
+                    return Err(Error::key(
+                        file,
+                        "translate.held_out",
+                        format!("[{:?}, {:?}]", pair[0], pair[1]),
+                        "is not one of the translation pairs",
+                    ));
                 }
             }
-            let base: toml::Table = self.defaults.iter().filter(|(k, _)| matches!(k.as_str(), "operands" | "ops" | "eval_fraction" | "split_group")).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let base: toml::Table = self
+                .defaults
+                .iter()
+                .filter(|(k, _)| matches!(k.as_str(), "operands" | "ops" | "eval_fraction" | "split_group"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             for pair in &pairs {
                 let mut t = base.clone();
                 t.extend(tr.defaults.clone());
@@ -220,14 +265,20 @@ impl SuiteFile {
                 tasks.push(TaskSpec::from_table(&t, &toml::Table::new(), file, i)?);
             }
         }
-        Ok(SuiteSpec { name: self.name.clone().unwrap_or_else(|| name.to_string()), tags: self.tags.unwrap_or(false), tasks })
+        Ok(SuiteSpec {
+            name: self.name.clone().unwrap_or_else(|| name.to_string()),
+            tags: self.tags.unwrap_or(false),
+            tasks,
+        })
     }
 
     /// Reads a suite file.
     pub fn load(path: &Path) -> Result<SuiteFile> {
         let text = Error::read_text(path)?;
         let table: toml::Table = toml::from_str(&text).map_err(|e| crate::config::syntax_error(path, &text, &e))?;
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| Error::key(path, &e.path().to_string(), "", e.inner().message().lines().next().unwrap_or("invalid value")))
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            Error::key(path, &e.path().to_string(), "", e.inner().message().lines().next().unwrap_or("invalid value"))
+        })
     }
 }
 
@@ -263,7 +314,12 @@ pub fn train_set(task: &Task, spec: &TaskSpec, seed: u64, file: &Path) -> Result
         let mut open: Vec<u64> = (0..space).filter(|&p| !task.is_held_out(p)).collect();
         if (open.len() as u64) < wanted {
             let key = if spec.train_examples.is_some() { "train_examples" } else { "train_fraction" };
-            return Err(Error::key(file, &format!("tasks.{}.{key}", task.id), wanted, format!("only {} of the {space} problems are not held out", open.len())));
+            return Err(Error::key(
+                file,
+                &format!("tasks.{}.{key}", task.id),
+                wanted,
+                format!("only {} of the {space} problems are not held out", open.len()),
+            ));
         }
         super::shuffle(&mut open, &mut r);
         open.truncate(wanted as usize);
@@ -284,7 +340,13 @@ pub fn train_set(task: &Task, spec: &TaskSpec, seed: u64, file: &Path) -> Result
 
 /// The suite files in `dir` (sorted by name), skipping files that are not suites.
 pub fn shipped_suites(dir: &Path) -> Vec<(std::path::PathBuf, SuiteFile)> {
-    let mut paths: Vec<_> = std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
     paths.sort();
     paths.into_iter().filter_map(|p| SuiteFile::load(&p).ok().filter(|f| !f.tasks.is_empty()).map(|f| (p, f))).collect()
 }

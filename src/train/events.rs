@@ -94,7 +94,10 @@ impl Trigger {
     /// Records the evaluation after `done` steps (`accuracy[t]`: task t's
     /// exact match); true when the condition holds for the first time.
     fn observe(&mut self, done: u64, accuracy: &[f64]) -> bool {
-        if self.progress.learned_at.is_some() || self.cap.is_some_and(|c| done > c) || self.from.is_some_and(|f| done <= f) {
+        if self.progress.learned_at.is_some()
+            || self.cap.is_some_and(|c| done > c)
+            || self.from.is_some_and(|f| done <= f)
+        {
             return false;
         }
         let held = self.tasks.iter().all(|&t| accuracy[t] >= self.threshold);
@@ -142,7 +145,13 @@ pub struct Schedule {
 impl Schedule {
     /// Resolves `cfg`'s schedule against `suite`; `path` is named in errors.
     pub fn build(cfg: &Config, suite: &Suite, path: &Path) -> Result<Schedule> {
-        let index = |key: &str, id: &str| suite.tasks.iter().position(|t| t.id == id).ok_or_else(|| Error::key(path, key, format!("{id:?}"), "no task has this id"));
+        let index = |key: &str, id: &str| {
+            suite
+                .tasks
+                .iter()
+                .position(|t| t.id == id)
+                .ok_or_else(|| Error::key(path, key, format!("{id:?}"), "no task has this id"))
+        };
         let mut entries = Vec::new();
         if let Some(seq) = &cfg.sequential {
             let order: Vec<usize> = if seq.order.is_empty() {
@@ -197,7 +206,12 @@ impl Schedule {
                         }
                 });
                 if !dropped_before {
-                    return Err(Error::key(path, &format!("schedule[{i}].revive"), format!("{id:?}"), "revives a task that no earlier event drops"));
+                    return Err(Error::key(
+                        path,
+                        &format!("schedule[{i}].revive"),
+                        format!("{id:?}"),
+                        "revives a task that no earlier event drops",
+                    ));
                 }
             }
         }
@@ -227,7 +241,12 @@ impl Schedule {
                 previous_start = start;
             }
         }
-        self.events = self.entries.iter().filter_map(|e| Some((e.step()?, &e.changes))).flat_map(|(step, changes)| changes.iter().map(move |c| Event { step, change: c.clone() })).collect();
+        self.events = self
+            .entries
+            .iter()
+            .filter_map(|e| Some((e.step()?, &e.changes)))
+            .flat_map(|(step, changes)| changes.iter().map(move |c| Event { step, change: c.clone() }))
+            .collect();
         self.events.sort_by_key(|e| e.step); // stable: same-step events keep their order
     }
 
@@ -267,7 +286,8 @@ impl Schedule {
     /// Records the evaluation after `done` steps (`accuracy[t]`: task t's
     /// exact match) and returns the triggers learned at it.
     pub fn observe(&mut self, done: u64, accuracy: &[f64]) -> Vec<Trigger> {
-        let learned: Vec<Trigger> = self.triggers_mut().filter_map(|t| t.observe(done, accuracy).then(|| t.clone())).collect();
+        let learned: Vec<Trigger> =
+            self.triggers_mut().filter_map(|t| t.observe(done, accuracy).then(|| t.clone())).collect();
         if !learned.is_empty() {
             self.resolve();
         }
@@ -315,9 +335,13 @@ impl Schedule {
     pub fn is_eval_step(&self, done: u64, every: u64, last: u64, after_events: bool) -> bool {
         done == 0
             || done == last
-            || done % every == 0
+            || done.is_multiple_of(every)
             || (after_events && done.is_power_of_two())
-            || (after_events && self.events.iter().any(|e| done >= e.step && ((done - e.step) == 0 || (done - e.step).is_power_of_two())))
+            || (after_events
+                && self
+                    .events
+                    .iter()
+                    .any(|e| done >= e.step && ((done - e.step) == 0 || (done - e.step).is_power_of_two())))
     }
 }
 
@@ -327,7 +351,12 @@ fn when(e: &ScheduleEvent, i: usize, changes: &[Change], tasks: Vec<usize>, step
     if let Some(step) = e.step
         && step >= steps
     {
-        return Err(Error::key(path, &key("step"), step, format!("must be before the last step (train.steps = {steps})")));
+        return Err(Error::key(
+            path,
+            &key("step"),
+            step,
+            format!("must be before the last step (train.steps = {steps})"),
+        ));
     }
     if let Some(after) = e.after
         && e.when_learned.is_none()
@@ -335,9 +364,15 @@ fn when(e: &ScheduleEvent, i: usize, changes: &[Change], tasks: Vec<usize>, step
         return Err(Error::key(path, &key("after"), after, "only applies with when_learned"));
     }
     let Some(threshold) = e.when_learned else {
-        let step = e.step.ok_or_else(|| Error::key(path, &key("step"), "(missing)", "give step, when_learned, or both"))?;
+        let step =
+            e.step.ok_or_else(|| Error::key(path, &key("step"), "(missing)", "give step, when_learned, or both"))?;
         if changes.is_empty() {
-            return Err(Error::key(path, &key("step"), step, "the event changes nothing (give drop, revive or weights)"));
+            return Err(Error::key(
+                path,
+                &key("step"),
+                step,
+                "the event changes nothing (give drop, revive or weights)",
+            ));
         }
         return Ok(When::At(step));
     };
@@ -345,9 +380,22 @@ fn when(e: &ScheduleEvent, i: usize, changes: &[Change], tasks: Vec<usize>, step
         return Err(Error::key(path, &key("when_learned"), threshold, "must be in (0, 1]"));
     }
     if changes.is_empty() {
-        return Err(Error::key(path, &key("when_learned"), threshold, "the event changes nothing (give drop, revive or weights)"));
+        return Err(Error::key(
+            path,
+            &key("when_learned"),
+            threshold,
+            "the event changes nothing (give drop, revive or weights)",
+        ));
     }
-    Ok(When::Learned(Trigger { threshold, after: e.after.unwrap_or(0), cap: e.step, tasks, progress: TriggerProgress::default(), phase_steps: None, from: None }))
+    Ok(When::Learned(Trigger {
+        threshold,
+        after: e.after.unwrap_or(0),
+        cap: e.step,
+        tasks,
+        progress: TriggerProgress::default(),
+        phase_steps: None,
+        from: None,
+    }))
 }
 
 #[cfg(test)]
@@ -355,7 +403,15 @@ mod tests {
     use super::*;
 
     fn trigger(cap: Option<u64>) -> Trigger {
-        Trigger { threshold: 0.9, after: 5, cap, tasks: vec![0, 1], progress: TriggerProgress::default(), phase_steps: None, from: None }
+        Trigger {
+            threshold: 0.9,
+            after: 5,
+            cap,
+            tasks: vec![0, 1],
+            progress: TriggerProgress::default(),
+            phase_steps: None,
+            from: None,
+        }
     }
 
     #[test]

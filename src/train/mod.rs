@@ -1,8 +1,8 @@
 //! Training: one step (forward, backward, clip, AdamW) and the run loop that
 //! evaluates, logs and writes the run directory.
 
-mod optimizer;
 pub mod events;
+mod optimizer;
 pub mod run;
 pub mod schedule;
 

@@ -29,7 +29,10 @@ impl<B: Backend> Optimizer<B> {
         let groups = layout
             .tensors
             .iter()
-            .map(|t| DecayGroup { view: t.view, weight_decay: if cfg.decay.contains(&group_of(t.kind)) { cfg.weight_decay } else { 0.0 } })
+            .map(|t| DecayGroup {
+                view: t.view,
+                weight_decay: if cfg.decay.contains(&group_of(t.kind)) { cfg.weight_decay } else { 0.0 },
+            })
             .collect();
         Optimizer { m: backend.alloc(layout.len()), v: backend.alloc(layout.len()), groups, t: 0 }
     }

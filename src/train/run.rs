@@ -42,7 +42,9 @@ impl Progress {
     fn new(start: u64, steps: u64, quiet: bool) -> Self {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(steps);
-            bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}").expect("valid template"));
+            bar.set_style(
+                ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}").expect("valid template"),
+            );
             bar.set_position(start);
             bar.reset_eta();
             bar
@@ -57,7 +59,7 @@ impl Progress {
                 bar.set_position(step);
                 bar.set_message(format!("loss {loss:.4} {tokens_per_s:.0} tok/s"));
             }
-            None if step % self.line_every == 0 || step == self.steps => {
+            None if step.is_multiple_of(self.line_every) || step == self.steps => {
                 eprintln!("step {step}/{} loss {loss:.4} {tokens_per_s:.0} tok/s", self.steps);
             }
             None => {}
@@ -100,14 +102,16 @@ impl<'a, B: Backend> Run<'a, B> {
         // Everything that can refuse the run is checked before the directory is written.
         let schedule = Schedule::build(cfg, suite, Path::new("config.toml"))?;
         let layout = crate::model::ParamLayout::new(&cfg.model_shape(suite.vocab.len()));
-        let initial = cfg.model.init_from.as_deref().map(|file| crate::weights::read_weights(file, &layout)).transpose()?;
+        let initial =
+            cfg.model.init_from.as_deref().map(|file| crate::weights::read_weights(file, &layout)).transpose()?;
         run_dir::create(out)?;
         let lock = run_dir::RunLock::take(out)?;
         run_dir::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
         let mut tasks = String::from("task,family,chance,eval_examples,weight\n");
         let mut run = Self::assemble(backend, cfg, suite, schedule, out, lock);
         if let Some(params) = initial {
-            backend.upload(&mut run.trainer.model.params, &params.iter().map(|&x| B::F::of(x as f64)).collect::<Vec<_>>());
+            backend
+                .upload(&mut run.trainer.model.params, &params.iter().map(|&x| B::F::of(x as f64)).collect::<Vec<_>>());
         }
         if cfg.train.dump_batches {
             for (t, e) in suite.tasks.iter().zip(&run.evaluators) {
@@ -126,17 +130,37 @@ impl<'a, B: Backend> Run<'a, B> {
 
     /// A run continuing from `ckpt` into `out` (a resume, or a fork when
     /// `out` is a new directory and `cfg` a new schedule).
-    pub fn from_checkpoint(backend: &'a B, cfg: &'a Config, suite: &'a Suite, out: &Path, ckpt: Checkpoint) -> Result<Self> {
+    pub fn from_checkpoint(
+        backend: &'a B,
+        cfg: &'a Config,
+        suite: &'a Suite,
+        out: &Path,
+        ckpt: Checkpoint,
+    ) -> Result<Self> {
         let vocab: Vec<String> = (0..suite.vocab.len() as u32).map(|i| suite.vocab.token(i).to_string()).collect();
         if vocab != ckpt.vocab {
-            return Err(Error::input(format!("{}: the checkpoint's vocabulary ({} tokens) differs from this config's suite ({} tokens)", out.display(), ckpt.vocab.len(), vocab.len())));
+            return Err(Error::input(format!(
+                "{}: the checkpoint's vocabulary ({} tokens) differs from this config's suite ({} tokens)",
+                out.display(),
+                ckpt.vocab.len(),
+                vocab.len()
+            )));
         }
         let n_params = crate::model::ParamLayout::new(&cfg.model_shape(suite.vocab.len())).len();
         if ckpt.params.len() != n_params || ckpt.epochs.len() != suite.tasks.len() {
-            return Err(Error::input(format!("{}: the checkpoint holds {} parameters, this config's model {n_params}", out.display(), ckpt.params.len())));
+            return Err(Error::input(format!(
+                "{}: the checkpoint holds {} parameters, this config's model {n_params}",
+                out.display(),
+                ckpt.params.len()
+            )));
         }
         if ckpt.step > cfg.train.steps {
-            return Err(Error::input(format!("{}: the checkpoint is at step {}, past train.steps = {}", out.display(), ckpt.step, cfg.train.steps)));
+            return Err(Error::input(format!(
+                "{}: the checkpoint is at step {}, past train.steps = {}",
+                out.display(),
+                ckpt.step,
+                cfg.train.steps
+            )));
         }
         let mut run = Self::start(backend, cfg, suite, out)?;
         let to_f = |v: &[f32]| v.iter().map(|&x| B::F::of(x as f64)).collect::<Vec<_>>();
@@ -155,14 +179,34 @@ impl<'a, B: Backend> Run<'a, B> {
         Ok(run)
     }
 
-    fn assemble(backend: &'a B, cfg: &'a Config, suite: &'a Suite, schedule: Schedule, out: &Path, lock: run_dir::RunLock) -> Self {
+    fn assemble(
+        backend: &'a B,
+        cfg: &'a Config,
+        suite: &'a Suite,
+        schedule: Schedule,
+        out: &Path,
+        lock: run_dir::RunLock,
+    ) -> Self {
         let shape = cfg.model_shape(suite.vocab.len());
         let (rows, ctx) = (cfg.train.batch_size, shape.n_ctx);
         let model = Gpt::new(backend, shape.clone(), rows, cfg.seed);
         let trainer = Trainer::new(backend, model, cfg.train.clone(), cfg.seed);
-        let evaluators = suite.tasks.iter().zip(&suite.eval_sets).map(|(t, set)| Evaluator::for_problems(t, set, rows, ctx, shape.vocab)).collect();
+        let evaluators = suite
+            .tasks
+            .iter()
+            .zip(&suite.eval_sets)
+            .map(|(t, set)| Evaluator::for_problems(t, set, rows, ctx, shape.vocab))
+            .collect();
         // The first `eval.examples` problems of the (seeded, shuffled) training set.
-        let train_evaluators = suite.tasks.iter().map(|t| t.train_set.as_deref().map(|set| Evaluator::for_problems(t, &set[..set.len().min(cfg.eval.examples)], rows, ctx, shape.vocab))).collect();
+        let train_evaluators = suite
+            .tasks
+            .iter()
+            .map(|t| {
+                t.train_set.as_deref().map(|set| {
+                    Evaluator::for_problems(t, &set[..set.len().min(cfg.eval.examples)], rows, ctx, shape.vocab)
+                })
+            })
+            .collect();
         Run {
             backend,
             cfg,
@@ -232,7 +276,8 @@ impl<'a, B: Backend> Run<'a, B> {
             if self.schedule.at(step).next().is_some() {
                 for t in self.schedule.capped_at(step) {
                     for &task in &t.tasks {
-                        self.events.row(format_args!("{step},learned_cap,{},{}", self.suite.tasks[task].id, t.threshold));
+                        self.events
+                            .row(format_args!("{step},learned_cap,{},{}", self.suite.tasks[task].id, t.threshold));
                     }
                 }
                 for e in self.schedule.at(step) {
@@ -245,7 +290,10 @@ impl<'a, B: Backend> Run<'a, B> {
             }
             self.batch.fill_train(self.suite, &mut self.stream, cfg.seed, step);
             if cfg.train.dump_batches {
-                crate::weights::write_batch(&self.out.join("batches").join(format!("step-{step}.safetensors")), &self.batch)?;
+                crate::weights::write_batch(
+                    &self.out.join("batches").join(format!("step-{step}.safetensors")),
+                    &self.batch,
+                )?;
             }
             let stats = self.trainer.step(self.backend, &self.batch, step);
             let stats = match stats {
@@ -321,22 +369,39 @@ impl<'a, B: Backend> Run<'a, B> {
                 self.events.row(format_args!("{step},learned,{},{}", self.suite.tasks[task].id, t.threshold));
             }
         }
-        if let Some(at) = self.schedule.first_step_without_training(&self.suite.weights).filter(|&at| at < self.cfg.train.steps) {
-            return Err(Error::key(Path::new("config.toml"), "schedule", format!("step {at}"), format!("leaves every task at weight 0 (a when_learned event was learned at step {step})")));
+        if let Some(at) =
+            self.schedule.first_step_without_training(&self.suite.weights).filter(|&at| at < self.cfg.train.steps)
+        {
+            return Err(Error::key(
+                Path::new("config.toml"),
+                "schedule",
+                format!("step {at}"),
+                format!("leaves every task at weight 0 (a when_learned event was learned at step {step})"),
+            ));
         }
         self.events.flush()
     }
 
     /// Writes `weights/step-N.safetensors` for the current step.
     fn write_weights(&self) -> Result<()> {
-        let params: Vec<f32> = crate::model::to_host(self.backend, &self.trainer.model.params, self.n_params()).into_iter().map(|x| x.f64() as f32).collect();
-        crate::weights::write_weights(&self.out.join("weights").join(format!("step-{}.safetensors", self.step)), &self.trainer.model.layout, &params, self.step)
+        let params: Vec<f32> = crate::model::to_host(self.backend, &self.trainer.model.params, self.n_params())
+            .into_iter()
+            .map(|x| x.f64() as f32)
+            .collect();
+        crate::weights::write_weights(
+            &self.out.join("weights").join(format!("step-{}.safetensors", self.step)),
+            &self.trainer.model.layout,
+            &params,
+            self.step,
+        )
     }
 
     /// Writes `checkpoints/step-N.bin` for the current step.
     pub fn write_checkpoint(&self) -> Result<()> {
         let n = self.n_params();
-        let host = |buf: &B::Buf| crate::model::to_host(self.backend, buf, n).into_iter().map(|x| x.f64() as f32).collect::<Vec<f32>>();
+        let host = |buf: &B::Buf| {
+            crate::model::to_host(self.backend, buf, n).into_iter().map(|x| x.f64() as f32).collect::<Vec<f32>>()
+        };
         let ckpt = Checkpoint {
             config: self.cfg.to_toml(),
             vocab: (0..self.suite.vocab.len() as u32).map(|i| self.suite.vocab.token(i).to_string()).collect(),

@@ -16,7 +16,12 @@ pub fn root() -> PathBuf {
 
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("ebb starts");
-    assert!(out.status.success(), "ebb failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "ebb failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     out
 }
 
@@ -24,7 +29,9 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 pub fn fingerprint(out: &Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().expect("stdout has lines");
-    last.strip_prefix("params fingerprint: ").unwrap_or_else(|| panic!("last line is not the fingerprint: {last}")).to_string()
+    last.strip_prefix("params fingerprint: ")
+        .unwrap_or_else(|| panic!("last line is not the fingerprint: {last}"))
+        .to_string()
 }
 
 /// Asserts that `out` is a refusal: exit code 2, one line on stderr, no
@@ -47,7 +54,10 @@ pub fn smoke_sweep() -> PathBuf {
 
 /// A sweep's aggregate files, which must not depend on how the sweep was run.
 pub fn sweep_aggregate(dir: &Path) -> Vec<String> {
-    ["sweep.csv", "drops.csv", "scaling.json"].iter().map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(f).display()))).collect()
+    ["sweep.csv", "drops.csv", "scaling.json"]
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(f).display())))
+        .collect()
 }
 
 pub fn write(path: &Path, text: &str) {

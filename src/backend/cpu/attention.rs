@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::{dot, max, scratch_slot, scratch_slots, sum, CpuBackend, SharedMut, Strided};
+use super::{CpuBackend, SharedMut, Strided, dot, max, scratch_slot, scratch_slots, sum};
 use crate::backend::Dropout;
 use crate::float::Float;
 
@@ -24,7 +24,17 @@ use crate::float::Float;
 /// backward pass needs besides q, k and v is each softmax row's maximum and
 /// 1/Σ, 2·B·H·T values at the start of `saved` (the op's `att`).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn forward<F: Float>(cpu: &CpuBackend<F>, out: &mut [F], saved: &mut [F], qkv: &[F], b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
+pub(super) fn forward<F: Float>(
+    cpu: &CpuBackend<F>,
+    out: &mut [F],
+    saved: &mut [F],
+    qkv: &[F],
+    b: usize,
+    t: usize,
+    c: usize,
+    h: usize,
+    dropout: Dropout,
+) {
     assert!(qkv.len() >= b * t * 3 * c && out.len() >= b * t * c && saved.len() >= b * h * 2 * t);
     let mut scratch = cpu.scratch(Heads::<F>::scratch_len(t, c, h));
     let heads = Heads::new(t, c, h, dropout, &mut scratch, cpu.avx512);
@@ -41,8 +51,24 @@ pub(super) fn forward<F: Float>(cpu: &CpuBackend<F>, out: &mut [F], saved: &mut 
 /// The attention op's backward (see `Backend::attention_backward`), laid
 /// out as `forward`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn backward<F: Float>(cpu: &CpuBackend<F>, dqkv: &mut [F], dout: &[F], saved: &[F], qkv: &[F], b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
-    assert!(dqkv.len() >= b * t * 3 * c && dout.len() >= b * t * c && qkv.len() >= b * t * 3 * c && saved.len() >= b * h * 2 * t);
+pub(super) fn backward<F: Float>(
+    cpu: &CpuBackend<F>,
+    dqkv: &mut [F],
+    dout: &[F],
+    saved: &[F],
+    qkv: &[F],
+    b: usize,
+    t: usize,
+    c: usize,
+    h: usize,
+    dropout: Dropout,
+) {
+    assert!(
+        dqkv.len() >= b * t * 3 * c
+            && dout.len() >= b * t * c
+            && qkv.len() >= b * t * 3 * c
+            && saved.len() >= b * h * 2 * t
+    );
     let mut scratch = cpu.scratch(Heads::<F>::scratch_len(t, c, h));
     let heads = Heads::new(t, c, h, dropout, &mut scratch, cpu.avx512);
     let dqkv = SharedMut(dqkv.as_mut_ptr());
@@ -127,7 +153,12 @@ impl<F: Float> SmallProduct<F> {
     /// [0, width(i1)) and sums over k ∈ reduce(i0, i1), which is how the
     /// causal products skip the zeros above the diagonal.
     #[inline(always)]
-    unsafe fn run<const R: usize, const COLS: usize>(&self, m: usize, width: impl Fn(usize) -> usize, reduce: impl Fn(usize, usize) -> std::ops::Range<usize>) {
+    unsafe fn run<const R: usize, const COLS: usize>(
+        &self,
+        m: usize,
+        width: impl Fn(usize) -> usize,
+        reduce: impl Fn(usize, usize) -> std::ops::Range<usize>,
+    ) {
         for i0 in (0..m).step_by(R) {
             let i1 = (i0 + R).min(m);
             let (n, ks) = (width(i1), reduce(i0, i1));
@@ -150,7 +181,8 @@ impl<F: Float> SmallProduct<F> {
 /// transpose only moves bits, so either way dst holds the same bits.
 #[inline(always)]
 unsafe fn transpose_into<F: Float>(t: usize, k: usize, dst: *mut F, src: Strided<F>, wide: bool) {
-    let (rows_done, cols_done) = if cfg!(target_arch = "x86_64") && wide && std::mem::size_of::<F>() == 4 && src.cs == 1 {
+    let (rows_done, cols_done) = if cfg!(target_arch = "x86_64") && wide && std::mem::size_of::<F>() == 4 && src.cs == 1
+    {
         // SAFETY: `wide` is set only where the CPU has AVX-512; F is f32.
         #[cfg(target_arch = "x86_64")]
         unsafe {
@@ -188,8 +220,10 @@ unsafe fn transpose_16x16_blocks(rows: usize, k: usize, dst: *mut f32, dst_rs: u
                 // cols[g][m], 128-bit quarter j: rows 4g..4g+4 at column 4j + m.
                 let cols: [[__m512; 4]; 4] = std::array::from_fn(|g| {
                     let [a, b, c, d] = [rows[4 * g], rows[4 * g + 1], rows[4 * g + 2], rows[4 * g + 3]];
-                    let (ab_lo, ab_hi) = (_mm512_castps_pd(_mm512_unpacklo_ps(a, b)), _mm512_castps_pd(_mm512_unpackhi_ps(a, b)));
-                    let (cd_lo, cd_hi) = (_mm512_castps_pd(_mm512_unpacklo_ps(c, d)), _mm512_castps_pd(_mm512_unpackhi_ps(c, d)));
+                    let (ab_lo, ab_hi) =
+                        (_mm512_castps_pd(_mm512_unpacklo_ps(a, b)), _mm512_castps_pd(_mm512_unpackhi_ps(a, b)));
+                    let (cd_lo, cd_hi) =
+                        (_mm512_castps_pd(_mm512_unpacklo_ps(c, d)), _mm512_castps_pd(_mm512_unpackhi_ps(c, d)));
                     [
                         _mm512_castpd_ps(_mm512_unpacklo_pd(ab_lo, cd_lo)),
                         _mm512_castpd_ps(_mm512_unpackhi_pd(ab_lo, cd_lo)),
@@ -229,28 +263,67 @@ unsafe fn transpose_16x16_blocks(rows: usize, k: usize, dst: *mut f32, dst_rs: u
 /// transpose).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn causal_scores<F: Float, const R: usize>(t: usize, k: usize, dst: *mut F, lhs: Strided<F>, rhs: Strided<F>, rhs_t: *mut F, scale: F, wide: bool) {
+unsafe fn causal_scores<F: Float, const R: usize>(
+    t: usize,
+    k: usize,
+    dst: *mut F,
+    lhs: Strided<F>,
+    rhs: Strided<F>,
+    rhs_t: *mut F,
+    scale: F,
+    wide: bool,
+) {
     unsafe {
         transpose_into(t, k, rhs_t, rhs, wide);
-        SmallProduct { dst, dst_rs: t, lhs, rhs: rhs_t, rhs_rs: t, scale }.run::<R, WIDE_TILE_COLS>(t, |i1| i1.next_multiple_of(TILE_COLS).min(t), |_, _| 0..k);
+        SmallProduct { dst, dst_rs: t, lhs, rhs: rhs_t, rhs_rs: t, scale }.run::<R, WIDE_TILE_COLS>(
+            t,
+            |i1| i1.next_multiple_of(TILE_COLS).min(t),
+            |_, _| 0..k,
+        );
     }
 }
 
 /// dst (T,n) = a (T,T) · rhs (T,n) for a lower-triangular `a` (zero above
 /// the diagonal): row block [i0, i1) sums over columns [0, i1) of `a`.
 #[inline(always)]
-unsafe fn causal_times<F: Float, const R: usize>(t: usize, n: usize, dst: *mut F, dst_rs: usize, a: Strided<F>, rhs: Strided<F>) {
+unsafe fn causal_times<F: Float, const R: usize>(
+    t: usize,
+    n: usize,
+    dst: *mut F,
+    dst_rs: usize,
+    a: Strided<F>,
+    rhs: Strided<F>,
+) {
     debug_assert_eq!(rhs.cs, 1);
-    unsafe { SmallProduct { dst, dst_rs, lhs: a, rhs: rhs.ptr, rhs_rs: rhs.rs, scale: F::one() }.run::<R, WIDE_TILE_COLS>(t, |_| n, |_, i1| 0..i1) }
+    unsafe {
+        SmallProduct { dst, dst_rs, lhs: a, rhs: rhs.ptr, rhs_rs: rhs.rs, scale: F::one() }.run::<R, WIDE_TILE_COLS>(
+            t,
+            |_| n,
+            |_, i1| 0..i1,
+        )
+    }
 }
 
 /// dst (T,n) = aᵀ (T,T) · rhs (T,n) for a lower-triangular `a` (given as its
 /// transpose `at`, upper-triangular): row block [i0, i1) sums over rows
 /// [i0, T) of `a` only.
 #[inline(always)]
-unsafe fn causal_transposed_times<F: Float, const R: usize>(t: usize, n: usize, dst: *mut F, dst_rs: usize, at: Strided<F>, rhs: Strided<F>) {
+unsafe fn causal_transposed_times<F: Float, const R: usize>(
+    t: usize,
+    n: usize,
+    dst: *mut F,
+    dst_rs: usize,
+    at: Strided<F>,
+    rhs: Strided<F>,
+) {
     debug_assert_eq!(rhs.cs, 1);
-    unsafe { SmallProduct { dst, dst_rs, lhs: at, rhs: rhs.ptr, rhs_rs: rhs.rs, scale: F::one() }.run::<R, WIDE_TILE_COLS>(t, |_| n, |i0, _| i0..t) }
+    unsafe {
+        SmallProduct { dst, dst_rs, lhs: at, rhs: rhs.ptr, rhs_rs: rhs.rs, scale: F::one() }.run::<R, WIDE_TILE_COLS>(
+            t,
+            |_| n,
+            |i0, _| i0..t,
+        )
+    }
 }
 
 /// In-place causal softmax of a (T,T) score block: row i keeps columns
@@ -411,7 +484,9 @@ mod softmax_avx512 {
         let s = _mm512_set1_ps(s);
         for j in (0..n).step_by(16) {
             let lanes = first(n - j);
-            unsafe { _mm512_mask_storeu_ps(row.add(j), lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, row.add(j)), s)) };
+            unsafe {
+                _mm512_mask_storeu_ps(row.add(j), lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, row.add(j)), s))
+            };
         }
     }
 
@@ -480,7 +555,16 @@ impl<F: Float> Heads<F> {
     fn new(t: usize, c: usize, h: usize, dropout: Dropout, scratch: &mut [F], wide: bool) -> Self {
         let hs = c / h;
         assert!(scratch.len() >= Self::scratch_len(t, c, h));
-        Heads { t, c, h, hs, scale: F::of(1.0 / (hs as f64).sqrt()), dropout, scratch: SharedMut(scratch.as_mut_ptr()), wide }
+        Heads {
+            t,
+            c,
+            h,
+            hs,
+            scale: F::of(1.0 / (hs as f64).sqrt()),
+            dropout,
+            scratch: SharedMut(scratch.as_mut_ptr()),
+            wide,
+        }
     }
 
     fn slot_len(t: usize, c: usize, h: usize) -> usize {
@@ -531,7 +615,18 @@ fn times_factors<F: Float>(row: &mut [F], factors: &[F]) {
 unsafe fn head_scores<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, qkv: &[F], p: &mut [F], kt: *mut F) {
     let Heads { t, c, h, hs, scale, .. } = *heads;
     let q = qkv[(bh / h) * t * 3 * c + (bh % h) * hs..].as_ptr();
-    unsafe { causal_scores::<F, R>(t, hs, p.as_mut_ptr(), Strided { ptr: q, rs: 3 * c, cs: 1 }, Strided { ptr: q.add(c), rs: 3 * c, cs: 1 }, kt, scale, heads.wide) };
+    unsafe {
+        causal_scores::<F, R>(
+            t,
+            hs,
+            p.as_mut_ptr(),
+            Strided { ptr: q, rs: 3 * c, cs: 1 },
+            Strided { ptr: q.add(c), rs: 3 * c, cs: 1 },
+            kt,
+            scale,
+            heads.wide,
+        )
+    };
 }
 
 /// One head's forward: out[b, :, head] (T,hs) = dropout(probs) · v, the
@@ -541,7 +636,13 @@ unsafe fn head_scores<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, qkv
 /// # Safety
 /// `out` must be the op's buffer; each head writes its own part.
 #[inline(always)]
-unsafe fn head_forward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, out: SharedMut<F>, stats: &mut [F], qkv: &[F]) {
+unsafe fn head_forward<F: Float, const R: usize>(
+    heads: &Heads<F>,
+    bh: usize,
+    out: SharedMut<F>,
+    stats: &mut [F],
+    qkv: &[F],
+) {
     let Heads { t, c, h, hs, dropout, .. } = *heads;
     let (bi, hi) = (bh / h, bh % h);
     let (kt, p, _, factors) = unsafe { heads.slot() };
@@ -555,7 +656,16 @@ unsafe fn head_forward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, ou
     }
     let v = qkv[bi * t * 3 * c + 2 * c + hi * hs..].as_ptr();
     // out[b, :, head] (T,hs) = probs (T,T) · v (T,hs)
-    unsafe { causal_times::<F, R>(t, hs, out.at(bi * t * c + hi * hs), c, Strided { ptr: p.as_ptr(), rs: t, cs: 1 }, Strided { ptr: v, rs: 3 * c, cs: 1 }) };
+    unsafe {
+        causal_times::<F, R>(
+            t,
+            hs,
+            out.at(bi * t * c + hi * hs),
+            c,
+            Strided { ptr: p.as_ptr(), rs: t, cs: 1 },
+            Strided { ptr: v, rs: 3 * c, cs: 1 },
+        )
+    };
 }
 
 /// One head's backward: dq, dk, dv of the head are written into dqkv; the
@@ -565,7 +675,14 @@ unsafe fn head_forward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, ou
 /// # Safety
 /// `dqkv` must be the op's buffer; each head writes its own part.
 #[inline(always)]
-unsafe fn head_backward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, dqkv: SharedMut<F>, dout: &[F], stats: &[F], qkv: &[F]) {
+unsafe fn head_backward<F: Float, const R: usize>(
+    heads: &Heads<F>,
+    bh: usize,
+    dqkv: SharedMut<F>,
+    dout: &[F],
+    stats: &[F],
+    qkv: &[F],
+) {
     let Heads { t, c, h, hs, scale, dropout, .. } = *heads;
     let (bi, hi) = (bh / h, bh % h);
     let base = bi * t * 3 * c + hi * hs;
@@ -576,7 +693,16 @@ unsafe fn head_backward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, d
         causal_softmax_rows_again(p, t, stats, heads.wide);
         let v = qkv.as_ptr().add(base + 2 * c);
         // d(probs after dropout) (T,T) = dy (T,hs) · vᵀ (hs,T), lower triangle
-        causal_scores::<F, R>(t, hs, ds.as_mut_ptr(), Strided { ptr: dy, rs: c, cs: 1 }, Strided { ptr: v, rs: 3 * c, cs: 1 }, transposed, F::one(), heads.wide);
+        causal_scores::<F, R>(
+            t,
+            hs,
+            ds.as_mut_ptr(),
+            Strided { ptr: dy, rs: c, cs: 1 },
+            Strided { ptr: v, rs: 3 * c, cs: 1 },
+            transposed,
+            F::one(),
+            heads.wide,
+        );
     }
     // through dropout, then the softmax: ds = p ⊙ (dp − Σⱼ p·dp) · scale on
     // j ≤ i; with dropout, each row's factors are hashed once and scale both
@@ -601,11 +727,32 @@ unsafe fn head_backward<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, d
         let q = qkv.as_ptr().add(base);
         let k = q.add(c);
         // dq (T,hs) = ds (T,T) · k (T,hs)
-        causal_times::<F, R>(t, hs, dqkv.at(base), 3 * c, Strided { ptr: ds.as_ptr(), rs: t, cs: 1 }, Strided { ptr: k, rs: 3 * c, cs: 1 });
+        causal_times::<F, R>(
+            t,
+            hs,
+            dqkv.at(base),
+            3 * c,
+            Strided { ptr: ds.as_ptr(), rs: t, cs: 1 },
+            Strided { ptr: k, rs: 3 * c, cs: 1 },
+        );
         // dk (T,hs) = dsᵀ (T,T) · q (T,hs)
-        causal_transposed_times::<F, R>(t, hs, dqkv.at(base + c), 3 * c, Strided { ptr: ds.as_ptr(), rs: 1, cs: t }, Strided { ptr: q, rs: 3 * c, cs: 1 });
+        causal_transposed_times::<F, R>(
+            t,
+            hs,
+            dqkv.at(base + c),
+            3 * c,
+            Strided { ptr: ds.as_ptr(), rs: 1, cs: t },
+            Strided { ptr: q, rs: 3 * c, cs: 1 },
+        );
         // dv (T,hs) = (probs after dropout)ᵀ (T,T) · dy (T,hs)
-        causal_transposed_times::<F, R>(t, hs, dqkv.at(base + 2 * c), 3 * c, Strided { ptr: p.as_ptr(), rs: 1, cs: t }, Strided { ptr: dy, rs: c, cs: 1 });
+        causal_transposed_times::<F, R>(
+            t,
+            hs,
+            dqkv.at(base + 2 * c),
+            3 * c,
+            Strided { ptr: p.as_ptr(), rs: 1, cs: t },
+            Strided { ptr: dy, rs: c, cs: 1 },
+        );
     }
 }
 
@@ -618,7 +765,14 @@ unsafe fn head_forward_avx512<F: Float>(heads: &Heads<F>, bh: usize, out: Shared
 
 /// `head_backward` compiled for AVX-512, as `head_forward_avx512`.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl"))]
-unsafe fn head_backward_avx512<F: Float>(heads: &Heads<F>, bh: usize, dqkv: SharedMut<F>, dout: &[F], stats: &[F], qkv: &[F]) {
+unsafe fn head_backward_avx512<F: Float>(
+    heads: &Heads<F>,
+    bh: usize,
+    dqkv: SharedMut<F>,
+    dout: &[F],
+    stats: &[F],
+    qkv: &[F],
+) {
     unsafe { head_backward::<F, 8>(heads, bh, dqkv, dout, stats, qkv) }
 }
 

@@ -28,18 +28,49 @@ pub struct KernelFile {
 
 /// Every kernel file, one per op family.
 pub const FILES: &[KernelFile] = &[
-    KernelFile { name: "encoder.cu", source: include_str!("../../../kernels/encoder.cu"), kernels: &["encoder_forward", "encoder_backward_wte", "encoder_backward_wpe"] },
-    KernelFile { name: "layernorm.cu", source: include_str!("../../../kernels/layernorm.cu"), kernels: &["layernorm_forward", "layernorm_backward", "layernorm_backward_partials"] },
+    KernelFile {
+        name: "encoder.cu",
+        source: include_str!("../../../kernels/encoder.cu"),
+        kernels: &["encoder_forward", "encoder_backward_wte", "encoder_backward_wpe"],
+    },
+    KernelFile {
+        name: "layernorm.cu",
+        source: include_str!("../../../kernels/layernorm.cu"),
+        kernels: &["layernorm_forward", "layernorm_backward", "layernorm_backward_partials"],
+    },
     KernelFile { name: "matmul.cu", source: include_str!("../../../kernels/matmul.cu"), kernels: &["matmul"] },
-    KernelFile { name: "reduce.cu", source: include_str!("../../../kernels/reduce.cu"), kernels: &["column_partials", "sum_partials", "sum_squares"] },
+    KernelFile {
+        name: "reduce.cu",
+        source: include_str!("../../../kernels/reduce.cu"),
+        kernels: &["column_partials", "sum_partials", "sum_squares"],
+    },
     KernelFile {
         name: "attention.cu",
         source: include_str!("../../../kernels/attention.cu"),
-        kernels: &["attention_forward_scores", "attention_forward_softmax", "attention_forward_values", "attention_backward_dprobs", "attention_backward_dscores", "attention_backward_dqkv"],
+        kernels: &[
+            "attention_forward_scores",
+            "attention_forward_softmax",
+            "attention_forward_values",
+            "attention_backward_dprobs",
+            "attention_backward_dscores",
+            "attention_backward_dqkv",
+        ],
     },
-    KernelFile { name: "activation.cu", source: include_str!("../../../kernels/activation.cu"), kernels: &["activation_forward", "activation_backward"] },
-    KernelFile { name: "dropout.cu", source: include_str!("../../../kernels/dropout.cu"), kernels: &["residual_forward", "dropout_backward"] },
-    KernelFile { name: "crossentropy.cu", source: include_str!("../../../kernels/crossentropy.cu"), kernels: &["crossentropy_forward", "crossentropy_backward"] },
+    KernelFile {
+        name: "activation.cu",
+        source: include_str!("../../../kernels/activation.cu"),
+        kernels: &["activation_forward", "activation_backward"],
+    },
+    KernelFile {
+        name: "dropout.cu",
+        source: include_str!("../../../kernels/dropout.cu"),
+        kernels: &["residual_forward", "dropout_backward"],
+    },
+    KernelFile {
+        name: "crossentropy.cu",
+        source: include_str!("../../../kernels/crossentropy.cu"),
+        kernels: &["crossentropy_forward", "crossentropy_backward"],
+    },
     KernelFile { name: "adamw.cu", source: include_str!("../../../kernels/adamw.cu"), kernels: &["adamw_update"] },
 ];
 
@@ -73,20 +104,26 @@ fn preload_from_env() -> Result<(), String> {
     let Some(dir) = std::env::var_os("EBB_NVRTC_DIR") else { return Ok(()) };
     let dir = PathBuf::from(dir);
     let entries = std::fs::read_dir(&dir).map_err(|e| format!("EBB_NVRTC_DIR={}: {e}", dir.display()))?;
-    let mut names: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> =
+        entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     let builtins = names.iter().filter(|n| n.starts_with("libnvrtc-builtins.so"));
     let main = names.iter().filter(|n| n.starts_with("libnvrtc.so"));
     let mut opened_main = false;
     for name in builtins.chain(main) {
         let path = dir.join(name);
-        let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| format!("{}: bad path", path.display()))?;
+        let c_path =
+            CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| format!("{}: bad path", path.display()))?;
         // SAFETY: dlopen of a library by path; the handle is never closed.
         let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
         if handle.is_null() {
             // SAFETY: dlerror returns a thread-local message or null.
             let why = unsafe { libc::dlerror() };
-            let why = if why.is_null() { "unknown error".to_string() } else { unsafe { CStr::from_ptr(why) }.to_string_lossy().into_owned() };
+            let why = if why.is_null() {
+                "unknown error".to_string()
+            } else {
+                unsafe { CStr::from_ptr(why) }.to_string_lossy().into_owned()
+            };
             return Err(format!("EBB_NVRTC_DIR: cannot open {}: {why}", path.display()));
         }
         opened_main |= name.starts_with("libnvrtc.so");
@@ -137,7 +174,8 @@ pub fn compile(file: &KernelFile, arch: &str) -> Result<Compiled, String> {
     if !valid_arch(arch) {
         return Err(format!("architecture {arch:?}: expected a real one such as sm_80 or sm_90"));
     }
-    let mut options = vec![format!("--gpu-architecture={arch}"), "--std=c++17".to_string(), "--ptxas-options=-v".to_string()];
+    let mut options =
+        vec![format!("--gpu-architecture={arch}"), "--std=c++17".to_string(), "--ptxas-options=-v".to_string()];
     if let Some(dir) = include_dir() {
         options.push(format!("--include-path={}", dir.display()));
     }
@@ -153,13 +191,22 @@ pub fn compile(file: &KernelFile, arch: &str) -> Result<Compiled, String> {
 
     let mut prog: sys::nvrtcProgram = std::ptr::null_mut();
     // SAFETY: every pointer is to a NUL-terminated string alive until the program is destroyed below.
-    check(unsafe { sys::nvrtcCreateProgram(&mut prog, src.as_ptr(), name.as_ptr(), 1, headers.as_ptr(), include_names.as_ptr()) }, file.name)?;
+    check(
+        unsafe {
+            sys::nvrtcCreateProgram(&mut prog, src.as_ptr(), name.as_ptr(), 1, headers.as_ptr(), include_names.as_ptr())
+        },
+        file.name,
+    )?;
     let result = (|| {
         // SAFETY: `prog` is a live program; the options outlive the call.
         let compiled = unsafe { sys::nvrtcCompileProgram(prog, option_ptrs.len() as c_int, option_ptrs.as_ptr()) };
         let log = program_log(prog)?;
         if compiled != sys::nvrtcResult::NVRTC_SUCCESS {
-            return Err(format!("{} for {arch}: {}\n{log}", file.name, check(compiled, "nvrtcCompileProgram").unwrap_err()));
+            return Err(format!(
+                "{} for {arch}: {}\n{log}",
+                file.name,
+                check(compiled, "nvrtcCompileProgram").unwrap_err()
+            ));
         }
         let mut size = 0usize;
         // SAFETY: out-parameter, then a buffer of that size.

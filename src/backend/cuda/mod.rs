@@ -17,7 +17,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
+};
 
 use super::{Activation, AdamW, Backend, DecayGroup, Dropout, View};
 
@@ -150,18 +153,27 @@ macro_rules! launch {
 
 /// One thread per element of `n`.
 fn elementwise(n: usize) -> LaunchConfig {
-    let blocks = u32::try_from(n.div_ceil(BLOCK as usize)).unwrap_or_else(|_| fail("launch", format!("{n} elements is too many")));
+    let blocks = u32::try_from(n.div_ceil(BLOCK as usize))
+        .unwrap_or_else(|_| fail("launch", format!("{n} elements is too many")));
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// One warp per row of `rows`.
 fn warp_per_row(rows: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.div_ceil(WARPS_PER_BLOCK as usize) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (rows.div_ceil(WARPS_PER_BLOCK as usize) as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// One thread per (row block, column): grid (blocks, ceil(width / BLOCK)).
 fn per_block_column(blocks: usize, width: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (blocks as u32, width.div_ceil(BLOCK as usize) as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (blocks as u32, width.div_ceil(BLOCK as usize) as u32, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 impl CudaBackend {
@@ -184,20 +196,32 @@ impl CudaBackend {
         // One stream: its order is the only synchronization the ops need.
         // SAFETY: every buffer is created after this call and used on `stream` only.
         unsafe { ctx.disable_event_tracking() };
-        let (major, minor) = ctx.compute_capability().map_err(|e| format!("CUDA device {ordinal}: compute capability: {e}"))?;
+        let (major, minor) =
+            ctx.compute_capability().map_err(|e| format!("CUDA device {ordinal}: compute capability: {e}"))?;
         let arch = format!("sm_{major}{minor}");
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".to_string());
-        let compiled = compile::compiled_once(&arch).map_err(|e| format!("compiling the kernels for {name} ({arch}): {e}"))?;
+        let compiled =
+            compile::compiled_once(&arch).map_err(|e| format!("compiling the kernels for {name} ({arch}): {e}"))?;
         let mut kernels = HashMap::new();
         for (file, c) in compile::FILES.iter().zip(&compiled) {
-            let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(c.cubin.clone())).map_err(|e| format!("loading {} for {arch}: {e}", file.name))?;
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(c.cubin.clone()))
+                .map_err(|e| format!("loading {} for {arch}: {e}", file.name))?;
             for &k in file.kernels {
                 let f = module.load_function(k).map_err(|e| format!("{}: kernel {k}: {e}", file.name))?;
                 kernels.insert(k, f);
             }
         }
         let stream = ctx.default_stream();
-        Ok(CudaBackend { ctx, stream, kernels, scratch: Mutex::new(Scratch::default()), synchronous: AtomicBool::new(false), device: name, arch })
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            kernels,
+            scratch: Mutex::new(Scratch::default()),
+            synchronous: AtomicBool::new(false),
+            device: name,
+            arch,
+        })
     }
 
     /// The GPU's name and architecture, e.g. "NVIDIA H100 80GB HBM3 (sm_90)".
@@ -231,7 +255,8 @@ impl CudaBackend {
     }
 
     fn alloc_of<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> DeviceBuf<T> {
-        let data = self.stream.alloc_zeros::<T>(len.max(1)).unwrap_or_else(|e| fail("alloc", format!("{len} elements: {e}")));
+        let data =
+            self.stream.alloc_zeros::<T>(len.max(1)).unwrap_or_else(|e| fail("alloc", format!("{len} elements: {e}")));
         DeviceBuf { data, len }
     }
 
@@ -264,7 +289,19 @@ impl CudaBackend {
     /// out (M,N) (+)= A (M,K) · B (K,N) [+ bias (N)] with A(i,k) = a[i·a_rs + k·a_cs],
     /// B(k,j) = b[k·b_rs + j·b_cs]: the `matmul` kernel.
     #[allow(clippy::too_many_arguments)]
-    fn gemm(&self, out: u64, a: u64, a_strides: (usize, usize), b: u64, b_strides: (usize, usize), bias: Option<u64>, m: usize, n: usize, k: usize, accumulate: bool) {
+    fn gemm(
+        &self,
+        out: u64,
+        a: u64,
+        a_strides: (usize, usize),
+        b: u64,
+        b_strides: (usize, usize),
+        bias: Option<u64>,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+    ) {
         let cfg = LaunchConfig {
             grid_dim: (n.div_ceil(MATMUL_TILE) as u32, m.div_ceil(MATMUL_TILE) as u32, 1),
             block_dim: (256, 1, 1),
@@ -273,14 +310,20 @@ impl CudaBackend {
         let (a_rs, a_cs, b_rs, b_cs) = (a_strides.0 as i64, a_strides.1 as i64, b_strides.0 as i64, b_strides.1 as i64);
         let (bias_ptr, has_bias) = (bias.unwrap_or(0), bias.is_some() as i32);
         let (mi, ni, ki, acc) = (int(m, "rows"), int(n, "columns"), int(k, "inner size"), accumulate as i32);
-        launch!(self, "matmul", cfg, &out, &a, &a_rs, &a_cs, &b, &b_rs, &b_cs, &bias_ptr, &has_bias, &mi, &ni, &ki, &acc);
+        launch!(
+            self, "matmul", cfg, &out, &a, &a_rs, &a_cs, &b, &b_rs, &b_cs, &bias_ptr, &has_bias, &mi, &ni, &ki, &acc
+        );
     }
 
     /// AdamW's groups merged into runs of adjacent tensors with one weight
     /// decay; recomputed only when the groups change (never, in a run).
     fn adam_runs(scratch: &mut Scratch, groups: &[DecayGroup]) {
         let same = scratch.adam_groups.len() == groups.len()
-            && scratch.adam_groups.iter().zip(groups).all(|(&(o, l, wd), g)| o == g.view.offset && l == g.view.len && wd == g.weight_decay.to_bits());
+            && scratch
+                .adam_groups
+                .iter()
+                .zip(groups)
+                .all(|(&(o, l, wd), g)| o == g.view.offset && l == g.view.len && wd == g.weight_decay.to_bits());
         if same {
             return;
         }
@@ -288,7 +331,9 @@ impl CudaBackend {
         scratch.adam_runs.clear();
         for g in groups {
             match scratch.adam_runs.last_mut() {
-                Some((o, l, wd)) if *o + *l == g.view.offset && wd.to_bits() == g.weight_decay.to_bits() => *l += g.view.len,
+                Some((o, l, wd)) if *o + *l == g.view.offset && wd.to_bits() == g.weight_decay.to_bits() => {
+                    *l += g.view.len
+                }
                 _ => scratch.adam_runs.push((g.view.offset, g.view.len, g.weight_decay)),
             }
         }
@@ -352,20 +397,41 @@ impl Backend for CudaBackend {
     }
 
     // out (N,C) = wte[tokens[n]] + wpe[n mod T]: encoder_forward.
-    fn encoder_forward(&self, out: &mut DeviceBuf<f32>, tokens: &DeviceBuf<u32>, params: &DeviceBuf<f32>, wte: View, wpe: View, n: usize, t: usize, c: usize) {
+    fn encoder_forward(
+        &self,
+        out: &mut DeviceBuf<f32>,
+        tokens: &DeviceBuf<u32>,
+        params: &DeviceBuf<f32>,
+        wte: View,
+        wpe: View,
+        n: usize,
+        t: usize,
+        c: usize,
+    ) {
         let op = "encoder_forward";
         need(out, n * c, op, "out");
         need(tokens, n, op, "tokens");
         need_view(params, wte, op, "params");
         need_view(params, wpe, op, "params");
-        let (o, tok, te, pe) = (self.ptr(out, 0), self.ptr(tokens, 0), self.ptr(params, wte.offset), self.ptr(params, wpe.offset));
+        let (o, tok, te, pe) =
+            (self.ptr(out, 0), self.ptr(tokens, 0), self.ptr(params, wte.offset), self.ptr(params, wpe.offset));
         let (ni, ti, ci) = (int(n, "n"), int(t, "t"), int(c, "c"));
         launch!(self, "encoder_forward", elementwise(n * c), &o, &tok, &te, &pe, &ni, &ti, &ci);
     }
 
     // dwte (V,C) += rows of dout by token: encoder_backward_wte;
     // dwpe (T,C) += rows of dout by position: encoder_backward_wpe.
-    fn encoder_backward(&self, grads: &mut DeviceBuf<f32>, wte: View, wpe: View, dout: &DeviceBuf<f32>, tokens: &DeviceBuf<u32>, n: usize, t: usize, c: usize) {
+    fn encoder_backward(
+        &self,
+        grads: &mut DeviceBuf<f32>,
+        wte: View,
+        wpe: View,
+        dout: &DeviceBuf<f32>,
+        tokens: &DeviceBuf<u32>,
+        n: usize,
+        t: usize,
+        c: usize,
+    ) {
         let op = "encoder_backward";
         need(dout, n * c, op, "dout");
         need(tokens, n, op, "tokens");
@@ -378,15 +444,31 @@ impl Backend for CudaBackend {
         if vocab > 65535 {
             fail(op, format!("a vocabulary of {vocab} tokens is more than this kernel's grid allows (65535)"));
         }
-        let (dte, dpe, d, tok) = (self.ptr(grads, wte.offset), self.ptr(grads, wpe.offset), self.ptr(dout, 0), self.ptr(tokens, 0));
+        let (dte, dpe, d, tok) =
+            (self.ptr(grads, wte.offset), self.ptr(grads, wpe.offset), self.ptr(dout, 0), self.ptr(tokens, 0));
         let (ni, ti, ci, vi) = (int(n, "n"), int(t, "t"), int(c, "c"), int(vocab, "vocabulary"));
-        let cfg = LaunchConfig { grid_dim: (c.div_ceil(BLOCK as usize) as u32, vocab as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (c.div_ceil(BLOCK as usize) as u32, vocab as u32, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
         launch!(self, "encoder_backward_wte", cfg, &dte, &d, &tok, &ni, &vi, &ci);
         launch!(self, "encoder_backward_wpe", elementwise(t * c), &dpe, &d, &ni, &ti, &ci);
     }
 
     // out (N,C), mean/rstd (N) from inp (N,C), w/b (C): layernorm_forward.
-    fn layernorm_forward(&self, out: &mut DeviceBuf<f32>, mean: &mut DeviceBuf<f32>, rstd: &mut DeviceBuf<f32>, inp: &DeviceBuf<f32>, params: &DeviceBuf<f32>, w: View, b: View, n: usize, c: usize) {
+    fn layernorm_forward(
+        &self,
+        out: &mut DeviceBuf<f32>,
+        mean: &mut DeviceBuf<f32>,
+        rstd: &mut DeviceBuf<f32>,
+        inp: &DeviceBuf<f32>,
+        params: &DeviceBuf<f32>,
+        w: View,
+        b: View,
+        n: usize,
+        c: usize,
+    ) {
         let op = "layernorm_forward";
         need(out, n * c, op, "out");
         need(inp, n * c, op, "inp");
@@ -394,14 +476,35 @@ impl Backend for CudaBackend {
         need(rstd, n, op, "rstd");
         need_view(params, w, op, "params");
         need_view(params, b, op, "params");
-        let (o, m, r, x, wp, bp) = (self.ptr(out, 0), self.ptr(mean, 0), self.ptr(rstd, 0), self.ptr(inp, 0), self.ptr(params, w.offset), self.ptr(params, b.offset));
+        let (o, m, r, x, wp, bp) = (
+            self.ptr(out, 0),
+            self.ptr(mean, 0),
+            self.ptr(rstd, 0),
+            self.ptr(inp, 0),
+            self.ptr(params, w.offset),
+            self.ptr(params, b.offset),
+        );
         let (ni, ci) = (int(n, "n"), int(c, "c"));
         launch!(self, "layernorm_forward", warp_per_row(n), &o, &m, &r, &x, &wp, &bp, &ni, &ci);
     }
 
     // dinp (N,C) (+)= ...: layernorm_backward; dw, db (C) += Σ rows:
     // layernorm_backward_partials, then sum_partials for each.
-    fn layernorm_backward(&self, dinp: &mut DeviceBuf<f32>, accumulate: bool, grads: &mut DeviceBuf<f32>, w: View, b: View, dout: &DeviceBuf<f32>, inp: &DeviceBuf<f32>, params: &DeviceBuf<f32>, mean: &DeviceBuf<f32>, rstd: &DeviceBuf<f32>, n: usize, c: usize) {
+    fn layernorm_backward(
+        &self,
+        dinp: &mut DeviceBuf<f32>,
+        accumulate: bool,
+        grads: &mut DeviceBuf<f32>,
+        w: View,
+        b: View,
+        dout: &DeviceBuf<f32>,
+        inp: &DeviceBuf<f32>,
+        params: &DeviceBuf<f32>,
+        mean: &DeviceBuf<f32>,
+        rstd: &DeviceBuf<f32>,
+        n: usize,
+        c: usize,
+    ) {
         let op = "layernorm_backward";
         need(dinp, n * c, op, "dinp");
         need(dout, n * c, op, "dout");
@@ -411,7 +514,14 @@ impl Backend for CudaBackend {
         need_view(params, w, op, "params");
         need_view(grads, w, op, "grads");
         need_view(grads, b, op, "grads");
-        let (di, d, x, wp, m, r) = (self.ptr(dinp, 0), self.ptr(dout, 0), self.ptr(inp, 0), self.ptr(params, w.offset), self.ptr(mean, 0), self.ptr(rstd, 0));
+        let (di, d, x, wp, m, r) = (
+            self.ptr(dinp, 0),
+            self.ptr(dout, 0),
+            self.ptr(inp, 0),
+            self.ptr(params, w.offset),
+            self.ptr(mean, 0),
+            self.ptr(rstd, 0),
+        );
         let (ni, ci, acc) = (int(n, "n"), int(c, "c"), accumulate as i32);
         launch!(self, "layernorm_backward", warp_per_row(n), &di, &acc, &d, &x, &wp, &m, &r, &ni, &ci);
 
@@ -419,7 +529,19 @@ impl Backend for CudaBackend {
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let partial = self.partials(&mut scratch, blocks * 2 * c);
         let rows = ROWS_PER_PARTIAL as i32;
-        launch!(self, "layernorm_backward_partials", per_block_column(blocks, c), &partial, &d, &x, &m, &r, &ni, &ci, &rows);
+        launch!(
+            self,
+            "layernorm_backward_partials",
+            per_block_column(blocks, c),
+            &partial,
+            &d,
+            &x,
+            &m,
+            &r,
+            &ni,
+            &ci,
+            &rows
+        );
         let (bi, stride) = (int(blocks, "blocks"), int(2 * c, "2c"));
         let (dw, db, partial_b) = (self.ptr(grads, w.offset), self.ptr(grads, b.offset), partial + (c * 4) as u64);
         launch!(self, "sum_partials", elementwise(c), &dw, &partial, &bi, &stride, &ci);
@@ -427,7 +549,17 @@ impl Backend for CudaBackend {
     }
 
     // out (N,OC) = inp (N,C) · w (OC,C)ᵀ + b (OC): matmul.
-    fn matmul_forward(&self, out: &mut DeviceBuf<f32>, inp: &DeviceBuf<f32>, params: &DeviceBuf<f32>, w: View, b: Option<View>, n: usize, c: usize, oc: usize) {
+    fn matmul_forward(
+        &self,
+        out: &mut DeviceBuf<f32>,
+        inp: &DeviceBuf<f32>,
+        params: &DeviceBuf<f32>,
+        w: View,
+        b: Option<View>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
         let op = "matmul_forward";
         need(out, n * oc, op, "out");
         need(inp, n * c, op, "inp");
@@ -436,12 +568,36 @@ impl Backend for CudaBackend {
             need(params, b.offset + oc, op, "params");
         }
         let bias = b.map(|b| self.ptr(params, b.offset));
-        self.gemm(self.ptr(out, 0), self.ptr(inp, 0), (c, 1), self.ptr(params, w.offset), (1, c), bias, n, oc, c, false);
+        self.gemm(
+            self.ptr(out, 0),
+            self.ptr(inp, 0),
+            (c, 1),
+            self.ptr(params, w.offset),
+            (1, c),
+            bias,
+            n,
+            oc,
+            c,
+            false,
+        );
     }
 
     // dinp (N,C) (+)= dout (N,OC) · w (OC,C): matmul; dw (OC,C) += doutᵀ · inp:
     // matmul; db (OC) += Σₙ dout: column_partials, sum_partials.
-    fn matmul_backward(&self, dinp: &mut DeviceBuf<f32>, accumulate: bool, grads: &mut DeviceBuf<f32>, w: View, b: Option<View>, dout: &DeviceBuf<f32>, inp: &DeviceBuf<f32>, params: &DeviceBuf<f32>, n: usize, c: usize, oc: usize) {
+    fn matmul_backward(
+        &self,
+        dinp: &mut DeviceBuf<f32>,
+        accumulate: bool,
+        grads: &mut DeviceBuf<f32>,
+        w: View,
+        b: Option<View>,
+        dout: &DeviceBuf<f32>,
+        inp: &DeviceBuf<f32>,
+        params: &DeviceBuf<f32>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
         let op = "matmul_backward";
         need(dinp, n * c, op, "dinp");
         need(dout, n * oc, op, "dout");
@@ -459,7 +615,18 @@ impl Backend for CudaBackend {
 
     // qkv (B,T,3C) → att, att_drop (B,H,T,T), out (B,T,C):
     // attention_forward_scores, attention_forward_softmax, attention_forward_values.
-    fn attention_forward(&self, out: &mut DeviceBuf<f32>, att: &mut DeviceBuf<f32>, att_drop: &mut DeviceBuf<f32>, qkv: &DeviceBuf<f32>, b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
+    fn attention_forward(
+        &self,
+        out: &mut DeviceBuf<f32>,
+        att: &mut DeviceBuf<f32>,
+        att_drop: &mut DeviceBuf<f32>,
+        qkv: &DeviceBuf<f32>,
+        b: usize,
+        t: usize,
+        c: usize,
+        h: usize,
+        dropout: Dropout,
+    ) {
         let op = "attention_forward";
         let tt = b * h * t * t;
         need(out, b * t * c, op, "out");
@@ -476,13 +643,38 @@ impl Backend for CudaBackend {
         let dr = DropoutArgs::of(dropout);
         let on = dropout.active() as i32;
         launch!(self, "attention_forward_scores", elementwise(tt), &a, &q, &bi, &ti, &ci, &hi, &scale);
-        launch!(self, "attention_forward_softmax", warp_per_row(b * h * t), &a, &ad, &rows, &ti, &on, &dr.key, &dr.threshold, &dr.keep_scale);
+        launch!(
+            self,
+            "attention_forward_softmax",
+            warp_per_row(b * h * t),
+            &a,
+            &ad,
+            &rows,
+            &ti,
+            &on,
+            &dr.key,
+            &dr.threshold,
+            &dr.keep_scale
+        );
         launch!(self, "attention_forward_values", elementwise(b * t * c), &o, &ad, &q, &bi, &ti, &ci, &hi);
     }
 
     // dqkv (B,T,3C) from dout (B,T,C), datt scratch (B,H,T,T):
     // attention_backward_dprobs, attention_backward_dscores, attention_backward_dqkv.
-    fn attention_backward(&self, dqkv: &mut DeviceBuf<f32>, datt: &mut DeviceBuf<f32>, dout: &DeviceBuf<f32>, qkv: &DeviceBuf<f32>, att: &DeviceBuf<f32>, att_drop: &DeviceBuf<f32>, b: usize, t: usize, c: usize, h: usize, dropout: Dropout) {
+    fn attention_backward(
+        &self,
+        dqkv: &mut DeviceBuf<f32>,
+        datt: &mut DeviceBuf<f32>,
+        dout: &DeviceBuf<f32>,
+        qkv: &DeviceBuf<f32>,
+        att: &DeviceBuf<f32>,
+        att_drop: &DeviceBuf<f32>,
+        b: usize,
+        t: usize,
+        c: usize,
+        h: usize,
+        dropout: Dropout,
+    ) {
         let op = "attention_backward";
         let tt = b * h * t * t;
         need(dqkv, b * t * 3 * c, op, "dqkv");
@@ -495,30 +687,71 @@ impl Backend for CudaBackend {
         }
         let hs = c / h;
         let scale = (1.0 / (hs as f64).sqrt()) as f32;
-        let (dq, ds, dy, q, p) = (self.ptr(dqkv, 0), self.ptr(datt, 0), self.ptr(dout, 0), self.ptr(qkv, 0), self.ptr(att, 0));
+        let (dq, ds, dy, q, p) =
+            (self.ptr(dqkv, 0), self.ptr(datt, 0), self.ptr(dout, 0), self.ptr(qkv, 0), self.ptr(att, 0));
         let pd = if dropout.active() { self.ptr(att_drop, 0) } else { p };
         let (bi, ti, ci, hi, rows) = (int(b, "b"), int(t, "t"), int(c, "c"), int(h, "h"), int(b * h * t, "rows"));
         let dr = DropoutArgs::of(dropout);
         let on = dropout.active() as i32;
-        launch!(self, "attention_backward_dprobs", elementwise(tt), &ds, &dy, &q, &bi, &ti, &ci, &hi, &on, &dr.key, &dr.threshold, &dr.keep_scale);
+        launch!(
+            self,
+            "attention_backward_dprobs",
+            elementwise(tt),
+            &ds,
+            &dy,
+            &q,
+            &bi,
+            &ti,
+            &ci,
+            &hi,
+            &on,
+            &dr.key,
+            &dr.threshold,
+            &dr.keep_scale
+        );
         launch!(self, "attention_backward_dscores", warp_per_row(b * h * t), &ds, &p, &rows, &ti, &scale);
         launch!(self, "attention_backward_dqkv", elementwise(b * t * c), &dq, &ds, &pd, &dy, &q, &bi, &ti, &ci, &hi);
     }
 
     // out (N,F) = act(inp (N,F) + b (F)): activation_forward.
-    fn activation_forward(&self, out: &mut DeviceBuf<f32>, inp: &DeviceBuf<f32>, params: &DeviceBuf<f32>, b: View, n: usize, act: Activation) {
+    fn activation_forward(
+        &self,
+        out: &mut DeviceBuf<f32>,
+        inp: &DeviceBuf<f32>,
+        params: &DeviceBuf<f32>,
+        b: View,
+        n: usize,
+        act: Activation,
+    ) {
         let op = "activation_forward";
         let len = n * b.len;
         need(out, len, op, "out");
         need(inp, len, op, "inp");
         need_view(params, b, op, "params");
-        let (o, x, bias, total, width, kind) = (self.ptr(out, 0), self.ptr(inp, 0), self.ptr(params, b.offset), len as i64, int(b.len, "width"), activation_kind(act));
+        let (o, x, bias, total, width, kind) = (
+            self.ptr(out, 0),
+            self.ptr(inp, 0),
+            self.ptr(params, b.offset),
+            len as i64,
+            int(b.len, "width"),
+            activation_kind(act),
+        );
         launch!(self, "activation_forward", elementwise(len), &o, &x, &bias, &total, &width, &kind);
     }
 
     // dinp (N,F) = act'(inp + b) · dout: activation_backward; db (F) += Σₙ dinp:
     // column_partials, sum_partials.
-    fn activation_backward(&self, dinp: &mut DeviceBuf<f32>, grads: &mut DeviceBuf<f32>, b: View, dout: &DeviceBuf<f32>, inp: &DeviceBuf<f32>, params: &DeviceBuf<f32>, n: usize, act: Activation) {
+    fn activation_backward(
+        &self,
+        dinp: &mut DeviceBuf<f32>,
+        grads: &mut DeviceBuf<f32>,
+        b: View,
+        dout: &DeviceBuf<f32>,
+        inp: &DeviceBuf<f32>,
+        params: &DeviceBuf<f32>,
+        n: usize,
+        act: Activation,
+    ) {
         let op = "activation_backward";
         let len = n * b.len;
         need(dinp, len, op, "dinp");
@@ -533,15 +766,36 @@ impl Backend for CudaBackend {
     }
 
     // out (N,C) = inp (N,C) + dropout(out + b (C)) in place: residual_forward.
-    fn residual_forward(&self, out: &mut DeviceBuf<f32>, inp: &DeviceBuf<f32>, params: &DeviceBuf<f32>, b: View, n: usize, dropout: Dropout) {
+    fn residual_forward(
+        &self,
+        out: &mut DeviceBuf<f32>,
+        inp: &DeviceBuf<f32>,
+        params: &DeviceBuf<f32>,
+        b: View,
+        n: usize,
+        dropout: Dropout,
+    ) {
         let op = "residual_forward";
         let len = n * b.len;
         need(out, len, op, "out");
         need(inp, len, op, "inp");
         need_view(params, b, op, "params");
         let dr = DropoutArgs::of(dropout);
-        let (o, x, bias, total, width) = (self.ptr(out, 0), self.ptr(inp, 0), self.ptr(params, b.offset), len as i64, int(b.len, "width"));
-        launch!(self, "residual_forward", elementwise(len), &o, &x, &bias, &total, &width, &dr.key, &dr.threshold, &dr.keep_scale);
+        let (o, x, bias, total, width) =
+            (self.ptr(out, 0), self.ptr(inp, 0), self.ptr(params, b.offset), len as i64, int(b.len, "width"));
+        launch!(
+            self,
+            "residual_forward",
+            elementwise(len),
+            &o,
+            &x,
+            &bias,
+            &total,
+            &width,
+            &dr.key,
+            &dr.threshold,
+            &dr.keep_scale
+        );
     }
 
     // dinp (N) = mask · dout (N): dropout_backward.
@@ -553,26 +807,46 @@ impl Backend for CudaBackend {
     }
 
     // probs (N,V), losses (N) from logits (N,V), targets/mask (N): crossentropy_forward.
-    fn crossentropy_forward(&self, losses: &mut DeviceBuf<f32>, probs: &mut DeviceBuf<f32>, logits: &DeviceBuf<f32>, targets: &DeviceBuf<u32>, mask: &DeviceBuf<f32>, n: usize, v: usize) {
+    fn crossentropy_forward(
+        &self,
+        losses: &mut DeviceBuf<f32>,
+        probs: &mut DeviceBuf<f32>,
+        logits: &DeviceBuf<f32>,
+        targets: &DeviceBuf<u32>,
+        mask: &DeviceBuf<f32>,
+        n: usize,
+        v: usize,
+    ) {
         let op = "crossentropy_forward";
         need(losses, n, op, "losses");
         need(probs, n * v, op, "probs");
         need(logits, n * v, op, "logits");
         need(targets, n, op, "targets");
         need(mask, n, op, "mask");
-        let (l, p, z, tg, m) = (self.ptr(losses, 0), self.ptr(probs, 0), self.ptr(logits, 0), self.ptr(targets, 0), self.ptr(mask, 0));
+        let (l, p, z, tg, m) =
+            (self.ptr(losses, 0), self.ptr(probs, 0), self.ptr(logits, 0), self.ptr(targets, 0), self.ptr(mask, 0));
         let (ni, vi) = (int(n, "n"), int(v, "v"));
         launch!(self, "crossentropy_forward", warp_per_row(n), &l, &p, &z, &tg, &m, &ni, &vi);
     }
 
     // dlogits (N,V) = (probs - onehot(target)) · mask · scale: crossentropy_backward.
-    fn crossentropy_backward(&self, dlogits: &mut DeviceBuf<f32>, probs: &DeviceBuf<f32>, targets: &DeviceBuf<u32>, mask: &DeviceBuf<f32>, scale: f64, n: usize, v: usize) {
+    fn crossentropy_backward(
+        &self,
+        dlogits: &mut DeviceBuf<f32>,
+        probs: &DeviceBuf<f32>,
+        targets: &DeviceBuf<u32>,
+        mask: &DeviceBuf<f32>,
+        scale: f64,
+        n: usize,
+        v: usize,
+    ) {
         let op = "crossentropy_backward";
         need(dlogits, n * v, op, "dlogits");
         need(probs, n * v, op, "probs");
         need(targets, n, op, "targets");
         need(mask, n, op, "mask");
-        let (d, p, tg, m, s) = (self.ptr(dlogits, 0), self.ptr(probs, 0), self.ptr(targets, 0), self.ptr(mask, 0), scale as f32);
+        let (d, p, tg, m, s) =
+            (self.ptr(dlogits, 0), self.ptr(probs, 0), self.ptr(targets, 0), self.ptr(mask, 0), scale as f32);
         let (ni, vi) = (int(n, "n"), int(v, "v"));
         launch!(self, "crossentropy_backward", elementwise(n * v), &d, &p, &tg, &m, &s, &ni, &vi);
     }
@@ -602,7 +876,15 @@ impl Backend for CudaBackend {
 
     // One AdamW step: adamw_update once per run of adjacent groups with one
     // weight decay, constants rounded to f32 as the CPU twin rounds them.
-    fn adamw_update(&self, params: &mut DeviceBuf<f32>, grads: &DeviceBuf<f32>, m: &mut DeviceBuf<f32>, v: &mut DeviceBuf<f32>, groups: &[DecayGroup], hp: AdamW) {
+    fn adamw_update(
+        &self,
+        params: &mut DeviceBuf<f32>,
+        grads: &DeviceBuf<f32>,
+        m: &mut DeviceBuf<f32>,
+        v: &mut DeviceBuf<f32>,
+        groups: &[DecayGroup],
+        hp: AdamW,
+    ) {
         let op = "adamw_update";
         let (b1, b2) = (hp.beta1 as f32, hp.beta2 as f32);
         let (one_b1, one_b2) = ((1.0 - hp.beta1) as f32, (1.0 - hp.beta2) as f32);
@@ -616,8 +898,33 @@ impl Backend for CudaBackend {
                 need(buf, offset + len, op, name);
             }
             let decay = (1.0 - hp.lr * weight_decay) as f32;
-            let (p, g, mp, vp, n) = (self.ptr(params, offset), self.ptr(grads, offset), self.ptr(m, offset), self.ptr(v, offset), len as i64);
-            launch!(self, "adamw_update", elementwise(len), &p, &g, &mp, &vp, &n, &b1, &b2, &one_b1, &one_b2, &lr, &eps, &gscale, &bc1, &bc2, &decay);
+            let (p, g, mp, vp, n) = (
+                self.ptr(params, offset),
+                self.ptr(grads, offset),
+                self.ptr(m, offset),
+                self.ptr(v, offset),
+                len as i64,
+            );
+            launch!(
+                self,
+                "adamw_update",
+                elementwise(len),
+                &p,
+                &g,
+                &mp,
+                &vp,
+                &n,
+                &b1,
+                &b2,
+                &one_b1,
+                &one_b2,
+                &lr,
+                &eps,
+                &gscale,
+                &bc1,
+                &bc2,
+                &decay
+            );
         }
     }
 }
