@@ -160,7 +160,8 @@ impl Default for ModelConfig {
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum Schedule {
+/// The learning-rate schedule after warmup (`train.schedule`).
+pub enum LrSchedule {
     /// Linear warmup, then constant.
     Constant,
     /// Linear warmup, then cosine decay to `lr_floor`·lr at the last step.
@@ -191,7 +192,7 @@ pub struct TrainConfig {
     pub batch_size: usize,
     pub lr: f64,
     pub warmup_steps: u64,
-    pub schedule: Schedule,
+    pub schedule: LrSchedule,
     /// Final learning rate of a decaying schedule, as a fraction of `lr`.
     pub lr_floor: f64,
     pub betas: [f64; 2],
@@ -242,7 +243,7 @@ impl Default for TrainConfig {
             batch_size: 32,
             lr: 1e-3,
             warmup_steps: 50,
-            schedule: Schedule::Cosine,
+            schedule: LrSchedule::Cosine,
             lr_floor: 0.1,
             betas: [0.9, 0.95],
             eps: 1e-8,
@@ -466,7 +467,7 @@ impl Config {
         if self.analysis.horizon == Some(0) {
             return bad("analysis.horizon", &0, "must be at least 1");
         }
-        crate::train::events::Schedule::build(self, suite, path)?;
+        crate::train::events::Mixture::build(self, suite, path)?;
         let need = suite.max_len() + 1;
         if m.n_ctx < need {
             let longest = suite.tasks.iter().max_by_key(|t| t.max_len()).expect("a suite has tasks");

@@ -480,7 +480,7 @@ fn full_batch_after_a_drop_trains_only_the_remaining_tasks() {
         drop = ["sub"]
     "#;
     let (cfg, s) = ebb::config::Config::parse(text, std::path::Path::new("full-drop.toml"), &[]).unwrap();
-    let schedule = ebb::train::events::Schedule::build(&cfg, &s, std::path::Path::new("full-drop.toml")).unwrap();
+    let schedule = ebb::train::events::Mixture::build(&cfg, &s, std::path::Path::new("full-drop.toml")).unwrap();
     let (rows, ctx) = (cfg.train.batch_size, cfg.model.n_ctx);
     let n_add = s.tasks[0].train_set.as_ref().unwrap().len();
     assert_eq!(rows, n_add + s.tasks[1].train_set.as_ref().unwrap().len());

@@ -133,8 +133,9 @@ impl Entry {
     }
 }
 
+/// The task mixture over training: every event's changes, resolved.
 #[derive(Clone, Debug, Default)]
-pub struct Schedule {
+pub struct Mixture {
     /// As written: phases, then `[[schedule]]` entries.
     entries: Vec<Entry>,
     /// The events whose step is known, in the order they apply: by step,
@@ -142,9 +143,9 @@ pub struct Schedule {
     pub events: Vec<Event>,
 }
 
-impl Schedule {
+impl Mixture {
     /// Resolves `cfg`'s schedule against `suite`; `path` is named in errors.
-    pub fn build(cfg: &Config, suite: &Suite, path: &Path) -> Result<Schedule> {
+    pub fn build(cfg: &Config, suite: &Suite, path: &Path) -> Result<Mixture> {
         let index = |key: &str, id: &str| {
             suite
                 .tasks
@@ -215,7 +216,7 @@ impl Schedule {
                 }
             }
         }
-        let mut schedule = Schedule { entries, events: Vec::new() };
+        let mut schedule = Mixture { entries, events: Vec::new() };
         schedule.resolve();
         // Every step must train on something (learned events are checked
         // again when they resolve).
@@ -428,13 +429,13 @@ mod tests {
 
     /// Phases of 100 steps at most over tasks 0, 1, 2; each ends 5 steps
     /// after its task is learned.
-    fn learned_phases() -> Schedule {
+    fn learned_phases() -> Mixture {
         let phase = |task: usize, watched: usize| Entry {
             when: When::Learned(Trigger { tasks: vec![watched], phase_steps: Some(100), ..trigger(None) }),
             changes: vec![Change::Phase(task)],
         };
         let first = Entry { when: When::At(0), changes: vec![Change::Phase(0)] };
-        let mut s = Schedule { entries: vec![first, phase(1, 0), phase(2, 1)], events: Vec::new() };
+        let mut s = Mixture { entries: vec![first, phase(1, 0), phase(2, 1)], events: Vec::new() };
         s.resolve();
         s
     }
@@ -442,7 +443,7 @@ mod tests {
     #[test]
     fn learned_phases_start_after_learning_and_cap_from_the_previous_start() {
         let mut s = learned_phases();
-        let starts = |s: &Schedule| s.events.iter().map(|e| e.step).collect::<Vec<_>>();
+        let starts = |s: &Mixture| s.events.iter().map(|e| e.step).collect::<Vec<_>>();
         assert_eq!(starts(&s), [0, 100, 200], "until learned, each phase lasts phase_steps");
         assert!(s.observe(40, &[0.95, 1.0, 0.0]).is_empty());
         assert!(s.observe(50, &[0.5, 1.0, 0.0]).is_empty(), "task 1 is not watched before its phase");

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::events::Schedule;
+use super::events::Mixture;
 use super::{Trainer, fingerprint};
 use crate::backend::Backend;
 use crate::checkpoint::{self, Checkpoint};
@@ -78,7 +78,7 @@ pub struct Run<'a, B: Backend> {
     backend: &'a B,
     cfg: &'a Config,
     suite: &'a Suite,
-    schedule: Schedule,
+    schedule: Mixture,
     out: PathBuf,
     /// Held while the run lives, so no second process trains into `out`.
     _lock: run_dir::RunLock,
@@ -100,7 +100,7 @@ impl<'a, B: Backend> Run<'a, B> {
     /// A fresh run writing into `out`.
     pub fn start(backend: &'a B, cfg: &'a Config, suite: &'a Suite, out: &Path) -> Result<Self> {
         // Everything that can refuse the run is checked before the directory is written.
-        let schedule = Schedule::build(cfg, suite, Path::new("config.toml"))?;
+        let schedule = Mixture::build(cfg, suite, Path::new("config.toml"))?;
         let layout = crate::model::ParamLayout::new(&cfg.model_shape(suite.vocab.len()));
         let initial =
             cfg.model.init_from.as_deref().map(|file| crate::weights::read_weights(file, &layout)).transpose()?;
@@ -183,7 +183,7 @@ impl<'a, B: Backend> Run<'a, B> {
         backend: &'a B,
         cfg: &'a Config,
         suite: &'a Suite,
-        schedule: Schedule,
+        schedule: Mixture,
         out: &Path,
         lock: run_dir::RunLock,
     ) -> Self {
