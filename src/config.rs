@@ -158,9 +158,9 @@ impl Default for ModelConfig {
     }
 }
 
+/// The learning-rate schedule after warmup (`train.schedule`).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-/// The learning-rate schedule after warmup (`train.schedule`).
 pub enum LrSchedule {
     /// Linear warmup, then constant.
     Constant,
