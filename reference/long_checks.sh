@@ -18,30 +18,30 @@
 #   a-prefix  the same run's first 300 steps (a constant schedule, so the
 #             same trajectory) with weights every step: strict resync.
 #   a-late    300 steps from (a)'s step-1700 weights with a fresh AdamW,
-#             weights every step: resync reported, not gated (see below).
+#             weights every step: strict resync.
 #   b         tasks/quickstart.toml, 1000 steps, drop/revive schedule off;
 #             weights every step. Resync and free running.
 #   c         reference/configs/c-gelu-clip.toml: GELU, pre-LayerNorm, tied,
 #             cosine, clipping at 0.5 (the norm exceeds it at most steps);
 #             suite A, 2 layers, 64 wide, 2000 steps; weights every step.
 #
-# Why (a) is gated differently. Weights every step for 5000 steps would
-# be 4 GB, so the replica runs 10 steps on its own between syncs. No
-# tolerance for 10 free steps holds in this run without being useless:
-# a ReLU pre-activation within rounding of 0 flips in one program and not
-# the other (7e-5 in mlp.fc.b after a single step at step 86, decaying with
-# beta1 in Adam's first moment), and once the training loss is within a
-# few ulps of 0 per token (below 1e-6 from step 948; exactly 0 over steps
-# 1192-1606, 1815-1884, 3582-3657) the gradient itself is float32 rounding
-# in both programs: p_target rounds to 1, so (p - onehot) loses the
-# target's term, and both f32 gradients are 50-200% off a float64 one
-# (precision_floor.py) while |g| ~ eps, so AdamW turns the rounding into
-# full-size, different steps (a-late shows it from identical state).
-# So (a) is gated on what is exact after every sync: the training loss and
-# gradient norm of the first pass, from bit-identical parameters, held to
-# compare.py's strict tolerances (long_summary.py --gate one-pass), and on
-# a-prefix. Its 10-step figures are compared at 10x the strict tolerances
-# and reported (they are over them from step 80).
+# How (a) is gated. Weights every step for 5000 steps would be 4 GB, so
+# the replica runs 10 steps on its own between syncs, and those 10 free
+# steps are held to tolerances for 10 free steps of this run: losses
+# 5e-2 relative + 1e-5, parameters 2e-2 relative L2 per tensor, exact
+# match to one example, gradient norm within a factor of 2 (+1e-3). What
+# separates the programs within 10 steps is ReLU switching: a hidden
+# pre-activation within rounding of 0 is on in one and off in the other,
+# an O(1) change in that unit's gradient (mlp.fc.b 7e-5 apart after one
+# step at step 86 in a-prefix, decaying with beta1 in Adam's first moment);
+# during the loss bump at steps 130-150 the gradient norm is the most
+# sensitive figure (0.094 against 0.145 at step 143, losses 2% apart).
+# The first pass after every sync, from bit-identical parameters, is held
+# to the strict tolerances on top (long_summary.py), so an error in the
+# loss or its gradient shows at once whatever the 10-step tolerances.
+# a-late (from the memorised state, training loss ~6e-8 per token) is held
+# to the strict tolerances: it failed them from step 1 while ebb computed
+# the target's cross-entropy gradient as p - 1, which rounds to 0 there.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -49,7 +49,7 @@ work="${1:-/tmp/longcheck-runs}"
 ebb="${EBB:-$root/target/release/ebb}"
 python="${PYTHON:-/tmp/replica-venv/bin/python}"
 only="${ONLY:-a b c}"
-ten_free_steps=(--loss-rtol 1e-4 --loss-atol 1e-5 --grad-rtol 1e-3 --grad-atol 1e-5 --param-rtol 1e-3)
+ten_free_steps=(--loss-rtol 5e-2 --loss-atol 1e-5 --grad-rtol 1 --grad-atol 1e-3 --param-rtol 2e-2)
 failed=()
 
 # ebb_run LABEL EVERY CONFIG [ebb run options...]: $work/LABEL/run
@@ -95,14 +95,14 @@ for which in $only; do
         a_grok="$here/configs/a-grok.toml"
         if ebb_run a 10 "$a_grok" && compare a resync "${ten_free_steps[@]}" && compare a free; then
             cp "$work/a/run/weights/step-1700.safetensors" "$work/a/step-1700.safetensors"
-            summarize a 10 one-pass
+            summarize a 10 all
         else failed+=(a); fi
         if ebb_run a-prefix 1 "$a_grok" --set train.steps=300 && compare a-prefix resync; then
             summarize a-prefix 1 all
         else failed+=(a-prefix); fi
         if [ -f "$work/a/step-1700.safetensors" ] &&
             ebb_run a-late 1 "$a_grok" --set train.steps=300 --init-from "$work/a/step-1700.safetensors" && compare a-late resync; then
-            summarize a-late 1 none
+            summarize a-late 1 all
         else failed+=(a-late); fi
         rm -f "$work/a/step-1700.safetensors"
         ;;

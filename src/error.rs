@@ -12,6 +12,9 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     /// Training stopped because a loss or gradient was not finite. Exit code 1.
     Diverged { step: u64, what: String },
+    /// Another process holds the run directory (`holder`: its pid and host).
+    /// Exit code 3, so that a caller can tell "busy" from "failed".
+    Busy { dir: PathBuf, holder: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -50,10 +53,14 @@ impl Error {
         Error::Io { path: path.to_path_buf(), source }
     }
 
+    /// The exit code of a command refused because its run directory is in use.
+    pub const BUSY_EXIT_CODE: i32 = 3;
+
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Input(_) | Error::Io { .. } => 2,
             Error::Diverged { .. } => 1,
+            Error::Busy { .. } => Error::BUSY_EXIT_CODE,
         }
     }
 }
@@ -64,6 +71,9 @@ impl fmt::Display for Error {
             Error::Input(msg) => f.write_str(msg),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Diverged { step, what } => write!(f, "diverged at step {step}: {what}"),
+            Error::Busy { dir, holder } => {
+                write!(f, "{}: in use by another ebb process ({holder}); wait for it or stop it", dir.display())
+            }
         }
     }
 }

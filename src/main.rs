@@ -31,6 +31,17 @@ enum Device {
     Cuda,
 }
 
+impl Device {
+    /// As written on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            Device::Auto => "auto",
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum PlotFormat {
     Png,
@@ -125,6 +136,9 @@ enum Command {
         /// Run only slice i of n of the runs (1-based), e.g. --shard 2/4.
         #[arg(long, value_name = "I/N")]
         shard: Option<String>,
+        /// Where every run computes (passed to each run's `ebb run --device`).
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: Device,
         /// Print the plan (every run, its id and status) and run nothing; with
         /// --slurm, write the batch script and submit nothing.
         #[arg(long)]
@@ -595,6 +609,7 @@ fn dispatch(command: Command) -> Result<()> {
             jobs,
             threads,
             shard,
+            device,
             dry_run,
             status,
             slurm,
@@ -629,6 +644,7 @@ fn dispatch(command: Command) -> Result<()> {
                     sbatch_args: sbatch_arg,
                     wait,
                     dry_run,
+                    device: device.name(),
                 };
                 return submit_to_slurm(&plan, &sweep, &out, &opts);
             }
@@ -664,7 +680,8 @@ fn dispatch(command: Command) -> Result<()> {
                 return Ok(());
             }
             ebb::sweep::prepare(&plan, &out)?;
-            let opts = ebb::sweep::RunOptions { out: out.clone(), jobs, threads_per_job: threads, shard, quiet };
+            let opts =
+                ebb::sweep::RunOptions { out: out.clone(), jobs, threads_per_job: threads, shard, device: device.name(), quiet };
             let outcome = ebb::sweep::run(&plan, &opts)?;
             if !no_aggregate {
                 ebb::sweep::aggregate::aggregate(&out, &plan.report.heatmap)?;

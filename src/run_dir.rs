@@ -69,11 +69,7 @@ impl RunLock {
             }
         }
         let holder = std::fs::read_to_string(&path).unwrap_or_default();
-        Err(Error::input(format!(
-            "{}: in use by another ebb process ({}); wait for it or stop it",
-            dir.display(),
-            holder.trim()
-        )))
+        Err(Error::Busy { dir: dir.to_path_buf(), holder: holder.trim().to_string() })
     }
 
     /// Whether some process holds `dir` now.

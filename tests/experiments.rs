@@ -182,6 +182,21 @@ fn kill(child: &mut std::process::Child) {
 }
 
 #[test]
+fn a_run_directory_in_use_is_refused_with_the_busy_exit_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("exp.toml");
+    write(&cfg, &two_tasks(""));
+    let dir = tmp.path().join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _held = ebb::run_dir::RunLock::take(&dir).unwrap(); // as a training process holds it
+    let out = ebb().arg("run").arg(&cfg).arg("--out").arg(&dir).arg("--quiet").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(ebb::error::Error::BUSY_EXIT_CODE), "{stderr}");
+    assert!(stderr.contains("in use by another ebb process") && stderr.lines().count() == 1, "{stderr}");
+    assert!(!dir.join("metrics.csv").exists(), "the busy directory was written");
+}
+
+#[test]
 fn resume_after_sigkill_is_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("heavy.toml");

@@ -205,7 +205,7 @@ impl Plan {
 
     /// Runs of shard `i` of `n` (1-based): every n-th run of the plan.
     pub fn shard(&self, i: usize, n: usize) -> Vec<&PlannedRun> {
-        self.runs.iter().enumerate().filter(|(k, _)| k % n == i - 1).map(|(_, r)| r).collect()
+        self.runs.iter().enumerate().filter(|&(k, _)| shard_of(k, n) == i).map(|(_, r)| r).collect()
     }
 
     /// `manifest.csv`: one row per run, its id and varied values.
@@ -224,6 +224,12 @@ impl Plan {
 
 fn describe(point: &[(String, toml::Value)]) -> String {
     point.iter().map(|(k, v)| format!("{k}={}", short(v))).collect::<Vec<_>>().join(" ")
+}
+
+/// The shard (1-based, of `n`) that runs the plan's run `k` (0-based): the
+/// one rule `--shard` and Slurm's array tasks share.
+pub fn shard_of(k: usize, n: usize) -> usize {
+    k % n + 1
 }
 
 /// Parses `--shard i/n`.
@@ -269,6 +275,11 @@ impl RunStatus {
         }
     }
 
+    /// Finished or diverged: nothing more to run.
+    pub fn is_done(self) -> bool {
+        matches!(self, RunStatus::Finished | RunStatus::Diverged)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             RunStatus::Pending => "pending",
@@ -287,6 +298,8 @@ pub struct RunOptions {
     pub jobs: usize,
     pub threads_per_job: usize,
     pub shard: (usize, usize),
+    /// Every run's `--device` (`cpu`, `cuda` or `auto`).
+    pub device: &'static str,
     pub quiet: bool,
 }
 
@@ -335,7 +348,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<SweepOutcome> {
     let mut queue = VecDeque::new();
     for r in plan.shard(opts.shard.0, opts.shard.1) {
         match RunStatus::of(&opts.out.join(&r.id)) {
-            RunStatus::Finished | RunStatus::Diverged => outcome.skipped.push(r.id.clone()),
+            s if s.is_done() => outcome.skipped.push(r.id.clone()),
             RunStatus::Running => outcome.busy.push(r.id.clone()),
             _ => queue.push_back(r),
         }
@@ -353,7 +366,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<SweepOutcome> {
                     let dir = opts.out.join(&r.id);
                     // Another process may have finished or taken it since the queue was made.
                     match RunStatus::of(&dir) {
-                        RunStatus::Finished | RunStatus::Diverged => {
+                        s if s.is_done() => {
                             done_elsewhere.lock().unwrap_or_else(|e| e.into_inner()).push(r.id.clone());
                             continue;
                         }
@@ -370,7 +383,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<SweepOutcome> {
                     } else {
                         cmd.arg("run").arg(configs.join(format!("{}.toml", r.id))).arg("--out").arg(&dir);
                     }
-                    cmd.args(["--quiet", "--device", "cpu", "--threads", &opts.threads_per_job.to_string()])
+                    cmd.args(["--quiet", "--device", opts.device, "--threads", &opts.threads_per_job.to_string()])
                         .stdin(Stdio::null())
                         .stdout(Stdio::null())
                         .stderr(Stdio::piped());
@@ -391,9 +404,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<SweepOutcome> {
                         }
                         Ok(_) if RunStatus::of(&dir) == RunStatus::Diverged => RunStatus::Diverged,
                         // Another process took the run between our look and the child's start.
-                        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("in use by another ebb process") => {
-                            RunStatus::Running
-                        }
+                        Ok(out) if out.status.code() == Some(Error::BUSY_EXIT_CODE) => RunStatus::Running,
                         Ok(out) => {
                             let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
                             let _ = std::fs::create_dir_all(&dir);

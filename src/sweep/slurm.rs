@@ -34,6 +34,8 @@ pub struct SlurmOptions {
     pub wait: bool,
     /// Write the script and print the command; submit nothing.
     pub dry_run: bool,
+    /// Every run's `--device` (`cpu`, `cuda` or `auto`).
+    pub device: &'static str,
 }
 
 /// What `submit` did.
@@ -48,11 +50,6 @@ pub struct Submission {
     pub running_runs: usize,
     /// The job id (none for a dry run or when nothing was missing).
     pub job: Option<String>,
-}
-
-/// Array task of run `k` (0-based position in the plan) when the plan is cut into `n` shards.
-fn task_of_run(k: usize, n: usize) -> usize {
-    k % n
 }
 
 /// `0-3,5,7-9`: sorted indices as Slurm array ranges.
@@ -146,11 +143,12 @@ fn batch_script(
     }
     s.push_str("set -eu\n");
     s.push_str(&format!(
-        "exec {} sweep {} --out {} --shard \"$((SLURM_ARRAY_TASK_ID + 1))/{n}\" --jobs 1 --threads \"${{SLURM_CPUS_PER_TASK:-{}}}\" --no-aggregate --quiet\n",
+        "exec {} sweep {} --out {} --shard \"$((SLURM_ARRAY_TASK_ID + 1))/{n}\" --jobs 1 --threads \"${{SLURM_CPUS_PER_TASK:-{}}}\" --device {} --no-aggregate --quiet\n",
         quote(exe),
         quote(sweep_file),
         quote(out),
-        opts.cpus_per_task
+        opts.cpus_per_task,
+        opts.device
     ));
     s
 }
@@ -186,11 +184,11 @@ pub fn submit(plan: &Plan, sweep_file: &Path, out: &Path, opts: &SlurmOptions) -
     let mut wanted = vec![false; n];
     for (k, r) in plan.runs.iter().enumerate() {
         match RunStatus::of(&out.join(&r.id)) {
-            RunStatus::Finished | RunStatus::Diverged => {}
+            s if s.is_done() => {}
             RunStatus::Running => running_runs += 1,
             _ => {
                 missing_runs += 1;
-                wanted[task_of_run(k, n)] = true;
+                wanted[super::shard_of(k, n) - 1] = true; // array task i runs shard i+1
             }
         }
     }
@@ -300,7 +298,7 @@ impl SweepStatus {
 
     /// Every run is finished or diverged.
     pub fn complete(&self) -> bool {
-        self.runs.iter().all(|(_, s)| matches!(s, RunStatus::Finished | RunStatus::Diverged))
+        self.runs.iter().all(|(_, s)| s.is_done())
     }
 
     /// The report `ebb status` prints.
@@ -390,20 +388,5 @@ mod tests {
         assert_eq!(array_spec(&[0, 1, 2, 3]), "0-3");
         assert_eq!(array_spec(&[0, 2, 3, 4, 7, 9, 10]), "0,2-4,7,9-10");
         assert_eq!(array_spec(&[5]), "5");
-    }
-
-    #[test]
-    fn run_k_is_in_the_shard_of_its_array_task() {
-        let run = |i: usize| super::super::PlannedRun { id: format!("r{i}"), point: vec![], config: String::new() };
-        let plan =
-            Plan { name: "t".into(), keys: vec![], runs: (0..20).map(run).collect(), report: Default::default() };
-        for n in 1..7 {
-            for k in 0..20 {
-                assert!(
-                    plan.shard(task_of_run(k, n) + 1, n).iter().any(|r| r.id == format!("r{k}")),
-                    "run {k}, {n} tasks"
-                );
-            }
-        }
     }
 }
