@@ -680,8 +680,14 @@ fn dispatch(command: Command) -> Result<()> {
                 return Ok(());
             }
             ebb::sweep::prepare(&plan, &out)?;
-            let opts =
-                ebb::sweep::RunOptions { out: out.clone(), jobs, threads_per_job: threads, shard, device: device.name(), quiet };
+            let opts = ebb::sweep::RunOptions {
+                out: out.clone(),
+                jobs,
+                threads_per_job: threads,
+                shard,
+                device: device.name(),
+                quiet,
+            };
             let outcome = ebb::sweep::run(&plan, &opts)?;
             if !no_aggregate {
                 ebb::sweep::aggregate::aggregate(&out, &plan.report.heatmap)?;

@@ -134,7 +134,10 @@ fn short_runs_keep_their_pinned_fingerprints() {
 fn an_avx2_only_cpu_gives_the_same_bits() {
     let qemu = Command::new("qemu-x86_64").arg("--version").output().is_ok_and(|o| o.status.success());
     if !qemu {
-        assert!(std::env::var("EBB_REQUIRE_QEMU").as_deref() != Ok("1"), "EBB_REQUIRE_QEMU=1 but qemu-x86_64 is not installed");
+        assert!(
+            std::env::var("EBB_REQUIRE_QEMU").as_deref() != Ok("1"),
+            "EBB_REQUIRE_QEMU=1 but qemu-x86_64 is not installed"
+        );
         eprintln!("qemu-x86_64 not installed: the AVX2-only check is skipped");
         return;
     }

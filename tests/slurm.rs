@@ -76,12 +76,12 @@ fn a_slurm_sweep_aggregates_like_a_local_one_and_resubmission_runs_only_what_is_
     }
     let tmp = tempfile::tempdir().unwrap();
     let local = tmp.path().join("local");
-    run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&local).args(["--jobs", "2", "--quiet"]));
+    run_ok(ebb().arg("sweep").arg(test_sweep()).arg("--out").arg(&local).args(["--jobs", "2", "--quiet"]));
     let want = sweep_aggregate(&local);
 
     // The whole sweep as one job array, two array tasks at a time.
     let whole = tmp.path().join("whole");
-    let o = run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&whole).args([
+    let o = run_ok(ebb().arg("sweep").arg(test_sweep()).arg("--out").arg(&whole).args([
         "--slurm",
         "--array-parallel",
         "2",
@@ -105,7 +105,7 @@ fn a_slurm_sweep_aggregates_like_a_local_one_and_resubmission_runs_only_what_is_
 
     // Again, and cancel one array task while its run is training.
     let killed = tmp.path().join("killed");
-    let o = run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&killed).args([
+    let o = run_ok(ebb().arg("sweep").arg(test_sweep()).arg("--out").arg(&killed).args([
         "--slurm",
         "--array-parallel",
         "2",
@@ -113,7 +113,7 @@ fn a_slurm_sweep_aggregates_like_a_local_one_and_resubmission_runs_only_what_is_
     let job =
         stdout(&o).split("submitted job ").nth(1).and_then(|s| s.split(':').next()).expect("a job id").to_string();
     // While that array is queued, another submission would run its shards twice: refused.
-    let again = ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&killed).arg("--slurm").output().unwrap();
+    let again = ebb().arg("sweep").arg(test_sweep()).arg("--out").arg(&killed).arg("--slurm").output().unwrap();
     assert_input_error(&again, &[&format!("job {job} of this sweep is still in the queue")]);
     let ids: Vec<String> = std::fs::read_to_string(killed.join("manifest.csv"))
         .unwrap()
@@ -144,7 +144,7 @@ fn a_slurm_sweep_aggregates_like_a_local_one_and_resubmission_runs_only_what_is_
     let before: Vec<_> = ids.iter().filter(|id| finished(id)).map(|id| (id.clone(), stamp(id))).collect();
 
     // Resubmitting runs only the cancelled run's array task, resumed from its checkpoint.
-    let o = run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&killed).args(["--slurm", "--wait"]));
+    let o = run_ok(ebb().arg("sweep").arg(test_sweep()).arg("--out").arg(&killed).args(["--slurm", "--wait"]));
     assert!(stdout(&o).contains(&format!("1 runs to do in array tasks {k} of 12")), "{}", stdout(&o));
     assert!(
         std::fs::read_to_string(killed.join("slurm/sweep.sbatch")).unwrap().contains(&format!("#SBATCH --array={k}\n"))
@@ -155,13 +155,13 @@ fn a_slurm_sweep_aggregates_like_a_local_one_and_resubmission_runs_only_what_is_
     assert_eq!(sweep_aggregate(&killed), want, "the resubmitted sweep aggregates differently");
 
     // Nothing is missing now: a third submission submits nothing.
-    let o = run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&killed).arg("--slurm"));
+    let o = run_ok(ebb().arg("sweep").arg(test_sweep()).arg("--out").arg(&killed).arg("--slurm"));
     assert!(stdout(&o).contains("nothing to submit"), "{}", stdout(&o));
 
     // A partition the cluster lacks: sbatch's own words, exit 2, no job.
     let o = ebb()
         .arg("sweep")
-        .arg(smoke_sweep())
+        .arg(test_sweep())
         .arg("--out")
         .arg(tmp.path().join("bad"))
         .args(["--slurm", "--partition", "no-such-partition"])
@@ -175,7 +175,7 @@ fn a_slurm_sweep_aggregates_like_a_local_one_and_resubmission_runs_only_what_is_
 /// `ebb sweep` with `args`: exit 2, one line containing every `expect`.
 fn refused(args: &[&str], path: Option<&str>, expect: &[&str]) {
     let mut cmd = ebb();
-    cmd.arg("sweep").arg(smoke_sweep()).args(args);
+    cmd.arg("sweep").arg(test_sweep()).args(args);
     if let Some(p) = path {
         cmd.env("PATH", p);
     }
@@ -207,7 +207,7 @@ fn bad_slurm_submissions_are_refused_before_anything_is_submitted() {
 fn a_dry_run_writes_a_batch_script_one_can_read_and_submit() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let o = run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&out).args([
+    let o = run_ok(ebb().arg("sweep").arg(test_sweep()).arg("--out").arg(&out).args([
         "--slurm",
         "--dry-run",
         "--array-parallel",
@@ -247,7 +247,7 @@ fn a_dry_run_writes_a_batch_script_one_can_read_and_submit() {
         .unwrap();
     assert!(shell.status.success(), "{}", String::from_utf8_lossy(&shell.stderr));
     let counts = status_counts(&out);
-    let shard: Vec<String> = stdout(&run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&out).args([
+    let shard: Vec<String> = stdout(&run_ok(ebb().arg("sweep").arg(test_sweep()).arg("--out").arg(&out).args([
         "--dry-run",
         "--shard",
         "3/5",
@@ -259,6 +259,6 @@ fn a_dry_run_writes_a_batch_script_one_can_read_and_submit() {
     assert_eq!(count(&counts, "finished"), shard.len(), "{counts:?}");
     assert_eq!(count(&counts, "pending"), 12 - shard.len(), "{counts:?}");
     // `ebb sweep FILE --status` reads the same directory the same way.
-    let via_sweep = run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&out).arg("--status"));
+    let via_sweep = run_ok(ebb().arg("sweep").arg(test_sweep()).arg("--out").arg(&out).arg("--status"));
     assert_eq!(stdout(&via_sweep), stdout(&run_ok(ebb().arg("status").arg(&out))));
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 
 fn dry_run_ids(extra: &[&str], out: &Path) -> Vec<String> {
-    let o = run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(out).arg("--dry-run").args(extra));
+    let o = run_ok(ebb().arg("sweep").arg(test_sweep()).arg("--out").arg(out).arg("--dry-run").args(extra));
     String::from_utf8_lossy(&o.stdout)
         .lines()
         .skip(1)
@@ -22,7 +22,7 @@ fn dry_run_ids(extra: &[&str], out: &Path) -> Vec<String> {
 fn a_killed_sweep_resumes_to_the_same_aggregate_and_shards_partition_it() {
     let tmp = tempfile::tempdir().unwrap();
     let whole = tmp.path().join("whole");
-    run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&whole).args(["--jobs", "2", "--quiet"]));
+    run_ok(ebb().arg("sweep").arg(test_sweep()).arg("--out").arg(&whole).args(["--jobs", "2", "--quiet"]));
     let want = sweep_aggregate(&whole);
     assert_eq!(want[0].lines().count(), 13, "12 runs and a header:\n{}", want[0]);
     assert!(want[0].lines().skip(1).all(|l| l.contains(",finished,")), "{}", want[0]);
@@ -31,7 +31,7 @@ fn a_killed_sweep_resumes_to_the_same_aggregate_and_shards_partition_it() {
     let killed = tmp.path().join("killed");
     let mut child = ebb()
         .arg("sweep")
-        .arg(smoke_sweep())
+        .arg(test_sweep())
         .arg("--out")
         .arg(&killed)
         .args(["--jobs", "2", "--quiet"])
@@ -57,7 +57,7 @@ fn a_killed_sweep_resumes_to_the_same_aggregate_and_shards_partition_it() {
     let done_before =
         std::fs::read_dir(&killed).unwrap().flatten().filter(|e| e.path().join("summary.json").exists()).count();
     assert!(done_before < 12, "the kill came too late to interrupt anything");
-    let again = run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&killed).args(["--jobs", "2"]));
+    let again = run_ok(ebb().arg("sweep").arg(test_sweep()).arg("--out").arg(&killed).args(["--jobs", "2"]));
     let said = String::from_utf8_lossy(&again.stdout);
     assert!(said.contains(&format!("{} already done", done_before)), "{said}");
     assert_eq!(sweep_aggregate(&killed), want, "the resumed sweep aggregates differently");
@@ -73,7 +73,7 @@ fn a_killed_sweep_resumes_to_the_same_aggregate_and_shards_partition_it() {
     let mut sorted = all.clone();
     sorted.sort();
     assert_eq!(union, sorted);
-    run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&sharded).args(["--shard", "1/2", "--quiet"]));
+    run_ok(ebb().arg("sweep").arg(test_sweep()).arg("--out").arg(&sharded).args(["--shard", "1/2", "--quiet"]));
     let ran: Vec<String> = std::fs::read_dir(&sharded)
         .unwrap()
         .flatten()
@@ -82,7 +82,7 @@ fn a_killed_sweep_resumes_to_the_same_aggregate_and_shards_partition_it() {
         .collect();
     assert_eq!(ran.len(), one.len());
     assert!(ran.iter().all(|id| one.contains(id)), "shard 1/2 ran a run of shard 2/2");
-    run_ok(ebb().arg("sweep").arg(smoke_sweep()).arg("--out").arg(&sharded).args(["--shard", "2/2", "--quiet"]));
+    run_ok(ebb().arg("sweep").arg(test_sweep()).arg("--out").arg(&sharded).args(["--shard", "2/2", "--quiet"]));
     assert_eq!(sweep_aggregate(&sharded), want);
 }
 

@@ -47,9 +47,10 @@ pub fn assert_input_error(out: &Output, expect: &[&str]) -> String {
     stderr
 }
 
-/// The smoke sweep, `tasks/sweep-smoke.toml`.
-pub fn smoke_sweep() -> PathBuf {
-    root().join("tasks/sweep-smoke.toml")
+/// The test sweep, `tests/fixtures/sweep-tiny.toml`: twelve runs of a
+/// tiny experiment, seconds in all.
+pub fn test_sweep() -> PathBuf {
+    root().join("tests/fixtures/sweep-tiny.toml")
 }
 
 /// A sweep's aggregate files, which must not depend on how the sweep was run.
