@@ -689,6 +689,9 @@ pub struct Matrix {
     run: String,
     order: Vec<String>,
     values: Vec<Vec<Option<f64>>>,
+    /// Per phase but the last: whether its task was learned at its end.
+    learned: Vec<Option<bool>>,
+    learned_threshold: f64,
 }
 
 impl Matrix {
@@ -698,7 +701,13 @@ impl Matrix {
         let rows = self.values.len();
         // Cells are centred on integer coordinates, so the axis ticks label them.
         let mut chart = ChartBuilder::on(area)
-            .caption(format!("{}: exact match of each task (columns) after each phase (rows)", self.run), (FONT, 18))
+            .caption(
+                format!(
+                    "{}: exact match of each task (columns) after each phase (rows); *: not learned (< {})",
+                    self.run, self.learned_threshold
+                ),
+                (FONT, 18),
+            )
             .margin(12)
             .x_label_area_size(50)
             .y_label_area_size(120)
@@ -713,7 +722,14 @@ impl Matrix {
             names[i].clone()
         };
         let cols = self.order.clone();
-        let phases: Vec<String> = self.order.iter().take(rows).map(|t| format!("after {t}")).collect();
+        let not_learned = |i: usize| self.learned.get(i).copied().flatten() == Some(false);
+        let phases: Vec<String> = self
+            .order
+            .iter()
+            .take(rows)
+            .enumerate()
+            .map(|(i, t)| format!("after {t}{}", if not_learned(i) { " *" } else { "" }))
+            .collect();
         chart
             .configure_mesh()
             .disable_mesh()
@@ -794,7 +810,13 @@ pub fn charts_for<'a>(data: &'a RunData, summary: &Summary) -> Vec<Box<dyn Chart
         charts.push(Box::new(Retention { run: run.clone(), curves, log_x: true }));
     }
     if let Some(seq) = &summary.sequential {
-        charts.push(Box::new(Matrix { run, order: seq.order.clone(), values: seq.accuracy_matrix.clone() }));
+        charts.push(Box::new(Matrix {
+            run,
+            order: seq.order.clone(),
+            values: seq.accuracy_matrix.clone(),
+            learned: seq.learned.clone(),
+            learned_threshold: seq.learned_threshold,
+        }));
     }
     charts
 }
