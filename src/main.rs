@@ -385,7 +385,6 @@ const CUDA_FAILURE: &str = ebb::backend::cuda::FAILURE;
 
 /// Rounds of `bench --ceilings`' paired share: each an FMA-peak burst, then
 /// steps (odd, so the median is one round's).
-const PAIRED_ROUNDS: usize = 7;
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     payload
@@ -889,44 +888,8 @@ fn dispatch(command: Command) -> Result<()> {
                     }
                 }
                 if ceilings {
-                    let m = pool.install(|| bench::ceilings::measure(c));
-                    let best_tokens = (c.batch * c.ctx) as f64 / (m.step_products_ms / 1e3);
-                    // The FMA peak is a best of five; the same share for the fastest step.
-                    let best_step_share = r.gflops * r.ms_per_step / r.best_ms_per_step / m.fma_gflops;
-                    // And each round of steps beside its own peak burst (after
-                    // one untimed step, which allocates the fresh trainer's buffers).
-                    let steps_per_round = (steps / PAIRED_ROUNDS).max(1);
-                    let paired = pool.install(|| {
-                        bench::shares_beside_fma_peak(&CpuBackend::<f32>::new(), c, 1, PAIRED_ROUNDS, steps_per_round)
-                    });
-                    let (paired_median, paired_low, paired_high) =
-                        (paired[paired.len() / 2], paired[0], paired[paired.len() - 1]);
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"config": c.name, "threads": m.threads, "fma_peak_gflops": m.fma_gflops, "tiled_kernel_gflops": m.kernel_gflops, "copy_gb_per_s": m.copy_gb_per_s, "gemm_1024_gflops": m.square_gflops, "step_products_gflops": m.step_products_gflops, "step_products_ms": m.step_products_ms, "linear_products_gflops": m.linear_products_gflops, "linear_products_ms": m.linear_products_ms, "products_only_tokens_per_s": best_tokens, "step_share_of_fma_peak": r.gflops / m.fma_gflops, "best_step_share_of_fma_peak": best_step_share, "step_share_beside_fma_peak": paired_median, "step_share_beside_fma_peak_range": [paired_low, paired_high]})
-                        );
-                    } else {
-                        println!(
-                            "  ceilings, {} threads: f32 FMA peak {:.0} GFLOP/s; tiled product kernel, operands in cache {:.0} GFLOP/s; copy {:.1} GB/s; gemm 1024³ {:.0} GFLOP/s; gemm on this step's products {:.0} GFLOP/s = {:.2} ms/step, i.e. at most {:.0} tok/s if all else were free (its linear maps alone {:.0} GFLOP/s = {:.2} ms/step, {:.0}% of the FMA peak); this step runs at {:.0}% of the FMA peak (its fastest step {:.0}%); measured beside the peak ({PAIRED_ROUNDS} rounds of an FMA burst then {steps_per_round} steps) {:.0}% (rounds {:.0}–{:.0}%)",
-                            m.threads,
-                            m.fma_gflops,
-                            m.kernel_gflops,
-                            m.copy_gb_per_s,
-                            m.square_gflops,
-                            m.step_products_gflops,
-                            m.step_products_ms,
-                            best_tokens,
-                            m.linear_products_gflops,
-                            m.linear_products_ms,
-                            100.0 * m.linear_products_gflops / m.fma_gflops,
-                            100.0 * r.gflops / m.fma_gflops,
-                            100.0 * best_step_share,
-                            100.0 * paired_median,
-                            100.0 * paired_low,
-                            100.0 * paired_high
-                        );
-                    }
+                    let report = pool.install(|| bench::ceilings::report(c, &r, steps));
+                    println!("{}", if json { report.json() } else { report.lines() });
                 }
             }
             Ok(())

@@ -18,7 +18,14 @@
 
 use std::time::Instant;
 
-use super::BenchConfig;
+use serde::Serialize;
+
+use super::{BenchConfig, BenchResult};
+use crate::backend::cpu::CpuBackend;
+
+/// Rounds of an FMA burst followed by steps, for the step's share measured
+/// beside the peak.
+pub const PAIRED_ROUNDS: usize = 7;
 
 /// Measured ceilings for one config on the current rayon pool.
 #[derive(Clone, Debug)]
@@ -334,5 +341,109 @@ pub fn measure(cfg: &BenchConfig) -> Ceilings {
         step_products_ms: secs * 1e3,
         linear_products_gflops: gflops(&linear, linear_secs),
         linear_products_ms: linear_secs * 1e3,
+    }
+}
+
+/// What `ebb bench --ceilings` reports for one config: the machine's
+/// ceilings and the measured step `step` set against them. `--json` prints
+/// it as one JSON object; otherwise `lines`.
+#[derive(Clone, Debug, Serialize)]
+pub struct CeilingsReport {
+    pub config: &'static str,
+    pub threads: usize,
+    pub fma_peak_gflops: f64,
+    /// A register-tiled product kernel on operands held in cache.
+    pub tiled_kernel_gflops: f64,
+    pub copy_gb_per_s: f64,
+    pub gemm_1024_gflops: f64,
+    /// `gemm` on exactly this step's products: GFLOP/s and ms per step.
+    pub step_products_gflops: f64,
+    pub step_products_ms: f64,
+    /// `gemm` on the step's linear maps alone.
+    pub linear_products_gflops: f64,
+    pub linear_products_ms: f64,
+    /// Tokens per second if all but the products were free.
+    pub products_only_tokens_per_s: f64,
+    /// The median step's and the fastest step's share of the FMA peak.
+    pub step_share_of_fma_peak: f64,
+    pub best_step_share_of_fma_peak: f64,
+    /// The step's share measured beside the peak, round by round (an FMA
+    /// burst, then `steps_per_round` steps): the median and the range.
+    pub step_share_beside_fma_peak: f64,
+    pub step_share_beside_fma_peak_range: [f64; 2],
+    pub rounds: usize,
+    pub steps_per_round: usize,
+}
+
+/// Measures the ceilings for `cfg` on the current rayon pool and sets the
+/// step `step` (timed over `steps` steps) against them.
+pub fn report(cfg: &BenchConfig, step: &BenchResult, steps: usize) -> CeilingsReport {
+    let m = measure(cfg);
+    // Each round of steps beside its own peak burst (after one untimed
+    // step, which allocates the fresh trainer's buffers).
+    let steps_per_round = (steps / PAIRED_ROUNDS).max(1);
+    let paired = super::shares_beside_fma_peak(&CpuBackend::<f32>::new(), cfg, 1, PAIRED_ROUNDS, steps_per_round);
+    CeilingsReport {
+        config: cfg.name,
+        threads: m.threads,
+        fma_peak_gflops: m.fma_gflops,
+        tiled_kernel_gflops: m.kernel_gflops,
+        copy_gb_per_s: m.copy_gb_per_s,
+        gemm_1024_gflops: m.square_gflops,
+        step_products_gflops: m.step_products_gflops,
+        step_products_ms: m.step_products_ms,
+        linear_products_gflops: m.linear_products_gflops,
+        linear_products_ms: m.linear_products_ms,
+        products_only_tokens_per_s: (cfg.batch * cfg.ctx) as f64 / (m.step_products_ms / 1e3),
+        step_share_of_fma_peak: step.gflops / m.fma_gflops,
+        // The FMA peak is a best of five; the same share for the fastest step.
+        best_step_share_of_fma_peak: step.gflops * step.ms_per_step / step.best_ms_per_step / m.fma_gflops,
+        step_share_beside_fma_peak: paired[paired.len() / 2],
+        step_share_beside_fma_peak_range: [paired[0], paired[paired.len() - 1]],
+        rounds: PAIRED_ROUNDS,
+        steps_per_round,
+    }
+}
+
+impl CeilingsReport {
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).expect("a report of numbers serializes")
+    }
+
+    /// Readable lines, indented under the step's own line.
+    pub fn lines(&self) -> String {
+        let pct = |x: f64| 100.0 * x;
+        [
+            format!("  ceilings, {} threads:", self.threads),
+            format!("    f32 FMA peak               {:8.0} GFLOP/s", self.fma_peak_gflops),
+            if self.tiled_kernel_gflops.is_nan() {
+                "    tiled kernel, in cache          - (an AVX-512 kernel; this CPU has none)".to_string()
+            } else {
+                format!("    tiled kernel, in cache     {:8.0} GFLOP/s", self.tiled_kernel_gflops)
+            },
+            format!("    copy                       {:8.1} GB/s", self.copy_gb_per_s),
+            format!("    gemm 1024³                 {:8.0} GFLOP/s", self.gemm_1024_gflops),
+            format!(
+                "    gemm, this step's products {:8.0} GFLOP/s = {:.2} ms/step: at most {:.0} tok/s if all else were free",
+                self.step_products_gflops, self.step_products_ms, self.products_only_tokens_per_s
+            ),
+            format!(
+                "    gemm, its linear maps      {:8.0} GFLOP/s = {:.2} ms/step, {:.0}% of the FMA peak",
+                self.linear_products_gflops,
+                self.linear_products_ms,
+                pct(self.linear_products_gflops / self.fma_peak_gflops)
+            ),
+            format!(
+                "    the step: {:.0}% of the FMA peak (fastest step {:.0}%); beside the peak ({} rounds of a burst then {} steps) {:.0}% (rounds {:.0}–{:.0}%)",
+                pct(self.step_share_of_fma_peak),
+                pct(self.best_step_share_of_fma_peak),
+                self.rounds,
+                self.steps_per_round,
+                pct(self.step_share_beside_fma_peak),
+                pct(self.step_share_beside_fma_peak_range[0]),
+                pct(self.step_share_beside_fma_peak_range[1])
+            ),
+        ]
+        .join("\n")
     }
 }
