@@ -56,6 +56,9 @@ pub fn write(path: &Path, ckpt: &Checkpoint) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
+    if crate::run_dir::kill_due(crate::run_dir::KillPoint::InCheckpoint(ckpt.step)) {
+        crate::run_dir::write_half_then_die(path, &bytes);
+    }
     crate::run_dir::write_atomic(path, &bytes)
 }
 

@@ -417,6 +417,7 @@ fn train(
     compute: Compute,
     ckpt: Option<ebb::checkpoint::Checkpoint>,
 ) -> Result<()> {
+    ebb::run_dir::kill_point()?; // a bad EBB_KILL_AT is refused before anything is printed
     let device = check_device(compute.device)?;
     let pool = thread_pool(compute.threads)?;
     let outcome = match device {

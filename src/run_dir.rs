@@ -19,6 +19,57 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// A deterministic crash for the kill-and-resume tests, from the
+/// environment: `EBB_KILL_AT=step:N` makes a run send itself SIGKILL once
+/// step N is done (after its checkpoint, if one is due);
+/// `EBB_KILL_AT=checkpoint:N` half way through writing step N's checkpoint,
+/// leaving its temporary file half written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KillPoint {
+    AfterStep(u64),
+    InCheckpoint(u64),
+}
+
+/// `EBB_KILL_AT`, parsed once; a value that is not `step:N` or
+/// `checkpoint:N` is an input error.
+pub fn kill_point() -> Result<Option<KillPoint>> {
+    static PARSED: std::sync::OnceLock<std::result::Result<Option<KillPoint>, String>> = std::sync::OnceLock::new();
+    let parsed = PARSED.get_or_init(|| {
+        let Ok(value) = std::env::var("EBB_KILL_AT") else { return Ok(None) };
+        let at = |n: &str| n.parse::<u64>().ok();
+        match value.split_once(':') {
+            Some(("step", n)) if let Some(n) = at(n) => Ok(Some(KillPoint::AfterStep(n))),
+            Some(("checkpoint", n)) if let Some(n) = at(n) => Ok(Some(KillPoint::InCheckpoint(n))),
+            _ => Err(format!("EBB_KILL_AT={value}: expected step:N or checkpoint:N")),
+        }
+    });
+    parsed.clone().map_err(Error::Input)
+}
+
+/// Whether the run must die at `point` now.
+pub fn kill_due(point: KillPoint) -> bool {
+    kill_point().ok().flatten() == Some(point)
+}
+
+/// SIGKILL to this process: the real signal, as a crash or `kill -9` sends it.
+pub fn kill_self() -> ! {
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Writes the first half of `contents` to `path`'s temporary name, then
+/// kills the process: a crash in the middle of `write_atomic`.
+pub fn write_half_then_die(path: &Path, contents: &[u8]) -> ! {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}-killed.tmp", std::process::id()));
+    let _ = std::fs::write(PathBuf::from(tmp), &contents[..contents.len() / 2]);
+    kill_self()
+}
+
 /// Creates the run directory, or explains in one line why it cannot.
 pub fn create(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)

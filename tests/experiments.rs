@@ -206,17 +206,12 @@ fn resume_after_sigkill_is_bit_identical() {
         run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(&reference).args(["--quiet", "--checkpoint-every", "1"]));
     let want_metrics = std::fs::read_to_string(reference.join("metrics.csv")).unwrap();
 
-    // One run killed three times at different points, resumed each time.
+    // One run killed three times (SIGKILL at a given step, `EBB_KILL_AT`),
+    // before, at and after its drop at step 20, resumed each time.
     let dir = tmp.path().join("killed");
-    let mut child = spawn_run(&cfg, &dir);
-    std::thread::sleep(Duration::from_millis(700));
-    kill(&mut child);
-    for delay in [400, 900] {
-        let mut child =
-            ebb().arg("resume").arg(&dir).arg("--quiet").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
-        kill(&mut child);
-    }
+    killed_at(&cfg, &dir, "step:13");
+    killed_at(&cfg, &dir, "step:20");
+    killed_at(&cfg, &dir, "step:41");
     let resumed = resume(&dir);
     assert_eq!(fingerprint(&resumed), fingerprint(&whole));
     assert_eq!(std::fs::read_to_string(dir.join("metrics.csv")).unwrap(), want_metrics);
@@ -225,25 +220,47 @@ fn resume_after_sigkill_is_bit_identical() {
         std::fs::read_to_string(reference.join("events.csv")).unwrap()
     );
 
-    // Kills until one lands inside a checkpoint write (a .tmp is left behind).
-    let mut mid_write = 0;
-    for attempt in 0..12 {
-        let dir = tmp.path().join(format!("mid-write-{attempt}"));
-        let mut child = spawn_run(&cfg, &dir);
-        std::thread::sleep(Duration::from_millis(500 + 37 * attempt));
-        kill(&mut child);
-        if tmp_files(&dir) == 0 {
-            continue;
-        }
-        mid_write += 1;
+    // Killed half way through writing a checkpoint: its temporary file is
+    // left behind, the run resumes from the one before.
+    for step in [17, 20] {
+        let dir = tmp.path().join(format!("mid-write-{step}"));
+        killed_at(&cfg, &dir, &format!("checkpoint:{step}"));
+        assert!(tmp_files(&dir) > 0, "no half-written checkpoint at step {step}");
+        assert_eq!(ebb::checkpoint::steps(&dir).last(), Some(&(step - 1)));
         let resumed = resume(&dir);
-        assert_eq!(fingerprint(&resumed), fingerprint(&whole), "attempt {attempt}");
+        assert_eq!(fingerprint(&resumed), fingerprint(&whole), "killed writing checkpoint {step}");
         assert_eq!(std::fs::read_to_string(dir.join("metrics.csv")).unwrap(), want_metrics);
-        if mid_write == 2 {
-            break;
-        }
     }
-    assert!(mid_write > 0, "no kill landed inside a checkpoint write in 12 attempts");
+}
+
+#[test]
+fn a_bad_kill_point_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("exp.toml");
+    write(&cfg, &two_tasks(""));
+    let out = ebb()
+        .arg("run")
+        .arg(&cfg)
+        .arg("--out")
+        .arg(tmp.path().join("run"))
+        .env("EBB_KILL_AT", "soon")
+        .output()
+        .unwrap();
+    assert_input_error(&out, &["EBB_KILL_AT=soon", "step:N or checkpoint:N"]);
+}
+
+/// `ebb run` of `cfg` into `dir` (checkpoint every step), or `ebb resume`
+/// when `dir` holds a run, killed by SIGKILL at `kill_at` (`EBB_KILL_AT`).
+fn killed_at(cfg: &Path, dir: &Path, kill_at: &str) {
+    let mut cmd = ebb();
+    if dir.join("config.toml").exists() {
+        cmd.arg("resume").arg(dir);
+    } else {
+        cmd.arg("run").arg(cfg).arg("--out").arg(dir).args(["--checkpoint-every", "1"]);
+    }
+    let out = cmd.arg("--quiet").env("EBB_KILL_AT", kill_at).output().unwrap();
+    let signal = std::os::unix::process::ExitStatusExt::signal(&out.status);
+    assert_eq!(signal, Some(libc::SIGKILL), "not killed at {kill_at}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

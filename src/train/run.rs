@@ -100,6 +100,7 @@ impl<'a, B: Backend> Run<'a, B> {
     /// A fresh run writing into `out`.
     pub fn start(backend: &'a B, cfg: &'a Config, suite: &'a Suite, out: &Path) -> Result<Self> {
         // Everything that can refuse the run is checked before the directory is written.
+        run_dir::kill_point()?;
         let schedule = Mixture::build(cfg, suite, Path::new("config.toml"))?;
         let layout = crate::model::ParamLayout::new(&cfg.model_shape(suite.vocab.len()));
         let initial =
@@ -325,6 +326,9 @@ impl<'a, B: Backend> Run<'a, B> {
             }
             if cfg.train.checkpoint_every > 0 && done % cfg.train.checkpoint_every == 0 && done < steps {
                 self.write_checkpoint()?;
+            }
+            if run_dir::kill_due(run_dir::KillPoint::AfterStep(done)) {
+                run_dir::kill_self();
             }
         }
         progress.finish();
