@@ -22,7 +22,10 @@ use cudarc::driver::{
     ValidAsZeroBits,
 };
 
-use super::{Activation, AdamW, Backend, DecayGroup, Dropout, View};
+use super::{
+    Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
+    Params, Product, Rows, Sequences, View,
+};
 
 /// Threads per block for element-wise and row-per-warp kernels.
 const BLOCK: u32 = 256;
@@ -402,12 +405,10 @@ impl Backend for CudaBackend {
         out: &mut DeviceBuf<f32>,
         tokens: &DeviceBuf<u32>,
         params: &DeviceBuf<f32>,
-        wte: View,
-        wpe: View,
-        n: usize,
-        t: usize,
-        c: usize,
+        emb: Embeddings,
+        shape: Sequences,
     ) {
+        let (Embeddings { wte, wpe }, Sequences { n, t, c }) = (emb, shape);
         let op = "encoder_forward";
         need(out, n * c, op, "out");
         need(tokens, n, op, "tokens");
@@ -424,14 +425,12 @@ impl Backend for CudaBackend {
     fn encoder_backward(
         &self,
         grads: &mut DeviceBuf<f32>,
-        wte: View,
-        wpe: View,
+        emb: Embeddings,
         dout: &DeviceBuf<f32>,
         tokens: &DeviceBuf<u32>,
-        n: usize,
-        t: usize,
-        c: usize,
+        shape: Sequences,
     ) {
+        let (Embeddings { wte, wpe }, Sequences { n, t, c }) = (emb, shape);
         let op = "encoder_backward";
         need(dout, n * c, op, "dout");
         need(tokens, n, op, "tokens");
@@ -460,15 +459,14 @@ impl Backend for CudaBackend {
     fn layernorm_forward(
         &self,
         out: &mut DeviceBuf<f32>,
-        mean: &mut DeviceBuf<f32>,
-        rstd: &mut DeviceBuf<f32>,
+        stats: &mut NormStats<DeviceBuf<f32>>,
         inp: &DeviceBuf<f32>,
         params: &DeviceBuf<f32>,
-        w: View,
-        b: View,
-        n: usize,
-        c: usize,
+        ln: LayerNorm,
+        shape: Rows,
     ) {
+        let (LayerNorm { w, b }, Rows { n, c }) = (ln, shape);
+        let (mean, rstd) = (&stats.mean, &stats.rstd);
         let op = "layernorm_forward";
         need(out, n * c, op, "out");
         need(inp, n * c, op, "inp");
@@ -492,19 +490,16 @@ impl Backend for CudaBackend {
     // layernorm_backward_partials, then sum_partials for each.
     fn layernorm_backward(
         &self,
-        dinp: &mut DeviceBuf<f32>,
+        grad: Backprop<'_, DeviceBuf<f32>>,
         accumulate: bool,
-        grads: &mut DeviceBuf<f32>,
-        w: View,
-        b: View,
-        dout: &DeviceBuf<f32>,
-        inp: &DeviceBuf<f32>,
-        params: &DeviceBuf<f32>,
-        mean: &DeviceBuf<f32>,
-        rstd: &DeviceBuf<f32>,
-        n: usize,
-        c: usize,
+        stats: &NormStats<DeviceBuf<f32>>,
+        params: Params<'_, DeviceBuf<f32>>,
+        ln: LayerNorm,
+        shape: Rows,
     ) {
+        let (LayerNorm { w, b }, Rows { n, c }) = (ln, shape);
+        let (Backprop { dinp, dout, inp }, Params { values: params, grads }) = (grad, params);
+        let (mean, rstd) = (&stats.mean, &stats.rstd);
         let op = "layernorm_backward";
         need(dinp, n * c, op, "dinp");
         need(dout, n * c, op, "dout");
@@ -554,12 +549,10 @@ impl Backend for CudaBackend {
         out: &mut DeviceBuf<f32>,
         inp: &DeviceBuf<f32>,
         params: &DeviceBuf<f32>,
-        w: View,
-        b: Option<View>,
-        n: usize,
-        c: usize,
-        oc: usize,
+        linear: Linear,
+        shape: Product,
     ) {
+        let (Linear { w, b }, Product { n, c, oc }) = (linear, shape);
         let op = "matmul_forward";
         need(out, n * oc, op, "out");
         need(inp, n * c, op, "inp");
@@ -586,18 +579,14 @@ impl Backend for CudaBackend {
     // matmul; db (OC) += Σₙ dout: column_partials, sum_partials.
     fn matmul_backward(
         &self,
-        dinp: &mut DeviceBuf<f32>,
+        grad: Backprop<'_, DeviceBuf<f32>>,
         accumulate: bool,
-        grads: &mut DeviceBuf<f32>,
-        w: View,
-        b: Option<View>,
-        dout: &DeviceBuf<f32>,
-        inp: &DeviceBuf<f32>,
-        params: &DeviceBuf<f32>,
-        n: usize,
-        c: usize,
-        oc: usize,
+        params: Params<'_, DeviceBuf<f32>>,
+        linear: Linear,
+        shape: Product,
     ) {
+        let (Linear { w, b }, Product { n, c, oc }) = (linear, shape);
+        let (Backprop { dinp, dout, inp }, Params { values: params, grads }) = (grad, params);
         let op = "matmul_backward";
         need(dinp, n * c, op, "dinp");
         need(dout, n * oc, op, "dout");
@@ -621,12 +610,10 @@ impl Backend for CudaBackend {
         att: &mut DeviceBuf<f32>,
         att_drop: &mut DeviceBuf<f32>,
         qkv: &DeviceBuf<f32>,
-        b: usize,
-        t: usize,
-        c: usize,
-        h: usize,
+        shape: Heads,
         dropout: Dropout,
     ) {
+        let Heads { b, t, c, h } = shape;
         let op = "attention_forward";
         let tt = b * h * t * t;
         need(out, b * t * c, op, "out");
@@ -663,18 +650,15 @@ impl Backend for CudaBackend {
     // attention_backward_dprobs, attention_backward_dscores, attention_backward_dqkv.
     fn attention_backward(
         &self,
-        dqkv: &mut DeviceBuf<f32>,
+        grad: Backprop<'_, DeviceBuf<f32>>,
         datt: &mut DeviceBuf<f32>,
-        dout: &DeviceBuf<f32>,
-        qkv: &DeviceBuf<f32>,
         att: &DeviceBuf<f32>,
         att_drop: &DeviceBuf<f32>,
-        b: usize,
-        t: usize,
-        c: usize,
-        h: usize,
+        shape: Heads,
         dropout: Dropout,
     ) {
+        let Heads { b, t, c, h } = shape;
+        let Backprop { dinp: dqkv, dout, inp: qkv } = grad;
         let op = "attention_backward";
         let tt = b * h * t * t;
         need(dqkv, b * t * 3 * c, op, "dqkv");
@@ -743,15 +727,13 @@ impl Backend for CudaBackend {
     // column_partials, sum_partials.
     fn activation_backward(
         &self,
-        dinp: &mut DeviceBuf<f32>,
-        grads: &mut DeviceBuf<f32>,
+        grad: Backprop<'_, DeviceBuf<f32>>,
+        params: Params<'_, DeviceBuf<f32>>,
         b: View,
-        dout: &DeviceBuf<f32>,
-        inp: &DeviceBuf<f32>,
-        params: &DeviceBuf<f32>,
         n: usize,
         act: Activation,
     ) {
+        let (Backprop { dinp, dout, inp }, Params { values: params, grads }) = (grad, params);
         let op = "activation_backward";
         let len = n * b.len;
         need(dinp, len, op, "dinp");
@@ -814,9 +796,9 @@ impl Backend for CudaBackend {
         logits: &DeviceBuf<f32>,
         targets: &DeviceBuf<u32>,
         mask: &DeviceBuf<f32>,
-        n: usize,
-        v: usize,
+        shape: Logits,
     ) {
+        let Logits { n, v } = shape;
         let op = "crossentropy_forward";
         need(losses, n, op, "losses");
         need(probs, n * v, op, "probs");
@@ -837,9 +819,9 @@ impl Backend for CudaBackend {
         targets: &DeviceBuf<u32>,
         mask: &DeviceBuf<f32>,
         scale: f64,
-        n: usize,
-        v: usize,
+        shape: Logits,
     ) {
+        let Logits { n, v } = shape;
         let op = "crossentropy_backward";
         need(dlogits, n * v, op, "dlogits");
         need(probs, n * v, op, "probs");
