@@ -17,7 +17,7 @@ use ebb::backend::cuda::compile::{self, FILES};
 use ebb::backend::cuda::{CudaBackend, DropoutArgs};
 use ebb::backend::{
     Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
-    Params, Product, Rows, Sequences, View, attention_saved_len,
+    Params, Product, Rows, Sequences, View,
 };
 use ebb::rng;
 
@@ -353,22 +353,19 @@ fn gpu_attention_matches_cpu_with_and_without_dropout() {
     for &(b, t, c, h) in &ATTENTION_SHAPES {
         for dropout in [Dropout::OFF, Dropout { p: 0.2, key: 1234 }] {
             let what = format!("attention b{b} t{t} c{c} h{h} p{}", dropout.p);
-            let tt = b * h * t * t;
             let qkv = random(b * t * 3 * c, 14);
-            let drop_len = if dropout.active() { tt } else { 0 };
-            let saved = attention_saved_len(b, h, t);
-            let (mut out, mut att, mut att_drop) = (vec![0.0; b * t * c], vec![0.0; saved], vec![0.0; drop_len]);
             let heads = Heads { b, t, c, h };
-            cpu.attention_forward(&mut out, &mut att, &mut att_drop, &qkv, heads, dropout);
+            let (mut out, mut state) = (vec![0.0; b * t * c], cpu.alloc_attention(heads, dropout.active()));
+            cpu.attention_forward(&mut out, &mut state, &qkv, heads, dropout);
             let gq = up(&g, &qkv);
-            let (mut gout, mut gatt, mut gdrop) = (g.alloc(b * t * c), g.alloc(saved), g.alloc(drop_len));
-            g.attention_forward(&mut gout, &mut gatt, &mut gdrop, &gq, heads, dropout);
+            let (mut gout, mut gstate) = (g.alloc(b * t * c), g.alloc_attention(heads, dropout.active()));
+            g.attention_forward(&mut gout, &mut gstate, &gq, heads, dropout);
             assert_close(&down(&g, &gout), &out, TOL_SUM, &format!("{what} out"));
             // The backends keep different state for the backward pass (the
             // GPU the probabilities, the CPU row statistics); the GPU's
             // dropped probabilities are the mask's zeros, element for element.
             if dropout.active() {
-                let gd = down(&g, &gdrop);
+                let gd = down(&g, &gstate.dropped);
                 for (i, &x) in gd.iter().enumerate() {
                     let (row, j) = (i / t, i % t);
                     let kept = dropout.factor::<f32>(i) != 0.0;
@@ -378,12 +375,12 @@ fn gpu_attention_matches_cpu_with_and_without_dropout() {
 
             // Each backend's backward from its own forward state.
             let dout = random(b * t * c, 15);
-            let (mut dqkv, mut datt) = (vec![0.0; b * t * 3 * c], vec![0.0; tt]);
+            let mut dqkv = vec![0.0; b * t * 3 * c];
             let grad = Backprop { dinp: &mut dqkv, dout: &dout, inp: &qkv };
-            cpu.attention_backward(grad, &mut datt, &att, &att_drop, heads, dropout);
-            let (mut gdqkv, mut gdatt, gdout) = (g.alloc(b * t * 3 * c), g.alloc(tt), up(&g, &dout));
+            cpu.attention_backward(grad, &state, heads, dropout);
+            let (mut gdqkv, gdout) = (g.alloc(b * t * 3 * c), up(&g, &dout));
             let grad = Backprop { dinp: &mut gdqkv, dout: &gdout, inp: &gq };
-            g.attention_backward(grad, &mut gdatt, &gatt, &gdrop, heads, dropout);
+            g.attention_backward(grad, &gstate, heads, dropout);
             assert_close(&down(&g, &gdqkv), &dqkv, TOL_LONG_SUM, &format!("{what} dqkv"));
         }
     }

@@ -5,7 +5,7 @@
 use ebb::backend::cpu::CpuBackend;
 use ebb::backend::{
     Activation, Backend, Backprop, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats, Params, Product,
-    Rows, Sequences, View, attention_saved_len,
+    Rows, Sequences, View,
 };
 use ebb::rng;
 
@@ -56,8 +56,9 @@ fn attention_forward_matches_reference() {
         let hs = c / h;
         let qkv = random(b * t * 3 * c, 3);
         let mut out = vec![0.0f32; b * t * c];
-        let mut att = vec![0.0f32; attention_saved_len(b, h, t)];
-        cpu.attention_forward(&mut out, &mut att, &mut Vec::new(), &qkv, Heads { b, t, c, h }, Dropout::OFF);
+        let heads = Heads { b, t, c, h };
+        let mut state = cpu.alloc_attention(heads, false);
+        cpu.attention_forward(&mut out, &mut state, &qkv, heads, Dropout::OFF);
         let mut want = vec![0.0f64; b * t * c];
         for bi in 0..b {
             for hi in 0..h {
@@ -239,17 +240,14 @@ fn attention_builds_with_and_without_avx512_give_the_same_bits() {
         for (b, t, c, h) in [(2, 128, 64, 2), (3, 37, 48, 3), (2, 33, 40, 2), (1, 64, 64, 4), (2, 9, 8, 1)] {
             let qkv = random(b * t * 3 * c, 11);
             let dout = random(b * t * c, 12);
-            let tt = b * h * t * t;
-            let drop_len = if dropout.active() { tt } else { 0 };
+            let heads = Heads { b, t, c, h };
             let [wide, narrow] = both_builds().map(|cpu| {
-                let (mut out, mut att, mut att_drop) =
-                    (vec![0.0f32; b * t * c], vec![0.0f32; attention_saved_len(b, h, t)], vec![0.0f32; drop_len]);
-                let heads = Heads { b, t, c, h };
-                cpu.attention_forward(&mut out, &mut att, &mut att_drop, &qkv, heads, dropout);
-                let (mut dqkv, mut datt) = (vec![0.0f32; b * t * 3 * c], vec![0.0f32; tt]);
+                let (mut out, mut state) = (vec![0.0f32; b * t * c], cpu.alloc_attention(heads, dropout.active()));
+                cpu.attention_forward(&mut out, &mut state, &qkv, heads, dropout);
+                let mut dqkv = vec![0.0f32; b * t * 3 * c];
                 let grad = Backprop { dinp: &mut dqkv, dout: &dout, inp: &qkv };
-                cpu.attention_backward(grad, &mut datt, &att, &att_drop, heads, dropout);
-                bits(&[&out, &att, &dqkv])
+                cpu.attention_backward(grad, &state, heads, dropout);
+                bits(&[&out, &state, &dqkv])
             });
             assert!(
                 wide == narrow,

@@ -491,6 +491,8 @@ impl<F: Float> Backend for CpuBackend<F> {
     type F = F;
     type Buf = Vec<F>;
     type Tokens = Vec<u32>;
+    /// Each softmax row's maximum and 1/Σ, (B,H,T,2): see `attention`.
+    type AttentionState = Vec<F>;
 
     fn name(&self) -> String {
         "cpu".to_string()
@@ -504,6 +506,11 @@ impl<F: Float> Backend for CpuBackend<F> {
 
     fn alloc_tokens(&self, len: usize) -> Vec<u32> {
         vec![0; len]
+    }
+
+    fn alloc_attention(&self, shape: Heads, _dropout: bool) -> Vec<F> {
+        let Heads { b, t, h, .. } = shape;
+        self.alloc(b * h * t * 2)
     }
 
     fn upload(&self, dst: &mut Vec<F>, src: &[F]) {
@@ -675,32 +682,14 @@ impl<F: Float> Backend for CpuBackend<F> {
         }
     }
 
-    /// `att` keeps each softmax row's maximum and normalizer (its first
-    /// 2·B·H·T elements); `att_drop` goes unused: see `attention`.
-    fn attention_forward(
-        &self,
-        out: &mut Vec<F>,
-        att: &mut Vec<F>,
-        _att_drop: &mut Vec<F>,
-        qkv: &Vec<F>,
-        shape: Heads,
-        dropout: Dropout,
-    ) {
-        attention::forward(self, out, att, qkv, shape, dropout);
+    /// `state` keeps each softmax row's maximum and normalizer: see `attention`.
+    fn attention_forward(&self, out: &mut Vec<F>, state: &mut Vec<F>, qkv: &Vec<F>, shape: Heads, dropout: Dropout) {
+        attention::forward(self, out, state, qkv, shape, dropout);
     }
 
-    /// The probabilities come from `att`'s statistics again; `datt` and
-    /// `att_drop` go unused: see `attention`.
-    fn attention_backward(
-        &self,
-        grad: Backprop<'_, Vec<F>>,
-        _datt: &mut Vec<F>,
-        att: &Vec<F>,
-        _att_drop: &Vec<F>,
-        shape: Heads,
-        dropout: Dropout,
-    ) {
-        attention::backward(self, grad.dinp, grad.dout, att, grad.inp, shape, dropout);
+    /// The probabilities come from `state`'s statistics again: see `attention`.
+    fn attention_backward(&self, grad: Backprop<'_, Vec<F>>, state: &Vec<F>, shape: Heads, dropout: Dropout) {
+        attention::backward(self, grad.dinp, grad.dout, state, grad.inp, shape, dropout);
     }
 
     fn activation_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, params: &Vec<F>, b: View, n: usize, act: Activation) {

@@ -188,23 +188,23 @@ pub struct Backprop<'a, Buf> {
     pub inp: &'a Buf,
 }
 
-/// Elements of attention's saved state `att`: room for the (B,H,T,T)
-/// probabilities and for two statistics per softmax row (T = 1 included).
-pub fn attention_saved_len(b: usize, h: usize, t: usize) -> usize {
-    b * h * t * t.max(2)
-}
-
 pub trait Backend {
     type F: Float;
     /// A buffer of `F` on the device.
     type Buf;
     /// A buffer of token ids on the device.
     type Tokens;
+    /// What one attention layer's forward pass keeps for its backward pass;
+    /// each backend keeps what its backward needs (see `attention_forward`).
+    type AttentionState;
 
     fn name(&self) -> String;
     /// A zeroed buffer of `len` elements.
     fn alloc(&self, len: usize) -> Self::Buf;
     fn alloc_tokens(&self, len: usize) -> Self::Tokens;
+    /// The state of one attention layer of this shape, run with dropout or
+    /// not (any scratch its backward pass needs is the backend's own).
+    fn alloc_attention(&self, shape: Heads, dropout: bool) -> Self::AttentionState;
     fn upload(&self, dst: &mut Self::Buf, src: &[Self::F]);
     fn upload_tokens(&self, dst: &mut Self::Tokens, src: &[u32]);
     fn download(&self, dst: &mut [Self::F], src: &Self::Buf);
@@ -263,27 +263,23 @@ pub trait Backend {
     );
 
     /// Causal multi-head self-attention: qkv (B,T,3C) → out (B,T,C).
-    /// `att` (`attention_saved_len` elements) and `att_drop` (B,H,T,T, empty
-    /// when dropout is off) keep what the backend's backward pass needs: the
-    /// CUDA backend the softmax probabilities and those after dropout; the
-    /// CPU backend each softmax row's maximum and normalizer (it computes the
-    /// probabilities again and leaves `att_drop` alone).
+    /// `state` (from `alloc_attention`) keeps what the backend's backward
+    /// pass needs: the CUDA backend the softmax probabilities and those after
+    /// dropout (B,H,T,T each); the CPU backend each softmax row's maximum and
+    /// normalizer (B,H,T,2: it computes the probabilities again).
     fn attention_forward(
         &self,
         out: &mut Self::Buf,
-        att: &mut Self::Buf,
-        att_drop: &mut Self::Buf,
+        state: &mut Self::AttentionState,
         qkv: &Self::Buf,
         shape: Heads,
         dropout: Dropout,
     );
-    /// dqkv (B,T,3C) = ∂L/∂qkv from dout (B,T,C) and qkv; datt (B,H,T,T) scratch
+    /// dqkv (B,T,3C) = ∂L/∂qkv from dout (B,T,C), qkv and the forward's state
     fn attention_backward(
         &self,
         grad: Backprop<'_, Self::Buf>,
-        datt: &mut Self::Buf,
-        att: &Self::Buf,
-        att_drop: &Self::Buf,
+        state: &Self::AttentionState,
         shape: Heads,
         dropout: Dropout,
     );

@@ -62,6 +62,7 @@ impl<B: Backend> Backend for Profiled<B> {
     type F = B::F;
     type Buf = B::Buf;
     type Tokens = B::Tokens;
+    type AttentionState = B::AttentionState;
 
     fn name(&self) -> String {
         self.inner.name()
@@ -71,6 +72,9 @@ impl<B: Backend> Backend for Profiled<B> {
     }
     fn alloc_tokens(&self, len: usize) -> Self::Tokens {
         self.inner.alloc_tokens(len)
+    }
+    fn alloc_attention(&self, shape: Heads, dropout: bool) -> Self::AttentionState {
+        self.inner.alloc_attention(shape, dropout)
     }
 
     timed_ops! {
@@ -84,8 +88,8 @@ impl<B: Backend> Backend for Profiled<B> {
         fn layernorm_backward(&self, grad: Backprop<'_, Self::Buf>, accumulate: bool, stats: &NormStats<Self::Buf>, params: Params<'_, Self::Buf>, ln: LayerNorm, shape: Rows);
         fn matmul_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, linear: Linear, shape: Product);
         fn matmul_backward(&self, grad: Backprop<'_, Self::Buf>, accumulate: bool, params: Params<'_, Self::Buf>, linear: Linear, shape: Product);
-        fn attention_forward(&self, out: &mut Self::Buf, att: &mut Self::Buf, att_drop: &mut Self::Buf, qkv: &Self::Buf, shape: Heads, dropout: Dropout);
-        fn attention_backward(&self, grad: Backprop<'_, Self::Buf>, datt: &mut Self::Buf, att: &Self::Buf, att_drop: &Self::Buf, shape: Heads, dropout: Dropout);
+        fn attention_forward(&self, out: &mut Self::Buf, state: &mut Self::AttentionState, qkv: &Self::Buf, shape: Heads, dropout: Dropout);
+        fn attention_backward(&self, grad: Backprop<'_, Self::Buf>, state: &Self::AttentionState, shape: Heads, dropout: Dropout);
         fn activation_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, b: View, n: usize, act: Activation);
         fn activation_backward(&self, grad: Backprop<'_, Self::Buf>, params: Params<'_, Self::Buf>, b: View, n: usize, act: Activation);
         fn residual_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, b: View, n: usize, dropout: Dropout);

@@ -8,7 +8,7 @@ pub use layout::{ParamKind, ParamLayout, ParamTensor};
 
 use crate::backend::{
     Activation, Backend, Backprop, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats, Params, Product,
-    Rows, Sequences, attention_saved_len,
+    Rows, Sequences,
 };
 use crate::float::Float;
 use num_traits::Zero;
@@ -66,8 +66,7 @@ struct BlockActs<B: Backend> {
     ln1: B::Buf,                  // (N,C)
     ln1_stats: NormStats<B::Buf>, // (N) each
     qkv: B::Buf,                  // (N,3C)
-    att: B::Buf,                  // (B,H,T,T)
-    att_drop: B::Buf,             // (B,H,T,T), empty without dropout
+    att: B::AttentionState,       // what attention's backward pass needs (the backend decides)
     atty: B::Buf,                 // (N,C)
     res_mid: B::Buf,              // (N,C) residual after attention (first the attention branch's output projection)
     ln2: B::Buf,                  // (N,C)
@@ -83,7 +82,6 @@ struct GradScratch<B: Backend> {
     branch: B::Buf,   // (N,C) ∂L/∂branch output after dropout (only with dropout)
     norm_out: B::Buf, // (N,C) ∂L/∂(LayerNorm output)
     qkv: B::Buf,      // (N,3C)
-    att: B::Buf,      // (B,H,T,T)
     atty: B::Buf,     // (N,C)
     fc_act: B::Buf,   // (N,F)
     fc: B::Buf,       // (N,F)
@@ -133,14 +131,13 @@ impl<B: Backend> Gpt<B> {
         let pre = shape.norm == Norm::Pre;
         let norm_len = |len: usize| if pre { len } else { 0 };
         let norm_stats = || NormStats { mean: backend.alloc(norm_len(n)), rstd: backend.alloc(norm_len(n)) };
-        let drop_len = if shape.dropout > 0.0 { batch * h * t * t } else { 0 };
+        let heads = Heads { b: batch, t, c, h };
         let blocks = (0..shape.n_layers)
             .map(|_| BlockActs {
                 ln1: backend.alloc(norm_len(n * c)),
                 ln1_stats: norm_stats(),
                 qkv: backend.alloc(n * 3 * c),
-                att: backend.alloc(attention_saved_len(batch, h, t)),
-                att_drop: backend.alloc(drop_len),
+                att: backend.alloc_attention(heads, shape.dropout > 0.0),
                 atty: backend.alloc(n * c),
                 res_mid: backend.alloc(n * c),
                 ln2: backend.alloc(norm_len(n * c)),
@@ -176,7 +173,6 @@ impl<B: Backend> Gpt<B> {
                 branch: backend.alloc(if shape.dropout > 0.0 { n * c } else { 0 }),
                 norm_out: backend.alloc(n * c),
                 qkv: backend.alloc(n * 3 * c),
-                att: backend.alloc(batch * h * t * t),
                 atty: backend.alloc(n * c),
                 fc_act: backend.alloc(n * f),
                 fc: backend.alloc(n * f),
@@ -238,8 +234,7 @@ impl<B: Backend> Gpt<B> {
             let qkv = Linear { w: bl.qkv_w, b: Some(bl.qkv_b) };
             backend.matmul_forward(&mut a.qkv, attn_in, &self.params, qkv, Product { n, c, oc: 3 * c });
             let heads = Heads { b: bsz, t, c, h };
-            let att_dropout = dropout_for(p, dropout_key, l, 0);
-            backend.attention_forward(&mut a.atty, &mut a.att, &mut a.att_drop, &a.qkv, heads, att_dropout);
+            backend.attention_forward(&mut a.atty, &mut a.att, &a.qkv, heads, dropout_for(p, dropout_key, l, 0));
             // The biases of proj, fc and out are added by the ops that read
             // their products (one pass fewer over each product's output);
             // the residual adds run in place over the branch's product.
@@ -392,9 +387,7 @@ impl<B: Backend> Gpt<B> {
             );
             backend.attention_backward(
                 Backprop { dinp: &mut g.qkv, dout: &g.atty, inp: &a.qkv },
-                &mut g.att,
                 &a.att,
-                &a.att_drop,
                 Heads { b: bsz, t, c, h },
                 dropout_for(p, key, l, 0),
             );

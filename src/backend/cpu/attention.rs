@@ -22,7 +22,7 @@ use crate::float::Float;
 /// The attention op's forward (see `Backend::attention_forward`): heads in
 /// parallel, each with its own slot of the backend's scratch. What the
 /// backward pass needs besides q, k and v is each softmax row's maximum and
-/// 1/Σ, 2·B·H·T values at the start of `saved` (the op's `att`).
+/// 1/Σ, 2·B·H·T values, into `saved` (the op's state).
 pub(super) fn forward<F: Float>(
     cpu: &CpuBackend<F>,
     out: &mut [F],
