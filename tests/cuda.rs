@@ -15,7 +15,10 @@ mod common;
 use ebb::backend::cpu::CpuBackend;
 use ebb::backend::cuda::compile::{self, FILES};
 use ebb::backend::cuda::{CudaBackend, DropoutArgs};
-use ebb::backend::{Activation, AdamW, Backend, DecayGroup, Dropout, View, attention_saved_len};
+use ebb::backend::{
+    Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
+    Params, Product, Rows, Sequences, View,
+};
 use ebb::rng;
 
 fn env_is(name: &str, value: &str) -> bool {
@@ -237,21 +240,22 @@ fn gpu_encoder_matches_cpu_bit_for_bit() {
         let (t, v) = (5 + i, 7 + 3 * i);
         let n = n_rows * t;
         let (wte, wpe) = (View { offset: 3, len: v * c }, View { offset: 3 + v * c + 2, len: t * c });
+        let (emb, shape) = (Embeddings { wte, wpe }, Sequences { n, t, c });
         let params = random(wpe.offset + wpe.len, 1);
         let tokens: Vec<u32> = (0..n as u32).map(|k| (k * 7 + k / 3) % v as u32).collect();
         let mut out = vec![0.0; n * c];
-        cpu.encoder_forward(&mut out, &tokens, &params, wte, wpe, n, t, c);
+        cpu.encoder_forward(&mut out, &tokens, &params, emb, shape);
         let (gp, gt) = (up(&g, &params), up_tokens(&g, &tokens));
         let mut gout = g.alloc(n * c);
-        g.encoder_forward(&mut gout, &gt, &gp, wte, wpe, n, t, c);
+        g.encoder_forward(&mut gout, &gt, &gp, emb, shape);
         assert_close(&down(&g, &gout), &out, EXACT, &format!("encoder_forward n{n} c{c}"));
 
         // Backward accumulates into existing gradients.
         let dout = random(n * c, 2);
         let mut grads = random(params.len(), 3);
         let mut ggrads = up(&g, &grads);
-        cpu.encoder_backward(&mut grads, wte, wpe, &dout, &tokens, n, t, c);
-        g.encoder_backward(&mut ggrads, wte, wpe, &up(&g, &dout), &gt, n, t, c);
+        cpu.encoder_backward(&mut grads, emb, &dout, &tokens, shape);
+        g.encoder_backward(&mut ggrads, emb, &up(&g, &dout), &gt, shape);
         assert_close(&down(&g, &ggrads), &grads, EXACT, &format!("encoder_backward n{n} c{c}"));
     }
 }
@@ -262,16 +266,17 @@ fn gpu_layernorm_matches_cpu() {
     let cpu = CpuBackend::<f32>::new();
     for &(n, c) in &ROW_SHAPES {
         let (w, b) = (View { offset: 1, len: c }, View { offset: 1 + c + 5, len: c });
+        let (ln, rows) = (LayerNorm { w, b }, Rows { n, c });
         let params = random(b.offset + c, 4);
         let inp: Vec<f32> = random(n * c, 5).iter().map(|x| 2.0 * x + 0.5).collect();
-        let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
-        cpu.layernorm_forward(&mut out, &mut mean, &mut rstd, &inp, &params, w, b, n, c);
+        let (mut out, mut stats) = (vec![0.0; n * c], NormStats { mean: vec![0.0; n], rstd: vec![0.0; n] });
+        cpu.layernorm_forward(&mut out, &mut stats, &inp, &params, ln, rows);
         let (gp, gi) = (up(&g, &params), up(&g, &inp));
-        let (mut gout, mut gmean, mut grstd) = (g.alloc(n * c), g.alloc(n), g.alloc(n));
-        g.layernorm_forward(&mut gout, &mut gmean, &mut grstd, &gi, &gp, w, b, n, c);
+        let (mut gout, mut gstats) = (g.alloc(n * c), NormStats { mean: g.alloc(n), rstd: g.alloc(n) });
+        g.layernorm_forward(&mut gout, &mut gstats, &gi, &gp, ln, rows);
         assert_close(&down(&g, &gout), &out, TOL_SUM, &format!("layernorm out {n}x{c}"));
-        assert_close(&down(&g, &gmean), &mean, TOL_SUM, &format!("layernorm mean {n}x{c}"));
-        assert_close(&down(&g, &grstd), &rstd, TOL_SUM, &format!("layernorm rstd {n}x{c}"));
+        assert_close(&down(&g, &gstats.mean), &stats.mean, TOL_SUM, &format!("layernorm mean {n}x{c}"));
+        assert_close(&down(&g, &gstats.rstd), &stats.rstd, TOL_SUM, &format!("layernorm rstd {n}x{c}"));
 
         let dout = random(n * c, 6);
         for accumulate in [false, true] {
@@ -279,9 +284,12 @@ fn gpu_layernorm_matches_cpu() {
             let mut grads = random(params.len(), 8);
             let (mut gdinp, mut ggrads) = (up(&g, &dinp), up(&g, &grads));
             // Same statistics on both sides, so only the backward differs.
-            let (gm, gr) = (up(&g, &mean), up(&g, &rstd));
-            cpu.layernorm_backward(&mut dinp, accumulate, &mut grads, w, b, &dout, &inp, &params, &mean, &rstd, n, c);
-            g.layernorm_backward(&mut gdinp, accumulate, &mut ggrads, w, b, &up(&g, &dout), &gi, &gp, &gm, &gr, n, c);
+            let same_stats = NormStats { mean: up(&g, &stats.mean), rstd: up(&g, &stats.rstd) };
+            let grad = Backprop { dinp: &mut dinp, dout: &dout, inp: &inp };
+            cpu.layernorm_backward(grad, accumulate, &stats, Params { values: &params, grads: &mut grads }, ln, rows);
+            let gdout = up(&g, &dout);
+            let grad = Backprop { dinp: &mut gdinp, dout: &gdout, inp: &gi };
+            g.layernorm_backward(grad, accumulate, &same_stats, Params { values: &gp, grads: &mut ggrads }, ln, rows);
             let what = format!("layernorm_backward {n}x{c} accumulate={accumulate}");
             assert_close(&down(&g, &gdinp), &dinp, TOL_SUM, &format!("{what} dinp"));
             let gg = down(&g, &ggrads);
@@ -309,9 +317,10 @@ fn gpu_matmul_matches_cpu() {
         for bias in [None, Some(b)] {
             let what = format!("matmul {n}x{c}x{oc} bias={}", bias.is_some());
             let mut out = vec![0.0; n * oc];
-            cpu.matmul_forward(&mut out, &inp, &params, w, bias, n, c, oc);
+            let (linear, shape) = (Linear { w, b: bias }, Product { n, c, oc });
+            cpu.matmul_forward(&mut out, &inp, &params, linear, shape);
             let mut gout = g.alloc(n * oc);
-            g.matmul_forward(&mut gout, &gi, &gp, w, bias, n, c, oc);
+            g.matmul_forward(&mut gout, &gi, &gp, linear, shape);
             assert_close(&down(&g, &gout), &out, tol(c), &format!("{what} forward"));
 
             let dout = random(n * oc, 11);
@@ -319,8 +328,11 @@ fn gpu_matmul_matches_cpu() {
                 let mut dinp = random(n * c, 12);
                 let mut grads = random(params.len(), 13);
                 let (mut gdinp, mut ggrads) = (up(&g, &dinp), up(&g, &grads));
-                cpu.matmul_backward(&mut dinp, accumulate, &mut grads, w, bias, &dout, &inp, &params, n, c, oc);
-                g.matmul_backward(&mut gdinp, accumulate, &mut ggrads, w, bias, &up(&g, &dout), &gi, &gp, n, c, oc);
+                let grad = Backprop { dinp: &mut dinp, dout: &dout, inp: &inp };
+                cpu.matmul_backward(grad, accumulate, Params { values: &params, grads: &mut grads }, linear, shape);
+                let gdout = up(&g, &dout);
+                let grad = Backprop { dinp: &mut gdinp, dout: &gdout, inp: &gi };
+                g.matmul_backward(grad, accumulate, Params { values: &gp, grads: &mut ggrads }, linear, shape);
                 let what = format!("{what} accumulate={accumulate}");
                 assert_close(&down(&g, &gdinp), &dinp, tol(oc), &format!("{what} dinp"));
                 let gg = down(&g, &ggrads);
@@ -341,21 +353,19 @@ fn gpu_attention_matches_cpu_with_and_without_dropout() {
     for &(b, t, c, h) in &ATTENTION_SHAPES {
         for dropout in [Dropout::OFF, Dropout { p: 0.2, key: 1234 }] {
             let what = format!("attention b{b} t{t} c{c} h{h} p{}", dropout.p);
-            let tt = b * h * t * t;
             let qkv = random(b * t * 3 * c, 14);
-            let drop_len = if dropout.active() { tt } else { 0 };
-            let saved = attention_saved_len(b, h, t);
-            let (mut out, mut att, mut att_drop) = (vec![0.0; b * t * c], vec![0.0; saved], vec![0.0; drop_len]);
-            cpu.attention_forward(&mut out, &mut att, &mut att_drop, &qkv, b, t, c, h, dropout);
+            let heads = Heads { b, t, c, h };
+            let (mut out, mut state) = (vec![0.0; b * t * c], cpu.alloc_attention(heads, dropout.active()));
+            cpu.attention_forward(&mut out, &mut state, &qkv, heads, dropout);
             let gq = up(&g, &qkv);
-            let (mut gout, mut gatt, mut gdrop) = (g.alloc(b * t * c), g.alloc(saved), g.alloc(drop_len));
-            g.attention_forward(&mut gout, &mut gatt, &mut gdrop, &gq, b, t, c, h, dropout);
+            let (mut gout, mut gstate) = (g.alloc(b * t * c), g.alloc_attention(heads, dropout.active()));
+            g.attention_forward(&mut gout, &mut gstate, &gq, heads, dropout);
             assert_close(&down(&g, &gout), &out, TOL_SUM, &format!("{what} out"));
             // The backends keep different state for the backward pass (the
             // GPU the probabilities, the CPU row statistics); the GPU's
             // dropped probabilities are the mask's zeros, element for element.
             if dropout.active() {
-                let gd = down(&g, &gdrop);
+                let gd = down(&g, &gstate.dropped);
                 for (i, &x) in gd.iter().enumerate() {
                     let (row, j) = (i / t, i % t);
                     let kept = dropout.factor::<f32>(i) != 0.0;
@@ -365,10 +375,12 @@ fn gpu_attention_matches_cpu_with_and_without_dropout() {
 
             // Each backend's backward from its own forward state.
             let dout = random(b * t * c, 15);
-            let (mut dqkv, mut datt) = (vec![0.0; b * t * 3 * c], vec![0.0; tt]);
-            cpu.attention_backward(&mut dqkv, &mut datt, &dout, &qkv, &att, &att_drop, b, t, c, h, dropout);
-            let (mut gdqkv, mut gdatt) = (g.alloc(b * t * 3 * c), g.alloc(tt));
-            g.attention_backward(&mut gdqkv, &mut gdatt, &up(&g, &dout), &gq, &gatt, &gdrop, b, t, c, h, dropout);
+            let mut dqkv = vec![0.0; b * t * 3 * c];
+            let grad = Backprop { dinp: &mut dqkv, dout: &dout, inp: &qkv };
+            cpu.attention_backward(grad, &state, heads, dropout);
+            let (mut gdqkv, gdout) = (g.alloc(b * t * 3 * c), up(&g, &dout));
+            let grad = Backprop { dinp: &mut gdqkv, dout: &gdout, inp: &gq };
+            g.attention_backward(grad, &gstate, heads, dropout);
             assert_close(&down(&g, &gdqkv), &dqkv, TOL_LONG_SUM, &format!("{what} dqkv"));
         }
     }
@@ -396,8 +408,10 @@ fn gpu_elementwise_ops_match_cpu() {
             assert_close(&down(&g, &gy), &y, tol, &format!("{act:?} forward n{n}"));
             let mut db = vec![0.5; width];
             let mut gdb = up(&g, &db);
-            cpu.activation_backward(&mut y, &mut db, bv, &d, &x, &bias, rows, act);
-            g.activation_backward(&mut gy, &mut gdb, bv, &gd, &gx, &gbias, rows, act);
+            let grad = Backprop { dinp: &mut y, dout: &d, inp: &x };
+            cpu.activation_backward(grad, Params { values: &bias, grads: &mut db }, bv, rows, act);
+            let grad = Backprop { dinp: &mut gy, dout: &gd, inp: &gx };
+            g.activation_backward(grad, Params { values: &gbias, grads: &mut gdb }, bv, rows, act);
             assert_close(&down(&g, &gy), &y, tol, &format!("{act:?} backward n{n}"));
             assert_close(&down(&g, &gdb), &db, sum_tol, &format!("{act:?} bias gradient n{n}"));
         }
@@ -424,17 +438,17 @@ fn gpu_crossentropy_matches_cpu() {
         let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7) % v as u32).collect();
         let mask: Vec<f32> = (0..n).map(|i| if i % 4 == 0 { 0.0 } else { 1.0 }).collect();
         let (mut losses, mut probs) = (vec![0.0; n], vec![0.0; n * v]);
-        cpu.crossentropy_forward(&mut losses, &mut probs, &logits, &targets, &mask, n, v);
+        cpu.crossentropy_forward(&mut losses, &mut probs, &logits, &targets, &mask, Logits { n, v });
         let (gt, gm) = (up_tokens(&g, &targets), up(&g, &mask));
         let (mut gl, mut gp) = (g.alloc(n), g.alloc(n * v));
-        g.crossentropy_forward(&mut gl, &mut gp, &up(&g, &logits), &gt, &gm, n, v);
+        g.crossentropy_forward(&mut gl, &mut gp, &up(&g, &logits), &gt, &gm, Logits { n, v });
         assert_close(&down(&g, &gp), &probs, TOL_SUM, &format!("softmax {n}x{v}"));
         assert_close(&down(&g, &gl), &losses, TOL_SUM, &format!("losses {n}x{v}"));
 
         let mut dl = vec![0.0; n * v];
-        cpu.crossentropy_backward(&mut dl, &probs, &targets, &mask, 1.0 / 7.0, n, v);
+        cpu.crossentropy_backward(&mut dl, &probs, &targets, &mask, 1.0 / 7.0, Logits { n, v });
         let mut gdl = g.alloc(n * v);
-        g.crossentropy_backward(&mut gdl, &up(&g, &probs), &gt, &gm, 1.0 / 7.0, n, v);
+        g.crossentropy_backward(&mut gdl, &up(&g, &probs), &gt, &gm, 1.0 / 7.0, Logits { n, v });
         assert_close(&down(&g, &gdl), &dl, EXACT, &format!("crossentropy_backward {n}x{v}"));
     }
 }

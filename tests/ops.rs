@@ -3,7 +3,10 @@
 //! block size. Backward ops are checked by the gradient check.
 
 use ebb::backend::cpu::CpuBackend;
-use ebb::backend::{Activation, Backend, Dropout, View, attention_saved_len};
+use ebb::backend::{
+    Activation, Backend, Backprop, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats, Params, Product,
+    Rows, Sequences, View,
+};
 use ebb::rng;
 
 /// f32 ops against f64 references: relative to the output's scale.
@@ -33,7 +36,7 @@ fn matmul_forward_matches_reference() {
         let (w, b) = (View { offset: 0, len: oc * c }, View { offset: oc * c, len: oc });
         for bias in [None, Some(b)] {
             let mut out = vec![0.0f32; n * oc];
-            cpu.matmul_forward(&mut out, &inp, &params, w, bias, n, c, oc);
+            cpu.matmul_forward(&mut out, &inp, &params, Linear { w, b: bias }, Product { n, c, oc });
             let want: Vec<f64> = (0..n * oc)
                 .map(|i| {
                     let (r, j) = (i / oc, i % oc);
@@ -53,8 +56,9 @@ fn attention_forward_matches_reference() {
         let hs = c / h;
         let qkv = random(b * t * 3 * c, 3);
         let mut out = vec![0.0f32; b * t * c];
-        let mut att = vec![0.0f32; attention_saved_len(b, h, t)];
-        cpu.attention_forward(&mut out, &mut att, &mut Vec::new(), &qkv, b, t, c, h, Dropout::OFF);
+        let heads = Heads { b, t, c, h };
+        let mut state = cpu.alloc_attention(heads, false);
+        cpu.attention_forward(&mut out, &mut state, &qkv, heads, Dropout::OFF);
         let mut want = vec![0.0f64; b * t * c];
         for bi in 0..b {
             for hi in 0..h {
@@ -83,18 +87,9 @@ fn layernorm_forward_matches_reference() {
     for (n, c) in [(1, 3), (9, 31), (40, 64)] {
         let inp = random(n * c, 4);
         let params = random(2 * c, 5);
-        let (mut out, mut mean, mut rstd) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
-        cpu.layernorm_forward(
-            &mut out,
-            &mut mean,
-            &mut rstd,
-            &inp,
-            &params,
-            View { offset: 0, len: c },
-            View { offset: c, len: c },
-            n,
-            c,
-        );
+        let (mut out, mut stats) = (vec![0.0f32; n * c], NormStats { mean: vec![0.0f32; n], rstd: vec![0.0f32; n] });
+        let ln = LayerNorm { w: View { offset: 0, len: c }, b: View { offset: c, len: c } };
+        cpu.layernorm_forward(&mut out, &mut stats, &inp, &params, ln, Rows { n, c });
         let mut want = vec![0.0; n * c];
         for r in 0..n {
             let x: Vec<f64> = inp[r * c..(r + 1) * c].iter().map(|&v| v as f64).collect();
@@ -116,7 +111,7 @@ fn crossentropy_forward_matches_reference() {
     let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7) % v as u32).collect();
     let mask: Vec<f32> = (0..n).map(|i| if i % 4 == 0 { 0.0 } else { 1.0 }).collect();
     let (mut losses, mut probs) = (vec![0.0f32; n], vec![0.0f32; n * v]);
-    cpu.crossentropy_forward(&mut losses, &mut probs, &logits, &targets, &mask, n, v);
+    cpu.crossentropy_forward(&mut losses, &mut probs, &logits, &targets, &mask, Logits { n, v });
     let mut want_losses = vec![0.0; n];
     let mut want_probs = vec![0.0; n * v];
     for r in 0..n {
@@ -146,8 +141,8 @@ fn crossentropy_keeps_confident_rows() {
     }
     let mask = vec![1.0f32; n];
     let (mut losses, mut probs, mut dlogits) = (vec![0.0f32; n], vec![0.0f32; n * v], vec![0.0f32; n * v]);
-    cpu.crossentropy_forward(&mut losses, &mut probs, &logits, &targets, &mask, n, v);
-    cpu.crossentropy_backward(&mut dlogits, &probs, &targets, &mask, 1.0, n, v);
+    cpu.crossentropy_forward(&mut losses, &mut probs, &logits, &targets, &mask, Logits { n, v });
+    cpu.crossentropy_backward(&mut dlogits, &probs, &targets, &mask, 1.0, Logits { n, v });
     for r in 0..n {
         let t = targets[r] as usize;
         let z = &logits[r * v..(r + 1) * v];
@@ -176,16 +171,8 @@ fn encoder_and_elementwise_ops_match_reference() {
     let params = random(v * c + t * c, 7);
     let tokens: Vec<u32> = (0..(rows * t) as u32).map(|i| (i * 3) % v as u32).collect();
     let mut out = vec![0.0f32; rows * t * c];
-    cpu.encoder_forward(
-        &mut out,
-        &tokens,
-        &params,
-        View { offset: 0, len: v * c },
-        View { offset: v * c, len: t * c },
-        rows * t,
-        t,
-        c,
-    );
+    let emb = Embeddings { wte: View { offset: 0, len: v * c }, wpe: View { offset: v * c, len: t * c } };
+    cpu.encoder_forward(&mut out, &tokens, &params, emb, Sequences { n: rows * t, t, c });
     let want: Vec<f64> = (0..rows * t * c)
         .map(|i| {
             let (n, j) = (i / c, i % c);
@@ -253,15 +240,14 @@ fn attention_builds_with_and_without_avx512_give_the_same_bits() {
         for (b, t, c, h) in [(2, 128, 64, 2), (3, 37, 48, 3), (2, 33, 40, 2), (1, 64, 64, 4), (2, 9, 8, 1)] {
             let qkv = random(b * t * 3 * c, 11);
             let dout = random(b * t * c, 12);
-            let tt = b * h * t * t;
-            let drop_len = if dropout.active() { tt } else { 0 };
+            let heads = Heads { b, t, c, h };
             let [wide, narrow] = both_builds().map(|cpu| {
-                let (mut out, mut att, mut att_drop) =
-                    (vec![0.0f32; b * t * c], vec![0.0f32; attention_saved_len(b, h, t)], vec![0.0f32; drop_len]);
-                cpu.attention_forward(&mut out, &mut att, &mut att_drop, &qkv, b, t, c, h, dropout);
-                let (mut dqkv, mut datt) = (vec![0.0f32; b * t * 3 * c], vec![0.0f32; tt]);
-                cpu.attention_backward(&mut dqkv, &mut datt, &dout, &qkv, &att, &att_drop, b, t, c, h, dropout);
-                bits(&[&out, &att, &dqkv])
+                let (mut out, mut state) = (vec![0.0f32; b * t * c], cpu.alloc_attention(heads, dropout.active()));
+                cpu.attention_forward(&mut out, &mut state, &qkv, heads, dropout);
+                let mut dqkv = vec![0.0f32; b * t * 3 * c];
+                let grad = Backprop { dinp: &mut dqkv, dout: &dout, inp: &qkv };
+                cpu.attention_backward(grad, &state, heads, dropout);
+                bits(&[&out, &state, &dqkv])
             });
             assert!(
                 wide == narrow,
@@ -282,16 +268,19 @@ fn elementwise_builds_with_and_without_avx512_give_the_same_bits() {
     let [wide, narrow] = both_builds().map(|cpu| {
         let (mut gelu, mut dgelu, mut dbias) = (vec![0.0f32; n * c], vec![0.0f32; n * c], vec![0.0f32; 2 * c]);
         cpu.activation_forward(&mut gelu, &inp, &params, b, n, Activation::Gelu);
-        cpu.activation_backward(&mut dgelu, &mut dbias, b, &dout, &inp, &params, n, Activation::Gelu);
-        let (mut ln, mut mean, mut rstd) = (vec![0.0f32; n * c], vec![0.0f32; n], vec![0.0f32; n]);
-        cpu.layernorm_forward(&mut ln, &mut mean, &mut rstd, &inp, &params, w, b, n, c);
+        let grad = Backprop { dinp: &mut dgelu, dout: &dout, inp: &inp };
+        cpu.activation_backward(grad, Params { values: &params, grads: &mut dbias }, b, n, Activation::Gelu);
+        let (mut ln, mut stats) = (vec![0.0f32; n * c], NormStats { mean: vec![0.0f32; n], rstd: vec![0.0f32; n] });
+        cpu.layernorm_forward(&mut ln, &mut stats, &inp, &params, LayerNorm { w, b }, Rows { n, c });
         let (mut dln, mut grads) = (vec![0.0f32; n * c], vec![0.0f32; 2 * c]);
-        cpu.layernorm_backward(&mut dln, false, &mut grads, w, b, &dout, &inp, &params, &mean, &rstd, n, c);
+        let grad = Backprop { dinp: &mut dln, dout: &dout, inp: &inp };
+        let weights = Params { values: &params, grads: &mut grads };
+        cpu.layernorm_backward(grad, false, &stats, weights, LayerNorm { w, b }, Rows { n, c });
         let drop = Dropout { p: 0.3, key: 5 };
         let (mut res, mut dres) = (dout.clone(), vec![0.0f32; n * c]);
         cpu.residual_forward(&mut res, &inp, &params, b, n, drop);
         cpu.dropout_backward(&mut dres, &dout, drop);
-        bits(&[&gelu, &dgelu, &dbias, &ln, &mean, &rstd, &dln, &grads, &res, &dres])
+        bits(&[&gelu, &dgelu, &dbias, &ln, &stats.mean, &stats.rstd, &dln, &grads, &res, &dres])
     });
     assert!(wide == narrow, "GELU, LayerNorm or dropout: the AVX-512 and 8-lane builds differ");
 }

@@ -11,7 +11,10 @@ use std::sync::Mutex;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{Activation, AdamW, Backend, DecayGroup, Dropout, View};
+use super::{
+    Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
+    Params, Product, Rows, Sequences, View,
+};
 use crate::float::Float;
 
 mod attention;
@@ -295,7 +298,8 @@ impl<F: Float> CpuBackend<F> {
     /// on one core, so N is cut into WEIGHT_GRAD_SPLITS row blocks: the first
     /// accumulates into dw, the others into partials, all in parallel; then
     /// dw += partial₁ + partial₂ + … in that order.
-    fn weight_grad(&self, dw: &mut [F], dout: &[F], inp: &[F], n: usize, c: usize, oc: usize) {
+    fn weight_grad(&self, dw: &mut [F], dout: &[F], inp: &[F], shape: Product) {
+        let Product { n, c, oc } = shape;
         let splits = if n >= 256 * WEIGHT_GRAD_SPLITS { WEIGHT_GRAD_SPLITS } else { 1 };
         let rows = n.div_ceil(splits);
         let need = (splits - 1) * oc * c;
@@ -487,6 +491,8 @@ impl<F: Float> Backend for CpuBackend<F> {
     type F = F;
     type Buf = Vec<F>;
     type Tokens = Vec<u32>;
+    /// Each softmax row's maximum and 1/Σ, (B,H,T,2): see `attention`.
+    type AttentionState = Vec<F>;
 
     fn name(&self) -> String {
         "cpu".to_string()
@@ -500,6 +506,11 @@ impl<F: Float> Backend for CpuBackend<F> {
 
     fn alloc_tokens(&self, len: usize) -> Vec<u32> {
         vec![0; len]
+    }
+
+    fn alloc_attention(&self, shape: Heads, _dropout: bool) -> Vec<F> {
+        let Heads { b, t, h, .. } = shape;
+        self.alloc(b * h * t * 2)
     }
 
     fn upload(&self, dst: &mut Vec<F>, src: &[F]) {
@@ -518,18 +529,9 @@ impl<F: Float> Backend for CpuBackend<F> {
         buf.par_chunks_mut(ELEMS_PER_TASK).for_each(|c| c.fill(F::zero()));
     }
 
-    fn encoder_forward(
-        &self,
-        out: &mut Vec<F>,
-        tokens: &Vec<u32>,
-        params: &Vec<F>,
-        wte: View,
-        wpe: View,
-        n: usize,
-        t: usize,
-        c: usize,
-    ) {
-        let (wte, wpe) = (&params[wte.range()], &params[wpe.range()]);
+    fn encoder_forward(&self, out: &mut Vec<F>, tokens: &Vec<u32>, params: &Vec<F>, emb: Embeddings, shape: Sequences) {
+        let Sequences { n, t, c } = shape;
+        let (wte, wpe) = (&params[emb.wte.range()], &params[emb.wpe.range()]);
         out[..n * c].par_chunks_mut(c).enumerate().with_min_len(ROWS_PER_TASK).for_each(|(row, o)| {
             let tok = tokens[row] as usize;
             let pos = row % t;
@@ -542,17 +544,15 @@ impl<F: Float> Backend for CpuBackend<F> {
     fn encoder_backward(
         &self,
         grads: &mut Vec<F>,
-        wte: View,
-        wpe: View,
+        emb: Embeddings,
         dout: &Vec<F>,
         tokens: &Vec<u32>,
-        n: usize,
-        t: usize,
-        c: usize,
+        shape: Sequences,
     ) {
+        let Sequences { n, t, c } = shape;
         // Each task owns a block of columns of both tables and walks the rows in order.
-        let dwte = SharedMut(grads[wte.range()].as_mut_ptr());
-        let dwpe = SharedMut(grads[wpe.range()].as_mut_ptr());
+        let dwte = SharedMut(grads[emb.wte.range()].as_mut_ptr());
+        let dwpe = SharedMut(grads[emb.wpe.range()].as_mut_ptr());
         let blocks = c.div_ceil(COLS_PER_TASK);
         (0..blocks).into_par_iter().for_each(|block| {
             let j0 = block * COLS_PER_TASK;
@@ -575,19 +575,17 @@ impl<F: Float> Backend for CpuBackend<F> {
     fn layernorm_forward(
         &self,
         out: &mut Vec<F>,
-        mean: &mut Vec<F>,
-        rstd: &mut Vec<F>,
+        stats: &mut NormStats<Vec<F>>,
         inp: &Vec<F>,
         params: &Vec<F>,
-        w: View,
-        b: View,
-        n: usize,
-        c: usize,
+        ln: LayerNorm,
+        shape: Rows,
     ) {
-        let (w, b) = (&params[w.range()], &params[b.range()]);
+        let Rows { n, c } = shape;
+        let (w, b) = (&params[ln.w.range()], &params[ln.b.range()]);
         out[..n * c]
             .par_chunks_mut(c)
-            .zip(mean[..n].par_iter_mut().zip(rstd[..n].par_iter_mut()))
+            .zip(stats.mean[..n].par_iter_mut().zip(stats.rstd[..n].par_iter_mut()))
             .enumerate()
             .with_min_len(ROWS_PER_TASK)
             .for_each(|(row, (o, (mu, rs)))| {
@@ -597,23 +595,20 @@ impl<F: Float> Backend for CpuBackend<F> {
 
     fn layernorm_backward(
         &self,
-        dinp: &mut Vec<F>,
+        grad: Backprop<'_, Vec<F>>,
         accumulate: bool,
-        grads: &mut Vec<F>,
-        w: View,
-        b: View,
-        dout: &Vec<F>,
-        inp: &Vec<F>,
-        params: &Vec<F>,
-        mean: &Vec<F>,
-        rstd: &Vec<F>,
-        n: usize,
-        c: usize,
+        stats: &NormStats<Vec<F>>,
+        params: Params<'_, Vec<F>>,
+        ln: LayerNorm,
+        shape: Rows,
     ) {
-        let wt = &params[w.range()];
+        let Rows { n, c } = shape;
+        let Backprop { dinp, dout, inp } = grad;
+        let (mean, rstd) = (&stats.mean, &stats.rstd);
+        let wt = &params.values[ln.w.range()];
         assert!(dinp.len() >= n * c && dout.len() >= n * c && inp.len() >= n * c);
         let dinp = SharedMut(dinp.as_mut_ptr());
-        let (dw, db) = grads_pair(grads, w, b);
+        let (dw, db) = grads_pair(params.grads, ln.w, ln.b);
         // Each row block writes its rows of dinp and its partial (dw, db).
         self.add_block_sums(&mut [dw, db], n, |rows, part| {
             let (pw, pb) = part.split_at_mut(c);
@@ -625,17 +620,8 @@ impl<F: Float> Backend for CpuBackend<F> {
         });
     }
 
-    fn matmul_forward(
-        &self,
-        out: &mut Vec<F>,
-        inp: &Vec<F>,
-        params: &Vec<F>,
-        w: View,
-        b: Option<View>,
-        n: usize,
-        c: usize,
-        oc: usize,
-    ) {
+    fn matmul_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, params: &Vec<F>, linear: Linear, shape: Product) {
+        let (Linear { w, b }, Product { n, c, oc }) = (linear, shape);
         let out = &mut out[..n * oc];
         if let Some(b) = b {
             let bias = &params[b.range()];
@@ -661,19 +647,15 @@ impl<F: Float> Backend for CpuBackend<F> {
 
     fn matmul_backward(
         &self,
-        dinp: &mut Vec<F>,
+        grad: Backprop<'_, Vec<F>>,
         accumulate: bool,
-        grads: &mut Vec<F>,
-        w: View,
-        b: Option<View>,
-        dout: &Vec<F>,
-        inp: &Vec<F>,
-        params: &Vec<F>,
-        n: usize,
-        c: usize,
-        oc: usize,
+        params: Params<'_, Vec<F>>,
+        linear: Linear,
+        shape: Product,
     ) {
-        let wt = &params[w.range()];
+        let (Linear { w, b }, Product { n, c, oc }) = (linear, shape);
+        let (Backprop { dinp, dout, inp }, Params { values, grads }) = (grad, params);
+        let wt = &values[w.range()];
         assert!(dinp.len() >= n * c && dout.len() >= n * oc && inp.len() >= n * c);
         unsafe {
             // dinp (N,C) (+)= dout (N,OC) · w (OC,C)
@@ -690,7 +672,7 @@ impl<F: Float> Backend for CpuBackend<F> {
                 threads_for_gemm(),
             );
         }
-        self.weight_grad(&mut grads[w.range()], dout, inp, n, c, oc);
+        self.weight_grad(&mut grads[w.range()], dout, inp, shape);
         if let Some(b) = b {
             self.add_block_sums(&mut [&mut grads[b.range()]], n, |rows, part| {
                 for row in rows {
@@ -700,40 +682,14 @@ impl<F: Float> Backend for CpuBackend<F> {
         }
     }
 
-    /// `att` keeps each softmax row's maximum and normalizer (its first
-    /// 2·B·H·T elements); `att_drop` goes unused: see `attention`.
-    fn attention_forward(
-        &self,
-        out: &mut Vec<F>,
-        att: &mut Vec<F>,
-        _att_drop: &mut Vec<F>,
-        qkv: &Vec<F>,
-        b: usize,
-        t: usize,
-        c: usize,
-        h: usize,
-        dropout: Dropout,
-    ) {
-        attention::forward(self, out, att, qkv, b, t, c, h, dropout);
+    /// `state` keeps each softmax row's maximum and normalizer: see `attention`.
+    fn attention_forward(&self, out: &mut Vec<F>, state: &mut Vec<F>, qkv: &Vec<F>, shape: Heads, dropout: Dropout) {
+        attention::forward(self, out, state, qkv, shape, dropout);
     }
 
-    /// The probabilities come from `att`'s statistics again; `datt` and
-    /// `att_drop` go unused: see `attention`.
-    fn attention_backward(
-        &self,
-        dqkv: &mut Vec<F>,
-        _datt: &mut Vec<F>,
-        dout: &Vec<F>,
-        qkv: &Vec<F>,
-        att: &Vec<F>,
-        _att_drop: &Vec<F>,
-        b: usize,
-        t: usize,
-        c: usize,
-        h: usize,
-        dropout: Dropout,
-    ) {
-        attention::backward(self, dqkv, dout, att, qkv, b, t, c, h, dropout);
+    /// The probabilities come from `state`'s statistics again: see `attention`.
+    fn attention_backward(&self, grad: Backprop<'_, Vec<F>>, state: &Vec<F>, shape: Heads, dropout: Dropout) {
+        attention::backward(self, grad.dinp, grad.dout, state, grad.inp, shape, dropout);
     }
 
     fn activation_forward(&self, out: &mut Vec<F>, inp: &Vec<F>, params: &Vec<F>, b: View, n: usize, act: Activation) {
@@ -750,16 +706,14 @@ impl<F: Float> Backend for CpuBackend<F> {
 
     fn activation_backward(
         &self,
-        dinp: &mut Vec<F>,
-        grads: &mut Vec<F>,
+        grad: Backprop<'_, Vec<F>>,
+        params: Params<'_, Vec<F>>,
         b: View,
-        dout: &Vec<F>,
-        inp: &Vec<F>,
-        params: &Vec<F>,
         n: usize,
         act: Activation,
     ) {
-        let (f, bias) = (b.len, &params[b.range()]);
+        let (Backprop { dinp, dout, inp }, Params { values, grads }) = (grad, params);
+        let (f, bias) = (b.len, &values[b.range()]);
         assert!(dinp.len() >= n * f && dout.len() >= n * f && inp.len() >= n * f);
         let dinp = SharedMut(dinp.as_mut_ptr());
         self.add_block_sums(&mut [&mut grads[b.range()]], n, |rows, db| {
@@ -805,9 +759,9 @@ impl<F: Float> Backend for CpuBackend<F> {
         logits: &Vec<F>,
         targets: &Vec<u32>,
         mask: &Vec<F>,
-        n: usize,
-        v: usize,
+        shape: Logits,
     ) {
+        let Logits { n, v } = shape;
         probs[..n * v]
             .par_chunks_mut(v)
             .zip(losses[..n].par_iter_mut())
@@ -838,9 +792,9 @@ impl<F: Float> Backend for CpuBackend<F> {
         targets: &Vec<u32>,
         mask: &Vec<F>,
         scale: f64,
-        n: usize,
-        v: usize,
+        shape: Logits,
     ) {
+        let Logits { n, v } = shape;
         let scale = F::of(scale);
         dlogits[..n * v].par_chunks_mut(v).enumerate().with_min_len(ROWS_PER_TASK).for_each(|(row, d)| {
             let (w, t) = (mask[row] * scale, targets[row] as usize);

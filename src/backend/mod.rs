@@ -3,9 +3,14 @@
 //! implement the same methods under the same names and are tested against it.
 //!
 //! Conventions shared by every op:
-//! - `N` is the number of rows (batch × time), `C` the model width.
+//! - Sizes come as named shapes (`Rows`, `Product`, `Heads`, `Sequences`,
+//!   `Logits`): `N` is the number of rows (batch × time), `C` the model width.
 //! - Parameter tensors are named views (`View`) into one flat parameter
-//!   buffer; their gradients live at the same offsets in the gradient buffer.
+//!   buffer, grouped by layer (`Linear`, `LayerNorm`, `Embeddings`); their
+//!   gradients live at the same offsets in the gradient buffer. A backward
+//!   pass gets both buffers as `Params`.
+//! - A layer's backward pass reads the gradient at its output and the
+//!   forward's input, and writes the gradient at its input (`Backprop`).
 //! - Parameter gradients are accumulated (`+=`); the caller zeroes the
 //!   gradient buffer once per step. Activation gradients are overwritten,
 //!   unless an op takes `accumulate: bool`.
@@ -97,10 +102,90 @@ pub struct DecayGroup {
     pub weight_decay: f64,
 }
 
-/// Elements of attention's saved state `att`: room for the (B,H,T,T)
-/// probabilities and for two statistics per softmax row (T = 1 included).
-pub fn attention_saved_len(b: usize, h: usize, t: usize) -> usize {
-    b * h * t * t.max(2)
+/// N rows of width C: the (N,C) activations a row-wise op (LayerNorm) reads
+/// and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows {
+    pub n: usize,
+    pub c: usize,
+}
+
+/// A matrix product with a weight: inp (N,C) · w (OC,C)ᵀ → out (N,OC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Product {
+    pub n: usize,
+    pub c: usize,
+    pub oc: usize,
+}
+
+/// Causal self-attention: B sequences of T positions, width C split into H
+/// heads of C/H; qkv (B,T,3C), out (B,T,C).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    pub b: usize,
+    pub t: usize,
+    pub c: usize,
+    pub h: usize,
+}
+
+/// N rows of width C cut into sequences of T positions: row n is position
+/// n mod T (the encoder's shape).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sequences {
+    pub n: usize,
+    pub t: usize,
+    pub c: usize,
+}
+
+/// N rows of V logits, one per vocabulary entry (the loss's shape).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Logits {
+    pub n: usize,
+    pub v: usize,
+}
+
+/// A linear layer's parameters: weight w (OC,C) and, if it has one, bias b (OC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Linear {
+    pub w: View,
+    pub b: Option<View>,
+}
+
+/// A LayerNorm's parameters: gain w (C) and bias b (C).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerNorm {
+    pub w: View,
+    pub b: View,
+}
+
+/// The embedding tables: tokens wte (V,C) and positions wpe (T,C).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Embeddings {
+    pub wte: View,
+    pub wpe: View,
+}
+
+/// A LayerNorm's statistics per row, kept by its forward pass for its
+/// backward: mean (N) and 1/standard deviation rstd (N).
+pub struct NormStats<Buf> {
+    pub mean: Buf,
+    pub rstd: Buf,
+}
+
+/// The parameters in a backward pass: their values, read, and the gradient
+/// buffer their gradients are added to (at the same offsets).
+pub struct Params<'a, Buf> {
+    pub values: &'a Buf,
+    pub grads: &'a mut Buf,
+}
+
+/// The activations of a layer's backward pass: it reads the gradient at the
+/// layer's output `dout` and the forward's input `inp`, and writes the
+/// gradient at its input `dinp` (the same shape as `inp`).
+pub struct Backprop<'a, Buf> {
+    pub dinp: &'a mut Buf,
+    pub dout: &'a Buf,
+    pub inp: &'a Buf,
 }
 
 pub trait Backend {
@@ -109,11 +194,17 @@ pub trait Backend {
     type Buf;
     /// A buffer of token ids on the device.
     type Tokens;
+    /// What one attention layer's forward pass keeps for its backward pass;
+    /// each backend keeps what its backward needs (see `attention_forward`).
+    type AttentionState;
 
     fn name(&self) -> String;
     /// A zeroed buffer of `len` elements.
     fn alloc(&self, len: usize) -> Self::Buf;
     fn alloc_tokens(&self, len: usize) -> Self::Tokens;
+    /// The state of one attention layer of this shape, run with dropout or
+    /// not (any scratch its backward pass needs is the backend's own).
+    fn alloc_attention(&self, shape: Heads, dropout: bool) -> Self::AttentionState;
     fn upload(&self, dst: &mut Self::Buf, src: &[Self::F]);
     fn upload_tokens(&self, dst: &mut Self::Tokens, src: &[u32]);
     fn download(&self, dst: &mut [Self::F], src: &Self::Buf);
@@ -125,125 +216,77 @@ pub trait Backend {
         out: &mut Self::Buf,
         tokens: &Self::Tokens,
         params: &Self::Buf,
-        wte: View,
-        wpe: View,
-        n: usize,
-        t: usize,
-        c: usize,
+        emb: Embeddings,
+        shape: Sequences,
     );
     /// dwte[tokens[n]] += dout[n]; dwpe[n mod T] += dout[n]; dout (N,C)
     fn encoder_backward(
         &self,
         grads: &mut Self::Buf,
-        wte: View,
-        wpe: View,
+        emb: Embeddings,
         dout: &Self::Buf,
         tokens: &Self::Tokens,
-        n: usize,
-        t: usize,
-        c: usize,
+        shape: Sequences,
     );
 
     /// out (N,C) = (inp - mean) * rstd * w + b; inp (N,C), mean/rstd (N), w/b (C)
     fn layernorm_forward(
         &self,
         out: &mut Self::Buf,
-        mean: &mut Self::Buf,
-        rstd: &mut Self::Buf,
+        stats: &mut NormStats<Self::Buf>,
         inp: &Self::Buf,
         params: &Self::Buf,
-        w: View,
-        b: View,
-        n: usize,
-        c: usize,
+        ln: LayerNorm,
+        shape: Rows,
     );
-    /// dinp (N,C) (+)= ∂L/∂inp; dw, db (C) += ...; dout (N,C)
-    #[allow(clippy::too_many_arguments)]
+    /// dinp (N,C) (+)= ∂L/∂inp; dw, db (C) += ...; dout, inp (N,C)
     fn layernorm_backward(
         &self,
-        dinp: &mut Self::Buf,
+        grad: Backprop<'_, Self::Buf>,
         accumulate: bool,
-        grads: &mut Self::Buf,
-        w: View,
-        b: View,
-        dout: &Self::Buf,
-        inp: &Self::Buf,
-        params: &Self::Buf,
-        mean: &Self::Buf,
-        rstd: &Self::Buf,
-        n: usize,
-        c: usize,
+        stats: &NormStats<Self::Buf>,
+        params: Params<'_, Self::Buf>,
+        ln: LayerNorm,
+        shape: Rows,
     );
 
     /// out (N,OC) = inp (N,C) · w (OC,C)ᵀ + b (OC)
-    fn matmul_forward(
-        &self,
-        out: &mut Self::Buf,
-        inp: &Self::Buf,
-        params: &Self::Buf,
-        w: View,
-        b: Option<View>,
-        n: usize,
-        c: usize,
-        oc: usize,
-    );
+    fn matmul_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, linear: Linear, shape: Product);
     /// dinp (N,C) (+)= dout (N,OC) · w; dw (OC,C) += doutᵀ · inp; db (OC) += Σₙ dout
-    #[allow(clippy::too_many_arguments)]
     fn matmul_backward(
         &self,
-        dinp: &mut Self::Buf,
+        grad: Backprop<'_, Self::Buf>,
         accumulate: bool,
-        grads: &mut Self::Buf,
-        w: View,
-        b: Option<View>,
-        dout: &Self::Buf,
-        inp: &Self::Buf,
-        params: &Self::Buf,
-        n: usize,
-        c: usize,
-        oc: usize,
+        params: Params<'_, Self::Buf>,
+        linear: Linear,
+        shape: Product,
     );
 
     /// Causal multi-head self-attention: qkv (B,T,3C) → out (B,T,C).
-    /// `att` (`attention_saved_len` elements) and `att_drop` (B,H,T,T, empty
-    /// when dropout is off) keep what the backend's backward pass needs: the
-    /// CUDA backend the softmax probabilities and those after dropout; the
-    /// CPU backend each softmax row's maximum and normalizer (it computes the
-    /// probabilities again and leaves `att_drop` alone).
-    #[allow(clippy::too_many_arguments)]
+    /// `state` (from `alloc_attention`) keeps what the backend's backward
+    /// pass needs: the CUDA backend the softmax probabilities and those after
+    /// dropout (B,H,T,T each); the CPU backend each softmax row's maximum and
+    /// normalizer (B,H,T,2: it computes the probabilities again).
     fn attention_forward(
         &self,
         out: &mut Self::Buf,
-        att: &mut Self::Buf,
-        att_drop: &mut Self::Buf,
+        state: &mut Self::AttentionState,
         qkv: &Self::Buf,
-        b: usize,
-        t: usize,
-        c: usize,
-        h: usize,
+        shape: Heads,
         dropout: Dropout,
     );
-    /// dqkv (B,T,3C) = ∂L/∂qkv; datt (B,H,T,T) scratch; dout (B,T,C)
-    #[allow(clippy::too_many_arguments)]
+    /// dqkv (B,T,3C) = ∂L/∂qkv from dout (B,T,C), qkv and the forward's state
     fn attention_backward(
         &self,
-        dqkv: &mut Self::Buf,
-        datt: &mut Self::Buf,
-        dout: &Self::Buf,
-        qkv: &Self::Buf,
-        att: &Self::Buf,
-        att_drop: &Self::Buf,
-        b: usize,
-        t: usize,
-        c: usize,
-        h: usize,
+        grad: Backprop<'_, Self::Buf>,
+        state: &Self::AttentionState,
+        shape: Heads,
         dropout: Dropout,
     );
 
     /// out (N,F) = act(inp (N,F) + b (F)). The bias of the matrix product
     /// that made `inp` is added here, in the same pass as the activation, so
     /// the product need not write its output twice; F = b.len.
-    #[allow(clippy::too_many_arguments)]
     fn activation_forward(
         &self,
         out: &mut Self::Buf,
@@ -253,16 +296,12 @@ pub trait Backend {
         n: usize,
         act: Activation,
     );
-    /// dinp (N,F) = act'(inp + b) · dout; db (F) += Σₙ dinp
-    #[allow(clippy::too_many_arguments)]
+    /// dinp (N,F) = act'(inp + b) · dout; db (F) += Σₙ dinp; dout, inp (N,F)
     fn activation_backward(
         &self,
-        dinp: &mut Self::Buf,
-        grads: &mut Self::Buf,
+        grad: Backprop<'_, Self::Buf>,
+        params: Params<'_, Self::Buf>,
         b: View,
-        dout: &Self::Buf,
-        inp: &Self::Buf,
-        params: &Self::Buf,
         n: usize,
         act: Activation,
     );
@@ -286,7 +325,6 @@ pub trait Backend {
     fn dropout_backward(&self, dinp: &mut Self::Buf, dout: &Self::Buf, dropout: Dropout);
 
     /// probs (N,V) = softmax(logits (N,V)); losses (N) = -log probs[target] · mask (0 where masked out)
-    #[allow(clippy::too_many_arguments)]
     fn crossentropy_forward(
         &self,
         losses: &mut Self::Buf,
@@ -294,11 +332,9 @@ pub trait Backend {
         logits: &Self::Buf,
         targets: &Self::Tokens,
         mask: &Self::Buf,
-        n: usize,
-        v: usize,
+        shape: Logits,
     );
     /// dlogits (N,V) = (probs - onehot(target)) · mask · scale
-    #[allow(clippy::too_many_arguments)]
     fn crossentropy_backward(
         &self,
         dlogits: &mut Self::Buf,
@@ -306,8 +342,7 @@ pub trait Backend {
         targets: &Self::Tokens,
         mask: &Self::Buf,
         scale: f64,
-        n: usize,
-        v: usize,
+        shape: Logits,
     );
 
     /// Σ g² over the whole buffer, summed in a fixed order.

@@ -6,7 +6,10 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::{Activation, AdamW, Backend, DecayGroup, Dropout, View};
+use super::{
+    Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
+    Params, Product, Rows, Sequences, View,
+};
 
 /// Total seconds and calls per op name, in first-call order.
 pub struct Profiled<B> {
@@ -59,6 +62,7 @@ impl<B: Backend> Backend for Profiled<B> {
     type F = B::F;
     type Buf = B::Buf;
     type Tokens = B::Tokens;
+    type AttentionState = B::AttentionState;
 
     fn name(&self) -> String {
         self.inner.name()
@@ -69,26 +73,29 @@ impl<B: Backend> Backend for Profiled<B> {
     fn alloc_tokens(&self, len: usize) -> Self::Tokens {
         self.inner.alloc_tokens(len)
     }
+    fn alloc_attention(&self, shape: Heads, dropout: bool) -> Self::AttentionState {
+        self.inner.alloc_attention(shape, dropout)
+    }
 
     timed_ops! {
         fn upload(&self, dst: &mut Self::Buf, src: &[Self::F]);
         fn upload_tokens(&self, dst: &mut Self::Tokens, src: &[u32]);
         fn download(&self, dst: &mut [Self::F], src: &Self::Buf);
         fn zero(&self, buf: &mut Self::Buf);
-        fn encoder_forward(&self, out: &mut Self::Buf, tokens: &Self::Tokens, params: &Self::Buf, wte: View, wpe: View, n: usize, t: usize, c: usize);
-        fn encoder_backward(&self, grads: &mut Self::Buf, wte: View, wpe: View, dout: &Self::Buf, tokens: &Self::Tokens, n: usize, t: usize, c: usize);
-        fn layernorm_forward(&self, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, w: View, b: View, n: usize, c: usize);
-        fn layernorm_backward(&self, dinp: &mut Self::Buf, accumulate: bool, grads: &mut Self::Buf, w: View, b: View, dout: &Self::Buf, inp: &Self::Buf, params: &Self::Buf, mean: &Self::Buf, rstd: &Self::Buf, n: usize, c: usize);
-        fn matmul_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, w: View, b: Option<View>, n: usize, c: usize, oc: usize);
-        fn matmul_backward(&self, dinp: &mut Self::Buf, accumulate: bool, grads: &mut Self::Buf, w: View, b: Option<View>, dout: &Self::Buf, inp: &Self::Buf, params: &Self::Buf, n: usize, c: usize, oc: usize);
-        fn attention_forward(&self, out: &mut Self::Buf, att: &mut Self::Buf, att_drop: &mut Self::Buf, qkv: &Self::Buf, b: usize, t: usize, c: usize, h: usize, dropout: Dropout);
-        fn attention_backward(&self, dqkv: &mut Self::Buf, datt: &mut Self::Buf, dout: &Self::Buf, qkv: &Self::Buf, att: &Self::Buf, att_drop: &Self::Buf, b: usize, t: usize, c: usize, h: usize, dropout: Dropout);
+        fn encoder_forward(&self, out: &mut Self::Buf, tokens: &Self::Tokens, params: &Self::Buf, emb: Embeddings, shape: Sequences);
+        fn encoder_backward(&self, grads: &mut Self::Buf, emb: Embeddings, dout: &Self::Buf, tokens: &Self::Tokens, shape: Sequences);
+        fn layernorm_forward(&self, out: &mut Self::Buf, stats: &mut NormStats<Self::Buf>, inp: &Self::Buf, params: &Self::Buf, ln: LayerNorm, shape: Rows);
+        fn layernorm_backward(&self, grad: Backprop<'_, Self::Buf>, accumulate: bool, stats: &NormStats<Self::Buf>, params: Params<'_, Self::Buf>, ln: LayerNorm, shape: Rows);
+        fn matmul_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, linear: Linear, shape: Product);
+        fn matmul_backward(&self, grad: Backprop<'_, Self::Buf>, accumulate: bool, params: Params<'_, Self::Buf>, linear: Linear, shape: Product);
+        fn attention_forward(&self, out: &mut Self::Buf, state: &mut Self::AttentionState, qkv: &Self::Buf, shape: Heads, dropout: Dropout);
+        fn attention_backward(&self, grad: Backprop<'_, Self::Buf>, state: &Self::AttentionState, shape: Heads, dropout: Dropout);
         fn activation_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, b: View, n: usize, act: Activation);
-        fn activation_backward(&self, dinp: &mut Self::Buf, grads: &mut Self::Buf, b: View, dout: &Self::Buf, inp: &Self::Buf, params: &Self::Buf, n: usize, act: Activation);
+        fn activation_backward(&self, grad: Backprop<'_, Self::Buf>, params: Params<'_, Self::Buf>, b: View, n: usize, act: Activation);
         fn residual_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, b: View, n: usize, dropout: Dropout);
         fn dropout_backward(&self, dinp: &mut Self::Buf, dout: &Self::Buf, dropout: Dropout);
-        fn crossentropy_forward(&self, losses: &mut Self::Buf, probs: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Tokens, mask: &Self::Buf, n: usize, v: usize);
-        fn crossentropy_backward(&self, dlogits: &mut Self::Buf, probs: &Self::Buf, targets: &Self::Tokens, mask: &Self::Buf, scale: f64, n: usize, v: usize);
+        fn crossentropy_forward(&self, losses: &mut Self::Buf, probs: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Tokens, mask: &Self::Buf, shape: Logits);
+        fn crossentropy_backward(&self, dlogits: &mut Self::Buf, probs: &Self::Buf, targets: &Self::Tokens, mask: &Self::Buf, scale: f64, shape: Logits);
         fn sum_squares(&self, buf: &Self::Buf) -> f64;
         fn adamw_update(&self, params: &mut Self::Buf, grads: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, groups: &[DecayGroup], hp: AdamW);
     }

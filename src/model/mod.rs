@@ -6,7 +6,10 @@ mod layout;
 
 pub use layout::{ParamKind, ParamLayout, ParamTensor};
 
-use crate::backend::{Activation, Backend, Dropout, attention_saved_len};
+use crate::backend::{
+    Activation, Backend, Backprop, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats, Params, Product,
+    Rows, Sequences,
+};
 use crate::float::Float;
 use num_traits::Zero;
 
@@ -60,20 +63,17 @@ impl ModelShape {
 
 /// One block's forward activations, kept for the backward pass.
 struct BlockActs<B: Backend> {
-    ln1: B::Buf,      // (N,C)
-    ln1_mean: B::Buf, // (N)
-    ln1_rstd: B::Buf, // (N)
-    qkv: B::Buf,      // (N,3C)
-    att: B::Buf,      // (B,H,T,T)
-    att_drop: B::Buf, // (B,H,T,T), empty without dropout
-    atty: B::Buf,     // (N,C)
-    res_mid: B::Buf,  // (N,C) residual after attention (first the attention branch's output projection)
-    ln2: B::Buf,      // (N,C)
-    ln2_mean: B::Buf, // (N)
-    ln2_rstd: B::Buf, // (N)
-    fc: B::Buf,       // (N,F)
-    fc_act: B::Buf,   // (N,F)
-    res_out: B::Buf,  // (N,C) residual after the MLP: the next block's input (first the MLP's output projection)
+    ln1: B::Buf,                  // (N,C)
+    ln1_stats: NormStats<B::Buf>, // (N) each
+    qkv: B::Buf,                  // (N,3C)
+    att: B::AttentionState,       // what attention's backward pass needs (the backend decides)
+    atty: B::Buf,                 // (N,C)
+    res_mid: B::Buf,              // (N,C) residual after attention (first the attention branch's output projection)
+    ln2: B::Buf,                  // (N,C)
+    ln2_stats: NormStats<B::Buf>, // (N) each
+    fc: B::Buf,                   // (N,F)
+    fc_act: B::Buf,               // (N,F)
+    res_out: B::Buf, // (N,C) residual after the MLP: the next block's input (first the MLP's output projection)
 }
 
 /// Gradient scratch shared by all blocks in the backward pass.
@@ -82,7 +82,6 @@ struct GradScratch<B: Backend> {
     branch: B::Buf,   // (N,C) ∂L/∂branch output after dropout (only with dropout)
     norm_out: B::Buf, // (N,C) ∂L/∂(LayerNorm output)
     qkv: B::Buf,      // (N,3C)
-    att: B::Buf,      // (B,H,T,T)
     atty: B::Buf,     // (N,C)
     fc_act: B::Buf,   // (N,F)
     fc: B::Buf,       // (N,F)
@@ -109,13 +108,12 @@ pub struct Gpt<B: Backend> {
     mask: B::Buf,       // (N)
     encoded: B::Buf,    // (N,C)
     blocks: Vec<BlockActs<B>>,
-    lnf: B::Buf,      // (N,C)
-    lnf_mean: B::Buf, // (N)
-    lnf_rstd: B::Buf, // (N)
-    logits: B::Buf,   // (N,V)
+    lnf: B::Buf,                  // (N,C)
+    lnf_stats: NormStats<B::Buf>, // (N) each
+    logits: B::Buf,               // (N,V)
     /// Softmax of the logits after a forward pass.
     pub probs: B::Buf, // (N,V)
-    losses: B::Buf,   // (N)
+    losses: B::Buf,               // (N)
     host_losses: Vec<B::F>,
     host_mask: Vec<B::F>,
     masked_count: f64,
@@ -132,20 +130,18 @@ impl<B: Backend> Gpt<B> {
         let n = batch * t;
         let pre = shape.norm == Norm::Pre;
         let norm_len = |len: usize| if pre { len } else { 0 };
-        let drop_len = if shape.dropout > 0.0 { batch * h * t * t } else { 0 };
+        let norm_stats = || NormStats { mean: backend.alloc(norm_len(n)), rstd: backend.alloc(norm_len(n)) };
+        let heads = Heads { b: batch, t, c, h };
         let blocks = (0..shape.n_layers)
             .map(|_| BlockActs {
                 ln1: backend.alloc(norm_len(n * c)),
-                ln1_mean: backend.alloc(norm_len(n)),
-                ln1_rstd: backend.alloc(norm_len(n)),
+                ln1_stats: norm_stats(),
                 qkv: backend.alloc(n * 3 * c),
-                att: backend.alloc(attention_saved_len(batch, h, t)),
-                att_drop: backend.alloc(drop_len),
+                att: backend.alloc_attention(heads, shape.dropout > 0.0),
                 atty: backend.alloc(n * c),
                 res_mid: backend.alloc(n * c),
                 ln2: backend.alloc(norm_len(n * c)),
-                ln2_mean: backend.alloc(norm_len(n)),
-                ln2_rstd: backend.alloc(norm_len(n)),
+                ln2_stats: norm_stats(),
                 fc: backend.alloc(n * f),
                 fc_act: backend.alloc(n * f),
                 res_out: backend.alloc(n * c),
@@ -164,8 +160,7 @@ impl<B: Backend> Gpt<B> {
             encoded: backend.alloc(n * c),
             blocks,
             lnf: backend.alloc(norm_len(n * c)),
-            lnf_mean: backend.alloc(norm_len(n)),
-            lnf_rstd: backend.alloc(norm_len(n)),
+            lnf_stats: norm_stats(),
             logits: backend.alloc(n * v),
             probs: backend.alloc(n * v),
             losses: backend.alloc(n),
@@ -178,7 +173,6 @@ impl<B: Backend> Gpt<B> {
                 branch: backend.alloc(if shape.dropout > 0.0 { n * c } else { 0 }),
                 norm_out: backend.alloc(n * c),
                 qkv: backend.alloc(n * 3 * c),
-                att: backend.alloc(batch * h * t * t),
                 atty: backend.alloc(n * c),
                 fc_act: backend.alloc(n * f),
                 fc: backend.alloc(n * f),
@@ -222,64 +216,43 @@ impl<B: Backend> Gpt<B> {
         self.host_mask.copy_from_slice(mask);
         self.masked_count = mask.iter().map(|m| m.f64()).sum();
 
-        backend.encoder_forward(&mut self.encoded, &self.tokens, &self.params, lay.wte, lay.wpe, n, t, c);
+        let rows = Rows { n, c };
+        let embeddings = Embeddings { wte: lay.wte, wpe: lay.wpe };
+        backend.encoder_forward(&mut self.encoded, &self.tokens, &self.params, embeddings, Sequences { n, t, c });
         for l in 0..s.n_layers {
             let (before, rest) = self.blocks.split_at_mut(l);
             let a = &mut rest[0];
             let x = if l == 0 { &self.encoded } else { &before[l - 1].res_out };
             let bl = &lay.blocks[l];
             let attn_in = if pre {
-                backend.layernorm_forward(
-                    &mut a.ln1,
-                    &mut a.ln1_mean,
-                    &mut a.ln1_rstd,
-                    x,
-                    &self.params,
-                    bl.ln1_w,
-                    bl.ln1_b,
-                    n,
-                    c,
-                );
+                let ln1 = LayerNorm { w: bl.ln1_w, b: bl.ln1_b };
+                backend.layernorm_forward(&mut a.ln1, &mut a.ln1_stats, x, &self.params, ln1, rows);
                 &a.ln1
             } else {
                 x
             };
-            backend.matmul_forward(&mut a.qkv, attn_in, &self.params, bl.qkv_w, Some(bl.qkv_b), n, c, 3 * c);
-            backend.attention_forward(
-                &mut a.atty,
-                &mut a.att,
-                &mut a.att_drop,
-                &a.qkv,
-                bsz,
-                t,
-                c,
-                h,
-                dropout_for(p, dropout_key, l, 0),
-            );
+            let qkv = Linear { w: bl.qkv_w, b: Some(bl.qkv_b) };
+            backend.matmul_forward(&mut a.qkv, attn_in, &self.params, qkv, Product { n, c, oc: 3 * c });
+            let heads = Heads { b: bsz, t, c, h };
+            backend.attention_forward(&mut a.atty, &mut a.att, &a.qkv, heads, dropout_for(p, dropout_key, l, 0));
             // The biases of proj, fc and out are added by the ops that read
             // their products (one pass fewer over each product's output);
             // the residual adds run in place over the branch's product.
-            backend.matmul_forward(&mut a.res_mid, &a.atty, &self.params, bl.proj_w, None, n, c, c);
+            let proj = Linear { w: bl.proj_w, b: None };
+            backend.matmul_forward(&mut a.res_mid, &a.atty, &self.params, proj, Product { n, c, oc: c });
             backend.residual_forward(&mut a.res_mid, x, &self.params, bl.proj_b, n, dropout_for(p, dropout_key, l, 1));
             let mlp_in = if pre {
-                backend.layernorm_forward(
-                    &mut a.ln2,
-                    &mut a.ln2_mean,
-                    &mut a.ln2_rstd,
-                    &a.res_mid,
-                    &self.params,
-                    bl.ln2_w,
-                    bl.ln2_b,
-                    n,
-                    c,
-                );
+                let ln2 = LayerNorm { w: bl.ln2_w, b: bl.ln2_b };
+                backend.layernorm_forward(&mut a.ln2, &mut a.ln2_stats, &a.res_mid, &self.params, ln2, rows);
                 &a.ln2
             } else {
                 &a.res_mid
             };
-            backend.matmul_forward(&mut a.fc, mlp_in, &self.params, bl.fc_w, None, n, c, f);
+            let fc = Linear { w: bl.fc_w, b: None };
+            backend.matmul_forward(&mut a.fc, mlp_in, &self.params, fc, Product { n, c, oc: f });
             backend.activation_forward(&mut a.fc_act, &a.fc, &self.params, bl.fc_b, n, s.activation);
-            backend.matmul_forward(&mut a.res_out, &a.fc_act, &self.params, bl.out_w, None, n, f, c);
+            let out = Linear { w: bl.out_w, b: None };
+            backend.matmul_forward(&mut a.res_out, &a.fc_act, &self.params, out, Product { n, c: f, oc: c });
             backend.residual_forward(
                 &mut a.res_out,
                 &a.res_mid,
@@ -291,23 +264,23 @@ impl<B: Backend> Gpt<B> {
         }
         let last = self.blocks.last().map_or(&self.encoded, |b| &b.res_out);
         let head_in = if pre {
-            backend.layernorm_forward(
-                &mut self.lnf,
-                &mut self.lnf_mean,
-                &mut self.lnf_rstd,
-                last,
-                &self.params,
-                lay.lnf_w,
-                lay.lnf_b,
-                n,
-                c,
-            );
+            let lnf = LayerNorm { w: lay.lnf_w, b: lay.lnf_b };
+            backend.layernorm_forward(&mut self.lnf, &mut self.lnf_stats, last, &self.params, lnf, rows);
             &self.lnf
         } else {
             last
         };
-        backend.matmul_forward(&mut self.logits, head_in, &self.params, lay.unembed, None, n, c, v);
-        backend.crossentropy_forward(&mut self.losses, &mut self.probs, &self.logits, &self.targets, &self.mask, n, v);
+        let unembed = Linear { w: lay.unembed, b: None };
+        backend.matmul_forward(&mut self.logits, head_in, &self.params, unembed, Product { n, c, oc: v });
+        let logits = Logits { n, v };
+        backend.crossentropy_forward(
+            &mut self.losses,
+            &mut self.probs,
+            &self.logits,
+            &self.targets,
+            &self.mask,
+            logits,
+        );
         backend.download(&mut self.host_losses, &self.losses);
         let total: f64 = self.host_losses.iter().map(|l| l.f64()).sum();
         if self.masked_count > 0.0 { total / self.masked_count } else { 0.0 }
@@ -325,49 +298,35 @@ impl<B: Backend> Gpt<B> {
         let g = &mut self.grad;
         backend.zero(&mut self.grads);
         let scale = if self.masked_count > 0.0 { 1.0 / self.masked_count } else { 0.0 };
-        backend.crossentropy_backward(&mut g.logits, &self.probs, &self.targets, &self.mask, scale, n, v);
+        let logits = Logits { n, v };
+        backend.crossentropy_backward(&mut g.logits, &self.probs, &self.targets, &self.mask, scale, logits);
+        let (values, grads) = (&self.params, &mut self.grads);
+        let rows = Rows { n, c };
         let last = self.blocks.last().map_or(&self.encoded, |b| &b.res_out);
+        let unembed = Linear { w: lay.unembed, b: None };
         if pre {
             backend.matmul_backward(
-                &mut g.norm_out,
+                Backprop { dinp: &mut g.norm_out, dout: &g.logits, inp: &self.lnf },
                 false,
-                &mut self.grads,
-                lay.unembed,
-                None,
-                &g.logits,
-                &self.lnf,
-                &self.params,
-                n,
-                c,
-                v,
+                Params { values, grads },
+                unembed,
+                Product { n, c, oc: v },
             );
             backend.layernorm_backward(
-                &mut g.residual,
+                Backprop { dinp: &mut g.residual, dout: &g.norm_out, inp: last },
                 false,
-                &mut self.grads,
-                lay.lnf_w,
-                lay.lnf_b,
-                &g.norm_out,
-                last,
-                &self.params,
-                &self.lnf_mean,
-                &self.lnf_rstd,
-                n,
-                c,
+                &self.lnf_stats,
+                Params { values, grads },
+                LayerNorm { w: lay.lnf_w, b: lay.lnf_b },
+                rows,
             );
         } else {
             backend.matmul_backward(
-                &mut g.residual,
+                Backprop { dinp: &mut g.residual, dout: &g.logits, inp: last },
                 false,
-                &mut self.grads,
-                lay.unembed,
-                None,
-                &g.logits,
-                last,
-                &self.params,
-                n,
-                c,
-                v,
+                Params { values, grads },
+                unembed,
+                Product { n, c, oc: v },
             );
         }
         for l in (0..s.n_layers).rev() {
@@ -377,145 +336,90 @@ impl<B: Backend> Gpt<B> {
             // MLP branch: g.residual holds ∂L/∂res_out.
             let d_fcproj = branch_grad(backend, &mut g.branch, &g.residual, dropout_for(p, key, l, 2));
             backend.matmul_backward(
-                &mut g.fc_act,
+                Backprop { dinp: &mut g.fc_act, dout: d_fcproj, inp: &a.fc_act },
                 false,
-                &mut self.grads,
-                bl.out_w,
-                Some(bl.out_b),
-                d_fcproj,
-                &a.fc_act,
-                &self.params,
-                n,
-                f,
-                c,
+                Params { values, grads },
+                Linear { w: bl.out_w, b: Some(bl.out_b) },
+                Product { n, c: f, oc: c },
             );
             // fc's bias gradient comes from the activation's backward pass.
             backend.activation_backward(
-                &mut g.fc,
-                &mut self.grads,
+                Backprop { dinp: &mut g.fc, dout: &g.fc_act, inp: &a.fc },
+                Params { values, grads },
                 bl.fc_b,
-                &g.fc_act,
-                &a.fc,
-                &self.params,
                 n,
                 s.activation,
             );
+            let fc = Linear { w: bl.fc_w, b: None };
             if pre {
                 backend.matmul_backward(
-                    &mut g.norm_out,
+                    Backprop { dinp: &mut g.norm_out, dout: &g.fc, inp: &a.ln2 },
                     false,
-                    &mut self.grads,
-                    bl.fc_w,
-                    None,
-                    &g.fc,
-                    &a.ln2,
-                    &self.params,
-                    n,
-                    c,
-                    f,
+                    Params { values, grads },
+                    fc,
+                    Product { n, c, oc: f },
                 );
                 backend.layernorm_backward(
-                    &mut g.residual,
+                    Backprop { dinp: &mut g.residual, dout: &g.norm_out, inp: &a.res_mid },
                     true,
-                    &mut self.grads,
-                    bl.ln2_w,
-                    bl.ln2_b,
-                    &g.norm_out,
-                    &a.res_mid,
-                    &self.params,
-                    &a.ln2_mean,
-                    &a.ln2_rstd,
-                    n,
-                    c,
+                    &a.ln2_stats,
+                    Params { values, grads },
+                    LayerNorm { w: bl.ln2_w, b: bl.ln2_b },
+                    rows,
                 );
             } else {
                 backend.matmul_backward(
-                    &mut g.residual,
+                    Backprop { dinp: &mut g.residual, dout: &g.fc, inp: &a.res_mid },
                     true,
-                    &mut self.grads,
-                    bl.fc_w,
-                    None,
-                    &g.fc,
-                    &a.res_mid,
-                    &self.params,
-                    n,
-                    c,
-                    f,
+                    Params { values, grads },
+                    fc,
+                    Product { n, c, oc: f },
                 );
             }
             // Attention branch: g.residual now holds ∂L/∂res_mid.
             let d_attproj = branch_grad(backend, &mut g.branch, &g.residual, dropout_for(p, key, l, 1));
             backend.matmul_backward(
-                &mut g.atty,
+                Backprop { dinp: &mut g.atty, dout: d_attproj, inp: &a.atty },
                 false,
-                &mut self.grads,
-                bl.proj_w,
-                Some(bl.proj_b),
-                d_attproj,
-                &a.atty,
-                &self.params,
-                n,
-                c,
-                c,
+                Params { values, grads },
+                Linear { w: bl.proj_w, b: Some(bl.proj_b) },
+                Product { n, c, oc: c },
             );
             backend.attention_backward(
-                &mut g.qkv,
-                &mut g.att,
-                &g.atty,
-                &a.qkv,
+                Backprop { dinp: &mut g.qkv, dout: &g.atty, inp: &a.qkv },
                 &a.att,
-                &a.att_drop,
-                bsz,
-                t,
-                c,
-                h,
+                Heads { b: bsz, t, c, h },
                 dropout_for(p, key, l, 0),
             );
+            let qkv = Linear { w: bl.qkv_w, b: Some(bl.qkv_b) };
             if pre {
                 backend.matmul_backward(
-                    &mut g.norm_out,
+                    Backprop { dinp: &mut g.norm_out, dout: &g.qkv, inp: &a.ln1 },
                     false,
-                    &mut self.grads,
-                    bl.qkv_w,
-                    Some(bl.qkv_b),
-                    &g.qkv,
-                    &a.ln1,
-                    &self.params,
-                    n,
-                    c,
-                    3 * c,
+                    Params { values, grads },
+                    qkv,
+                    Product { n, c, oc: 3 * c },
                 );
                 backend.layernorm_backward(
-                    &mut g.residual,
+                    Backprop { dinp: &mut g.residual, dout: &g.norm_out, inp: x },
                     true,
-                    &mut self.grads,
-                    bl.ln1_w,
-                    bl.ln1_b,
-                    &g.norm_out,
-                    x,
-                    &self.params,
-                    &a.ln1_mean,
-                    &a.ln1_rstd,
-                    n,
-                    c,
+                    &a.ln1_stats,
+                    Params { values, grads },
+                    LayerNorm { w: bl.ln1_w, b: bl.ln1_b },
+                    rows,
                 );
             } else {
                 backend.matmul_backward(
-                    &mut g.residual,
+                    Backprop { dinp: &mut g.residual, dout: &g.qkv, inp: x },
                     true,
-                    &mut self.grads,
-                    bl.qkv_w,
-                    Some(bl.qkv_b),
-                    &g.qkv,
-                    x,
-                    &self.params,
-                    n,
-                    c,
-                    3 * c,
+                    Params { values, grads },
+                    qkv,
+                    Product { n, c, oc: 3 * c },
                 );
             }
         }
-        backend.encoder_backward(&mut self.grads, lay.wte, lay.wpe, &g.residual, &self.tokens, n, t, c);
+        let embeddings = Embeddings { wte: lay.wte, wpe: lay.wpe };
+        backend.encoder_backward(grads, embeddings, &g.residual, &self.tokens, Sequences { n, t, c });
     }
 }
 

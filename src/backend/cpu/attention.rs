@@ -16,28 +16,25 @@
 use rayon::prelude::*;
 
 use super::{CpuBackend, SharedMut, Strided, dot, max, scratch_slot, scratch_slots, sum};
-use crate::backend::Dropout;
+use crate::backend::{Dropout, Heads};
 use crate::float::Float;
 
 /// The attention op's forward (see `Backend::attention_forward`): heads in
 /// parallel, each with its own slot of the backend's scratch. What the
 /// backward pass needs besides q, k and v is each softmax row's maximum and
-/// 1/Σ, 2·B·H·T values at the start of `saved` (the op's `att`).
-#[allow(clippy::too_many_arguments)]
+/// 1/Σ, 2·B·H·T values, into `saved` (the op's state).
 pub(super) fn forward<F: Float>(
     cpu: &CpuBackend<F>,
     out: &mut [F],
     saved: &mut [F],
     qkv: &[F],
-    b: usize,
-    t: usize,
-    c: usize,
-    h: usize,
+    shape: Heads,
     dropout: Dropout,
 ) {
+    let Heads { b, t, c, h } = shape;
     assert!(qkv.len() >= b * t * 3 * c && out.len() >= b * t * c && saved.len() >= b * h * 2 * t);
-    let mut scratch = cpu.scratch(Heads::<F>::scratch_len(t, c, h));
-    let heads = Heads::new(t, c, h, dropout, &mut scratch, cpu.avx512);
+    let mut scratch = cpu.scratch(HeadSet::<F>::scratch_len(t, c, h));
+    let heads = HeadSet::new(t, c, h, dropout, &mut scratch, cpu.avx512);
     let out = SharedMut(out.as_mut_ptr());
     saved[..b * h * 2 * t].par_chunks_mut(2 * t).enumerate().for_each(|(bh, stats)| unsafe {
         if heads.wide {
@@ -50,27 +47,24 @@ pub(super) fn forward<F: Float>(
 
 /// The attention op's backward (see `Backend::attention_backward`), laid
 /// out as `forward`.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn backward<F: Float>(
     cpu: &CpuBackend<F>,
     dqkv: &mut [F],
     dout: &[F],
     saved: &[F],
     qkv: &[F],
-    b: usize,
-    t: usize,
-    c: usize,
-    h: usize,
+    shape: Heads,
     dropout: Dropout,
 ) {
+    let Heads { b, t, c, h } = shape;
     assert!(
         dqkv.len() >= b * t * 3 * c
             && dout.len() >= b * t * c
             && qkv.len() >= b * t * 3 * c
             && saved.len() >= b * h * 2 * t
     );
-    let mut scratch = cpu.scratch(Heads::<F>::scratch_len(t, c, h));
-    let heads = Heads::new(t, c, h, dropout, &mut scratch, cpu.avx512);
+    let mut scratch = cpu.scratch(HeadSet::<F>::scratch_len(t, c, h));
+    let heads = HeadSet::new(t, c, h, dropout, &mut scratch, cpu.avx512);
     let dqkv = SharedMut(dqkv.as_mut_ptr());
     (0..b * h).into_par_iter().for_each(|bh| unsafe {
         if heads.wide {
@@ -535,8 +529,9 @@ mod softmax_avx512 {
     }
 }
 
-/// The shape of one attention call, shared by its heads.
-struct Heads<F> {
+/// One attention call as each of its heads sees it: the shape they share,
+/// the scores' scale, dropout and the scratch.
+struct HeadSet<F> {
     t: usize,
     c: usize,
     h: usize,
@@ -550,12 +545,12 @@ struct Heads<F> {
     wide: bool,
 }
 
-impl<F: Float> Heads<F> {
+impl<F: Float> HeadSet<F> {
     /// `scratch` must hold `scratch_len(t, c, h)` elements and outlive the heads.
     fn new(t: usize, c: usize, h: usize, dropout: Dropout, scratch: &mut [F], wide: bool) -> Self {
         let hs = c / h;
         assert!(scratch.len() >= Self::scratch_len(t, c, h));
-        Heads {
+        HeadSet {
             t,
             c,
             h,
@@ -612,8 +607,8 @@ fn times_factors<F: Float>(row: &mut [F], factors: &[F]) {
 /// Head `bh`'s causal scores scale · q kᵀ into `p` (T,T), lower triangle,
 /// with `kt` as scratch for kᵀ.
 #[inline(always)]
-unsafe fn head_scores<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, qkv: &[F], p: &mut [F], kt: *mut F) {
-    let Heads { t, c, h, hs, scale, .. } = *heads;
+unsafe fn head_scores<F: Float, const R: usize>(heads: &HeadSet<F>, bh: usize, qkv: &[F], p: &mut [F], kt: *mut F) {
+    let HeadSet { t, c, h, hs, scale, .. } = *heads;
     let q = qkv[(bh / h) * t * 3 * c + (bh % h) * hs..].as_ptr();
     unsafe {
         causal_scores::<F, R>(
@@ -637,13 +632,13 @@ unsafe fn head_scores<F: Float, const R: usize>(heads: &Heads<F>, bh: usize, qkv
 /// `out` must be the op's buffer; each head writes its own part.
 #[inline(always)]
 unsafe fn head_forward<F: Float, const R: usize>(
-    heads: &Heads<F>,
+    heads: &HeadSet<F>,
     bh: usize,
     out: SharedMut<F>,
     stats: &mut [F],
     qkv: &[F],
 ) {
-    let Heads { t, c, h, hs, dropout, .. } = *heads;
+    let HeadSet { t, c, h, hs, dropout, .. } = *heads;
     let (bi, hi) = (bh / h, bh % h);
     let (kt, p, _, factors) = unsafe { heads.slot() };
     unsafe { head_scores::<F, R>(heads, bh, qkv, p, kt) };
@@ -676,14 +671,14 @@ unsafe fn head_forward<F: Float, const R: usize>(
 /// `dqkv` must be the op's buffer; each head writes its own part.
 #[inline(always)]
 unsafe fn head_backward<F: Float, const R: usize>(
-    heads: &Heads<F>,
+    heads: &HeadSet<F>,
     bh: usize,
     dqkv: SharedMut<F>,
     dout: &[F],
     stats: &[F],
     qkv: &[F],
 ) {
-    let Heads { t, c, h, hs, scale, dropout, .. } = *heads;
+    let HeadSet { t, c, h, hs, scale, dropout, .. } = *heads;
     let (bi, hi) = (bh / h, bh % h);
     let base = bi * t * 3 * c + hi * hs;
     let dy = dout[bi * t * c + hi * hs..].as_ptr();
@@ -759,14 +754,14 @@ unsafe fn head_backward<F: Float, const R: usize>(
 /// `head_forward` compiled for AVX-512: 16-lane vectors, 8-row tiles. The
 /// same operations in the same order, so the same bits as the 8-lane build.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl"))]
-unsafe fn head_forward_avx512<F: Float>(heads: &Heads<F>, bh: usize, out: SharedMut<F>, stats: &mut [F], qkv: &[F]) {
+unsafe fn head_forward_avx512<F: Float>(heads: &HeadSet<F>, bh: usize, out: SharedMut<F>, stats: &mut [F], qkv: &[F]) {
     unsafe { head_forward::<F, 8>(heads, bh, out, stats, qkv) }
 }
 
 /// `head_backward` compiled for AVX-512, as `head_forward_avx512`.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl"))]
 unsafe fn head_backward_avx512<F: Float>(
-    heads: &Heads<F>,
+    heads: &HeadSet<F>,
     bh: usize,
     dqkv: SharedMut<F>,
     dout: &[F],

@@ -22,7 +22,10 @@ use cudarc::driver::{
     ValidAsZeroBits,
 };
 
-use super::{Activation, AdamW, Backend, DecayGroup, Dropout, View};
+use super::{
+    Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
+    Params, Product, Rows, Sequences, View,
+};
 
 /// Threads per block for element-wise and row-per-warp kernels.
 const BLOCK: u32 = 256;
@@ -51,6 +54,14 @@ impl<T> DeviceBuf<T> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+/// What one attention layer's forward pass keeps for its backward pass.
+pub struct AttentionState {
+    /// The softmax probabilities (B,H,T,T), zero above the diagonal.
+    pub probs: DeviceBuf<f32>,
+    /// The probabilities after dropout (B,H,T,T); empty for a layer without dropout.
+    pub dropped: DeviceBuf<f32>,
 }
 
 /// Dropout as the kernels take it: `Dropout::factor` in integers. Element
@@ -87,6 +98,9 @@ impl DropoutArgs {
 struct Scratch {
     /// Per-row-block partial sums of parameter gradients.
     partials: Option<DeviceBuf<f32>>,
+    /// The score gradients (B,H,T,T) of attention's backward pass, for the
+    /// largest attention layer allocated (`alloc_attention`).
+    attention_grads: Option<DeviceBuf<f32>>,
     /// Per-chunk partial sums of `sum_squares`, on the device and the host.
     squares: Option<DeviceBuf<f64>>,
     host_squares: Vec<f64>,
@@ -274,6 +288,14 @@ impl CudaBackend {
         self.ptr(scratch.partials.as_ref().expect("just allocated"), 0)
     }
 
+    /// The attention score-gradient scratch, at least `len` long; returns its address.
+    fn attention_grads(&self, scratch: &mut Scratch, len: usize) -> u64 {
+        if scratch.attention_grads.as_ref().is_none_or(|g| g.len < len) {
+            scratch.attention_grads = Some(self.alloc_of::<f32>(len));
+        }
+        self.ptr(scratch.attention_grads.as_ref().expect("just allocated"), 0)
+    }
+
     /// out (W) += Σ rows of x (N,W), in row blocks of ROWS_PER_PARTIAL then
     /// block order (the CPU's add_block_sums order): column_partials, sum_partials.
     fn add_column_sums(&self, out: u64, x: u64, n: usize, width: usize) {
@@ -344,6 +366,7 @@ impl Backend for CudaBackend {
     type F = f32;
     type Buf = DeviceBuf<f32>;
     type Tokens = DeviceBuf<u32>;
+    type AttentionState = AttentionState;
 
     fn name(&self) -> String {
         "cuda".to_string()
@@ -355,6 +378,16 @@ impl Backend for CudaBackend {
 
     fn alloc_tokens(&self, len: usize) -> DeviceBuf<u32> {
         self.alloc_of(len)
+    }
+
+    // The probabilities, and those after dropout if the layer has dropout;
+    // the backward pass's (B,H,T,T) scratch grows here, once, shared by all layers.
+    fn alloc_attention(&self, shape: Heads, dropout: bool) -> AttentionState {
+        let Heads { b, t, h, .. } = shape;
+        let tt = b * h * t * t;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        self.attention_grads(&mut scratch, tt);
+        AttentionState { probs: self.alloc_of(tt), dropped: self.alloc_of(if dropout { tt } else { 0 }) }
     }
 
     fn upload(&self, dst: &mut DeviceBuf<f32>, src: &[f32]) {
@@ -402,12 +435,10 @@ impl Backend for CudaBackend {
         out: &mut DeviceBuf<f32>,
         tokens: &DeviceBuf<u32>,
         params: &DeviceBuf<f32>,
-        wte: View,
-        wpe: View,
-        n: usize,
-        t: usize,
-        c: usize,
+        emb: Embeddings,
+        shape: Sequences,
     ) {
+        let (Embeddings { wte, wpe }, Sequences { n, t, c }) = (emb, shape);
         let op = "encoder_forward";
         need(out, n * c, op, "out");
         need(tokens, n, op, "tokens");
@@ -424,14 +455,12 @@ impl Backend for CudaBackend {
     fn encoder_backward(
         &self,
         grads: &mut DeviceBuf<f32>,
-        wte: View,
-        wpe: View,
+        emb: Embeddings,
         dout: &DeviceBuf<f32>,
         tokens: &DeviceBuf<u32>,
-        n: usize,
-        t: usize,
-        c: usize,
+        shape: Sequences,
     ) {
+        let (Embeddings { wte, wpe }, Sequences { n, t, c }) = (emb, shape);
         let op = "encoder_backward";
         need(dout, n * c, op, "dout");
         need(tokens, n, op, "tokens");
@@ -460,15 +489,14 @@ impl Backend for CudaBackend {
     fn layernorm_forward(
         &self,
         out: &mut DeviceBuf<f32>,
-        mean: &mut DeviceBuf<f32>,
-        rstd: &mut DeviceBuf<f32>,
+        stats: &mut NormStats<DeviceBuf<f32>>,
         inp: &DeviceBuf<f32>,
         params: &DeviceBuf<f32>,
-        w: View,
-        b: View,
-        n: usize,
-        c: usize,
+        ln: LayerNorm,
+        shape: Rows,
     ) {
+        let (LayerNorm { w, b }, Rows { n, c }) = (ln, shape);
+        let (mean, rstd) = (&stats.mean, &stats.rstd);
         let op = "layernorm_forward";
         need(out, n * c, op, "out");
         need(inp, n * c, op, "inp");
@@ -492,19 +520,16 @@ impl Backend for CudaBackend {
     // layernorm_backward_partials, then sum_partials for each.
     fn layernorm_backward(
         &self,
-        dinp: &mut DeviceBuf<f32>,
+        grad: Backprop<'_, DeviceBuf<f32>>,
         accumulate: bool,
-        grads: &mut DeviceBuf<f32>,
-        w: View,
-        b: View,
-        dout: &DeviceBuf<f32>,
-        inp: &DeviceBuf<f32>,
-        params: &DeviceBuf<f32>,
-        mean: &DeviceBuf<f32>,
-        rstd: &DeviceBuf<f32>,
-        n: usize,
-        c: usize,
+        stats: &NormStats<DeviceBuf<f32>>,
+        params: Params<'_, DeviceBuf<f32>>,
+        ln: LayerNorm,
+        shape: Rows,
     ) {
+        let (LayerNorm { w, b }, Rows { n, c }) = (ln, shape);
+        let (Backprop { dinp, dout, inp }, Params { values: params, grads }) = (grad, params);
+        let (mean, rstd) = (&stats.mean, &stats.rstd);
         let op = "layernorm_backward";
         need(dinp, n * c, op, "dinp");
         need(dout, n * c, op, "dout");
@@ -554,12 +579,10 @@ impl Backend for CudaBackend {
         out: &mut DeviceBuf<f32>,
         inp: &DeviceBuf<f32>,
         params: &DeviceBuf<f32>,
-        w: View,
-        b: Option<View>,
-        n: usize,
-        c: usize,
-        oc: usize,
+        linear: Linear,
+        shape: Product,
     ) {
+        let (Linear { w, b }, Product { n, c, oc }) = (linear, shape);
         let op = "matmul_forward";
         need(out, n * oc, op, "out");
         need(inp, n * c, op, "inp");
@@ -586,18 +609,14 @@ impl Backend for CudaBackend {
     // matmul; db (OC) += Σₙ dout: column_partials, sum_partials.
     fn matmul_backward(
         &self,
-        dinp: &mut DeviceBuf<f32>,
+        grad: Backprop<'_, DeviceBuf<f32>>,
         accumulate: bool,
-        grads: &mut DeviceBuf<f32>,
-        w: View,
-        b: Option<View>,
-        dout: &DeviceBuf<f32>,
-        inp: &DeviceBuf<f32>,
-        params: &DeviceBuf<f32>,
-        n: usize,
-        c: usize,
-        oc: usize,
+        params: Params<'_, DeviceBuf<f32>>,
+        linear: Linear,
+        shape: Product,
     ) {
+        let (Linear { w, b }, Product { n, c, oc }) = (linear, shape);
+        let (Backprop { dinp, dout, inp }, Params { values: params, grads }) = (grad, params);
         let op = "matmul_backward";
         need(dinp, n * c, op, "dinp");
         need(dout, n * oc, op, "dout");
@@ -613,32 +632,30 @@ impl Backend for CudaBackend {
         }
     }
 
-    // qkv (B,T,3C) → att, att_drop (B,H,T,T), out (B,T,C):
+    // qkv (B,T,3C) → probs, dropped probs (B,H,T,T), out (B,T,C):
     // attention_forward_scores, attention_forward_softmax, attention_forward_values.
     fn attention_forward(
         &self,
         out: &mut DeviceBuf<f32>,
-        att: &mut DeviceBuf<f32>,
-        att_drop: &mut DeviceBuf<f32>,
+        state: &mut AttentionState,
         qkv: &DeviceBuf<f32>,
-        b: usize,
-        t: usize,
-        c: usize,
-        h: usize,
+        shape: Heads,
         dropout: Dropout,
     ) {
+        let Heads { b, t, c, h } = shape;
+        let AttentionState { probs, dropped } = state;
         let op = "attention_forward";
         let tt = b * h * t * t;
         need(out, b * t * c, op, "out");
-        need(att, tt, op, "att");
+        need(probs, tt, op, "probs");
         need(qkv, b * t * 3 * c, op, "qkv");
         if dropout.active() {
-            need(att_drop, tt, op, "att_drop");
+            need(dropped, tt, op, "dropped probs");
         }
         let hs = c / h;
         let scale = (1.0 / (hs as f64).sqrt()) as f32;
-        let (o, a, q) = (self.ptr(out, 0), self.ptr(att, 0), self.ptr(qkv, 0));
-        let ad = if dropout.active() { self.ptr(att_drop, 0) } else { a };
+        let (o, a, q) = (self.ptr(out, 0), self.ptr(probs, 0), self.ptr(qkv, 0));
+        let ad = if dropout.active() { self.ptr(dropped, 0) } else { a };
         let (bi, ti, ci, hi, rows) = (int(b, "b"), int(t, "t"), int(c, "c"), int(h, "h"), int(b * h * t, "rows"));
         let dr = DropoutArgs::of(dropout);
         let on = dropout.active() as i32;
@@ -659,37 +676,33 @@ impl Backend for CudaBackend {
         launch!(self, "attention_forward_values", elementwise(b * t * c), &o, &ad, &q, &bi, &ti, &ci, &hi);
     }
 
-    // dqkv (B,T,3C) from dout (B,T,C), datt scratch (B,H,T,T):
+    // dqkv (B,T,3C) from dout (B,T,C), the score gradients (B,H,T,T) in scratch:
     // attention_backward_dprobs, attention_backward_dscores, attention_backward_dqkv.
     fn attention_backward(
         &self,
-        dqkv: &mut DeviceBuf<f32>,
-        datt: &mut DeviceBuf<f32>,
-        dout: &DeviceBuf<f32>,
-        qkv: &DeviceBuf<f32>,
-        att: &DeviceBuf<f32>,
-        att_drop: &DeviceBuf<f32>,
-        b: usize,
-        t: usize,
-        c: usize,
-        h: usize,
+        grad: Backprop<'_, DeviceBuf<f32>>,
+        state: &AttentionState,
+        shape: Heads,
         dropout: Dropout,
     ) {
+        let Heads { b, t, c, h } = shape;
+        let Backprop { dinp: dqkv, dout, inp: qkv } = grad;
+        let AttentionState { probs, dropped } = state;
         let op = "attention_backward";
         let tt = b * h * t * t;
         need(dqkv, b * t * 3 * c, op, "dqkv");
-        need(datt, tt, op, "datt");
         need(dout, b * t * c, op, "dout");
         need(qkv, b * t * 3 * c, op, "qkv");
-        need(att, tt, op, "att");
+        need(probs, tt, op, "probs");
         if dropout.active() {
-            need(att_drop, tt, op, "att_drop");
+            need(dropped, tt, op, "dropped probs");
         }
         let hs = c / h;
         let scale = (1.0 / (hs as f64).sqrt()) as f32;
-        let (dq, ds, dy, q, p) =
-            (self.ptr(dqkv, 0), self.ptr(datt, 0), self.ptr(dout, 0), self.ptr(qkv, 0), self.ptr(att, 0));
-        let pd = if dropout.active() { self.ptr(att_drop, 0) } else { p };
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let ds = self.attention_grads(&mut scratch, tt);
+        let (dq, dy, q, p) = (self.ptr(dqkv, 0), self.ptr(dout, 0), self.ptr(qkv, 0), self.ptr(probs, 0));
+        let pd = if dropout.active() { self.ptr(dropped, 0) } else { p };
         let (bi, ti, ci, hi, rows) = (int(b, "b"), int(t, "t"), int(c, "c"), int(h, "h"), int(b * h * t, "rows"));
         let dr = DropoutArgs::of(dropout);
         let on = dropout.active() as i32;
@@ -743,15 +756,13 @@ impl Backend for CudaBackend {
     // column_partials, sum_partials.
     fn activation_backward(
         &self,
-        dinp: &mut DeviceBuf<f32>,
-        grads: &mut DeviceBuf<f32>,
+        grad: Backprop<'_, DeviceBuf<f32>>,
+        params: Params<'_, DeviceBuf<f32>>,
         b: View,
-        dout: &DeviceBuf<f32>,
-        inp: &DeviceBuf<f32>,
-        params: &DeviceBuf<f32>,
         n: usize,
         act: Activation,
     ) {
+        let (Backprop { dinp, dout, inp }, Params { values: params, grads }) = (grad, params);
         let op = "activation_backward";
         let len = n * b.len;
         need(dinp, len, op, "dinp");
@@ -814,9 +825,9 @@ impl Backend for CudaBackend {
         logits: &DeviceBuf<f32>,
         targets: &DeviceBuf<u32>,
         mask: &DeviceBuf<f32>,
-        n: usize,
-        v: usize,
+        shape: Logits,
     ) {
+        let Logits { n, v } = shape;
         let op = "crossentropy_forward";
         need(losses, n, op, "losses");
         need(probs, n * v, op, "probs");
@@ -837,9 +848,9 @@ impl Backend for CudaBackend {
         targets: &DeviceBuf<u32>,
         mask: &DeviceBuf<f32>,
         scale: f64,
-        n: usize,
-        v: usize,
+        shape: Logits,
     ) {
+        let Logits { n, v } = shape;
         let op = "crossentropy_backward";
         need(dlogits, n * v, op, "dlogits");
         need(probs, n * v, op, "probs");
