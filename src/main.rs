@@ -383,9 +383,6 @@ fn train_on<B: Backend>(
 /// panic back into a one-line error.
 const CUDA_FAILURE: &str = ebb::backend::cuda::FAILURE;
 
-/// Rounds of `bench --ceilings`' paired share: each an FMA-peak burst, then
-/// steps (odd, so the median is one round's).
-
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     payload
         .downcast_ref::<String>()

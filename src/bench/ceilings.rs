@@ -24,7 +24,7 @@ use super::{BenchConfig, BenchResult};
 use crate::backend::cpu::CpuBackend;
 
 /// Rounds of an FMA burst followed by steps, for the step's share measured
-/// beside the peak.
+/// beside the peak (odd, so the median is one round's).
 pub const PAIRED_ROUNDS: usize = 7;
 
 /// Measured ceilings for one config on the current rayon pool.
