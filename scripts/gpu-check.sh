@@ -12,7 +12,7 @@ out=${OUT:-gpu-out}
 mkdir -p "$out"
 export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}/usr/local/cuda/lib64:/usr/local/nvidia/lib64
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1
-EBB_REQUIRE_GPU=1 "$pack/cuda-tests" --test-threads 1 >"$out/gpu-tests.log" 2>&1
+EBB_REQUIRE_GPU=1 "$pack/cuda-tests" --include-ignored --test-threads 1 >"$out/gpu-tests.log" 2>&1
 tests_rc=$?
 "$pack/ebb" bench --device cuda --steps 50 --warmup 10 >"$out/bench-cuda.txt" 2>&1
 "$pack/ebb" bench --device cuda --steps 20 --breakdown >"$out/bench-cuda-breakdown.txt" 2>&1
