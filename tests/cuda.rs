@@ -236,7 +236,6 @@ fn assert_close(got: &[f32], want: &[f32], tol: f64, what: &str) {
 
 #[test]
 #[ignore = "needs a GPU: cargo test --release --test cuda -- --include-ignored (EBB_REQUIRE_GPU=1 to fail without one)"]
-
 fn gpu_encoder_matches_cpu_bit_for_bit() {
     let Some(g) = gpu() else { return };
     let cpu = CpuBackend::<f32>::new();
@@ -266,7 +265,6 @@ fn gpu_encoder_matches_cpu_bit_for_bit() {
 
 #[test]
 #[ignore = "needs a GPU: cargo test --release --test cuda -- --include-ignored (EBB_REQUIRE_GPU=1 to fail without one)"]
-
 fn gpu_layernorm_matches_cpu() {
     let Some(g) = gpu() else { return };
     let cpu = CpuBackend::<f32>::new();
@@ -311,7 +309,6 @@ fn gpu_layernorm_matches_cpu() {
 
 #[test]
 #[ignore = "needs a GPU: cargo test --release --test cuda -- --include-ignored (EBB_REQUIRE_GPU=1 to fail without one)"]
-
 fn gpu_matmul_matches_cpu() {
     let Some(g) = gpu() else { return };
     let cpu = CpuBackend::<f32>::new();
@@ -356,7 +353,6 @@ fn gpu_matmul_matches_cpu() {
 
 #[test]
 #[ignore = "needs a GPU: cargo test --release --test cuda -- --include-ignored (EBB_REQUIRE_GPU=1 to fail without one)"]
-
 fn gpu_attention_matches_cpu_with_and_without_dropout() {
     let Some(g) = gpu() else { return };
     let cpu = CpuBackend::<f32>::new();
@@ -398,7 +394,6 @@ fn gpu_attention_matches_cpu_with_and_without_dropout() {
 
 #[test]
 #[ignore = "needs a GPU: cargo test --release --test cuda -- --include-ignored (EBB_REQUIRE_GPU=1 to fail without one)"]
-
 fn gpu_elementwise_ops_match_cpu() {
     let Some(g) = gpu() else { return };
     let cpu = CpuBackend::<f32>::new();
@@ -443,7 +438,6 @@ fn gpu_elementwise_ops_match_cpu() {
 
 #[test]
 #[ignore = "needs a GPU: cargo test --release --test cuda -- --include-ignored (EBB_REQUIRE_GPU=1 to fail without one)"]
-
 fn gpu_crossentropy_matches_cpu() {
     let Some(g) = gpu() else { return };
     let cpu = CpuBackend::<f32>::new();
@@ -469,7 +463,6 @@ fn gpu_crossentropy_matches_cpu() {
 
 #[test]
 #[ignore = "needs a GPU: cargo test --release --test cuda -- --include-ignored (EBB_REQUIRE_GPU=1 to fail without one)"]
-
 fn gpu_sum_squares_and_adamw_match_cpu() {
     let Some(g) = gpu() else { return };
     let cpu = CpuBackend::<f32>::new();
@@ -557,7 +550,6 @@ mod runs {
 
     #[test]
     #[ignore = "needs a GPU: cargo test --release --test cuda -- --include-ignored (EBB_REQUIRE_GPU=1 to fail without one)"]
-
     fn gpu_training_follows_the_cpu_loss_curve_and_repeats_bit_for_bit() {
         let Some(g) = gpu() else { return };
         let tmp = tempfile::tempdir().unwrap();
@@ -578,7 +570,6 @@ mod runs {
 
     #[test]
     #[ignore = "needs a GPU: cargo test --release --test cuda -- --include-ignored (EBB_REQUIRE_GPU=1 to fail without one)"]
-
     fn checkpoints_move_between_gpu_and_cpu() {
         let Some(g) = gpu() else { return };
         let cpu = CpuBackend::<f32>::new();
