@@ -12,15 +12,8 @@ set -euo pipefail
 version=13.0.88 # CUDA 13.0, as cudarc's cuda-13000 feature and the GPU machines' driver
 root=${EBB_NVRTC_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ebb}
 dir=$root/nvrtc-$version
-if [ ! -f "$dir/.complete" ]; then
-    echo "installing NVRTC $version into $dir" >&2
-    rm -rf "$dir"
-    mkdir -p "$root"
-    python3 -m venv "$dir" >&2
-    "$dir/bin/pip" install --quiet --disable-pip-version-check --no-input \
-        "nvidia-cuda-nvrtc==$version" "nvidia-cuda-runtime==$version" >&2
-    touch "$dir/.complete"
-fi
+source "$(dirname "$0")/cached-venv.sh"
+cached_venv "$dir" "nvidia-cuda-nvrtc==$version" "nvidia-cuda-runtime==$version"
 lib=$(dirname "$(find "$dir" -name 'libnvrtc.so.*' ! -name '*alt*' -print -quit)")
 include=$(dirname "$(find "$dir" -path '*/include/cuda_runtime.h' -print -quit)")
 if [ ! -f "$lib/libnvrtc.so.13" ] || [ ! -f "$include/cuda_runtime.h" ]; then

@@ -13,14 +13,8 @@ cd "$(dirname "$0")/.."
 hash=$(sha256sum reference/requirements.txt | cut -c1-12)
 root=${EBB_REPLICA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ebb}
 dir=$root/replica-$hash
-if [ ! -f "$dir/.complete" ]; then
-    echo "installing the replica's framework into $dir" >&2
-    rm -rf "$dir"
-    mkdir -p "$root"
-    python3 -m venv "$dir" >&2
-    "$dir/bin/pip" install --quiet --disable-pip-version-check --no-input -r reference/requirements.txt >&2
-    touch "$dir/.complete"
-fi
+source .ci/cached-venv.sh
+cached_venv "$dir" -r reference/requirements.txt
 "$dir/bin/python" -c 'import jax, numpy' >&2
 echo "export EBB_REPLICA_PYTHON='$dir/bin/python'"
 echo "export EBB_REQUIRE_REPLICA=1"

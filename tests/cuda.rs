@@ -14,6 +14,7 @@
 
 mod common;
 
+use common::{env_is, required};
 use ebb::backend::cpu::CpuBackend;
 use ebb::backend::cuda::compile::{self, FILES};
 use ebb::backend::cuda::{CudaBackend, DropoutArgs};
@@ -23,16 +24,12 @@ use ebb::backend::{
 };
 use ebb::rng;
 
-fn env_is(name: &str, value: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| v == value)
-}
-
 // ---------------------------------------------------------------- without a GPU
 
 #[test]
 fn kernels_compile_for_sm80_and_sm90() {
     if let Err(why) = compile::load_nvrtc() {
-        if env_is("CI", "true") || env_is("EBB_REQUIRE_NVRTC", "1") {
+        if required("NVRTC") {
             panic!("NVRTC is required here (CI=true or EBB_REQUIRE_NVRTC=1): {why}");
         }
         eprintln!("skipped kernels_compile_for_sm80_and_sm90: {why}");

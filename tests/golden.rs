@@ -5,14 +5,14 @@
 //! And the same bits on any x86-64 CPU with AVX2: one run again under
 //! `qemu-x86_64 -cpu Haswell` (AVX2 and FMA, no AVX-512), which must give
 //! the host's fingerprint. Skipped when qemu-user is not installed, unless
-//! `EBB_REQUIRE_QEMU=1` (CI sets it).
+//! `CI=true` or `EBB_REQUIRE_QEMU=1`.
 
 mod common;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::{ebb, fingerprint, run_ok};
+use common::{ebb, fingerprint, required, run_ok};
 
 /// Two classic tasks on sampled batches; `model` and `extra` complete it.
 fn config(name: &str, model: &str, extra: &str) -> String {
@@ -134,10 +134,7 @@ fn short_runs_keep_their_pinned_fingerprints() {
 fn an_avx2_only_cpu_gives_the_same_bits() {
     let qemu = Command::new("qemu-x86_64").arg("--version").output().is_ok_and(|o| o.status.success());
     if !qemu {
-        assert!(
-            std::env::var("EBB_REQUIRE_QEMU").as_deref() != Ok("1"),
-            "EBB_REQUIRE_QEMU=1 but qemu-x86_64 is not installed"
-        );
+        assert!(!required("QEMU"), "qemu-x86_64 is required here (CI=true or EBB_REQUIRE_QEMU=1)");
         eprintln!("qemu-x86_64 not installed: the AVX2-only check is skipped");
         return;
     }

@@ -21,8 +21,7 @@ fn replica_python() -> Option<String> {
     if let Ok(python) = std::env::var("EBB_REPLICA_PYTHON") {
         return Some(python);
     }
-    let required = |k: &str, v: &str| std::env::var(k).is_ok_and(|x| x == v);
-    if required("CI", "true") || required("EBB_REQUIRE_REPLICA", "1") {
+    if required("REPLICA") {
         panic!(
             "the reference replica is required here (CI=true or EBB_REQUIRE_REPLICA=1): set EBB_REPLICA_PYTHON (eval \"$(bash .ci/replica.sh)\")"
         );

@@ -27,9 +27,7 @@ fn no_slurm() -> Option<String> {
 /// panics where the cluster test must run.
 fn slurm_here() -> bool {
     let Some(why) = no_slurm() else { return true };
-    let required =
-        std::env::var("CI").is_ok_and(|v| v == "true") || std::env::var("EBB_REQUIRE_SLURM").is_ok_and(|v| v == "1");
-    assert!(!required, "Slurm is required here (CI=true or EBB_REQUIRE_SLURM=1) but {why}");
+    assert!(!required("SLURM"), "Slurm is required here (CI=true or EBB_REQUIRE_SLURM=1) but {why}");
     eprintln!("skipping the Slurm cluster test: {why}");
     false
 }

@@ -5,6 +5,18 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Whether environment variable `name` is set to `value`.
+pub fn env_is(name: &str, value: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == value)
+}
+
+/// Whether a tool a test needs (`what`: NVRTC, REPLICA, SLURM, QEMU) must be
+/// there, so that its absence fails the test instead of skipping it: under
+/// `CI=true` or `EBB_REQUIRE_<what>=1`.
+pub fn required(what: &str) -> bool {
+    env_is("CI", "true") || env_is(&format!("EBB_REQUIRE_{what}"), "1")
+}
+
 pub fn ebb() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ebb"))
 }
