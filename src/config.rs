@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::backend::Activation;
 use crate::error::{Error, Result};
 use crate::model::{Init, ModelShape, Norm};
-use crate::tasks::Suite;
-use crate::tasks::spec::{self, SuiteFile, SuiteSpec, TranslateSpec};
+use crate::tasks::spec::TranslateSpec;
+pub use crate::train::events::{ScheduleEvent, SequentialConfig};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -35,66 +35,6 @@ pub struct Config {
     /// Changes to the mixture at given steps: drop, revive, reweight.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedule: Vec<ScheduleEvent>,
-}
-
-/// One `[[schedule]]` entry: what changes when `step` steps are done, or
-/// `after` steps after its tasks are learned (`when_learned`), whichever
-/// comes first.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleEvent {
-    /// The step it takes effect at; with `when_learned`, the latest step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<u64>,
-    /// Fire once every task of the event has held-out exact match at least
-    /// this at two evaluations in a row.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub when_learned: Option<f64>,
-    /// Steps between the second of those evaluations and the event (default 0).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after: Option<u64>,
-    /// Tasks whose weight drops to 0 (still evaluated).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub drop: Vec<String>,
-    /// Dropped tasks that get back the weight they had before the drop.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub revive: Vec<String>,
-    /// New mixture weights by task id.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub weights: BTreeMap<String, f64>,
-}
-
-impl ScheduleEvent {
-    /// The tasks the event changes, each once (drop, revive, then weights):
-    /// the tasks a `when_learned` event watches.
-    pub fn tasks(&self) -> Vec<&str> {
-        let mut tasks: Vec<&str> = Vec::new();
-        for id in self.drop.iter().chain(&self.revive).chain(self.weights.keys()) {
-            if !tasks.contains(&id.as_str()) {
-                tasks.push(id);
-            }
-        }
-        tasks
-    }
-}
-
-/// Tasks trained one after another, `phase_steps` each; every task is
-/// evaluated throughout. `train.steps` becomes phases × phase_steps.
-/// With `when_learned`, a phase ends `after` steps after its task is
-/// learned (held-out exact match ≥ when_learned at two evaluations in a
-/// row), or `phase_steps` after it began, whichever is first; the last
-/// phase runs to the end.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SequentialConfig {
-    pub phase_steps: u64,
-    /// Task ids in training order (default: the suite's order), one phase each.
-    #[serde(default)]
-    pub order: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub when_learned: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -138,6 +78,13 @@ pub struct ModelConfig {
     /// config's directory. `--init-from`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
+}
+
+impl ModelConfig {
+    /// The MLP's hidden width: `d_mlp`, by default 4 · d_model.
+    pub fn d_mlp(&self) -> usize {
+        self.d_mlp.unwrap_or(4 * self.d_model)
+    }
 }
 
 impl Default for ModelConfig {
@@ -309,16 +256,17 @@ impl Default for EvalConfig {
 }
 
 impl Config {
-    /// Reads `path`, applies `--set key=value` overrides, fills defaults,
-    /// resolves the suite (written inline into the returned config) and
-    /// validates. Every failure is one line naming the file, key and value.
-    pub fn load(path: &Path, overrides: &[String]) -> Result<(Config, Suite)> {
+    /// Reads `path`, applies `--set key=value` overrides, fills defaults and
+    /// validates every setting that does not need the suite. Every failure
+    /// is one line naming the file, key and value. `Experiment::resolve`
+    /// builds the suite and the mixture from it.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
         let text = Error::read_text(path)?;
         Self::parse(&text, path, overrides)
     }
 
-    pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<(Config, Suite)> {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
+    pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Config> {
+        let mut table = Error::parse_toml(path, text)?;
         for ov in overrides {
             apply_override(&mut table, ov)?;
         }
@@ -326,65 +274,30 @@ impl Config {
     }
 
     /// A config from a parsed TOML table (`path` names the file in errors
-    /// and anchors a relative `data.suite`).
-    pub fn from_table(table: toml::Table, path: &Path) -> Result<(Config, Suite)> {
+    /// and anchors the relative paths `data.suite` and `model.init_from`).
+    pub fn from_table(table: toml::Table, path: &Path) -> Result<Config> {
         let value = toml::Value::Table(table.clone());
         let mut cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             let shown = lookup(&table, &key).map_or_else(|| "(missing)".to_string(), |v| v.to_string());
             Error::key(path, &key, shown, e.inner().message().lines().next().unwrap_or("invalid value"))
         })?;
-        cfg.model.d_mlp.get_or_insert(4 * cfg.model.d_model);
+        cfg.model.d_mlp = Some(cfg.model.d_mlp()); // written out in the run's config.toml
         if let Some(file) = cfg.model.init_from.take() {
             let file = path.parent().unwrap_or(Path::new(".")).join(file);
-            if !file.is_file() {
-                return Err(Error::key(path, "model.init_from", file.display(), "no such file"));
+            // Absolute, so the run's own config.toml still finds it.
+            match std::fs::canonicalize(&file) {
+                Ok(found) if found.is_file() => cfg.model.init_from = Some(found),
+                _ => return Err(Error::key(path, "model.init_from", file.display(), "no such file")),
             }
-            cfg.model.init_from = Some(file);
         }
-        let spec = cfg.data.resolve(path)?;
-        let mut suite = Suite::build(&spec, cfg.seed, path)?;
-        suite.choose_eval_sets(cfg.eval.examples);
-        cfg.data = DataConfig::resolved(&spec, cfg.data.full_batch);
-        if cfg.data.full_batch {
-            cfg.train.batch_size = full_batch_size(&suite, path)?;
-        }
-        if let Some(seq) = &cfg.sequential {
-            let phases = if seq.order.is_empty() { suite.tasks.len() } else { seq.order.len() } as u64;
-            if seq.phase_steps == 0 {
-                return Err(Error::key(path, "sequential.phase_steps", 0, "must be at least 1"));
-            }
-            if let Some(t) = seq.when_learned
-                && !(t > 0.0 && t <= 1.0)
-            {
-                return Err(Error::key(path, "sequential.when_learned", t, "must be in (0, 1]"));
-            }
-            match (seq.after, seq.when_learned) {
-                (Some(after), None) => {
-                    return Err(Error::key(path, "sequential.after", after, "only applies with when_learned"));
-                }
-                (Some(after), Some(_)) if after >= seq.phase_steps => {
-                    return Err(Error::key(
-                        path,
-                        "sequential.after",
-                        after,
-                        format!("must be below phase_steps ({})", seq.phase_steps),
-                    ));
-                }
-                _ => {}
-            }
-            cfg.train.steps = phases * seq.phase_steps;
-        }
-        cfg.validate(path, &suite)?;
-        Ok((cfg, suite))
+        cfg.validate(path)?;
+        Ok(cfg)
     }
 
-    /// The resolved suite described by `[data]` (for configs already resolved).
-    pub fn suite_spec(&self, path: &Path) -> Result<SuiteSpec> {
-        self.data.resolve(path)
-    }
-
-    fn validate(&self, path: &Path, suite: &Suite) -> Result<()> {
+    /// Checks every setting on its own; `Experiment::resolve` checks those
+    /// that depend on the suite.
+    fn validate(&self, path: &Path) -> Result<()> {
         let m = &self.model;
         let t = &self.train;
         let bad = |key: &str, value: &dyn std::fmt::Display, why: &str| Err(Error::key(path, key, value, why));
@@ -445,19 +358,6 @@ impl Config {
                 &format!("must be at least eval.min_examples = {}", self.eval.min_examples),
             );
         }
-        for (task, eval_set) in suite.tasks.iter().zip(&suite.eval_sets) {
-            let held_out = eval_set.len();
-            if held_out < self.eval.min_examples {
-                return bad(
-                    "eval.min_examples",
-                    &self.eval.min_examples,
-                    &format!(
-                        "suite `{}` task `{}` has only {held_out} held-out problems (give it a larger problem space or eval_fraction)",
-                        suite.name, task.id
-                    ),
-                );
-            }
-        }
         if !(self.analysis.regain > 0.0 && self.analysis.regain <= 1.0) {
             return bad("analysis.regain", &self.analysis.regain, "must be in (0, 1]");
         }
@@ -467,19 +367,29 @@ impl Config {
         if self.analysis.horizon == Some(0) {
             return bad("analysis.horizon", &0, "must be at least 1");
         }
-        crate::train::events::Mixture::build(self, suite, path)?;
-        let need = suite.max_len() + 1;
-        if m.n_ctx < need {
-            let longest = suite.tasks.iter().max_by_key(|t| t.max_len()).expect("a suite has tasks");
-            return bad(
-                "model.n_ctx",
-                &m.n_ctx,
-                &format!(
-                    "shorter than the longest example (task `{}`: {} tokens with BOS and EOS need n_ctx ≥ {need})",
-                    longest.id,
-                    longest.max_len() + 2
-                ),
-            );
+        if let Some(seq) = &self.sequential {
+            if seq.phase_steps == 0 {
+                return Err(Error::key(path, "sequential.phase_steps", 0, "must be at least 1"));
+            }
+            if let Some(t) = seq.when_learned
+                && !(t > 0.0 && t <= 1.0)
+            {
+                return Err(Error::key(path, "sequential.when_learned", t, "must be in (0, 1]"));
+            }
+            match (seq.after, seq.when_learned) {
+                (Some(after), None) => {
+                    return Err(Error::key(path, "sequential.after", after, "only applies with when_learned"));
+                }
+                (Some(after), Some(_)) if after >= seq.phase_steps => {
+                    return Err(Error::key(
+                        path,
+                        "sequential.after",
+                        after,
+                        format!("must be below phase_steps ({})", seq.phase_steps),
+                    ));
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -493,7 +403,7 @@ impl Config {
             d_model: m.d_model,
             n_layers: m.n_layers,
             n_heads: m.n_heads,
-            d_mlp: m.d_mlp.unwrap_or(4 * m.d_model),
+            d_mlp: m.d_mlp(),
             activation: m.activation,
             norm: m.norm,
             tied_embeddings: m.tied_embeddings,
@@ -510,16 +420,6 @@ impl Config {
     /// The default run directory: `runs/<name>`.
     pub fn default_out(&self) -> PathBuf {
         PathBuf::from("runs").join(&self.name)
-    }
-}
-
-/// A TOML syntax error as one line: file, line, message.
-pub fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
-    let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-    let msg = e.message().lines().next().unwrap_or("invalid TOML").trim();
-    match line {
-        Some(l) => Error::input(format!("{}: line {l}: {msg}", path.display())),
-        None => Error::input(format!("{}: {msg}", path.display())),
     }
 }
 
@@ -571,96 +471,4 @@ fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
         }
     }
     Some(cur)
-}
-
-impl DataConfig {
-    /// The suite these settings describe: the suite file's tasks, then the
-    /// inline ones, with `weights` applied.
-    pub fn resolve(&self, config_path: &Path) -> Result<SuiteSpec> {
-        let mut spec = SuiteSpec { name: String::new(), tags: false, tasks: Vec::new() };
-        if let Some(suite) = &self.suite {
-            let base = config_path.parent().unwrap_or(Path::new("."));
-            let path = base.join(suite);
-            if !path.is_file() {
-                return Err(Error::key(
-                    config_path,
-                    "data.suite",
-                    format!("{suite:?}"),
-                    format!("no suite file at {}", path.display()),
-                ));
-            }
-            spec = SuiteFile::load(&path)?.expand(&suite_name(suite), &path)?;
-        }
-        let inline = SuiteFile {
-            name: None,
-            description: None,
-            tags: None,
-            defaults: self.defaults.clone(),
-            tasks: self.tasks.clone(),
-            translate: self.translate.clone(),
-        };
-        let inline = inline.expand("inline", config_path)?;
-        if spec.name.is_empty() {
-            spec.name = inline.name.clone();
-        }
-        spec.tasks.extend(inline.tasks);
-        if let Some(name) = &self.name {
-            spec.name = name.clone();
-        }
-        if let Some(tags) = self.tags {
-            spec.tags = tags;
-        }
-        if spec.tasks.is_empty() {
-            return Err(Error::key(
-                config_path,
-                "data",
-                "(no tasks)",
-                "name a suite file (data.suite) or list tasks (data.tasks)",
-            ));
-        }
-        spec::apply_weights(&mut spec, &self.weights, config_path)?;
-        Ok(spec)
-    }
-
-    /// `[data]` with every task written out inline.
-    pub fn resolved(spec: &SuiteSpec, full_batch: bool) -> DataConfig {
-        DataConfig {
-            suite: None,
-            name: Some(spec.name.clone()),
-            tags: Some(spec.tags),
-            full_batch,
-            weights: BTreeMap::new(),
-            defaults: toml::Table::new(),
-            translate: None,
-            tasks: spec.tasks.iter().map(|t| t.to_table()).collect(),
-        }
-    }
-}
-
-/// `tasks/b-shared.toml` → `b-shared`.
-fn suite_name(path: &str) -> String {
-    Path::new(path).file_stem().map_or_else(|| path.to_string(), |s| s.to_string_lossy().into_owned())
-}
-
-/// The batch size of full-batch training: every training example of every
-/// weighted task, which must each have a finite training set.
-fn full_batch_size(suite: &Suite, path: &Path) -> Result<usize> {
-    let mut total = 0;
-    for (task, weight) in suite.tasks.iter().zip(&suite.weights) {
-        if *weight == 0.0 {
-            continue;
-        }
-        match &task.train_set {
-            Some(set) => total += set.len(),
-            None => {
-                return Err(Error::key(
-                    path,
-                    "data.full_batch",
-                    "true",
-                    format!("task `{}` has no finite training set (give it train_examples or train_fraction)", task.id),
-                ));
-            }
-        }
-    }
-    Ok(total)
 }

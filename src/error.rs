@@ -49,6 +49,19 @@ impl Error {
         std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
     }
 
+    /// `text`, read from `path`, as a TOML table; a syntax error is one
+    /// line: file, line, message.
+    pub fn parse_toml(path: &Path, text: &str) -> Result<toml::Table> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let msg = e.message().lines().next().unwrap_or("invalid TOML").trim();
+            match line {
+                Some(l) => Error::input(format!("{}: line {l}: {msg}", path.display())),
+                None => Error::input(format!("{}: {msg}", path.display())),
+            }
+        })
+    }
+
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         Error::Io { path: path.to_path_buf(), source }
     }

@@ -3,11 +3,13 @@
 //!
 //! Data flow of one run:
 //!
-//! 1. `config` reads the TOML (with `--set` overrides) and validates it;
-//!    `tasks` builds the suite's task families, each problem's held-out or
-//!    training side, and the vocabulary; `train::events` resolves the
-//!    mixture over time (drops, revives, reweights, sequential phases,
-//!    `when_learned` triggers).
+//! 1. `config` reads the TOML (with `--set` overrides) into plain structs
+//!    and validates each setting; `experiment` resolves it: `tasks` builds
+//!    the suite's task families, each problem's held-out or training side,
+//!    and the vocabulary; `train::events` resolves the mixture over time
+//!    (drops, revives, reweights, sequential phases, `when_learned`
+//!    triggers). Every command that reads a config, or a run's
+//!    `config.toml`, goes through `Experiment::resolve`.
 //! 2. `train::run` loops over steps: `data` draws a batch from the mixture
 //!    (seeded by `rng`), `model` runs forward and backward on a `backend`
 //!    (the CPU reference in `float` f32, or CUDA), `train` clips and takes
@@ -29,6 +31,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod experiment;
 pub mod float;
 pub mod model;
 pub mod plot;

@@ -9,7 +9,7 @@ use ebb::backend::Backend;
 use ebb::backend::cpu::CpuBackend;
 use ebb::backend::cuda::CudaBackend;
 use ebb::bench::{self, BenchConfig};
-use ebb::config::Config;
+use ebb::experiment::Experiment;
 use ebb::{Error, Result};
 
 #[derive(Parser)]
@@ -362,18 +362,17 @@ fn submit_to_slurm(
     Ok(())
 }
 
-/// Trains `cfg` into `out` on `backend`, from `ckpt` when given.
+/// Trains `experiment` into `out` on `backend`, from `ckpt` when given.
 fn train_on<B: Backend>(
     backend: &B,
-    cfg: &Config,
-    suite: &ebb::tasks::Suite,
+    experiment: &Experiment,
     out: &std::path::Path,
     quiet: bool,
     ckpt: Option<ebb::checkpoint::Checkpoint>,
 ) -> Result<ebb::train::run::RunOutcome> {
     let run = match ckpt {
-        Some(c) => ebb::train::run::Run::from_checkpoint(backend, cfg, suite, out, c)?,
-        None => ebb::train::run::Run::start(backend, cfg, suite, out)?,
+        Some(c) => ebb::train::run::Run::from_checkpoint(backend, experiment, out, c)?,
+        None => ebb::train::run::Run::start(backend, experiment, out)?,
     };
     run.train(quiet)
 }
@@ -407,8 +406,7 @@ fn gpu_guard<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// Trains `cfg` into `out` (from `ckpt` when given) and prints the outcome.
 fn train(
-    cfg: &Config,
-    suite: &ebb::tasks::Suite,
+    experiment: &Experiment,
     out: &std::path::Path,
     quiet: bool,
     compute: Compute,
@@ -422,14 +420,14 @@ fn train(
             if !quiet {
                 eprintln!("device: cuda, {}; run directory {}", gpu.describe(), out.display());
             }
-            gpu_guard(|| pool.install(|| train_on(&*gpu, cfg, suite, out, quiet, ckpt)))
+            gpu_guard(|| pool.install(|| train_on(&*gpu, experiment, out, quiet, ckpt)))
         }
         Chosen::Cpu(why) => {
             if !quiet {
                 let why = why.map_or(String::new(), |w| format!(" ({w})"));
                 eprintln!("device: cpu{why}, {} threads; run directory {}", pool.current_num_threads(), out.display());
             }
-            pool.install(|| train_on(&CpuBackend::<f32>::new(), cfg, suite, out, quiet, ckpt))
+            pool.install(|| train_on(&CpuBackend::<f32>::new(), experiment, out, quiet, ckpt))
         }
     };
     // Draw whatever was logged, a diverged run included.
@@ -437,6 +435,7 @@ fn train(
         ebb::plot::plot_run(out, ebb::plot::Format::Png)?;
     }
     let outcome = outcome?;
+    let (cfg, suite) = (&experiment.config, &experiment.suite);
     println!(
         "run {} finished in {:.1}s: {} parameters, suite {} ({} tasks)",
         cfg.name,
@@ -549,9 +548,9 @@ fn dispatch(command: Command) -> Result<()> {
                     .ok_or_else(|| Error::input(format!("--init-from {}: no such file", file.display())))?;
                 overrides.push(format!("model.init_from={}", toml::Value::String(file.display().to_string())));
             }
-            let (cfg, suite) = Config::load(&config, &overrides)?;
-            let out = out.unwrap_or_else(|| cfg.default_out());
-            train(&cfg, &suite, &out, quiet, compute, None)
+            let experiment = Experiment::load(&config, &overrides)?;
+            let out = out.unwrap_or_else(|| experiment.config.default_out());
+            train(&experiment, &out, quiet, compute, None)
         }
         Command::Resume { run_dir, quiet, compute } => {
             let config = run_dir.join("config.toml");
@@ -563,7 +562,7 @@ fn dispatch(command: Command) -> Result<()> {
                 println!("{}: the run already finished", run_dir.display());
                 return Ok(());
             }
-            let (cfg, suite) = Config::load(&config, &[])?;
+            let experiment = Experiment::load(&config, &[])?;
             let ckpt = match ebb::checkpoint::steps(&run_dir).last() {
                 Some(&step) => Some(ebb::checkpoint::read(&ebb::checkpoint::path_for(&run_dir, step))?),
                 None => None,
@@ -574,7 +573,7 @@ fn dispatch(command: Command) -> Result<()> {
                     None => eprintln!("{}: no checkpoint yet; starting over", run_dir.display()),
                 }
             }
-            train(&cfg, &suite, &run_dir, quiet, compute, ckpt)
+            train(&experiment, &run_dir, quiet, compute, ckpt)
         }
         Command::Fork { run_dir, at, out, config, overrides, quiet, compute } => {
             let steps = ebb::checkpoint::steps(&run_dir);
@@ -596,9 +595,9 @@ fn dispatch(command: Command) -> Result<()> {
                 )));
             }
             let config = config.unwrap_or_else(|| run_dir.join("config.toml"));
-            let (cfg, suite) = Config::load(&config, &overrides)?;
+            let experiment = Experiment::load(&config, &overrides)?;
             let ckpt = ebb::checkpoint::read(&ebb::checkpoint::path_for(&run_dir, at))?;
-            train(&cfg, &suite, &out, quiet, compute, Some(ckpt))
+            train(&experiment, &out, quiet, compute, Some(ckpt))
         }
         Command::Sweep {
             sweep,
@@ -772,7 +771,7 @@ fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Tasks { command: TasksCommand::Sample { suite, n, seed, task } } => {
-            let (spec, path) = ebb::tasks::spec::load_any(&suite)?;
+            let (spec, path) = ebb::experiment::load_suite_spec(&suite)?;
             let built = ebb::tasks::Suite::build(&spec, seed, &path)?;
             println!(
                 "suite {}: {} tasks, {} tokens in the vocabulary",
@@ -837,7 +836,7 @@ fn dispatch(command: Command) -> Result<()> {
             let backend = CpuBackend::<f32>::new();
             let suite = match suite {
                 Some(name) => {
-                    let (spec, path) = ebb::tasks::spec::load_any(&name)?;
+                    let (spec, path) = ebb::experiment::load_suite_spec(&name)?;
                     Some(ebb::tasks::Suite::build(&spec, 0, &path)?)
                 }
                 None => None,

@@ -364,9 +364,13 @@ fn every_shipped_experiment_config_loads() {
     for entry in std::fs::read_dir(root().join("tasks")).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with("exp-") || name == "quickstart.toml" {
-            let (cfg, suite) = ebb::config::Config::load(&entry.path(), &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(suite.tasks.len() >= 3, "{name}");
-            assert!(!cfg.schedule.is_empty() || cfg.sequential.is_some(), "{name} has no schedule");
+            let experiment =
+                ebb::experiment::Experiment::load(&entry.path(), &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(experiment.suite.tasks.len() >= 3, "{name}");
+            assert!(
+                !experiment.mixture.events.is_empty() || experiment.mixture.triggers().next().is_some(),
+                "{name} has no schedule"
+            );
             count += 1;
         }
         if name.starts_with("sweep-") {

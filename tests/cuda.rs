@@ -496,19 +496,19 @@ fn gpu_sum_squares_and_adamw_match_cpu() {
 
 mod runs {
     use super::*;
-    use ebb::config::Config;
+    use ebb::experiment::Experiment;
     use std::path::Path;
 
     /// The tests' small config (1-digit addition, a 2-layer d32 model, with
     /// dropout) for 200 steps, checkpointed at 100.
-    fn config(dir: &Path) -> (Config, ebb::tasks::Suite) {
+    fn config(dir: &Path) -> Experiment {
         let path = dir.join("cuda-small.toml");
         std::fs::write(&path, common::SMALL_CONFIG).unwrap();
         let overrides: Vec<String> =
             ["train.steps=200", "train.log_every=10", "train.checkpoint_every=100", "eval.every=50"]
                 .map(String::from)
                 .to_vec();
-        Config::load(&path, &overrides).expect("config loads")
+        Experiment::load(&path, &overrides).expect("config loads")
     }
 
     /// The logged training losses (step, loss) of a run directory.
@@ -528,14 +528,13 @@ mod runs {
     }
 
     fn run_on<B: Backend>(backend: &B, dir: &Path) -> ebb::train::run::RunOutcome {
-        let (cfg, suite) = config(dir.parent().unwrap());
-        ebb::train::run::run(backend, &cfg, &suite, dir, true).expect("run finishes")
+        ebb::train::run::run(backend, &config(dir.parent().unwrap()), dir, true).expect("run finishes")
     }
 
     fn resume_on<B: Backend>(backend: &B, from: &Path, at: u64, dir: &Path) -> ebb::train::run::RunOutcome {
-        let (cfg, suite) = config(dir.parent().unwrap());
+        let experiment = config(dir.parent().unwrap());
         let ckpt = ebb::checkpoint::read(&ebb::checkpoint::path_for(from, at)).expect("checkpoint");
-        ebb::train::run::Run::from_checkpoint(backend, &cfg, &suite, dir, ckpt)
+        ebb::train::run::Run::from_checkpoint(backend, &experiment, dir, ckpt)
             .expect("resumes")
             .train(true)
             .expect("run finishes")

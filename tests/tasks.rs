@@ -11,7 +11,7 @@ use ebb::tasks::{Suite, spec};
 
 fn suite(name: &str, seed: u64) -> Suite {
     let path = common::root().join("tasks").join(format!("{name}.toml"));
-    let (spec, path) = spec::load_any(path.to_str().unwrap()).unwrap();
+    let (spec, path) = ebb::experiment::load_suite_spec(path.to_str().unwrap()).unwrap();
     Suite::build(&spec, seed, &path).unwrap()
 }
 
@@ -436,7 +436,9 @@ fn full_batch_is_the_whole_training_set_every_step() {
         train_fraction = 0.4
         eval_fraction = 0.5
     "#;
-    let (cfg, s) = ebb::config::Config::parse(text, std::path::Path::new("grokking.toml"), &[]).unwrap();
+    let path = std::path::Path::new("grokking.toml");
+    let ebb::experiment::Experiment { config: cfg, suite: s, .. } =
+        ebb::experiment::Experiment::resolve(ebb::config::Config::parse(text, path, &[]).unwrap(), path).unwrap();
     let set = s.tasks[0].train_set.clone().unwrap();
     assert_eq!(set.len(), 48); // ⌊0.4 · 121⌋
     assert_eq!(cfg.train.batch_size, 48, "the resolved batch size is the training set");
@@ -479,8 +481,9 @@ fn full_batch_after_a_drop_trains_only_the_remaining_tasks() {
         step = 5
         drop = ["sub"]
     "#;
-    let (cfg, s) = ebb::config::Config::parse(text, std::path::Path::new("full-drop.toml"), &[]).unwrap();
-    let schedule = ebb::train::events::Mixture::build(&cfg, &s, std::path::Path::new("full-drop.toml")).unwrap();
+    let path = std::path::Path::new("full-drop.toml");
+    let ebb::experiment::Experiment { config: cfg, suite: s, mixture: schedule } =
+        ebb::experiment::Experiment::resolve(ebb::config::Config::parse(text, path, &[]).unwrap(), path).unwrap();
     let (rows, ctx) = (cfg.train.batch_size, cfg.model.n_ctx);
     let n_add = s.tasks[0].train_set.as_ref().unwrap().len();
     assert_eq!(rows, n_add + s.tasks[1].train_set.as_ref().unwrap().len());
@@ -563,7 +566,7 @@ fn no_prompt_has_two_answers_in_any_shipped_suite() {
     // The check finds what tags prevent: suite B without tags writes
     // `1 + 6 =` in digits (answer 7) and in base 7 (answer 1 0).
     let path = common::root().join("tasks/b-shared.toml");
-    let (mut spec, path) = spec::load_any(path.to_str().unwrap()).unwrap();
+    let (mut spec, path) = ebb::experiment::load_suite_spec(path.to_str().unwrap()).unwrap();
     spec.tags = false;
     let untagged = Suite::build(&spec, 1, &path).unwrap();
     let clashes = ambiguous_prompts(&untagged);

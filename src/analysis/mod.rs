@@ -80,8 +80,7 @@ fn read(dir: &Path, name: &str) -> Result<String> {
 
 impl RunData {
     pub fn load(dir: &Path) -> Result<RunData> {
-        let config: Config = toml::from_str(&read(dir, "config.toml")?)
-            .map_err(|e| Error::input(format!("{}: {}", dir.join("config.toml").display(), e.message())))?;
+        let config = crate::experiment::Experiment::load(&dir.join("config.toml"), &[])?.config;
         let bad =
             |file: &str, line: &str| Error::input(format!("{}: malformed row {line:?}", dir.join(file).display()));
         let mut tasks = Vec::new();

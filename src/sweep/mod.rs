@@ -33,6 +33,7 @@ use serde::Deserialize;
 
 use crate::config::{Config, set_key};
 use crate::error::{Error, Result};
+use crate::experiment::Experiment;
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,7 +101,7 @@ impl Plan {
     /// config. Any bad input is an error before anything runs.
     pub fn load(path: &Path) -> Result<Plan> {
         let text = Error::read_text(path)?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| crate::config::syntax_error(path, &text, &e))?;
+        let table = Error::parse_toml(path, &text)?;
         let sweep: SweepFile = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             Error::key(path, &e.path().to_string(), "", e.inner().message().lines().next().unwrap_or("invalid value"))
         })?;
@@ -185,8 +186,7 @@ impl Plan {
         let text = std::fs::read_to_string(&base_path).map_err(|e| {
             Error::key(path, "base", format!("{base:?}"), format!("cannot read {}: {e}", base_path.display()))
         })?;
-        let mut table: toml::Table =
-            toml::from_str(&text).map_err(|e| crate::config::syntax_error(&base_path, &text, &e))?;
+        let mut table: toml::Table = Error::parse_toml(&base_path, &text)?;
         for (key, value) in &sweep.set {
             set_key(&mut table, key, value.clone())
                 .map_err(|why| Error::key(path, &format!("set.{key}"), value, why))?;
@@ -195,8 +195,10 @@ impl Plan {
             set_key(&mut table, key, value.clone()).map_err(|why| Error::key(path, key, value, why))?;
         }
         set_key(&mut table, "name", toml::Value::String(sweep.name.clone())).expect("top-level key");
-        let (mut cfg, _) = Config::from_table(table, &base_path)
-            .map_err(|e| Error::input(format!("{}: run {}: {e}", path.display(), describe(point))))?;
+        let mut cfg = Config::from_table(table, &base_path)
+            .and_then(|cfg| Experiment::resolve(cfg, &base_path))
+            .map_err(|e| Error::input(format!("{}: run {}: {e}", path.display(), describe(point))))?
+            .config;
         cfg.train.checkpoint_every = sweep.checkpoint_every.unwrap_or((cfg.train.steps / 10).max(1));
         let config = cfg.to_toml();
         let id = format!("{:016x}", crate::rng::fnv1a(config.as_bytes()))[..12].to_string();

@@ -275,7 +275,7 @@ impl SuiteFile {
     /// Reads a suite file.
     pub fn load(path: &Path) -> Result<SuiteFile> {
         let text = Error::read_text(path)?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| crate::config::syntax_error(path, &text, &e))?;
+        let table = Error::parse_toml(path, &text)?;
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             Error::key(path, &e.path().to_string(), "", e.inner().message().lines().next().unwrap_or("invalid value"))
         })
@@ -351,26 +351,16 @@ pub fn shipped_suites(dir: &Path) -> Vec<(std::path::PathBuf, SuiteFile)> {
     paths.into_iter().filter_map(|p| SuiteFile::load(&p).ok().filter(|f| !f.tasks.is_empty()).map(|f| (p, f))).collect()
 }
 
-/// A suite from a name (`tasks/NAME.toml`), a suite file or an experiment
-/// config, with the file it came from.
-pub fn load_any(arg: &str) -> Result<(SuiteSpec, std::path::PathBuf)> {
-    let mut path = std::path::PathBuf::from(arg);
-    if !path.is_file() {
-        let named = Path::new("tasks").join(format!("{arg}.toml"));
-        if !named.is_file() {
-            return Err(Error::input(format!("{arg}: no such file, and no suite tasks/{arg}.toml")));
-        }
-        path = named;
+/// The file `arg` names: a path, or a suite shipped in `tasks/` by name
+/// (`b-shared` → `tasks/b-shared.toml`).
+pub fn find_suite_file(arg: &str) -> Result<std::path::PathBuf> {
+    let path = std::path::PathBuf::from(arg);
+    if path.is_file() {
+        return Ok(path);
     }
-    match SuiteFile::load(&path) {
-        Ok(file) => {
-            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            Ok((file.expand(&name, &path)?, path))
-        }
-        // Not a suite file: read it as an experiment config.
-        Err(_) => {
-            let (cfg, _) = crate::config::Config::load(&path, &[])?;
-            Ok((cfg.suite_spec(&path)?, path))
-        }
+    let named = Path::new("tasks").join(format!("{arg}.toml"));
+    if !named.is_file() {
+        return Err(Error::input(format!("{arg}: no such file, and no suite tasks/{arg}.toml")));
     }
+    Ok(named)
 }

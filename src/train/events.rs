@@ -7,13 +7,73 @@
 //! Once learned it resolves to a fixed step; with a cap (`step`) it sits at
 //! the cap until then.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ScheduleEvent};
 use crate::error::{Error, Result};
 use crate::tasks::Suite;
+
+/// One `[[schedule]]` entry: what changes when `step` steps are done, or
+/// `after` steps after its tasks are learned (`when_learned`), whichever
+/// comes first.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleEvent {
+    /// The step it takes effect at; with `when_learned`, the latest step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
+    /// Fire once every task of the event has held-out exact match at least
+    /// this at two evaluations in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_learned: Option<f64>,
+    /// Steps between the second of those evaluations and the event (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// Tasks whose weight drops to 0 (still evaluated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop: Vec<String>,
+    /// Dropped tasks that get back the weight they had before the drop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revive: Vec<String>,
+    /// New mixture weights by task id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub weights: BTreeMap<String, f64>,
+}
+
+impl ScheduleEvent {
+    /// The tasks the event changes, each once (drop, revive, then weights):
+    /// the tasks a `when_learned` event watches.
+    pub fn tasks(&self) -> Vec<&str> {
+        let mut tasks: Vec<&str> = Vec::new();
+        for id in self.drop.iter().chain(&self.revive).chain(self.weights.keys()) {
+            if !tasks.contains(&id.as_str()) {
+                tasks.push(id);
+            }
+        }
+        tasks
+    }
+}
+
+/// Tasks trained one after another, `phase_steps` each; every task is
+/// evaluated throughout. `train.steps` becomes phases × phase_steps.
+/// With `when_learned`, a phase ends `after` steps after its task is
+/// learned (held-out exact match ≥ when_learned at two evaluations in a
+/// row), or `phase_steps` after it began, whichever is first; the last
+/// phase runs to the end.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SequentialConfig {
+    pub phase_steps: u64,
+    /// Task ids in training order (default: the suite's order), one phase each.
+    #[serde(default)]
+    pub order: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_learned: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
@@ -144,8 +204,15 @@ pub struct Mixture {
 }
 
 impl Mixture {
-    /// Resolves `cfg`'s schedule against `suite`; `path` is named in errors.
-    pub fn build(cfg: &Config, suite: &Suite, path: &Path) -> Result<Mixture> {
+    /// Resolves a config's `[[schedule]]` events and `[sequential]` phases
+    /// over `steps` training steps against `suite`; `path` is named in errors.
+    pub fn build(
+        schedule: &[ScheduleEvent],
+        sequential: Option<&SequentialConfig>,
+        steps: u64,
+        suite: &Suite,
+        path: &Path,
+    ) -> Result<Mixture> {
         let index = |key: &str, id: &str| {
             suite
                 .tasks
@@ -154,7 +221,7 @@ impl Mixture {
                 .ok_or_else(|| Error::key(path, key, format!("{id:?}"), "no task has this id"))
         };
         let mut entries = Vec::new();
-        if let Some(seq) = &cfg.sequential {
+        if let Some(seq) = sequential {
             let order: Vec<usize> = if seq.order.is_empty() {
                 (0..suite.tasks.len()).collect()
             } else {
@@ -176,7 +243,7 @@ impl Mixture {
                 entries.push(Entry { when, changes: vec![Change::Phase(task)] });
             }
         }
-        for (i, e) in cfg.schedule.iter().enumerate() {
+        for (i, e) in schedule.iter().enumerate() {
             let key = |k: &str| format!("schedule[{i}].{k}");
             let mut changes = Vec::new();
             for id in &e.drop {
@@ -192,14 +259,14 @@ impl Mixture {
                 changes.push(Change::Weight(index(&key("weights"), id)?, w));
             }
             let tasks = e.tasks().iter().map(|id| index(&key("drop"), id)).collect::<Result<_>>()?;
-            let when = when(e, i, &changes, tasks, cfg.train.steps, path)?;
+            let when = when(e, i, &changes, tasks, steps, path)?;
             entries.push(Entry { when, changes });
         }
         // A revive brings back a dropped task: one with no drop before it is a mistake.
-        for (i, e) in cfg.schedule.iter().enumerate() {
+        for (i, e) in schedule.iter().enumerate() {
             for id in &e.revive {
-                let fixed = |x: &crate::config::ScheduleEvent| x.when_learned.is_none().then_some(x.step).flatten();
-                let dropped_before = cfg.schedule.iter().any(|d| {
+                let fixed = |x: &ScheduleEvent| x.when_learned.is_none().then_some(x.step).flatten();
+                let dropped_before = schedule.iter().any(|d| {
                     d.drop.contains(id)
                         && match (fixed(d), fixed(e)) {
                             (Some(drop), Some(revive)) => drop < revive,
@@ -216,14 +283,14 @@ impl Mixture {
                 }
             }
         }
-        let mut schedule = Mixture { entries, events: Vec::new() };
-        schedule.resolve();
+        let mut mixture = Mixture { entries, events: Vec::new() };
+        mixture.resolve();
         // Every step must train on something (learned events are checked
         // again when they resolve).
-        if let Some(step) = schedule.first_step_without_training(&suite.weights) {
+        if let Some(step) = mixture.first_step_without_training(&suite.weights) {
             return Err(Error::key(path, "schedule", format!("step {step}"), "leaves every task at weight 0"));
         }
-        Ok(schedule)
+        Ok(mixture)
     }
 
     /// Rebuilds `events` from the entries whose step is known, after

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::data::{Batch, TrainStream};
 use crate::error::{Error, Result};
 use crate::eval::{EvalResult, Evaluator};
+use crate::experiment::Experiment;
 use crate::float::Float;
 use crate::model::Gpt;
 use crate::run_dir::{self, MetricsLog};
@@ -98,10 +99,10 @@ pub struct Run<'a, B: Backend> {
 
 impl<'a, B: Backend> Run<'a, B> {
     /// A fresh run writing into `out`.
-    pub fn start(backend: &'a B, cfg: &'a Config, suite: &'a Suite, out: &Path) -> Result<Self> {
+    pub fn start(backend: &'a B, experiment: &'a Experiment, out: &Path) -> Result<Self> {
+        let (cfg, suite) = (&experiment.config, &experiment.suite);
         // Everything that can refuse the run is checked before the directory is written.
         run_dir::kill_point()?;
-        let schedule = Mixture::build(cfg, suite, Path::new("config.toml"))?;
         let layout = crate::model::ParamLayout::new(&cfg.model_shape(suite.vocab.len()));
         let initial =
             cfg.model.init_from.as_deref().map(|file| crate::weights::read_weights(file, &layout)).transpose()?;
@@ -109,7 +110,7 @@ impl<'a, B: Backend> Run<'a, B> {
         let lock = run_dir::RunLock::take(out)?;
         run_dir::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
         let mut tasks = String::from("task,family,chance,eval_examples,weight\n");
-        let mut run = Self::assemble(backend, cfg, suite, schedule, out, lock);
+        let mut run = Self::assemble(backend, cfg, suite, experiment.mixture.clone(), out, lock);
         if let Some(params) = initial {
             backend
                 .upload(&mut run.trainer.model.params, &params.iter().map(|&x| B::F::of(x as f64)).collect::<Vec<_>>());
@@ -130,14 +131,9 @@ impl<'a, B: Backend> Run<'a, B> {
     }
 
     /// A run continuing from `ckpt` into `out` (a resume, or a fork when
-    /// `out` is a new directory and `cfg` a new schedule).
-    pub fn from_checkpoint(
-        backend: &'a B,
-        cfg: &'a Config,
-        suite: &'a Suite,
-        out: &Path,
-        ckpt: Checkpoint,
-    ) -> Result<Self> {
+    /// `out` is a new directory and the experiment a new schedule).
+    pub fn from_checkpoint(backend: &'a B, experiment: &'a Experiment, out: &Path, ckpt: Checkpoint) -> Result<Self> {
+        let (cfg, suite) = (&experiment.config, &experiment.suite);
         let vocab: Vec<String> = (0..suite.vocab.len() as u32).map(|i| suite.vocab.token(i).to_string()).collect();
         if vocab != ckpt.vocab {
             return Err(Error::input(format!(
@@ -163,7 +159,7 @@ impl<'a, B: Backend> Run<'a, B> {
                 cfg.train.steps
             )));
         }
-        let mut run = Self::start(backend, cfg, suite, out)?;
+        let mut run = Self::start(backend, experiment, out)?;
         let to_f = |v: &[f32]| v.iter().map(|&x| B::F::of(x as f64)).collect::<Vec<_>>();
         backend.upload(&mut run.trainer.model.params, &to_f(&ckpt.params));
         backend.upload(&mut run.trainer.opt.m, &to_f(&ckpt.adam_m));
@@ -431,8 +427,8 @@ fn same_schedule(ckpt_config: &str, cfg: &Config) -> bool {
     toml::from_str::<Config>(ckpt_config).is_ok_and(|c| c.schedule == cfg.schedule && c.sequential == cfg.sequential)
 }
 
-/// Runs the experiment `cfg` on its `suite` and `backend`, writing into
-/// `out`. `quiet` turns progress output off.
-pub fn run<B: Backend>(backend: &B, cfg: &Config, suite: &Suite, out: &Path, quiet: bool) -> Result<RunOutcome> {
-    Run::start(backend, cfg, suite, out)?.train(quiet)
+/// Runs `experiment` on `backend`, writing into `out`. `quiet` turns
+/// progress output off.
+pub fn run<B: Backend>(backend: &B, experiment: &Experiment, out: &Path, quiet: bool) -> Result<RunOutcome> {
+    Run::start(backend, experiment, out)?.train(quiet)
 }
