@@ -27,6 +27,7 @@ pub mod analysis;
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
+pub mod commands;
 pub mod config;
 pub mod data;
 pub mod error;

@@ -9,6 +9,7 @@ use ebb::backend::Backend;
 use ebb::backend::cpu::CpuBackend;
 use ebb::backend::cuda::CudaBackend;
 use ebb::bench::{self, BenchConfig};
+use ebb::commands;
 use ebb::experiment::Experiment;
 use ebb::{Error, Result};
 
@@ -300,68 +301,6 @@ fn check_device(device: Device) -> Result<Chosen> {
     }
 }
 
-/// `ebb sweep --slurm`: prepares the sweep directory, submits what is
-/// missing as one job array and says where everything lands.
-fn submit_to_slurm(
-    plan: &ebb::sweep::Plan,
-    sweep: &std::path::Path,
-    out: &std::path::Path,
-    opts: &ebb::sweep::slurm::SlurmOptions,
-) -> Result<()> {
-    let sub = ebb::sweep::slurm::submit(plan, sweep, out, opts)?;
-    let running = if sub.running_runs > 0 {
-        format!(" ({} running elsewhere, left to their job)", sub.running_runs)
-    } else {
-        String::new()
-    };
-    if sub.indices.is_empty() {
-        println!(
-            "sweep {}: nothing to submit: {} of {} runs need running{running}; directory {}",
-            plan.name,
-            sub.missing_runs,
-            plan.runs.len(),
-            out.display()
-        );
-    } else {
-        let array = ebb::sweep::slurm::array_spec(&sub.indices);
-        match &sub.job {
-            Some(job) => println!(
-                "sweep {}: submitted job {job}: {} runs to do in array tasks {array} of {}{running}; directory {}",
-                plan.name,
-                sub.missing_runs,
-                sub.array_tasks,
-                out.display()
-            ),
-            None => println!(
-                "sweep {}: dry run: {} runs to do in array tasks {array} of {}{running}; submit with: sbatch {}",
-                plan.name,
-                sub.missing_runs,
-                sub.array_tasks,
-                sub.script.display()
-            ),
-        }
-        println!("batch script: {}", sub.script.display());
-    }
-    // After --wait (or with nothing left to wait for), say where the sweep stands.
-    if opts.wait && !opts.dry_run {
-        let status = ebb::sweep::slurm::SweepStatus::read(out)?;
-        println!("{}", status.describe(out));
-        if status.complete() {
-            ebb::sweep::aggregate::aggregate(out, &plan.report.heatmap)?;
-            println!("aggregate in {}", out.join("sweep.csv").display());
-        }
-        // Diverged runs are complete (and reported): only unfinished runs fail the sweep.
-        if !status.complete() {
-            return Err(Error::input(format!(
-                "sweep {}: not every run finished; see `ebb status {}` and submit again to run what is missing",
-                plan.name,
-                out.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Trains `experiment` into `out` on `backend`, from `ckpt` when given.
 fn train_on<B: Backend>(
     backend: &B,
@@ -452,71 +391,13 @@ fn train(
         );
     }
     if let Ok(summary) = ebb::analysis::read_summary(out) {
-        print_drops(&summary);
+        for line in commands::drop_lines(&summary) {
+            println!("{line}");
+        }
     }
     println!("wrote {} (plots in plots/, open report.html)", outcome.dir.display());
     println!("params fingerprint: {}", outcome.fingerprint);
     Ok(())
-}
-
-/// One line per dropped task: accuracy at the drop, half-life, fits,
-/// savings (or that it was not learned); one per `when_learned` event that
-/// never fired.
-fn print_drops(summary: &ebb::analysis::Summary) {
-    use ebb::plot::report::{half_life_cell, savings_cell};
-    let num = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
-    for d in &summary.drops {
-        if !d.learned() {
-            println!(
-                "  dropped {} at step {}: not learned (accuracy {} < {:?} at the drop)",
-                d.task,
-                d.step,
-                num(d.accuracy_at_drop),
-                d.learned_threshold
-            );
-            continue;
-        }
-        let fit = match d.fits.as_ref().and_then(|f| f.best()) {
-            Some(f) => format!("{} fit τ {}", f.form.name(), num(f.tau)),
-            None => "no fit ok".to_string(),
-        };
-        let floor =
-            d.noise_floor.as_ref().map_or(String::new(), |n| format!(" (kept tasks: AURC {})", num(n.aurc_mean)));
-        println!(
-            "  dropped {} at step {}: accuracy {} -> {}, half-life {} steps, {fit}, AURC {}{floor}, savings {}",
-            d.task,
-            d.step,
-            num(d.accuracy_at_drop),
-            num(d.accuracy_at_window_end),
-            half_life_cell(d),
-            num(d.aurc),
-            savings_cell(d),
-        );
-    }
-    if let Some(seq) = &summary.sequential {
-        let phase = |(i, task): (usize, &String)| {
-            let acc = seq.accuracy_matrix[i][i];
-            let state = match seq.learned.get(i).copied().flatten() {
-                Some(true) => " learned",
-                Some(false) => " NOT learned",
-                None => "",
-            };
-            format!("{task} {}{state}", num(acc))
-        };
-        let phases: Vec<String> = seq.order.iter().enumerate().map(phase).collect();
-        println!(
-            "  sequential, accuracy at each phase's end (learned: ≥ {}): {}",
-            seq.learned_threshold,
-            phases.join(", ")
-        );
-    }
-    for e in summary.learned_events.iter().filter(|e| e.fired_at.is_none()) {
-        let why = match e.learned_at {
-            Some(s) => format!("learned at step {s}, due after the last step"),
-            None => format!("exact match never held ≥ {:?} at two evaluations in a row", e.when_learned),
-        };
-        println!("  schedule[{}] (when_learned, {}): never fired: {why}", e.schedule, e.tasks.join(", "));
-    }
 }
 
 fn dispatch(command: Command) -> Result<()> {
@@ -622,8 +503,7 @@ fn dispatch(command: Command) -> Result<()> {
             let plan = ebb::sweep::Plan::load(&sweep)?;
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&plan.name));
             if status {
-                println!("{}", ebb::sweep::slurm::SweepStatus::read(&out)?.describe(&out));
-                return Ok(());
+                return commands::status(&out);
             }
             if slurm {
                 if shard.is_some() || jobs.is_some() || threads.is_some() {
@@ -642,174 +522,25 @@ fn dispatch(command: Command) -> Result<()> {
                     dry_run,
                     device: device.name(),
                 };
-                return submit_to_slurm(&plan, &sweep, &out, &opts);
+                return commands::submit_to_slurm(&plan, &sweep, &out, &opts);
             }
-            let shard = shard.as_deref().map(ebb::sweep::parse_shard).transpose()?.unwrap_or((1, 1));
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            if jobs == Some(0) || threads == Some(0) {
-                return Err(Error::input("--jobs and --threads must be at least 1"));
-            }
-            let jobs = jobs.unwrap_or(cores);
-            let threads = threads.unwrap_or((cores / jobs).max(1));
-            let mine = plan.shard(shard.0, shard.1);
-            if dry_run {
-                println!(
-                    "sweep {}: {} runs, shard {}/{} has {}; {} at once, {} threads each; directory {}",
-                    plan.name,
-                    plan.runs.len(),
-                    shard.0,
-                    shard.1,
-                    mine.len(),
-                    jobs,
-                    threads,
-                    out.display()
-                );
-                for r in mine {
-                    let status = ebb::sweep::RunStatus::of(&out.join(&r.id));
-                    println!(
-                        "  {} {:<11} {}",
-                        r.id,
-                        status.name(),
-                        r.point.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
-                    );
-                }
-                return Ok(());
-            }
-            ebb::sweep::prepare(&plan, &out)?;
-            let opts = ebb::sweep::RunOptions {
-                out: out.clone(),
-                jobs,
-                threads_per_job: threads,
-                shard,
-                device: device.name(),
-                quiet,
-            };
-            let outcome = ebb::sweep::run(&plan, &opts)?;
-            if !no_aggregate {
-                ebb::sweep::aggregate::aggregate(&out, &plan.report.heatmap)?;
-            }
-            let busy = if outcome.busy.is_empty() {
-                String::new()
-            } else {
-                format!(", {} being run by another process", outcome.busy.len())
-            };
-            println!(
-                "sweep {}: {} finished now, {} already done, {} diverged, {} failed, {} interrupted{busy}; aggregate in {}",
-                plan.name,
-                outcome.finished.len(),
-                outcome.skipped.len(),
-                outcome.diverged.len(),
-                outcome.failed.len(),
-                outcome.interrupted.len(),
-                out.join("sweep.csv").display()
-            );
-            let bad: Vec<String> = outcome
-                .failed
-                .iter()
-                .map(|id| format!("{id} (failed: see {}/failed.txt)", out.join(id).display()))
-                .chain(outcome.diverged.iter().map(|id| format!("{id} (diverged)")))
-                .collect();
-            if !bad.is_empty() {
-                return Err(Error::input(format!("runs that did not finish: {}", bad.join(", "))));
-            }
-            if !outcome.interrupted.is_empty() {
-                return Err(Error::input(format!(
-                    "interrupted; run the same command again to resume: {}",
-                    outcome.interrupted.join(", ")
-                )));
-            }
-            Ok(())
+            let args =
+                commands::LocalSweep { out, jobs, threads, shard, device: device.name(), dry_run, no_aggregate, quiet };
+            commands::sweep(&plan, args)
         }
-        Command::Status { sweep_dir } => {
-            println!("{}", ebb::sweep::slurm::SweepStatus::read(&sweep_dir)?.describe(&sweep_dir));
-            Ok(())
-        }
-        Command::Aggregate { sweep_dir } => {
-            let heatmap: Vec<String> = std::fs::read_to_string(sweep_dir.join("report.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|v| serde_json::from_value(v["heatmap"].clone()).ok())
-                .unwrap_or_default();
-            for path in ebb::sweep::aggregate::aggregate(&sweep_dir, &heatmap)? {
-                println!("wrote {}", path.display());
-            }
-            Ok(())
-        }
-        Command::Plot { run_dir, format } => {
-            if !run_dir.join("config.toml").is_file() {
-                return Err(Error::input(format!("{}: not a run directory (no config.toml)", run_dir.display())));
-            }
-            ebb::analysis::write_summary(&run_dir)?;
-            let format = if format == PlotFormat::Png { ebb::plot::Format::Png } else { ebb::plot::Format::Svg };
-            for path in ebb::plot::plot_run(&run_dir, format)? {
-                println!("wrote {}", path.display());
-            }
-            Ok(())
-        }
-        Command::Analyze { run_dir } => {
-            let summary = ebb::analysis::write_summary(&run_dir)?;
-            print_drops(&summary);
-            println!("wrote {}", run_dir.join("summary.json").display());
-            Ok(())
-        }
+        Command::Status { sweep_dir } => commands::status(&sweep_dir),
+        Command::Aggregate { sweep_dir } => commands::aggregate(&sweep_dir),
+        Command::Plot { run_dir, format } => commands::plot(
+            &run_dir,
+            if format == PlotFormat::Png { ebb::plot::Format::Png } else { ebb::plot::Format::Svg },
+        ),
+        Command::Analyze { run_dir } => commands::analyze(&run_dir),
         Command::Tasks { command: TasksCommand::List } => {
-            println!("families:");
-            for (name, what) in ebb::tasks::FAMILIES {
-                println!("  {name:<11} {what}");
-            }
-            println!("suites (tasks/):");
-            for (path, file) in ebb::tasks::spec::shipped_suites(std::path::Path::new("tasks")) {
-                let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                let count = file.tasks.len() + if file.translate.is_some() { 1 } else { 0 };
-                let extra = if file.translate.is_some() { " + translation pairs" } else { "" };
-                println!(
-                    "  {name:<13} {} ({} tasks{extra})",
-                    file.description.as_deref().unwrap_or(""),
-                    count - file.translate.is_some() as usize
-                );
-            }
+            print!("{}", commands::tasks_list());
             Ok(())
         }
         Command::Tasks { command: TasksCommand::Sample { suite, n, seed, task } } => {
-            let (spec, path) = ebb::experiment::load_suite_spec(&suite)?;
-            let built = ebb::tasks::Suite::build(&spec, seed, &path)?;
-            println!(
-                "suite {}: {} tasks, {} tokens in the vocabulary",
-                built.name,
-                built.tasks.len(),
-                built.vocab.len()
-            );
-            let mut shown = 0;
-            for (i, t) in built.tasks.iter().enumerate() {
-                if task.as_ref().is_some_and(|id| id != &t.id) {
-                    continue;
-                }
-                shown += 1;
-                let weight = built.weights[i];
-                println!(
-                    "[{}] family {}, {} problems, chance {:.4}, up to {} tokens{}",
-                    t.id,
-                    t.family_name,
-                    t.space(),
-                    t.chance,
-                    t.max_len(),
-                    if weight == 0.0 { ", never trained (weight 0)" } else { "" }
-                );
-                let mut r = ebb::rng::stream(seed, "sample", ebb::rng::purpose_id(&t.id));
-                let mut out = Vec::new();
-                for _ in 0..n {
-                    let p = t.sample_train(&mut r);
-                    let prompt = t.render(p, &mut out);
-                    println!("    {} ⟦{}⟧", built.vocab.decode(&out[..prompt]), built.vocab.decode(&out[prompt..]));
-                }
-            }
-            if shown == 0 {
-                return Err(Error::input(format!(
-                    "--task {}: no such task in {}",
-                    task.unwrap_or_default(),
-                    path.display()
-                )));
-            }
+            print!("{}", commands::tasks_sample(&suite, n, seed, task.as_deref())?);
             Ok(())
         }
         Command::Bench { config, steps, warmup, json, breakdown, suite, ceilings, dropout, compute } => {

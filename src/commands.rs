@@ -1,0 +1,320 @@
+//! Each `ebb` command's work; `main.rs` parses the command line and calls
+//! one of these. They print what a person at a terminal reads; the files
+//! they write are the record.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::sweep::Plan;
+
+/// `ebb sweep` on this machine: its runs (or shard of them), several at once.
+pub struct LocalSweep {
+    pub out: PathBuf,
+    /// Runs at once (default: one per core).
+    pub jobs: Option<usize>,
+    /// Threads per run (default: cores / jobs).
+    pub threads: Option<usize>,
+    /// `I/N`: only slice i of n of the runs.
+    pub shard: Option<String>,
+    /// Each run's `--device`.
+    pub device: &'static str,
+    /// Print the plan and run nothing.
+    pub dry_run: bool,
+    /// Leave aggregation to `ebb aggregate` (Slurm array tasks).
+    pub no_aggregate: bool,
+    pub quiet: bool,
+}
+
+/// `ebb sweep`: runs what is missing of `plan` and aggregates.
+pub fn sweep(plan: &Plan, args: LocalSweep) -> Result<()> {
+    let LocalSweep { out, jobs, threads, shard, device, dry_run, no_aggregate, quiet } = args;
+    let shard = shard.as_deref().map(crate::sweep::parse_shard).transpose()?.unwrap_or((1, 1));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if jobs == Some(0) || threads == Some(0) {
+        return Err(Error::input("--jobs and --threads must be at least 1"));
+    }
+    let jobs = jobs.unwrap_or(cores);
+    let threads = threads.unwrap_or((cores / jobs).max(1));
+    let mine = plan.shard(shard.0, shard.1);
+    if dry_run {
+        println!(
+            "sweep {}: {} runs, shard {}/{} has {}; {} at once, {} threads each; directory {}",
+            plan.name,
+            plan.runs.len(),
+            shard.0,
+            shard.1,
+            mine.len(),
+            jobs,
+            threads,
+            out.display()
+        );
+        for r in mine {
+            let status = crate::sweep::RunStatus::of(&out.join(&r.id));
+            println!(
+                "  {} {:<11} {}",
+                r.id,
+                status.name(),
+                r.point.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+            );
+        }
+        return Ok(());
+    }
+    crate::sweep::prepare(plan, &out)?;
+    let opts = crate::sweep::RunOptions { out: out.clone(), jobs, threads_per_job: threads, shard, device, quiet };
+    let outcome = crate::sweep::run(plan, &opts)?;
+    if !no_aggregate {
+        crate::sweep::aggregate::aggregate(&out, &plan.report.heatmap)?;
+    }
+    let busy = if outcome.busy.is_empty() {
+        String::new()
+    } else {
+        format!(", {} being run by another process", outcome.busy.len())
+    };
+    println!(
+        "sweep {}: {} finished now, {} already done, {} diverged, {} failed, {} interrupted{busy}; aggregate in {}",
+        plan.name,
+        outcome.finished.len(),
+        outcome.skipped.len(),
+        outcome.diverged.len(),
+        outcome.failed.len(),
+        outcome.interrupted.len(),
+        out.join("sweep.csv").display()
+    );
+    let bad: Vec<String> = outcome
+        .failed
+        .iter()
+        .map(|id| format!("{id} (failed: see {}/failed.txt)", out.join(id).display()))
+        .chain(outcome.diverged.iter().map(|id| format!("{id} (diverged)")))
+        .collect();
+    if !bad.is_empty() {
+        return Err(Error::input(format!("runs that did not finish: {}", bad.join(", "))));
+    }
+    if !outcome.interrupted.is_empty() {
+        return Err(Error::input(format!(
+            "interrupted; run the same command again to resume: {}",
+            outcome.interrupted.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// `ebb sweep --slurm`: prepares the sweep directory, submits what is
+/// missing as one job array and says where everything lands.
+pub fn submit_to_slurm(
+    plan: &crate::sweep::Plan,
+    sweep: &std::path::Path,
+    out: &std::path::Path,
+    opts: &crate::sweep::slurm::SlurmOptions,
+) -> Result<()> {
+    let sub = crate::sweep::slurm::submit(plan, sweep, out, opts)?;
+    let running = if sub.running_runs > 0 {
+        format!(" ({} running elsewhere, left to their job)", sub.running_runs)
+    } else {
+        String::new()
+    };
+    if sub.indices.is_empty() {
+        println!(
+            "sweep {}: nothing to submit: {} of {} runs need running{running}; directory {}",
+            plan.name,
+            sub.missing_runs,
+            plan.runs.len(),
+            out.display()
+        );
+    } else {
+        let array = crate::sweep::slurm::array_spec(&sub.indices);
+        match &sub.job {
+            Some(job) => println!(
+                "sweep {}: submitted job {job}: {} runs to do in array tasks {array} of {}{running}; directory {}",
+                plan.name,
+                sub.missing_runs,
+                sub.array_tasks,
+                out.display()
+            ),
+            None => println!(
+                "sweep {}: dry run: {} runs to do in array tasks {array} of {}{running}; submit with: sbatch {}",
+                plan.name,
+                sub.missing_runs,
+                sub.array_tasks,
+                sub.script.display()
+            ),
+        }
+        println!("batch script: {}", sub.script.display());
+    }
+    // After --wait (or with nothing left to wait for), say where the sweep stands.
+    if opts.wait && !opts.dry_run {
+        let status = crate::sweep::slurm::SweepStatus::read(out)?;
+        println!("{}", status.describe(out));
+        if status.complete() {
+            crate::sweep::aggregate::aggregate(out, &plan.report.heatmap)?;
+            println!("aggregate in {}", out.join("sweep.csv").display());
+        }
+        // Diverged runs are complete (and reported): only unfinished runs fail the sweep.
+        if !status.complete() {
+            return Err(Error::input(format!(
+                "sweep {}: not every run finished; see `ebb status {}` and submit again to run what is missing",
+                plan.name,
+                out.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `ebb status`: where a sweep stands.
+pub fn status(sweep_dir: &Path) -> Result<()> {
+    println!("{}", crate::sweep::slurm::SweepStatus::read(sweep_dir)?.describe(sweep_dir));
+    Ok(())
+}
+
+/// `ebb aggregate`: a sweep directory's tables, plots and report, with the
+/// heatmaps its sweep file asked for.
+pub fn aggregate(sweep_dir: &Path) -> Result<()> {
+    let heatmap: Vec<String> = std::fs::read_to_string(sweep_dir.join("report.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| serde_json::from_value(v["heatmap"].clone()).ok())
+        .unwrap_or_default();
+    for path in crate::sweep::aggregate::aggregate(sweep_dir, &heatmap)? {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `ebb plot`: a run's summary, plots and report, redrawn from its files.
+pub fn plot(run_dir: &Path, format: crate::plot::Format) -> Result<()> {
+    if !run_dir.join("config.toml").is_file() {
+        return Err(Error::input(format!("{}: not a run directory (no config.toml)", run_dir.display())));
+    }
+    crate::analysis::write_summary(run_dir)?;
+    for path in crate::plot::plot_run(run_dir, format)? {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `ebb analyze`: a run's summary.json recomputed, its drops printed.
+pub fn analyze(run_dir: &Path) -> Result<()> {
+    let summary = crate::analysis::write_summary(run_dir)?;
+    for line in drop_lines(&summary) {
+        println!("{line}");
+    }
+    println!("wrote {}", run_dir.join("summary.json").display());
+    Ok(())
+}
+
+/// `ebb tasks list`: the task families and the suites shipped in `tasks/`.
+pub fn tasks_list() -> String {
+    let mut text = String::from("families:\n");
+    for (name, what) in crate::tasks::FAMILIES {
+        text += &format!("  {name:<11} {what}\n");
+    }
+    text += "suites (tasks/):\n";
+    for (path, file) in crate::tasks::spec::shipped_suites(Path::new("tasks")) {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let extra = if file.translate.is_some() { " + translation pairs" } else { "" };
+        text += &format!(
+            "  {name:<13} {} ({} tasks{extra})\n",
+            file.description.as_deref().unwrap_or(""),
+            file.tasks.len()
+        );
+    }
+    text
+}
+
+/// `ebb tasks sample`: `n` training examples of each task of `suite` (a
+/// suite name, a suite file or an experiment config), or of `task` only.
+pub fn tasks_sample(suite: &str, n: usize, seed: u64, task: Option<&str>) -> Result<String> {
+    let (spec, path) = crate::experiment::load_suite_spec(suite)?;
+    let built = crate::tasks::Suite::build(&spec, seed, &path)?;
+    let mut text =
+        format!("suite {}: {} tasks, {} tokens in the vocabulary\n", built.name, built.tasks.len(), built.vocab.len());
+    let mut shown = 0;
+    for (i, t) in built.tasks.iter().enumerate() {
+        if task.is_some_and(|id| id != t.id) {
+            continue;
+        }
+        shown += 1;
+        text += &format!(
+            "[{}] family {}, {} problems, chance {:.4}, up to {} tokens{}\n",
+            t.id,
+            t.family_name,
+            t.space(),
+            t.chance,
+            t.max_len(),
+            if built.weights[i] == 0.0 { ", never trained (weight 0)" } else { "" }
+        );
+        let mut r = crate::rng::stream(seed, "sample", crate::rng::purpose_id(&t.id));
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let p = t.sample_train(&mut r);
+            let prompt = t.render(p, &mut out);
+            text += &format!("    {} ⟦{}⟧\n", built.vocab.decode(&out[..prompt]), built.vocab.decode(&out[prompt..]));
+        }
+    }
+    if shown == 0 {
+        return Err(Error::input(format!("--task {}: no such task in {}", task.unwrap_or_default(), path.display())));
+    }
+    Ok(text)
+}
+
+/// One line per dropped task: accuracy at the drop, half-life, fits,
+/// savings (or that it was not learned); one per `when_learned` event that
+/// never fired.
+pub fn drop_lines(summary: &crate::analysis::Summary) -> Vec<String> {
+    use crate::plot::report::{half_life_cell, savings_cell};
+    let mut lines = Vec::new();
+    let num = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
+    for d in &summary.drops {
+        if !d.learned() {
+            lines.push(format!(
+                "  dropped {} at step {}: not learned (accuracy {} < {:?} at the drop)",
+                d.task,
+                d.step,
+                num(d.accuracy_at_drop),
+                d.learned_threshold
+            ));
+            continue;
+        }
+        let fit = match d.fits.as_ref().and_then(|f| f.best()) {
+            Some(f) => format!("{} fit τ {}", f.form.name(), num(f.tau)),
+            None => "no fit ok".to_string(),
+        };
+        let floor =
+            d.noise_floor.as_ref().map_or(String::new(), |n| format!(" (kept tasks: AURC {})", num(n.aurc_mean)));
+        lines.push(format!(
+            "  dropped {} at step {}: accuracy {} -> {}, half-life {} steps, {fit}, AURC {}{floor}, savings {}",
+            d.task,
+            d.step,
+            num(d.accuracy_at_drop),
+            num(d.accuracy_at_window_end),
+            half_life_cell(d),
+            num(d.aurc),
+            savings_cell(d),
+        ));
+    }
+    if let Some(seq) = &summary.sequential {
+        let phase = |(i, task): (usize, &String)| {
+            let acc = seq.accuracy_matrix[i][i];
+            let state = match seq.learned.get(i).copied().flatten() {
+                Some(true) => " learned",
+                Some(false) => " NOT learned",
+                None => "",
+            };
+            format!("{task} {}{state}", num(acc))
+        };
+        let phases: Vec<String> = seq.order.iter().enumerate().map(phase).collect();
+        lines.push(format!(
+            "  sequential, accuracy at each phase's end (learned: ≥ {}): {}",
+            seq.learned_threshold,
+            phases.join(", ")
+        ));
+    }
+    for e in summary.learned_events.iter().filter(|e| e.fired_at.is_none()) {
+        let why = match e.learned_at {
+            Some(s) => format!("learned at step {s}, due after the last step"),
+            None => format!("exact match never held ≥ {:?} at two evaluations in a row", e.when_learned),
+        };
+        lines.push(format!("  schedule[{}] (when_learned, {}): never fired: {why}", e.schedule, e.tasks.join(", ")));
+    }
+    lines
+}
