@@ -1,10 +1,12 @@
 //! The CUDA backend.
 //!
 //! - Without a GPU: every kernel file compiles with NVRTC for sm_80 and
-//!   sm_90 (ptxas runs: no spills), and the dropout mask the kernels compute
-//!   is the CPU's. The compile test skips when NVRTC is absent, and fails
-//!   instead under `CI=true` or `EBB_REQUIRE_NVRTC=1`. NVRTC is found on the
-//!   loader path or in `EBB_NVRTC_DIR` (see `.ci/nvrtc.sh`).
+//!   sm_90 (ptxas runs: no spills), every kernel runs on a CPU emulation of
+//!   CUDA against the ops' f64 references (`tests/common/reference.rs`), and
+//!   the dropout mask the kernels compute is the CPU's. The compile test
+//!   skips when NVRTC is absent, and fails instead under `CI=true` or
+//!   `EBB_REQUIRE_NVRTC=1`. NVRTC is found on the loader path or in
+//!   `EBB_NVRTC_DIR` (see `.ci/nvrtc.sh`).
 //! - With a GPU: every op against the CPU backend at several shapes (not
 //!   multiples of any tile), training runs against the CPU's loss curve,
 //!   determinism, checkpoints across devices. These are ignored unless asked
@@ -14,6 +16,7 @@
 
 mod common;
 
+use common::reference::{self as refs, accumulated, assert_close};
 use common::{env_is, required};
 use ebb::backend::cpu::CpuBackend;
 use ebb::backend::cuda::compile::{self, FILES};
@@ -73,38 +76,6 @@ fn kernels_compile_for_sm80_and_sm90() {
     }
 }
 
-/// Every kernel run on the CPU through `kernels/emu/emu.h` (blocks one after
-/// another, a block's threads as real threads, barriers for `__syncthreads`
-/// and the warp shuffles) against double-precision references at shapes
-/// that are not multiples of any tile: the kernels' indexing, reductions,
-/// causal masks and dropout, checked with no GPU. Needs a C++20 compiler;
-/// skips without one, except under CI=true.
-#[test]
-fn kernels_match_f64_references_on_the_cpu_emulator() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = tempfile::tempdir().unwrap();
-    let bin = exe.path().join("ebb-emu");
-    let built = match std::process::Command::new("g++")
-        .args(["-std=c++20", "-O1", "-pthread", "-ffp-contract=off", "-Ikernels", "kernels/emu/check.cpp", "-o"])
-        .arg(&bin)
-        .current_dir(root)
-        .output()
-    {
-        Err(e) => {
-            assert!(!env_is("CI", "true"), "g++ is required under CI=true: {e}");
-            eprintln!("skipped: no g++ ({e})");
-            return;
-        }
-        Ok(o) => o,
-    };
-    assert!(built.status.success(), "the kernels do not compile as C++:\n{}", String::from_utf8_lossy(&built.stderr));
-    let run = std::process::Command::new(&bin).output().unwrap();
-    let report = String::from_utf8_lossy(&run.stdout);
-    eprintln!("{report}");
-    assert!(run.status.success() && report.trim_end().ends_with("all ok"), "{report}");
-    assert!(!report.contains("FAIL"), "{report}");
-}
-
 #[test]
 fn a_broken_kernel_fails_to_compile_with_its_log() {
     if compile::load_nvrtc().is_err() {
@@ -154,6 +125,270 @@ fn dropout_args_give_the_cpu_mask_bit_for_bit() {
             );
         }
     }
+}
+
+// ---------------------------- without a GPU: the kernels on the CPU emulator
+
+/// Every kernel run on the CPU through `kernels/emu/emu.h` (blocks one after
+/// another, a block's threads as real threads, barriers for `__syncthreads`
+/// and the warp shuffles) against the ops' f64 references
+/// (`tests/common/reference.rs`, the CPU backend's too) at shapes that are
+/// not multiples of any tile: the kernels' indexing, reductions, causal
+/// masks and dropout, checked with no GPU. `kernels/emu/check.cpp` launches
+/// the kernels of one case per run on inputs made here and hands back their
+/// outputs (see `Emulator`). Tolerances, relative to an output's scale: bit
+/// for bit for the ops exact in f32, 1e-6 for element-wise ones and short
+/// sums, 1e-5 for longer sums. Needs a C++20 compiler; skips without one,
+/// except under CI=true.
+#[test]
+fn kernels_match_f64_references_on_the_cpu_emulator() {
+    let Some(emu) = Emulator::build() else { return };
+    emulated_encoder(&emu);
+    emulated_layernorm(&emu);
+    emulated_matmul_and_bias_grad(&emu);
+    emulated_attention(&emu);
+    emulated_elementwise(&emu);
+    emulated_crossentropy(&emu);
+    emulated_sum_squares_and_adamw(&emu);
+}
+
+/// The kernels built as C++ against the CPU emulator (`kernels/emu/check.cpp`).
+struct Emulator {
+    dir: tempfile::TempDir,
+}
+
+/// An input array for the emulator.
+enum Array<'a> {
+    F32(&'a [f32]),
+    U32(&'a [u32]),
+}
+use Array::{F32, U32};
+
+impl Emulator {
+    /// g++ builds the runner; None (with the reason printed) without g++,
+    /// except under CI=true.
+    fn build() -> Option<Emulator> {
+        let dir = tempfile::tempdir().unwrap();
+        let built = match std::process::Command::new("g++")
+            .args(["-std=c++20", "-O1", "-pthread", "-ffp-contract=off", "-Ikernels", "kernels/emu/check.cpp", "-o"])
+            .arg(dir.path().join("ebb-emu"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+        {
+            Err(e) => {
+                assert!(!env_is("CI", "true"), "g++ is required under CI=true: {e}");
+                eprintln!("skipped: no g++ ({e})");
+                return None;
+            }
+            Ok(o) => o,
+        };
+        let stderr = String::from_utf8_lossy(&built.stderr);
+        assert!(built.status.success(), "the kernels do not compile as C++:\n{stderr}");
+        Some(Emulator { dir })
+    }
+
+    /// Runs `ebb-emu CASE ARGS...` (`args`, split at spaces) with `inputs` on
+    /// stdin and returns the K arrays it writes to stdout. Both ways an array
+    /// is its length in bytes (u64), then its elements, little-endian.
+    fn run<const K: usize>(&self, args: &str, inputs: &[Array]) -> [Vec<u8>; K] {
+        let mut stdin = Vec::new();
+        for input in inputs {
+            let bytes: Vec<u8> = match input {
+                F32(x) => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                U32(x) => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            };
+            stdin.extend((bytes.len() as u64).to_le_bytes());
+            stdin.extend(bytes);
+        }
+        let mut child = std::process::Command::new(self.dir.path().join("ebb-emu"))
+            .args(args.split(' '))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ebb-emu starts");
+        let mut pipe = child.stdin.take().unwrap();
+        // Written from a thread, so that neither side waits on a full pipe.
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut pipe, &stdin));
+        let out = child.wait_with_output().unwrap();
+        let _ = writer.join(); // it fails only when the runner stopped early, which its status says
+        assert!(out.status.success(), "ebb-emu {args}: {}", String::from_utf8_lossy(&out.stderr));
+        let (mut arrays, mut rest) = (Vec::new(), &out.stdout[..]);
+        while !rest.is_empty() {
+            let (len, tail) = rest.split_at(8);
+            let (array, tail) = tail.split_at(u64::from_le_bytes(len.try_into().unwrap()) as usize);
+            arrays.push(array.to_vec());
+            rest = tail;
+        }
+        arrays.try_into().unwrap_or_else(|a: Vec<_>| panic!("ebb-emu {args}: {} outputs, expected {K}", a.len()))
+    }
+}
+
+fn f32s(bytes: Vec<u8>) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+fn f64s(bytes: Vec<u8>) -> Vec<f64> {
+    bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+/// A dropout as the kernels take it, on the runner's command line:
+/// KEY THRESHOLD KEEP_SCALE (f32 written so that it reads back the same).
+fn dropout_args(d: Dropout) -> String {
+    let DropoutArgs { key, threshold, keep_scale } = DropoutArgs::of(d);
+    format!("{key} {threshold} {keep_scale}")
+}
+
+fn emulated_encoder(emu: &Emulator) {
+    let (v, shape @ Sequences { n, t, c }) = (7, Sequences { n: 3 * 5, t: 5, c: 37 });
+    let tokens: Vec<u32> = (0..n as u32).map(|i| (i * 3) % v as u32).collect();
+    let (wte, wpe, dout) = (random(v * c, 30), random(t * c, 31), random(n * c, 32));
+    let (dwte, dwpe) = (random(v * c, 33), random(t * c, 34));
+    let inputs = [U32(&tokens), F32(&wte), F32(&wpe), F32(&dout), F32(&dwte), F32(&dwpe)];
+    let [out, got_dwte, got_dwpe] = emu.run(&format!("encoder {n} {t} {c} {v}"), &inputs).map(f32s);
+    assert_close(&out, &refs::encoder_forward(&tokens, &wte, &wpe, shape), EXACT, "encoder_forward");
+    let (want_dwte, want_dwpe) = refs::encoder_backward(&dout, &tokens, v, shape);
+    assert_close(&got_dwte, &accumulated(&dwte, &want_dwte), 1e-6, "encoder_backward wte");
+    assert_close(&got_dwpe, &accumulated(&dwpe, &want_dwpe), 1e-6, "encoder_backward wpe");
+}
+
+fn emulated_layernorm(emu: &Emulator) {
+    let shape @ Rows { n, c } = Rows { n: 70, c: 45 };
+    let x: Vec<f32> = random(n * c, 35).iter().map(|v| 2.0 * v).collect();
+    let (w, b, dout) = (random(c, 36), random(c, 37), random(n * c, 38));
+    let (dinp, dw, db) = (random(n * c, 39), random(c, 40), random(c, 41));
+    let inputs = [F32(&x), F32(&w), F32(&b), F32(&dout), F32(&dinp), F32(&dw), F32(&db)];
+    let [out, mean, rstd, got_dinp, got_dw, got_db] = emu.run(&format!("layernorm {n} {c}"), &inputs).map(f32s);
+    let want = refs::layernorm_forward(&x, &w, &b, shape);
+    assert_close(&out, &want.out, 1e-5, "layernorm_forward out");
+    assert_close(&mean, &want.mean, 1e-5, "layernorm_forward mean");
+    assert_close(&rstd, &want.rstd, 1e-5, "layernorm_forward rstd");
+    let want = refs::layernorm_backward(&dout, &x, &w, shape);
+    assert_close(&got_dinp, &accumulated(&dinp, &want.dinp), 1e-5, "layernorm_backward dinp (accumulated)");
+    assert_close(&got_dw, &accumulated(&dw, &want.dw), 1e-5, "layernorm_backward dw");
+    assert_close(&got_db, &accumulated(&db, &want.db), 1e-5, "layernorm_backward db");
+}
+
+fn emulated_matmul_and_bias_grad(emu: &Emulator) {
+    // The runner's (M,N,K) in the backend's three products (see check.cpp),
+    // each the reference's product of its shape.
+    for (m, n, k) in [(1, 1, 1), (7, 5, 3), (37, 70, 19), (130, 65, 77)] {
+        let (a, w, bias, out) = (random(m * k, 42), random(n * k, 43), random(n, 44), random(m * n, 45));
+        let styles = [
+            ("forward", refs::matmul_forward(&a, &w, Some(&bias), Product { n: m, c: k, oc: n })),
+            ("dinp", accumulated(&out, &refs::matmul_backward_dinp(&a, &w, Product { n: m, c: n, oc: k }))),
+            ("dw", accumulated(&out, &refs::matmul_backward_dw(&a, &w, Product { n: k, c: n, oc: m }))),
+        ];
+        for (style, want) in styles {
+            let args = format!("matmul {style} {m} {n} {k}");
+            let [got] = emu.run(&args, &[F32(&a), F32(&w), F32(&bias), F32(&out)]).map(f32s);
+            assert_close(&got, &want, 1e-5, &args);
+        }
+    }
+    let (n, width) = (150, 300);
+    let (x, out) = (random(n * width, 46), random(width, 47));
+    let [got] = emu.run(&format!("bias_grad {n} {width}"), &[F32(&x), F32(&out)]).map(f32s);
+    assert_close(&got, &accumulated(&out, &refs::column_sums(&x, width)), 1e-5, "bias grad");
+}
+
+fn emulated_attention(emu: &Emulator) {
+    let shape @ Heads { b, t, c, h } = Heads { b: 2, t: 37, c: 12, h: 3 };
+    let (qkv, dout) = (random(b * t * 3 * c, 48), random(b * t * c, 49));
+    for dropout in [Dropout::OFF, Dropout { p: 0.2, key: 4242 }] {
+        let (drop, what) = (u8::from(dropout.active()), format!("attention p{}", dropout.p));
+        let args = format!("attention {b} {t} {c} {h} {drop} {}", dropout_args(dropout));
+        let [probs, dropped, out, dqkv] = emu.run(&args, &[F32(&qkv), F32(&dout)]).map(f32s);
+        let want = refs::attention_forward(&qkv, shape, dropout);
+        assert_close(&probs, &want.probs, 1e-5, &format!("{what} probs"));
+        assert_close(&dropped, &want.dropped, 1e-5, &format!("{what} dropped probs"));
+        assert_close(&out, &want.out, 1e-5, &format!("{what} out"));
+        assert_close(&dqkv, &refs::attention_backward(&dout, &qkv, shape, dropout), 1e-5, &format!("{what} dqkv"));
+    }
+}
+
+fn emulated_elementwise(emu: &Emulator) {
+    // Activations and residual, each with a bias of width W over the rows.
+    let (n, width) = (1000, 40);
+    let x: Vec<f32> = random(n, 50).iter().map(|v| 3.0 * v).collect();
+    let (d, bias) = (random(n, 51), random(width, 52));
+    for (act, kind, tol) in [(Activation::Gelu, 0, 1e-6), (Activation::Relu, 1, EXACT)] {
+        let args = format!("activation {n} {width} {kind}");
+        let [y, dx] = emu.run(&args, &[F32(&x), F32(&d), F32(&bias)]).map(f32s);
+        assert_close(&y, &refs::activation_forward(&x, &bias, act), tol, &format!("{act:?} forward"));
+        assert_close(&dx, &refs::activation_backward(&d, &x, &bias, act), tol, &format!("{act:?} backward"));
+    }
+    for dropout in [Dropout::OFF, Dropout { p: 0.25, key: 99 }] {
+        let args = format!("residual {n} {width} {}", dropout_args(dropout));
+        let [y] = emu.run(&args, &[F32(&x), F32(&d), F32(&bias)]).map(f32s);
+        assert_close(&y, &refs::residual_forward(&x, &d, &bias, dropout), EXACT, &args);
+        let args = format!("dropout_backward {n} {}", dropout_args(dropout));
+        let [dx] = emu.run(&args, &[F32(&d)]).map(f32s);
+        assert_close(&dx, &refs::dropout_backward(&d, dropout), EXACT, &args);
+    }
+}
+
+fn emulated_crossentropy(emu: &Emulator) {
+    let shape @ Logits { n, v } = Logits { n: 13, v: 100 };
+    let z: Vec<f32> = random(n * v, 53).iter().map(|x| 3.0 * x).collect();
+    let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7) % v as u32).collect();
+    let mask: Vec<f32> = (0..n).map(|i| if i % 4 == 0 { 0.0 } else { 1.0 }).collect();
+    let args = format!("crossentropy {n} {v} 0.25");
+    let [losses, probs, dlogits] = emu.run(&args, &[F32(&z), U32(&targets), F32(&mask)]).map(f32s);
+    let (want_probs, want_losses) = refs::crossentropy_forward(&z, &targets, &mask, shape);
+    assert_close(&probs, &want_probs, 1e-6, "crossentropy probs");
+    assert_close(&losses, &want_losses, 1e-6, "crossentropy losses");
+    assert_close(
+        &dlogits,
+        &refs::crossentropy_backward(&z, &targets, &mask, 0.25, shape),
+        1e-6,
+        "crossentropy dlogits",
+    );
+
+    // Confident rows: the target's logit 20 to 40 above the rest, so p_target
+    // rounds to 1 in float32; the loss and the target's gradient must keep
+    // their size (relative error against the reference).
+    let shape @ Logits { n, v } = Logits { n: 6, v: 100 };
+    let mut z = random(n * v, 54);
+    let targets: Vec<u32> = (0..n as u32).map(|r| (r * 13) % v as u32).collect();
+    for r in 0..n {
+        z[r * v + targets[r] as usize] += 20.0 + 4.0 * r as f32;
+    }
+    let mask = vec![1.0f32; n];
+    let args = format!("crossentropy {n} {v} 1");
+    let [losses, _, dlogits] = emu.run(&args, &[F32(&z), U32(&targets), F32(&mask)]).map(f32s);
+    let (_, want_losses) = refs::crossentropy_forward(&z, &targets, &mask, shape);
+    let want_dlogits = refs::crossentropy_backward(&z, &targets, &mask, 1.0, shape);
+    for r in 0..n {
+        let t = r * v + targets[r] as usize;
+        let what = format!("crossentropy confident row {r}");
+        assert_close(&[f64::from(losses[r]) / want_losses[r]], &[1.0], 1e-5, &format!("{what}: loss (relative)"));
+        let grad = f64::from(dlogits[t]) / want_dlogits[t];
+        assert_close(&[grad], &[1.0], 1e-5, &format!("{what}: target gradient (relative)"));
+    }
+}
+
+fn emulated_sum_squares_and_adamw(emu: &Emulator) {
+    let n = 40_000;
+    let x = random(n, 55);
+    // The host adds the kernel's per-chunk partial sums in order.
+    let [partials] = emu.run(&format!("sum_squares {n}"), &[F32(&x)]).map(f64s);
+    assert_close(&[partials.iter().sum::<f64>()], &[refs::sum_squares(&x)], 1e-9, "sum_squares");
+
+    let n = 777;
+    let (p, g) = (random(n, 56), random(n, 57));
+    let m: Vec<f32> = random(n, 58).iter().map(|x| 0.1 * x).collect();
+    let v: Vec<f32> = random(n, 59).iter().map(|x| 0.1 * x.abs()).collect();
+    let hp = AdamW { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, t: 3, grad_scale: 0.5 };
+    let k = refs::AdamWConstants::of(hp, 0.1);
+    let args = format!(
+        "adamw {n} {} {} {} {} {} {} {} {} {} {}",
+        k.b1, k.b2, k.one_b1, k.one_b2, k.lr, k.eps, k.grad_scale, k.bc1, k.bc2, k.decay
+    );
+    let [got_p, got_m, got_v] = emu.run(&args, &[F32(&p), F32(&g), F32(&m), F32(&v)]).map(f32s);
+    let [want_p, want_m, want_v] = refs::adamw_update(&p, &g, &m, &v, &k);
+    assert_close(&got_p, &want_p, EXACT, "adamw params");
+    assert_close(&got_m, &want_m, EXACT, "adamw m");
+    assert_close(&got_v, &want_v, EXACT, "adamw v");
 }
 
 // ---------------------------------------------------------------- with a GPU
@@ -213,22 +448,6 @@ fn down(g: &CudaBackend, b: &<CudaBackend as Backend>::Buf) -> Vec<f32> {
     let mut out = vec![0.0; b.len()];
     g.download(&mut out, b);
     out
-}
-
-/// got ≈ want within `tol` of want's largest magnitude (bit for bit when tol = 0).
-fn assert_close(got: &[f32], want: &[f32], tol: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if tol == EXACT {
-        for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            assert!(g.to_bits() == w.to_bits(), "{what}[{i}]: got {g}, want {w} bit for bit");
-        }
-        return;
-    }
-    let scale = want.iter().fold(1e-3f64, |m, &x| m.max(x.abs() as f64));
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g as f64 - w as f64).abs() / scale;
-        assert!(err <= tol, "{what}[{i}]: got {g}, want {w} (error {err:e} of scale {scale:e}, tolerance {tol:e})");
-    }
 }
 
 #[test]

@@ -1,129 +1,130 @@
-//! Every forward op of the CPU backend (f32) against a plain f64 reference
-//! written from its definition, at shapes that are not multiples of any
-//! block size. Backward ops are checked by the gradient check.
+//! Every op of the CPU backend (f32), forward and backward, against its f64
+//! reference (`tests/common/reference.rs`, the one the CUDA kernels are
+//! checked against on the emulator too), at shapes that are not multiples of
+//! any block size. The whole model's gradients are checked against finite
+//! differences by the gradient check.
 
+mod common;
+
+use common::reference::{self as refs, accumulated, assert_close};
 use ebb::backend::cpu::CpuBackend;
 use ebb::backend::{
-    Activation, Backend, Backprop, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats, Params, Product,
-    Rows, Sequences, View,
+    Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
+    Params, Product, Rows, Sequences, View,
 };
 use ebb::rng;
 
 /// f32 ops against f64 references: relative to the output's scale.
 const TOL: f64 = 1e-5;
+/// Ops whose result is exact in f32 (see the reference): bit for bit.
+const EXACT: f64 = 0.0;
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut r = rng::stream(seed, "ops-test", n as u64);
     (0..n).map(|_| rng::normal(&mut r) as f32).collect()
 }
 
-fn assert_close(got: &[f32], want: &[f64], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(1e-3f64, |m, x| m.max(x.abs()));
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g as f64 - w).abs() / scale;
-        assert!(err < TOL, "{what}[{i}]: got {g}, want {w} (error {err:e})");
-    }
+/// What an activation gradient's buffer holds after a backward pass that
+/// wrote `want` into it, adding to its `initial` values when `accumulate`.
+fn written(accumulate: bool, initial: &[f32], want: Vec<f64>) -> Vec<f64> {
+    if accumulate { accumulated(initial, &want) } else { want }
 }
 
 #[test]
-fn matmul_forward_matches_reference() {
+fn matmul_matches_reference() {
     let cpu = CpuBackend::<f32>::new();
     for (n, c, oc) in [(1, 1, 1), (7, 5, 3), (37, 19, 23), (130, 64, 192)] {
-        let inp = random(n * c, 1);
+        let shape = Product { n, c, oc };
+        let (inp, dout) = (random(n * c, 1), random(n * oc, 3));
         // params: weight (OC,C) then bias (OC)
         let params = random(oc * c + oc, 2);
         let (w, b) = (View { offset: 0, len: oc * c }, View { offset: oc * c, len: oc });
         for bias in [None, Some(b)] {
+            let (linear, what) = (Linear { w, b: bias }, format!("matmul {n}x{c}x{oc} bias={}", bias.is_some()));
             let mut out = vec![0.0f32; n * oc];
-            cpu.matmul_forward(&mut out, &inp, &params, Linear { w, b: bias }, Product { n, c, oc });
-            let want: Vec<f64> = (0..n * oc)
-                .map(|i| {
-                    let (r, j) = (i / oc, i % oc);
-                    let dot: f64 = (0..c).map(|k| inp[r * c + k] as f64 * params[j * c + k] as f64).sum();
-                    dot + bias.map_or(0.0, |b| params[b.offset + j] as f64)
-                })
-                .collect();
-            assert_close(&out, &want, &format!("matmul {n}x{c}x{oc} bias={}", bias.is_some()));
-        }
-    }
-}
+            cpu.matmul_forward(&mut out, &inp, &params, linear, shape);
+            let want = refs::matmul_forward(&inp, &params[w.range()], bias.map(|b| &params[b.range()]), shape);
+            assert_close(&out, &want, TOL, &what);
 
-#[test]
-fn attention_forward_matches_reference() {
-    let cpu = CpuBackend::<f32>::new();
-    for (b, t, c, h) in [(1, 1, 4, 1), (2, 5, 12, 3), (3, 17, 20, 4), (2, 77, 8, 2)] {
-        let hs = c / h;
-        let qkv = random(b * t * 3 * c, 3);
-        let mut out = vec![0.0f32; b * t * c];
-        let heads = Heads { b, t, c, h };
-        let mut state = cpu.alloc_attention(heads, false);
-        cpu.attention_forward(&mut out, &mut state, &qkv, heads, Dropout::OFF);
-        let mut want = vec![0.0f64; b * t * c];
-        for bi in 0..b {
-            for hi in 0..h {
-                for i in 0..t {
-                    let q = |d: usize| qkv[(bi * t + i) * 3 * c + hi * hs + d] as f64;
-                    let k = |j: usize, d: usize| qkv[(bi * t + j) * 3 * c + c + hi * hs + d] as f64;
-                    let v = |j: usize, d: usize| qkv[(bi * t + j) * 3 * c + 2 * c + hi * hs + d] as f64;
-                    let scores: Vec<f64> =
-                        (0..=i).map(|j| (0..hs).map(|d| q(d) * k(j, d)).sum::<f64>() / (hs as f64).sqrt()).collect();
-                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
-                    for d in 0..hs {
-                        want[(bi * t + i) * c + hi * hs + d] =
-                            (0..=i).map(|j| (scores[j] - max).exp() / z * v(j, d)).sum();
-                    }
-                }
+            for accumulate in [false, true] {
+                let (mut dinp, mut grads) = (random(n * c, 4), random(params.len(), 5));
+                let (dinp0, grads0) = (dinp.clone(), grads.clone());
+                let grad = Backprop { dinp: &mut dinp, dout: &dout, inp: &inp };
+                cpu.matmul_backward(grad, accumulate, Params { values: &params, grads: &mut grads }, linear, shape);
+                let what = format!("{what} accumulate={accumulate}");
+                let want = written(accumulate, &dinp0, refs::matmul_backward_dinp(&dout, &params[w.range()], shape));
+                assert_close(&dinp, &want, TOL, &format!("{what} dinp"));
+                let dw = refs::matmul_backward_dw(&dout, &inp, shape);
+                assert_close(&grads[w.range()], &accumulated(&grads0[w.range()], &dw), TOL, &format!("{what} dw"));
+                let db = if bias.is_some() { refs::column_sums(&dout, oc) } else { vec![0.0; oc] };
+                assert_close(&grads[b.range()], &accumulated(&grads0[b.range()], &db), TOL, &format!("{what} db"));
             }
         }
-        assert_close(&out, &want, &format!("attention b{b} t{t} c{c} h{h}"));
     }
 }
 
 #[test]
-fn layernorm_forward_matches_reference() {
+fn attention_matches_reference_with_and_without_dropout() {
+    let cpu = CpuBackend::<f32>::new();
+    for dropout in [Dropout::OFF, Dropout { p: 0.2, key: 7 }] {
+        for (b, t, c, h) in [(1, 1, 4, 1), (2, 5, 12, 3), (3, 17, 20, 4), (2, 77, 8, 2)] {
+            let (heads, what) = (Heads { b, t, c, h }, format!("attention b{b} t{t} c{c} h{h} p{}", dropout.p));
+            let (qkv, dout) = (random(b * t * 3 * c, 3), random(b * t * c, 6));
+            let (mut out, mut state) = (vec![0.0f32; b * t * c], cpu.alloc_attention(heads, dropout.active()));
+            cpu.attention_forward(&mut out, &mut state, &qkv, heads, dropout);
+            assert_close(&out, &refs::attention_forward(&qkv, heads, dropout).out, TOL, &format!("{what} out"));
+            let mut dqkv = vec![0.0f32; b * t * 3 * c];
+            cpu.attention_backward(Backprop { dinp: &mut dqkv, dout: &dout, inp: &qkv }, &state, heads, dropout);
+            let want = refs::attention_backward(&dout, &qkv, heads, dropout);
+            assert_close(&dqkv, &want, TOL, &format!("{what} dqkv"));
+        }
+    }
+}
+
+#[test]
+fn layernorm_matches_reference() {
     let cpu = CpuBackend::<f32>::new();
     for (n, c) in [(1, 3), (9, 31), (40, 64)] {
-        let inp = random(n * c, 4);
+        let (rows, what) = (Rows { n, c }, format!("layernorm {n}x{c}"));
+        let (inp, dout) = (random(n * c, 4), random(n * c, 8));
         let params = random(2 * c, 5);
+        let (w, b) = (View { offset: 0, len: c }, View { offset: c, len: c });
         let (mut out, mut stats) = (vec![0.0f32; n * c], NormStats { mean: vec![0.0f32; n], rstd: vec![0.0f32; n] });
-        let ln = LayerNorm { w: View { offset: 0, len: c }, b: View { offset: c, len: c } };
-        cpu.layernorm_forward(&mut out, &mut stats, &inp, &params, ln, Rows { n, c });
-        let mut want = vec![0.0; n * c];
-        for r in 0..n {
-            let x: Vec<f64> = inp[r * c..(r + 1) * c].iter().map(|&v| v as f64).collect();
-            let m = x.iter().sum::<f64>() / c as f64;
-            let var = x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / c as f64;
-            for j in 0..c {
-                want[r * c + j] = (x[j] - m) / (var + 1e-5).sqrt() * params[j] as f64 + params[c + j] as f64;
-            }
+        cpu.layernorm_forward(&mut out, &mut stats, &inp, &params, LayerNorm { w, b }, rows);
+        let want = refs::layernorm_forward(&inp, &params[w.range()], &params[b.range()], rows);
+        assert_close(&out, &want.out, TOL, &format!("{what} out"));
+        assert_close(&stats.mean, &want.mean, TOL, &format!("{what} mean"));
+        assert_close(&stats.rstd, &want.rstd, TOL, &format!("{what} rstd"));
+
+        let want = refs::layernorm_backward(&dout, &inp, &params[w.range()], rows);
+        for accumulate in [false, true] {
+            let (mut dinp, mut grads) = (random(n * c, 9), random(2 * c, 10));
+            let (dinp0, grads0) = (dinp.clone(), grads.clone());
+            let grad = Backprop { dinp: &mut dinp, dout: &dout, inp: &inp };
+            let weights = Params { values: &params, grads: &mut grads };
+            cpu.layernorm_backward(grad, accumulate, &stats, weights, LayerNorm { w, b }, rows);
+            let what = format!("{what} accumulate={accumulate}");
+            assert_close(&dinp, &written(accumulate, &dinp0, want.dinp.clone()), TOL, &format!("{what} dinp"));
+            assert_close(&grads[w.range()], &accumulated(&grads0[w.range()], &want.dw), TOL, &format!("{what} dw"));
+            assert_close(&grads[b.range()], &accumulated(&grads0[b.range()], &want.db), TOL, &format!("{what} db"));
         }
-        assert_close(&out, &want, &format!("layernorm {n}x{c}"));
     }
 }
 
 #[test]
-fn crossentropy_forward_matches_reference() {
+fn crossentropy_matches_reference() {
     let cpu = CpuBackend::<f32>::new();
-    let (n, v) = (13, 29);
+    let shape @ Logits { n, v } = Logits { n: 13, v: 29 };
     let logits: Vec<f32> = random(n * v, 6).iter().map(|x| 3.0 * x).collect();
     let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7) % v as u32).collect();
     let mask: Vec<f32> = (0..n).map(|i| if i % 4 == 0 { 0.0 } else { 1.0 }).collect();
-    let (mut losses, mut probs) = (vec![0.0f32; n], vec![0.0f32; n * v]);
-    cpu.crossentropy_forward(&mut losses, &mut probs, &logits, &targets, &mask, Logits { n, v });
-    let mut want_losses = vec![0.0; n];
-    let mut want_probs = vec![0.0; n * v];
-    for r in 0..n {
-        let z: Vec<f64> = logits[r * v..(r + 1) * v].iter().map(|&x| x as f64).collect();
-        let lse = z.iter().map(|x| x.exp()).sum::<f64>().ln();
-        for j in 0..v {
-            want_probs[r * v + j] = (z[j] - lse).exp();
-        }
-        want_losses[r] = mask[r] as f64 * (lse - z[targets[r] as usize]);
-    }
-    assert_close(&probs, &want_probs, "softmax");
-    assert_close(&losses, &want_losses, "masked loss");
+    let (mut losses, mut probs, mut dlogits) = (vec![0.0f32; n], vec![0.0f32; n * v], vec![0.0f32; n * v]);
+    cpu.crossentropy_forward(&mut losses, &mut probs, &logits, &targets, &mask, shape);
+    let (want_probs, want_losses) = refs::crossentropy_forward(&logits, &targets, &mask, shape);
+    assert_close(&probs, &want_probs, TOL, "softmax");
+    assert_close(&losses, &want_losses, TOL, "masked loss");
+    cpu.crossentropy_backward(&mut dlogits, &probs, &targets, &mask, 0.25, shape);
+    assert_close(&dlogits, &refs::crossentropy_backward(&logits, &targets, &mask, 0.25, shape), TOL, "dlogits");
 }
 
 /// Confident rows: the target's logit 20 to 40 above the rest, so that from
@@ -133,7 +134,7 @@ fn crossentropy_forward_matches_reference() {
 #[test]
 fn crossentropy_keeps_confident_rows() {
     let cpu = CpuBackend::<f32>::new();
-    let (n, v) = (6, 50);
+    let shape @ Logits { n, v } = Logits { n: 6, v: 50 };
     let mut logits = random(n * v, 12);
     let targets: Vec<u32> = (0..n as u32).map(|i| (i * 13) % v as u32).collect();
     for r in 0..n {
@@ -141,85 +142,105 @@ fn crossentropy_keeps_confident_rows() {
     }
     let mask = vec![1.0f32; n];
     let (mut losses, mut probs, mut dlogits) = (vec![0.0f32; n], vec![0.0f32; n * v], vec![0.0f32; n * v]);
-    cpu.crossentropy_forward(&mut losses, &mut probs, &logits, &targets, &mask, Logits { n, v });
-    cpu.crossentropy_backward(&mut dlogits, &probs, &targets, &mask, 1.0, Logits { n, v });
+    cpu.crossentropy_forward(&mut losses, &mut probs, &logits, &targets, &mask, shape);
+    cpu.crossentropy_backward(&mut dlogits, &probs, &targets, &mask, 1.0, shape);
+    let (_, want_losses) = refs::crossentropy_forward(&logits, &targets, &mask, shape);
+    let want_dlogits = refs::crossentropy_backward(&logits, &targets, &mask, 1.0, shape);
     for r in 0..n {
-        let t = targets[r] as usize;
-        let z = &logits[r * v..(r + 1) * v];
-        let others: f64 = (0..v).filter(|&j| j != t).map(|j| (z[j] as f64 - z[t] as f64).exp()).sum();
-        let (loss, dt) = (others.ln_1p(), -others / (1.0 + others));
-        assert!(
-            r == 0 || probs[r * v + t] == 1.0,
-            "row {r}: p_target {} should round to 1 in float32",
-            probs[r * v + t]
-        );
-        let loss_err = (losses[r] as f64 - loss).abs() / loss;
-        let grad_err = (dlogits[r * v + t] as f64 - dt).abs() / dt.abs();
-        assert!(loss_err < 1e-5, "row {r}: loss {} against {loss:e} (relative {loss_err:e})", losses[r]);
-        assert!(
-            grad_err < 1e-5,
-            "row {r}: target gradient {} against {dt:e} (relative {grad_err:e})",
-            dlogits[r * v + t]
-        );
+        let t = r * v + targets[r] as usize;
+        assert!(r == 0 || probs[t] == 1.0, "row {r}: p_target {} should round to 1 in float32", probs[t]);
+        let loss = f64::from(losses[r]) / want_losses[r];
+        assert_close(&[loss], &[1.0], 1e-5, &format!("row {r}: loss relative to the reference"));
+        let grad = f64::from(dlogits[t]) / want_dlogits[t];
+        assert_close(&[grad], &[1.0], 1e-5, &format!("row {r}: target gradient relative to the reference"));
     }
 }
 
 #[test]
-fn encoder_and_elementwise_ops_match_reference() {
+fn encoder_matches_reference() {
     let cpu = CpuBackend::<f32>::new();
     let (v, t, c, rows) = (7, 5, 6, 3);
+    let shape @ Sequences { n, .. } = Sequences { n: rows * t, t, c };
     let params = random(v * c + t * c, 7);
-    let tokens: Vec<u32> = (0..(rows * t) as u32).map(|i| (i * 3) % v as u32).collect();
-    let mut out = vec![0.0f32; rows * t * c];
-    let emb = Embeddings { wte: View { offset: 0, len: v * c }, wpe: View { offset: v * c, len: t * c } };
-    cpu.encoder_forward(&mut out, &tokens, &params, emb, Sequences { n: rows * t, t, c });
-    let want: Vec<f64> = (0..rows * t * c)
-        .map(|i| {
-            let (n, j) = (i / c, i % c);
-            params[tokens[n] as usize * c + j] as f64 + params[v * c + (n % t) * c + j] as f64
-        })
-        .collect();
-    assert_close(&out, &want, "encoder");
+    let (wte, wpe) = (View { offset: 0, len: v * c }, View { offset: v * c, len: t * c });
+    let tokens: Vec<u32> = (0..n as u32).map(|i| (i * 3) % v as u32).collect();
+    let mut out = vec![0.0f32; n * c];
+    cpu.encoder_forward(&mut out, &tokens, &params, Embeddings { wte, wpe }, shape);
+    let want = refs::encoder_forward(&tokens, &params[wte.range()], &params[wpe.range()], shape);
+    assert_close(&out, &want, EXACT, "encoder_forward");
 
-    // Activations and the residual add, each with the bias of the product
-    // before it (params: one row of F), over N rows of F.
+    let dout = random(n * c, 11);
+    let mut grads = random(params.len(), 14);
+    let grads0 = grads.clone();
+    cpu.encoder_backward(&mut grads, Embeddings { wte, wpe }, &dout, &tokens, shape);
+    let (dwte, dwpe) = refs::encoder_backward(&dout, &tokens, v, shape);
+    assert_close(&grads[wte.range()], &accumulated(&grads0[wte.range()], &dwte), TOL, "encoder_backward wte");
+    assert_close(&grads[wpe.range()], &accumulated(&grads0[wpe.range()], &dwpe), TOL, "encoder_backward wpe");
+}
+
+/// Activations and the residual add, each with the bias of the product
+/// before it (params: one row of F), over N rows of F; dropout's backward.
+#[test]
+fn elementwise_ops_match_reference() {
+    let cpu = CpuBackend::<f32>::new();
     let (rows, f) = (25, 40);
-    let x = random(rows * f, 8);
+    let (x, dout, branch) = (random(rows * f, 8), random(rows * f, 15), random(rows * f, 9));
     let bias = random(f, 10);
     let bv = View { offset: 0, len: f };
-    let with_bias = |i: usize| x[i] as f64 + bias[i % f] as f64;
-    let mut y = vec![0.0f32; rows * f];
-    cpu.activation_forward(&mut y, &x, &bias, bv, rows, Activation::Gelu);
-    let s = (2.0 / std::f64::consts::PI).sqrt();
-    let want: Vec<f64> = (0..rows * f)
-        .map(|i| {
-            let x = with_bias(i);
-            0.5 * x * (1.0 + (s * (x + 0.044715 * x * x * x)).tanh())
-        })
-        .collect();
-    assert_close(&y, &want, "gelu");
-    cpu.activation_forward(&mut y, &x, &bias, bv, rows, Activation::Relu);
-    assert_close(&y, &(0..rows * f).map(|i| with_bias(i).max(0.0)).collect::<Vec<_>>(), "relu");
-
-    // Residual (in place over the branch) with dropout: every element is
-    // either x or x + (branch + b)/(1-p), and about p of them are dropped.
-    let branch = random(rows * f, 9);
-    let drop = Dropout { p: 0.25, key: 99 };
-    y.copy_from_slice(&branch);
-    cpu.residual_forward(&mut y, &x, &bias, bv, rows, drop);
-    let mut dropped = 0;
-    for i in 0..rows * f {
-        let added = branch[i] as f64 + bias[i % f] as f64;
-        if y[i] == x[i] && added != 0.0 {
-            dropped += 1;
-        } else {
-            assert!(((y[i] - x[i]) as f64 - added / 0.75).abs() < 1e-5, "residual[{i}]");
-        }
+    for (act, tol) in [(Activation::Gelu, TOL), (Activation::Relu, EXACT)] {
+        let mut y = vec![0.0f32; rows * f];
+        cpu.activation_forward(&mut y, &x, &bias, bv, rows, act);
+        assert_close(&y, &refs::activation_forward(&x, &bias, act), tol, &format!("{act:?} forward"));
+        let mut db = random(f, 16);
+        let db0 = db.clone();
+        let grad = Backprop { dinp: &mut y, dout: &dout, inp: &x };
+        cpu.activation_backward(grad, Params { values: &bias, grads: &mut db }, bv, rows, act);
+        let want = refs::activation_backward(&dout, &x, &bias, act);
+        assert_close(&y, &want, tol, &format!("{act:?} backward"));
+        assert_close(&db, &accumulated(&db0, &refs::column_sums(&want, f)), TOL, &format!("{act:?} bias gradient"));
     }
-    assert!((200..300).contains(&dropped), "dropped {dropped} of 1000 at p = 0.25");
-    y.copy_from_slice(&branch);
-    cpu.residual_forward(&mut y, &x, &bias, bv, rows, Dropout::OFF);
-    assert_close(&y, &(0..rows * f).map(|i| with_bias(i) + branch[i] as f64).collect::<Vec<_>>(), "residual");
+
+    // The residual, in place over the branch, and dropout's backward; about
+    // p of the elements are dropped.
+    for dropout in [Dropout::OFF, Dropout { p: 0.25, key: 99 }] {
+        let mut y = branch.clone();
+        cpu.residual_forward(&mut y, &x, &bias, bv, rows, dropout);
+        let want = refs::residual_forward(&x, &branch, &bias, dropout);
+        assert_close(&y, &want, EXACT, &format!("residual_forward p{}", dropout.p));
+        cpu.dropout_backward(&mut y, &dout, dropout);
+        assert_close(&y, &refs::dropout_backward(&dout, dropout), EXACT, &format!("dropout_backward p{}", dropout.p));
+        let dropped = (0..rows * f).filter(|&i| dropout.factor::<f32>(i) == 0.0).count();
+        let expected = (dropout.p * (rows * f) as f64) as usize;
+        assert!(dropped.abs_diff(expected) < 50, "dropped {dropped} of {} at p = {}", rows * f, dropout.p);
+    }
+}
+
+#[test]
+fn sum_squares_and_adamw_match_reference() {
+    let cpu = CpuBackend::<f32>::new();
+    for n in [1, 100, 40_000] {
+        let x = random(n, 17);
+        assert_close(&[cpu.sum_squares(&x)], &[refs::sum_squares(&x)], 1e-9, &format!("sum_squares n{n}"));
+    }
+    // Two groups with different weight decays.
+    let n = 777;
+    let (mut p, grads, mut m) = (random(n, 18), random(n, 19), random(n, 20));
+    let mut v: Vec<f32> = random(n, 21).iter().map(|x| 0.1 * x.abs()).collect();
+    let (p0, m0, v0) = (p.clone(), m.clone(), v.clone());
+    let groups = [(View { offset: 0, len: 500 }, 0.1), (View { offset: 500, len: 277 }, 0.0)];
+    let hp = AdamW { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, t: 3, grad_scale: 0.5 };
+    let decay_groups = groups.map(|(view, weight_decay)| DecayGroup { view, weight_decay });
+    cpu.adamw_update(&mut p, &grads, &mut m, &mut v, &decay_groups, hp);
+    for (view, weight_decay) in groups {
+        let r = view.range();
+        let k = refs::AdamWConstants::of(hp, weight_decay);
+        let [want_p, want_m, want_v] =
+            refs::adamw_update(&p0[r.clone()], &grads[r.clone()], &m0[r.clone()], &v0[r.clone()], &k);
+        let what = format!("adamw weight decay {weight_decay}");
+        assert_close(&p[r.clone()], &want_p, EXACT, &format!("{what} params"));
+        assert_close(&m[r.clone()], &want_m, EXACT, &format!("{what} m"));
+        assert_close(&v[r], &want_v, EXACT, &format!("{what} v"));
+    }
 }
 
 /// The bits of each buffer, for exact comparisons.

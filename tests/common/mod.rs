@@ -1,6 +1,9 @@
-//! Helpers shared by the integration tests: running the real `ebb` binary.
+//! Helpers shared by the integration tests: running the real `ebb` binary;
+//! the ops' f64 references (`reference`).
 
 #![allow(dead_code)]
+
+pub mod reference;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
