@@ -77,19 +77,21 @@ fn kernels_compile_for_sm80_and_sm90() {
 /// another, a block's threads as real threads, barriers for `__syncthreads`
 /// and the warp shuffles) against double-precision references at shapes
 /// that are not multiples of any tile: the kernels' indexing, reductions,
-/// causal masks and dropout, checked with no GPU. Needs a C++20 compiler;
-/// skips without one, except under CI=true.
+/// causal masks and dropout, checked with no GPU. The kernels get the
+/// constants they share with the host as NVRTC gives them (the same
+/// `compile::defines()`). Needs a C++20 compiler; skips without one, except
+/// under CI=true.
 #[test]
 fn kernels_match_f64_references_on_the_cpu_emulator() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let exe = tempfile::tempdir().unwrap();
     let bin = exe.path().join("ebb-emu");
-    let built = match std::process::Command::new("g++")
-        .args(["-std=c++20", "-O1", "-pthread", "-ffp-contract=off", "-Ikernels", "kernels/emu/check.cpp", "-o"])
-        .arg(&bin)
-        .current_dir(root)
-        .output()
-    {
+    let mut args: Vec<String> =
+        ["-std=c++20", "-O1", "-pthread", "-ffp-contract=off", "-Ikernels"].map(String::from).to_vec();
+    args.extend(compile::defines());
+    args.extend(["kernels/emu/check.cpp".to_string(), "-o".to_string(), bin.display().to_string()]);
+    eprintln!("g++ {}", args.join(" "));
+    let built = match std::process::Command::new("g++").args(&args).current_dir(root).output() {
         Err(e) => {
             assert!(!env_is("CI", "true"), "g++ is required under CI=true: {e}");
             eprintln!("skipped: no g++ ({e})");
@@ -103,6 +105,29 @@ fn kernels_match_f64_references_on_the_cpu_emulator() {
     eprintln!("{report}");
     assert!(run.status.success() && report.trim_end().ends_with("all ok"), "{report}");
     assert!(!report.contains("FAIL"), "{report}");
+}
+
+/// Without the shared constants the kernels do not compile: a copy of a
+/// constant cannot creep back in as a default. (The C++ compiler stands in
+/// for NVRTC, which `compile` always gives the defines.)
+#[test]
+fn kernels_refuse_to_compile_without_the_shared_constants() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = match std::process::Command::new("g++")
+        .args(["-std=c++20", "-fsyntax-only", "-Ikernels", "kernels/emu/check.cpp"])
+        .current_dir(root)
+        .output()
+    {
+        Err(e) => {
+            assert!(!env_is("CI", "true"), "g++ is required under CI=true: {e}");
+            eprintln!("skipped: no g++ ({e})");
+            return;
+        }
+        Ok(o) => o,
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the kernels compiled without the defines");
+    assert!(stderr.contains("compile the kernels with cuda::compile::defines()"), "{stderr}");
 }
 
 #[test]

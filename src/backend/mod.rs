@@ -21,6 +21,36 @@ pub mod profiled;
 
 use crate::float::Float;
 
+// Constants the backends and the kernels must agree on, defined here once.
+// The CPU and CUDA backends use them by name; the kernels get them as NVRTC
+// defines (`cuda::compile::defines`), as does the kernels' C++ emulation in
+// the tests, and `kernels/common.cuh` refuses to compile without them.
+
+/// Rows per block of the fixed-order sums over rows (bias and LayerNorm
+/// parameter gradients): each block's rows are summed in order into a
+/// partial, then the partials in block order. Both backends cut the rows
+/// alike, so their bias gradients are the same bits.
+pub const ROWS_PER_SUM_BLOCK: usize = 64;
+/// Elements per partial sum of `sum_squares` (the global gradient norm):
+/// each chunk is summed on its own, then the chunks' sums in order.
+pub const SUM_SQUARES_CHUNK: usize = 1 << 14;
+/// Threads per block of every CUDA kernel launch.
+pub const THREADS_PER_BLOCK: usize = 256;
+/// Rows per block of the CUDA row-wise kernels, one warp (32 threads) per row.
+pub const WARPS_PER_BLOCK: usize = THREADS_PER_BLOCK / 32;
+/// Output tile (rows and columns) of one block of the CUDA `matmul` kernel.
+pub const MATMUL_TILE: usize = 64;
+
+/// The shared constants the kernels use, by name: each reaches NVRTC (and
+/// the emulation check's C++ compiler) as `-DNAME=value`.
+pub const KERNEL_CONSTANTS: [(&str, usize); 5] = [
+    ("ROWS_PER_SUM_BLOCK", ROWS_PER_SUM_BLOCK),
+    ("SUM_SQUARES_CHUNK", SUM_SQUARES_CHUNK),
+    ("THREADS_PER_BLOCK", THREADS_PER_BLOCK),
+    ("WARPS_PER_BLOCK", WARPS_PER_BLOCK),
+    ("MATMUL_TILE", MATMUL_TILE),
+];
+
 /// Whether the CUDA driver library can be loaded on this machine. cudarc
 /// panics when asked to open a context without it, so ask this first.
 pub fn cuda_driver_present() -> bool {

@@ -23,21 +23,13 @@ use cudarc::driver::{
 };
 
 use super::{
-    Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
-    Params, Product, Rows, Sequences, View,
+    Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits,
+    MATMUL_TILE, NormStats, Params, Product, ROWS_PER_SUM_BLOCK, Rows, SUM_SQUARES_CHUNK, Sequences, THREADS_PER_BLOCK,
+    View, WARPS_PER_BLOCK,
 };
 
-/// Threads per block for element-wise and row-per-warp kernels.
-const BLOCK: u32 = 256;
-/// Rows (one per warp) per block in row-wise kernels: kernels' WARPS_PER_BLOCK.
-const WARPS_PER_BLOCK: u32 = 8;
-/// Rows per partial in the fixed-order parameter-gradient sums: the CPU's
-/// ROWS_PER_SUM_BLOCK, so bias gradients add in the CPU's order.
-const ROWS_PER_PARTIAL: usize = 64;
-/// Elements per partial of `sum_squares` (the CPU's chunk size).
-const SUM_SQUARES_CHUNK: usize = 1 << 14;
-/// Output tile of the `matmul` kernel (TILE in matmul.cu).
-const MATMUL_TILE: usize = 64;
+/// Threads per block of every launch (the kernels' THREADS_PER_BLOCK).
+const BLOCK: u32 = THREADS_PER_BLOCK as u32;
 
 /// A buffer on the device: `len` elements (at least one is allocated, as
 /// the driver refuses empty allocations).
@@ -175,7 +167,7 @@ fn elementwise(n: usize) -> LaunchConfig {
 /// One warp per row of `rows`.
 fn warp_per_row(rows: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (rows.div_ceil(WARPS_PER_BLOCK as usize) as u32, 1, 1),
+        grid_dim: (rows.div_ceil(WARPS_PER_BLOCK) as u32, 1, 1),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     }
@@ -296,13 +288,13 @@ impl CudaBackend {
         self.ptr(scratch.attention_grads.as_ref().expect("just allocated"), 0)
     }
 
-    /// out (W) += Σ rows of x (N,W), in row blocks of ROWS_PER_PARTIAL then
+    /// out (W) += Σ rows of x (N,W), in row blocks of ROWS_PER_SUM_BLOCK then
     /// block order (the CPU's add_block_sums order): column_partials, sum_partials.
     fn add_column_sums(&self, out: u64, x: u64, n: usize, width: usize) {
-        let blocks = n.div_ceil(ROWS_PER_PARTIAL);
+        let blocks = n.div_ceil(ROWS_PER_SUM_BLOCK);
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let partial = self.partials(&mut scratch, blocks * width);
-        let (ni, wi, rows) = (int(n, "rows"), int(width, "width"), ROWS_PER_PARTIAL as i32);
+        let (ni, wi, rows) = (int(n, "rows"), int(width, "width"), ROWS_PER_SUM_BLOCK as i32);
         launch!(self, "column_partials", per_block_column(blocks, width), &partial, &x, &ni, &wi, &rows);
         let bi = int(blocks, "blocks");
         launch!(self, "sum_partials", elementwise(width), &out, &partial, &bi, &wi, &wi);
@@ -326,7 +318,7 @@ impl CudaBackend {
     ) {
         let cfg = LaunchConfig {
             grid_dim: (n.div_ceil(MATMUL_TILE) as u32, m.div_ceil(MATMUL_TILE) as u32, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
         let (a_rs, a_cs, b_rs, b_cs) = (a_strides.0 as i64, a_strides.1 as i64, b_strides.0 as i64, b_strides.1 as i64);
@@ -550,10 +542,10 @@ impl Backend for CudaBackend {
         let (ni, ci, acc) = (int(n, "n"), int(c, "c"), accumulate as i32);
         launch!(self, "layernorm_backward", warp_per_row(n), &di, &acc, &d, &x, &wp, &m, &r, &ni, &ci);
 
-        let blocks = n.div_ceil(ROWS_PER_PARTIAL);
+        let blocks = n.div_ceil(ROWS_PER_SUM_BLOCK);
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let partial = self.partials(&mut scratch, blocks * 2 * c);
-        let rows = ROWS_PER_PARTIAL as i32;
+        let rows = ROWS_PER_SUM_BLOCK as i32;
         launch!(
             self,
             "layernorm_backward_partials",
@@ -876,7 +868,7 @@ impl Backend for CudaBackend {
         }
         let squares = scratch.squares.as_ref().expect("just allocated");
         let (out, x, n, chunk) = (self.ptr(squares, 0), self.ptr(buf, 0), buf.len as i64, SUM_SQUARES_CHUNK as i32);
-        let cfg = LaunchConfig { grid_dim: (chunks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig { grid_dim: (chunks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         launch!(self, "sum_squares", cfg, &out, &x, &n, &chunk);
         let Scratch { squares, host_squares, .. } = &mut *scratch;
         let view = squares.as_ref().expect("allocated above").data.slice(0..chunks);
