@@ -496,6 +496,10 @@ impl<F: Float> Backend for CpuBackend<F> {
         "cpu".to_string()
     }
 
+    fn check(&self) -> crate::error::Result<()> {
+        Ok(())
+    }
+
     fn alloc(&self, len: usize) -> Vec<F> {
         let buf = vec![F::zero(); len];
         advise_huge_pages(&buf);
