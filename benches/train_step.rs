@@ -7,6 +7,6 @@ use ebb::bench;
 fn main() {
     let backend = CpuBackend::<f32>::new();
     for cfg in &bench::CONFIGS {
-        println!("{}", bench::run(&backend, cfg, 5, 30).line());
+        println!("{}", bench::run(&backend, cfg, 5, 30).expect("the bench runs").line());
     }
 }

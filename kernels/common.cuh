@@ -7,6 +7,18 @@
 // every sum runs in a fixed order, so two runs give the same bits.
 #pragma once
 
+// Constants shared with the host code come as defines (-DNAME=value), made
+// from one list in Rust (backend::KERNEL_CONSTANTS, via
+// cuda::compile::defines): the CUDA backend passes them to NVRTC and the
+// emulation check (tests/cuda.rs) to g++. Without them nothing compiles.
+#if !defined(THREADS_PER_BLOCK) || !defined(WARPS_PER_BLOCK) || !defined(MATMUL_TILE) || \
+    !defined(ROWS_PER_SUM_BLOCK) || !defined(SUM_SQUARES_CHUNK)
+#error "compile the kernels with cuda::compile::defines() (THREADS_PER_BLOCK, WARPS_PER_BLOCK, MATMUL_TILE, ROWS_PER_SUM_BLOCK, SUM_SQUARES_CHUNK)"
+#endif
+// Row-wise kernels give each row one warp, WARPS_PER_BLOCK rows to a block
+// of THREADS_PER_BLOCK threads.
+static_assert(WARPS_PER_BLOCK * 32 == THREADS_PER_BLOCK, "one warp per row fills a block");
+
 typedef unsigned int u32;
 typedef unsigned long long u64;
 typedef long long i64;
@@ -43,6 +55,3 @@ __device__ __forceinline__ float warp_max(float x) {
     for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
     return x;
 }
-
-// Row-wise kernels give each row one warp, WARPS_PER_BLOCK rows to a block.
-#define WARPS_PER_BLOCK 8

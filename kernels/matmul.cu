@@ -2,9 +2,10 @@
 // fp32 accumulation, tiled through shared memory.
 #include "common.cuh"
 
-#define TILE 64   // output tile: TILE x TILE per block
-#define TK 16     // reduction slice staged in shared memory per step
-#define MICRO 4   // each of the 16x16 threads computes MICRO x MICRO outputs
+#define TILE MATMUL_TILE // output tile: TILE x TILE per block
+#define TK 16             // reduction slice staged in shared memory per step
+#define MICRO 4           // each of the 16x16 threads computes MICRO x MICRO outputs
+static_assert(THREADS_PER_BLOCK == 256 && TILE == 16 * MICRO, "matmul: 16x16 threads, MICRO x MICRO outputs each");
 
 // out (M,N) (+)= A (M,K) · B (K,N) [+ bias (N)], out row-major (row stride N).
 // A(i,k) = a[i*a_rs + k*a_cs] and B(k,j) = b[k*b_rs + j*b_cs], so one kernel
@@ -12,7 +13,7 @@
 //   forward   out (N,OC)  = inp (N,C) · w (OC,C)ᵀ + b   a = inp (C,1),  b = w (1,C)
 //   backward  dinp (N,C) (+)= dout (N,OC) · w (OC,C)    a = dout (OC,1), b = w (C,1)
 //   backward  dw (OC,C)  += dout (N,OC)ᵀ · inp (N,C)    a = dout (1,OC), b = inp (C,1)
-// Grid (ceil(N / TILE), ceil(M / TILE)), 256 threads. Each output is one
+// Grid (ceil(N / TILE), ceil(M / TILE)), 256 (THREADS_PER_BLOCK) threads. Each output is one
 // thread's sum over k in increasing order, so the result has fixed bits.
 extern "C" __global__ void matmul(float* out, const float* a, i64 a_rs, i64 a_cs, const float* b, i64 b_rs, i64 b_cs,
                                   const float* bias, int has_bias, int m, int n, int k, int accumulate) {
@@ -28,13 +29,13 @@ extern "C" __global__ void matmul(float* out, const float* a, i64 a_rs, i64 a_cs
     for (int k0 = 0; k0 < k; k0 += TK) {
         // Stage the slices; consecutive threads read consecutive addresses
         // whichever of the two strides is the unit one.
-        for (int e = tid; e < TILE * TK; e += 256) {
+        for (int e = tid; e < TILE * TK; e += THREADS_PER_BLOCK) {
             int i, kk;
             if (a_cs == 1) { i = e / TK; kk = e % TK; } else { kk = e / TILE; i = e % TILE; }
             int gi = i0 + i, gk = k0 + kk;
             as[kk][i] = (gi < m && gk < k) ? a[gi * a_rs + gk * a_cs] : 0.0f;
         }
-        for (int e = tid; e < TILE * TK; e += 256) {
+        for (int e = tid; e < TILE * TK; e += THREADS_PER_BLOCK) {
             int j, kk;
             if (b_cs == 1) { kk = e / TILE; j = e % TILE; } else { j = e / TK; kk = e % TK; }
             int gj = j0 + j, gk = k0 + kk;

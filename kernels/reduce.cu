@@ -5,7 +5,8 @@
 #include "common.cuh"
 
 // partial (blocks, W): partial[k, j] = Σ x[row, j] over the rows of block k,
-// rows [k*rows_per_block, …) ∩ [0, N), in order; x (N,W).
+// rows [k*rows_per_block, …) ∩ [0, N), in order; x (N,W); rows_per_block
+// is ROWS_PER_SUM_BLOCK, as the CPU twin's (add_block_sums).
 // Grid (blocks, ceil(W / blockDim)); one thread per (block, column).
 extern "C" __global__ void column_partials(float* partial, const float* x, int n, int width, int rows_per_block) {
     int j = blockIdx.y * blockDim.x + threadIdx.x;
@@ -30,10 +31,12 @@ extern "C" __global__ void sum_partials(float* out, const float* partial, int bl
 
 // partial (ceil(N / chunk)) = Σ x² over each chunk of `chunk` elements of
 // x (N), in double: each thread sums a strided slice in order, then a
-// fixed shared-memory tree combines the block's 256 threads. The host adds
-// the partials in order. blockDim must be 256.
+// fixed shared-memory tree combines the block's THREADS_PER_BLOCK threads.
+// The host adds the partials in order; chunk is SUM_SQUARES_CHUNK, as the
+// CPU twin's. blockDim must be THREADS_PER_BLOCK, a power of two.
+static_assert((THREADS_PER_BLOCK & (THREADS_PER_BLOCK - 1)) == 0, "sum_squares: a tree over a power of two");
 extern "C" __global__ void sum_squares(double* partial, const float* x, i64 n, int chunk) {
-    __shared__ double sh[256];
+    __shared__ double sh[THREADS_PER_BLOCK];
     i64 start = (i64)blockIdx.x * chunk;
     i64 end = min(start + (i64)chunk, n);
     double s = 0.0;
@@ -43,7 +46,7 @@ extern "C" __global__ void sum_squares(double* partial, const float* x, i64 n, i
     }
     sh[threadIdx.x] = s;
     __syncthreads();
-    for (unsigned half = 128; half > 0; half >>= 1) {
+    for (unsigned half = THREADS_PER_BLOCK / 2; half > 0; half >>= 1) {
         if (threadIdx.x < half) sh[threadIdx.x] += sh[threadIdx.x + half];
         __syncthreads();
     }

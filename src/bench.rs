@@ -11,6 +11,7 @@ use std::time::Instant;
 use crate::backend::{Activation, Backend};
 use crate::config::TrainConfig;
 use crate::data::Batch;
+use crate::error::Result;
 use crate::model::{Gpt, ModelShape, Norm};
 use crate::rng;
 use crate::train::{Trainer, fingerprint};
@@ -109,8 +110,9 @@ impl BenchResult {
 }
 
 /// Trains `cfg` on random tokens: `warmup` untimed steps, then `steps` timed
-/// ones; reports the median step.
-pub fn run<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, steps: usize) -> BenchResult {
+/// ones; reports the median step. A device failure (or, unexpectedly on
+/// random tokens, a divergence) is the error.
+pub fn run<B: Backend>(backend: &B, cfg: &BenchConfig, warmup: usize, steps: usize) -> Result<BenchResult> {
     run_with(backend, cfg, warmup, steps, || {})
 }
 
@@ -137,7 +139,7 @@ fn run_with<B: Backend>(
     warmup: usize,
     steps: usize,
     after_warmup: impl FnOnce(),
-) -> BenchResult {
+) -> Result<BenchResult> {
     assert!(steps > 0, "at least one timed step");
     let shape = cfg.shape();
     let (mut trainer, batch) = bench_trainer(backend, cfg, warmup + steps);
@@ -149,7 +151,7 @@ fn run_with<B: Backend>(
             after_warmup.take().expect("called once")();
         }
         let t0 = Instant::now();
-        trainer.step(backend, &batch, step as u64).expect("random-token training stays finite");
+        trainer.step(backend, &batch, step as u64)?;
         if step >= warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -157,7 +159,9 @@ fn run_with<B: Backend>(
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let tokens = cfg.batch * cfg.ctx;
-    BenchResult {
+    let fingerprint = fingerprint(backend, &trainer.model);
+    backend.check()?;
+    Ok(BenchResult {
         config: cfg.name,
         dropout: cfg.dropout,
         device: backend.name(),
@@ -168,8 +172,8 @@ fn run_with<B: Backend>(
         best_ms_per_step: times[0] * 1e3,
         tokens_per_s: tokens as f64 / median,
         gflops: shape.train_flops(n_params, cfg.batch, cfg.ctx) / median / 1e9,
-        fingerprint: fingerprint(backend, &trainer.model),
-    }
+        fingerprint,
+    })
 }
 
 /// The step's share of the f32 FMA peak with each measurement beside its
@@ -185,30 +189,30 @@ pub fn shares_beside_fma_peak<B: Backend>(
     warmup: usize,
     rounds: usize,
     steps: usize,
-) -> Vec<f64> {
+) -> Result<Vec<f64>> {
     assert!(rounds > 0 && steps > 0, "at least one round of one step");
     let (mut trainer, batch) = bench_trainer(backend, cfg, warmup + rounds * steps);
     let flops = cfg.shape().train_flops(trainer.model.n_params(), cfg.batch, cfg.ctx);
     let mut step = 0u64;
-    let mut take_step = |trainer: &mut Trainer<B>| {
+    let mut take_step = |trainer: &mut Trainer<B>| -> Result<f64> {
         let t0 = Instant::now();
-        trainer.step(backend, &batch, step).expect("random-token training stays finite");
+        trainer.step(backend, &batch, step)?;
         step += 1;
-        t0.elapsed().as_secs_f64()
+        Ok(t0.elapsed().as_secs_f64())
     };
     for _ in 0..warmup {
-        take_step(&mut trainer);
+        take_step(&mut trainer)?;
     }
     let mut shares: Vec<f64> = (0..rounds)
         .map(|_| {
             let peak = ceilings::fma_rate();
-            let mut times: Vec<f64> = (0..steps).map(|_| take_step(&mut trainer)).collect();
+            let mut times: Vec<f64> = (0..steps).map(|_| take_step(&mut trainer)).collect::<Result<_>>()?;
             times.sort_by(f64::total_cmp);
-            flops / times[steps / 2] / 1e9 / peak
+            Ok(flops / times[steps / 2] / 1e9 / peak)
         })
-        .collect();
+        .collect::<Result<_>>()?;
     shares.sort_by(f64::total_cmp);
-    shares
+    Ok(shares)
 }
 
 /// Time per op over `steps` steps after `warmup`: (op, ms per step, calls
@@ -218,16 +222,16 @@ pub fn breakdown<B: Backend>(
     cfg: &BenchConfig,
     warmup: usize,
     steps: usize,
-) -> Vec<(&'static str, f64, u64)> {
+) -> Result<Vec<(&'static str, f64, u64)>> {
     let profiled = crate::backend::profiled::Profiled::new(backend);
-    run_with(&profiled, cfg, warmup, steps, || profiled.reset());
+    run_with(&profiled, cfg, warmup, steps, || profiled.reset())?;
     let mut rows: Vec<_> = profiled
         .totals()
         .into_iter()
         .map(|(name, secs, calls)| (name, secs * 1e3 / steps as f64, calls / steps as u64))
         .collect();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-    rows
+    Ok(rows)
 }
 
 /// Median milliseconds to fill one training batch of `rows` × `ctx` from

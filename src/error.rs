@@ -15,6 +15,12 @@ pub enum Error {
     /// Another process holds the run directory (`holder`: its pid and host).
     /// Exit code 3, so that a caller can tell "busy" from "failed".
     Busy { dir: PathBuf, holder: String },
+    /// The device failed while working: out of memory, a driver or kernel
+    /// error (`Backend::check`). The message is one line and says what failed.
+    /// Exit code 1, as for a diverged run: the input was valid and the work
+    /// was tried; it is the run that failed, not the request (exit code 2 says
+    /// "fix the command or the config", which would mislead here).
+    Device(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -72,7 +78,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Input(_) | Error::Io { .. } => 2,
-            Error::Diverged { .. } => 1,
+            Error::Diverged { .. } | Error::Device(_) => 1,
             Error::Busy { .. } => Error::BUSY_EXIT_CODE,
         }
     }
@@ -84,6 +90,7 @@ impl fmt::Display for Error {
             Error::Input(msg) => f.write_str(msg),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Diverged { step, what } => write!(f, "diverged at step {step}: {what}"),
+            Error::Device(msg) => f.write_str(msg),
             Error::Busy { dir, holder } => {
                 write!(f, "{}: in use by another ebb process ({holder}); wait for it or stop it", dir.display())
             }

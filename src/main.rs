@@ -254,13 +254,6 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    // CUDA failures become one-line errors (`gpu_guard`): keep the panic report for real bugs.
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if !panic_message(info.payload()).starts_with(CUDA_FAILURE) {
-            report(info)
-        }
-    }));
     let cli = Cli::parse();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -316,33 +309,6 @@ fn train_on<B: Backend>(
     run.train(quiet)
 }
 
-/// The prefix of a CUDA backend failure inside an op: the Backend trait has
-/// no error path, so the backend panics with it and `gpu_guard` turns that
-/// panic back into a one-line error.
-const CUDA_FAILURE: &str = ebb::backend::cuda::FAILURE;
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| payload.downcast_ref::<&str>().copied())
-        .unwrap_or("")
-}
-
-/// Runs GPU work, turning a CUDA failure inside an op (out of memory, a
-/// shape a kernel cannot take, a driver error) into an error; any other
-/// panic stays a panic.
-fn gpu_guard<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|payload| {
-        let msg = panic_message(&*payload);
-        if msg.starts_with(CUDA_FAILURE) {
-            Err(Error::input(msg.to_string()))
-        } else {
-            std::panic::resume_unwind(payload)
-        }
-    })
-}
-
 /// Trains `cfg` into `out` (from `ckpt` when given) and prints the outcome.
 fn train(
     experiment: &Experiment,
@@ -359,7 +325,7 @@ fn train(
             if !quiet {
                 eprintln!("device: cuda, {}; run directory {}", gpu.describe(), out.display());
             }
-            gpu_guard(|| pool.install(|| train_on(&*gpu, experiment, out, quiet, ckpt)))
+            pool.install(|| train_on(&*gpu, experiment, out, quiet, ckpt))
         }
         Chosen::Cpu(why) => {
             if !quiet {
@@ -574,8 +540,8 @@ fn dispatch(command: Command) -> Result<()> {
             };
             for c in &configs {
                 let r = match &device {
-                    Chosen::Gpu(gpu) => gpu_guard(|| Ok(bench::run(&**gpu, c, warmup, steps)))?,
-                    Chosen::Cpu(_) => pool.install(|| bench::run(&backend, c, warmup, steps)),
+                    Chosen::Gpu(gpu) => bench::run(&**gpu, c, warmup, steps)?,
+                    Chosen::Cpu(_) => pool.install(|| bench::run(&backend, c, warmup, steps))?,
                 };
                 println!("{}", if json { r.json() } else { r.line() });
                 if let Some(suite) = &suite {
@@ -599,9 +565,11 @@ fn dispatch(command: Command) -> Result<()> {
                             // A fresh GPU backend that waits for each op, so each is timed.
                             let gpu = CudaBackend::new().map_err(|e| Error::input(format!("--device cuda: {e}")))?;
                             gpu.set_synchronous(true);
-                            gpu_guard(|| Ok(bench::breakdown(gpu, c, warmup, steps)))?
+                            bench::breakdown(gpu, c, warmup, steps)?
                         }
-                        Chosen::Cpu(_) => pool.install(|| bench::breakdown(CpuBackend::<f32>::new(), c, warmup, steps)),
+                        Chosen::Cpu(_) => {
+                            pool.install(|| bench::breakdown(CpuBackend::<f32>::new(), c, warmup, steps))?
+                        }
                     };
                     let total: f64 = rows.iter().map(|r| r.1).sum();
                     for (op, ms, calls) in rows {
@@ -616,7 +584,7 @@ fn dispatch(command: Command) -> Result<()> {
                     }
                 }
                 if ceilings {
-                    let report = pool.install(|| bench::ceilings::report(c, &r, steps));
+                    let report = pool.install(|| bench::ceilings::report(c, &r, steps))?;
                     println!("{}", if json { report.json() } else { report.lines() });
                 }
             }

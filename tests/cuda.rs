@@ -76,6 +76,29 @@ fn kernels_compile_for_sm80_and_sm90() {
     }
 }
 
+/// Without the shared constants the kernels do not compile: a copy of a
+/// constant cannot creep back in as a default. (The C++ compiler stands in
+/// for NVRTC, which `compile` always gives the defines.)
+#[test]
+fn kernels_refuse_to_compile_without_the_shared_constants() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = match std::process::Command::new("g++")
+        .args(["-std=c++20", "-fsyntax-only", "-Ikernels", "kernels/emu/check.cpp"])
+        .current_dir(root)
+        .output()
+    {
+        Err(e) => {
+            assert!(!env_is("CI", "true"), "g++ is required under CI=true: {e}");
+            eprintln!("skipped: no g++ ({e})");
+            return;
+        }
+        Ok(o) => o,
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the kernels compiled without the defines");
+    assert!(stderr.contains("compile the kernels with cuda::compile::defines()"), "{stderr}");
+}
+
 #[test]
 fn a_broken_kernel_fails_to_compile_with_its_log() {
     if compile::load_nvrtc().is_err() {
@@ -165,15 +188,18 @@ enum Array<'a> {
 use Array::{F32, U32};
 
 impl Emulator {
-    /// g++ builds the runner; None (with the reason printed) without g++,
-    /// except under CI=true.
+    /// g++ builds the runner, with the shared constants as the defines
+    /// NVRTC gets (`compile::defines()`); None (with the reason printed)
+    /// without g++, except under CI=true.
     fn build() -> Option<Emulator> {
         let dir = tempfile::tempdir().unwrap();
-        let built = match std::process::Command::new("g++")
-            .args(["-std=c++20", "-O1", "-pthread", "-ffp-contract=off", "-Ikernels", "kernels/emu/check.cpp", "-o"])
-            .arg(dir.path().join("ebb-emu"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
+        let mut args: Vec<String> =
+            ["-std=c++20", "-O1", "-pthread", "-ffp-contract=off", "-Ikernels"].map(String::from).to_vec();
+        args.extend(compile::defines());
+        args.extend(["kernels/emu/check.cpp".to_string(), "-o".to_string()]);
+        args.push(dir.path().join("ebb-emu").display().to_string());
+        eprintln!("g++ {}", args.join(" "));
+        let built = match std::process::Command::new("g++").args(&args).current_dir(env!("CARGO_MANIFEST_DIR")).output()
         {
             Err(e) => {
                 assert!(!env_is("CI", "true"), "g++ is required under CI=true: {e}");
@@ -389,6 +415,152 @@ fn emulated_sum_squares_and_adamw(emu: &Emulator) {
     assert_close(&got_p, &want_p, EXACT, "adamw params");
     assert_close(&got_m, &want_m, EXACT, "adamw m");
     assert_close(&got_v, &want_v, EXACT, "adamw v");
+}
+
+/// A device failure is an error, not a panic: a backend that fails the way
+/// the CUDA backend does (the first failure kept, then no device work, reads
+/// of zeros, `check` returning the failure), run by the real training loop.
+mod device_failures {
+    use super::*;
+    use ebb::backend::DeviceFailure;
+    use ebb::error::Error;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The CPU backend whose `nth` call of op `op` fails.
+    struct Failing {
+        cpu: CpuBackend<f32>,
+        op: &'static str,
+        nth: usize,
+        calls: AtomicUsize,
+        failure: DeviceFailure,
+    }
+
+    impl Failing {
+        fn new(op: &'static str, nth: usize) -> Self {
+            Failing { cpu: CpuBackend::new(), op, nth, calls: AtomicUsize::new(0), failure: DeviceFailure::default() }
+        }
+
+        /// Whether op `name` must do nothing: this call fails, or one before it did.
+        fn skip(&self, name: &str) -> bool {
+            if name == self.op && self.calls.fetch_add(1, Ordering::Relaxed) + 1 == self.nth {
+                self.failure.record(format!("cuda: {name}: injected failure"));
+            }
+            self.failure.is_set()
+        }
+    }
+
+    /// Forwards each op to the CPU backend until the failure.
+    macro_rules! failing_ops {
+        ($( fn $name:ident(&self $(, $arg:ident: $ty:ty)* ) $(-> $ret:ty)?; )*) => {
+            $(
+                fn $name(&self $(, $arg: $ty)*) $(-> $ret)? {
+                    if self.skip(stringify!($name)) {
+                        return Default::default();
+                    }
+                    self.cpu.$name($($arg),*)
+                }
+            )*
+        };
+    }
+
+    impl Backend for Failing {
+        type F = f32;
+        type Buf = Vec<f32>;
+        type Tokens = Vec<u32>;
+        type AttentionState = Vec<f32>;
+
+        fn name(&self) -> String {
+            "failing".to_string()
+        }
+        fn check(&self) -> ebb::Result<()> {
+            self.failure.check()
+        }
+        fn alloc(&self, len: usize) -> Vec<f32> {
+            self.cpu.alloc(len)
+        }
+        fn alloc_tokens(&self, len: usize) -> Vec<u32> {
+            self.cpu.alloc_tokens(len)
+        }
+        fn alloc_attention(&self, shape: Heads, dropout: bool) -> Vec<f32> {
+            self.cpu.alloc_attention(shape, dropout)
+        }
+        fn download(&self, dst: &mut [f32], src: &Vec<f32>) {
+            if self.skip("download") {
+                dst.fill(0.0);
+            } else {
+                self.cpu.download(dst, src);
+            }
+        }
+
+        failing_ops! {
+            fn upload(&self, dst: &mut Vec<f32>, src: &[f32]);
+            fn upload_tokens(&self, dst: &mut Vec<u32>, src: &[u32]);
+            fn zero(&self, buf: &mut Vec<f32>);
+            fn encoder_forward(&self, out: &mut Vec<f32>, tokens: &Vec<u32>, params: &Vec<f32>, emb: Embeddings, shape: Sequences);
+            fn encoder_backward(&self, grads: &mut Vec<f32>, emb: Embeddings, dout: &Vec<f32>, tokens: &Vec<u32>, shape: Sequences);
+            fn layernorm_forward(&self, out: &mut Vec<f32>, stats: &mut NormStats<Vec<f32>>, inp: &Vec<f32>, params: &Vec<f32>, ln: LayerNorm, shape: Rows);
+            fn layernorm_backward(&self, grad: Backprop<'_, Vec<f32>>, accumulate: bool, stats: &NormStats<Vec<f32>>, params: Params<'_, Vec<f32>>, ln: LayerNorm, shape: Rows);
+            fn matmul_forward(&self, out: &mut Vec<f32>, inp: &Vec<f32>, params: &Vec<f32>, linear: Linear, shape: Product);
+            fn matmul_backward(&self, grad: Backprop<'_, Vec<f32>>, accumulate: bool, params: Params<'_, Vec<f32>>, linear: Linear, shape: Product);
+            fn attention_forward(&self, out: &mut Vec<f32>, state: &mut Vec<f32>, qkv: &Vec<f32>, shape: Heads, dropout: Dropout);
+            fn attention_backward(&self, grad: Backprop<'_, Vec<f32>>, state: &Vec<f32>, shape: Heads, dropout: Dropout);
+            fn activation_forward(&self, out: &mut Vec<f32>, inp: &Vec<f32>, params: &Vec<f32>, b: View, n: usize, act: Activation);
+            fn activation_backward(&self, grad: Backprop<'_, Vec<f32>>, params: Params<'_, Vec<f32>>, b: View, n: usize, act: Activation);
+            fn residual_forward(&self, out: &mut Vec<f32>, inp: &Vec<f32>, params: &Vec<f32>, b: View, n: usize, dropout: Dropout);
+            fn dropout_backward(&self, dinp: &mut Vec<f32>, dout: &Vec<f32>, dropout: Dropout);
+            fn crossentropy_forward(&self, losses: &mut Vec<f32>, probs: &mut Vec<f32>, logits: &Vec<f32>, targets: &Vec<u32>, mask: &Vec<f32>, shape: Logits);
+            fn crossentropy_backward(&self, dlogits: &mut Vec<f32>, probs: &Vec<f32>, targets: &Vec<u32>, mask: &Vec<f32>, scale: f64, shape: Logits);
+            fn sum_squares(&self, buf: &Vec<f32>) -> f64;
+            fn adamw_update(&self, params: &mut Vec<f32>, grads: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, groups: &[DecayGroup], hp: AdamW);
+        }
+    }
+
+    /// The small test config: 40 steps, the loss logged every 5, an evaluation every 10.
+    fn run_until_failure(backend: &Failing, dir: &Path) -> Error {
+        let path = dir.join("small.toml");
+        std::fs::write(&path, common::SMALL_CONFIG).unwrap();
+        let experiment = ebb::experiment::Experiment::load(&path, &[]).expect("config loads");
+        let err = ebb::train::run::run(backend, &experiment, &dir.join("run"), true).expect_err("the run fails");
+        assert!(matches!(&err, Error::Device(_)), "not a device error: {err:?}");
+        assert_eq!(err.to_string(), format!("cuda: {}: injected failure", backend.op));
+        assert_eq!(err.exit_code(), 1, "a device failure is not bad input");
+        err
+    }
+
+    #[test]
+    fn a_device_failure_in_a_step_stops_the_run_with_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The 13th update is step 13's: steps 1 to 12 ran, and what they logged stays.
+        run_until_failure(&Failing::new("adamw_update", 13), tmp.path());
+        let run = tmp.path().join("run");
+        let logged =
+            |task, split, name| common::metric(&run, task, split, name).iter().map(|m| m.0).collect::<Vec<_>>();
+        assert_eq!(logged("all", "train", "loss"), [5, 10]);
+        assert_eq!(logged("add1", "eval", "loss").last(), Some(&10));
+    }
+
+    #[test]
+    fn a_device_failure_in_an_evaluation_logs_none_of_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The first loss is the step-0 evaluation's.
+        run_until_failure(&Failing::new("crossentropy_forward", 1), tmp.path());
+        let metrics = std::fs::read_to_string(tmp.path().join("run/metrics.csv")).unwrap_or_default();
+        assert!(metrics.lines().count() <= 1, "an evaluation on a failed device was logged:\n{metrics}");
+    }
+
+    #[test]
+    fn a_failed_backend_stays_failed_and_keeps_its_first_failure() {
+        let f = DeviceFailure::default();
+        assert!(f.check().is_ok() && !f.is_set());
+        f.record("cuda: alloc: out of memory".to_string());
+        f.record("cuda: matmul: a later failure".to_string());
+        for _ in 0..2 {
+            let err = f.check().unwrap_err();
+            assert_eq!(err.to_string(), "cuda: alloc: out of memory");
+            assert_eq!(err.exit_code(), 1);
+        }
+    }
 }
 
 // ---------------------------------------------------------------- with a GPU

@@ -46,7 +46,7 @@ fn bench_sized_model_is_bitwise_identical_at_one_and_two_threads() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
             let backend = CpuBackend::<f32>::new();
-            let r = ebb::bench::run(&backend, &cfg, 0, 3);
+            let r = ebb::bench::run(&backend, &cfg, 0, 3).expect("the bench runs");
             r.fingerprint
         })
     };

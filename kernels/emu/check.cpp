@@ -3,7 +3,9 @@
 // kernels_match_f64_references_on_the_cpu_emulator; the references are
 // tests/common/reference.rs). This file holds no reference: it launches the
 // kernels as the CUDA backend does and hands their outputs back.
-//   g++ -std=c++20 -O1 -pthread -ffp-contract=off -Ikernels kernels/emu/check.cpp -o /tmp/ebb-emu
+//   g++ -std=c++20 -O1 -pthread -ffp-contract=off -Ikernels -DNAME=VALUE… kernels/emu/check.cpp -o /tmp/ebb-emu
+// with the shared constants as defines, the flags NVRTC gets
+// (cuda::compile::defines; the test prints the command it ran).
 //   /tmp/ebb-emu CASE ARGS... < inputs > outputs
 // CASE and its sizes and scalars are the arguments (floats written so they
 // read back to the same f32). The inputs on stdin and the outputs on stdout
@@ -45,9 +47,10 @@ template <class T> static void write(const std::vector<T>& v) {
     u64 bytes = v.size() * sizeof(T);
     fwrite(&bytes, 8, 1, stdout); fwrite(v.data(), 1, bytes, stdout);
 }
-static dim3 ew(long long n) { return {(unsigned)((n + 255) / 256), 1, 1}; }
-static dim3 rows_cfg(int rows) { return {(unsigned)((rows + 7) / 8), 1, 1}; }
-static const dim3 B256 = {256, 1, 1};
+static long long ceil_div(long long a, long long b) { return (a + b - 1) / b; }
+static dim3 ew(long long n) { return {(unsigned)ceil_div(n, THREADS_PER_BLOCK), 1, 1}; }
+static dim3 rows_cfg(int rows) { return {(unsigned)ceil_div(rows, WARPS_PER_BLOCK), 1, 1}; }
+static const dim3 BLOCK = {THREADS_PER_BLOCK, 1, 1};
 
 // encoder N T C V: tokens (N, u32), wte (V,C), wpe (T,C), dout (N,C), dwte (V,C), dwpe (T,C)
 //   → out (N,C), dwte, dwpe (+= dout's rows)
@@ -55,9 +58,9 @@ static void run_encoder() {
     int n = arg<int>(2), t = arg<int>(3), c = arg<int>(4), v = arg<int>(5);
     auto tok = read<u32>(n); auto wte = read<float>(v * c), wpe = read<float>(t * c), dout = read<float>(n * c), dwte = read<float>(v * c), dwpe = read<float>(t * c);
     std::vector<float> out(n * c);
-    launch(encoder_forward, ew(n * c), B256, out.data(), (const u32*)tok.data(), (const float*)wte.data(), (const float*)wpe.data(), n, t, c);
-    launch(encoder_backward_wte, dim3{(unsigned)((c + 255) / 256), (unsigned)v, 1}, B256, dwte.data(), (const float*)dout.data(), (const u32*)tok.data(), n, v, c);
-    launch(encoder_backward_wpe, ew(t * c), B256, dwpe.data(), (const float*)dout.data(), n, t, c);
+    launch(encoder_forward, ew(n * c), BLOCK, out.data(), (const u32*)tok.data(), (const float*)wte.data(), (const float*)wpe.data(), n, t, c);
+    launch(encoder_backward_wte, dim3{(unsigned)ceil_div(c, THREADS_PER_BLOCK), (unsigned)v, 1}, BLOCK, dwte.data(), (const float*)dout.data(), (const u32*)tok.data(), n, v, c);
+    launch(encoder_backward_wpe, ew(t * c), BLOCK, dwpe.data(), (const float*)dout.data(), n, t, c);
     write(out); write(dwte); write(dwpe);
 }
 
@@ -67,12 +70,12 @@ static void run_layernorm() {
     int n = arg<int>(2), c = arg<int>(3);
     auto x = read<float>(n * c), w = read<float>(c), b = read<float>(c), dout = read<float>(n * c), dinp = read<float>(n * c), dw = read<float>(c), db = read<float>(c);
     std::vector<float> out(n * c), mean(n), rstd(n);
-    launch(layernorm_forward, rows_cfg(n), B256, out.data(), mean.data(), rstd.data(), (const float*)x.data(), (const float*)w.data(), (const float*)b.data(), n, c);
-    launch(layernorm_backward, rows_cfg(n), B256, dinp.data(), 1, (const float*)dout.data(), (const float*)x.data(), (const float*)w.data(), (const float*)mean.data(), (const float*)rstd.data(), n, c);
-    int blocks = (n + 63) / 64; std::vector<float> partial(blocks * 2 * c);
-    launch(layernorm_backward_partials, dim3{(unsigned)blocks, (unsigned)((c + 255) / 256), 1}, B256, partial.data(), (const float*)dout.data(), (const float*)x.data(), (const float*)mean.data(), (const float*)rstd.data(), n, c, 64);
-    launch(sum_partials, ew(c), B256, dw.data(), (const float*)partial.data(), blocks, 2 * c, c);
-    launch(sum_partials, ew(c), B256, db.data(), (const float*)partial.data() + c, blocks, 2 * c, c);
+    launch(layernorm_forward, rows_cfg(n), BLOCK, out.data(), mean.data(), rstd.data(), (const float*)x.data(), (const float*)w.data(), (const float*)b.data(), n, c);
+    launch(layernorm_backward, rows_cfg(n), BLOCK, dinp.data(), 1, (const float*)dout.data(), (const float*)x.data(), (const float*)w.data(), (const float*)mean.data(), (const float*)rstd.data(), n, c);
+    int blocks = ceil_div(n, ROWS_PER_SUM_BLOCK); std::vector<float> partial(blocks * 2 * c);
+    launch(layernorm_backward_partials, dim3{(unsigned)blocks, (unsigned)ceil_div(c, THREADS_PER_BLOCK), 1}, BLOCK, partial.data(), (const float*)dout.data(), (const float*)x.data(), (const float*)mean.data(), (const float*)rstd.data(), n, c, ROWS_PER_SUM_BLOCK);
+    launch(sum_partials, ew(c), BLOCK, dw.data(), (const float*)partial.data(), blocks, 2 * c, c);
+    launch(sum_partials, ew(c), BLOCK, db.data(), (const float*)partial.data() + c, blocks, 2 * c, c);
     write(out); write(mean); write(rstd); write(dinp); write(dw); write(db);
 }
 
@@ -83,13 +86,13 @@ static void run_layernorm() {
 static void run_matmul() {
     auto style = arg<std::string>(2); int m = arg<int>(3), n = arg<int>(4), k = arg<int>(5);
     auto a = read<float>((size_t)m * k), w = read<float>((size_t)n * k), bias = read<float>(n), out = read<float>((size_t)m * n);
-    dim3 grid = {(unsigned)((n + 63) / 64), (unsigned)((m + 63) / 64), 1};
+    dim3 grid = {(unsigned)ceil_div(n, MATMUL_TILE), (unsigned)ceil_div(m, MATMUL_TILE), 1};
     if (style == "forward")
-        launch(matmul, grid, B256, out.data(), (const float*)a.data(), (i64)k, (i64)1, (const float*)w.data(), (i64)1, (i64)k, (const float*)bias.data(), 1, m, n, k, 0);
+        launch(matmul, grid, BLOCK, out.data(), (const float*)a.data(), (i64)k, (i64)1, (const float*)w.data(), (i64)1, (i64)k, (const float*)bias.data(), 1, m, n, k, 0);
     else if (style == "dinp")
-        launch(matmul, grid, B256, out.data(), (const float*)a.data(), (i64)k, (i64)1, (const float*)w.data(), (i64)n, (i64)1, (const float*)nullptr, 0, m, n, k, 1);
+        launch(matmul, grid, BLOCK, out.data(), (const float*)a.data(), (i64)k, (i64)1, (const float*)w.data(), (i64)n, (i64)1, (const float*)nullptr, 0, m, n, k, 1);
     else if (style == "dw")
-        launch(matmul, grid, B256, out.data(), (const float*)a.data(), (i64)1, (i64)m, (const float*)w.data(), (i64)n, (i64)1, (const float*)nullptr, 0, m, n, k, 1);
+        launch(matmul, grid, BLOCK, out.data(), (const float*)a.data(), (i64)1, (i64)m, (const float*)w.data(), (i64)n, (i64)1, (const float*)nullptr, 0, m, n, k, 1);
     else die("no matmul style " + style);
     write(out);
 }
@@ -98,9 +101,9 @@ static void run_matmul() {
 static void run_bias_grad() {
     int n = arg<int>(2), wdt = arg<int>(3);
     auto x = read<float>(n * wdt), out = read<float>(wdt);
-    int blocks = (n + 63) / 64; std::vector<float> partial(blocks * wdt);
-    launch(column_partials, dim3{(unsigned)blocks, (unsigned)((wdt + 255) / 256), 1}, B256, partial.data(), (const float*)x.data(), n, wdt, 64);
-    launch(sum_partials, ew(wdt), B256, out.data(), (const float*)partial.data(), blocks, wdt, wdt);
+    int blocks = ceil_div(n, ROWS_PER_SUM_BLOCK); std::vector<float> partial(blocks * wdt);
+    launch(column_partials, dim3{(unsigned)blocks, (unsigned)ceil_div(wdt, THREADS_PER_BLOCK), 1}, BLOCK, partial.data(), (const float*)x.data(), n, wdt, ROWS_PER_SUM_BLOCK);
+    launch(sum_partials, ew(wdt), BLOCK, out.data(), (const float*)partial.data(), blocks, wdt, wdt);
     write(out);
 }
 
@@ -111,14 +114,14 @@ static void run_attention() {
     u64 key = arg<u64>(7); u32 thr = arg<u32>(8); float keep = arg<float>(9);
     auto qkv = read<float>(b * t * 3 * c), dy = read<float>(b * t * c);
     int tt = b * h * t * t; std::vector<float> att(tt), ad(tt), out(b * t * c);
-    launch(attention_forward_scores, ew(tt), B256, att.data(), (const float*)qkv.data(), b, t, c, h, scale);
-    launch(attention_forward_softmax, rows_cfg(b * h * t), B256, att.data(), ad.data(), b * h * t, t, drop, key, thr, keep);
+    launch(attention_forward_scores, ew(tt), BLOCK, att.data(), (const float*)qkv.data(), b, t, c, h, scale);
+    launch(attention_forward_softmax, rows_cfg(b * h * t), BLOCK, att.data(), ad.data(), b * h * t, t, drop, key, thr, keep);
     const float* probs = drop ? ad.data() : att.data();
-    launch(attention_forward_values, ew(b * t * c), B256, out.data(), probs, (const float*)qkv.data(), b, t, c, h);
+    launch(attention_forward_values, ew(b * t * c), BLOCK, out.data(), probs, (const float*)qkv.data(), b, t, c, h);
     std::vector<float> datt(tt), dqkv(b * t * 3 * c);
-    launch(attention_backward_dprobs, ew(tt), B256, datt.data(), (const float*)dy.data(), (const float*)qkv.data(), b, t, c, h, drop, key, thr, keep);
-    launch(attention_backward_dscores, rows_cfg(b * h * t), B256, datt.data(), (const float*)att.data(), b * h * t, t, scale);
-    launch(attention_backward_dqkv, ew(b * t * c), B256, dqkv.data(), (const float*)datt.data(), probs, (const float*)dy.data(), (const float*)qkv.data(), b, t, c, h);
+    launch(attention_backward_dprobs, ew(tt), BLOCK, datt.data(), (const float*)dy.data(), (const float*)qkv.data(), b, t, c, h, drop, key, thr, keep);
+    launch(attention_backward_dscores, rows_cfg(b * h * t), BLOCK, datt.data(), (const float*)att.data(), b * h * t, t, scale);
+    launch(attention_backward_dqkv, ew(b * t * c), BLOCK, dqkv.data(), (const float*)datt.data(), probs, (const float*)dy.data(), (const float*)qkv.data(), b, t, c, h);
     write(att); write(drop ? ad : att); write(out); write(dqkv);
 }
 
@@ -126,8 +129,8 @@ static void run_attention() {
 static void run_activation() {
     long long n = arg<long long>(2); int w = arg<int>(3), kind = arg<int>(4);
     auto x = read<float>(n), d = read<float>(n), bias = read<float>(w); std::vector<float> y(n), g(n);
-    launch(activation_forward, ew(n), B256, y.data(), (const float*)x.data(), (const float*)bias.data(), n, w, kind);
-    launch(activation_backward, ew(n), B256, g.data(), (const float*)d.data(), (const float*)x.data(), (const float*)bias.data(), n, w, kind);
+    launch(activation_forward, ew(n), BLOCK, y.data(), (const float*)x.data(), (const float*)bias.data(), n, w, kind);
+    launch(activation_backward, ew(n), BLOCK, g.data(), (const float*)d.data(), (const float*)x.data(), (const float*)bias.data(), n, w, kind);
     write(y); write(g);
 }
 
@@ -135,7 +138,7 @@ static void run_activation() {
 static void run_residual() {
     long long n = arg<long long>(2); int w = arg<int>(3); u64 key = arg<u64>(4); u32 thr = arg<u32>(5); float keep = arg<float>(6);
     auto x = read<float>(n), y = read<float>(n), bias = read<float>(w);
-    launch(residual_forward, ew(n), B256, y.data(), (const float*)x.data(), (const float*)bias.data(), n, w, key, thr, keep);
+    launch(residual_forward, ew(n), BLOCK, y.data(), (const float*)x.data(), (const float*)bias.data(), n, w, key, thr, keep);
     write(y);
 }
 
@@ -143,7 +146,7 @@ static void run_residual() {
 static void run_dropout_backward() {
     long long n = arg<long long>(2); u64 key = arg<u64>(3); u32 thr = arg<u32>(4); float keep = arg<float>(5);
     auto d = read<float>(n); std::vector<float> g(n);
-    launch(dropout_backward, ew(n), B256, g.data(), (const float*)d.data(), n, key, thr, keep);
+    launch(dropout_backward, ew(n), BLOCK, g.data(), (const float*)d.data(), n, key, thr, keep);
     write(g);
 }
 
@@ -152,16 +155,16 @@ static void run_crossentropy() {
     int n = arg<int>(2), v = arg<int>(3); float scale = arg<float>(4);
     auto z = read<float>(n * v); auto tg = read<u32>(n); auto mask = read<float>(n);
     std::vector<float> loss(n), probs(n * v), dl(n * v);
-    launch(crossentropy_forward, rows_cfg(n), B256, loss.data(), probs.data(), (const float*)z.data(), (const u32*)tg.data(), (const float*)mask.data(), n, v);
-    launch(crossentropy_backward, ew(n * v), B256, dl.data(), (const float*)probs.data(), (const u32*)tg.data(), (const float*)mask.data(), scale, n, v);
+    launch(crossentropy_forward, rows_cfg(n), BLOCK, loss.data(), probs.data(), (const float*)z.data(), (const u32*)tg.data(), (const float*)mask.data(), n, v);
+    launch(crossentropy_backward, ew(n * v), BLOCK, dl.data(), (const float*)probs.data(), (const u32*)tg.data(), (const float*)mask.data(), scale, n, v);
     write(loss); write(probs); write(dl);
 }
 
 // sum_squares N: x (N) → the per-chunk partial sums (f64), which the host adds in order
 static void run_sum_squares() {
     long long n = arg<long long>(2);
-    auto x = read<float>(n); int chunks = (n + 16383) / 16384; std::vector<double> part(chunks);
-    launch(sum_squares, dim3{(unsigned)chunks, 1, 1}, B256, part.data(), (const float*)x.data(), n, 16384);
+    auto x = read<float>(n); int chunks = ceil_div(n, SUM_SQUARES_CHUNK); std::vector<double> part(chunks);
+    launch(sum_squares, dim3{(unsigned)chunks, 1, 1}, BLOCK, part.data(), (const float*)x.data(), n, SUM_SQUARES_CHUNK);
     write(part);
 }
 
@@ -170,7 +173,7 @@ static void run_adamw() {
     long long n = arg<long long>(2);
     float b1 = arg<float>(3), b2 = arg<float>(4), ob1 = arg<float>(5), ob2 = arg<float>(6), lr = arg<float>(7), eps = arg<float>(8), gs = arg<float>(9), bc1 = arg<float>(10), bc2 = arg<float>(11), decay = arg<float>(12);
     auto p = read<float>(n), g = read<float>(n), m = read<float>(n), v = read<float>(n);
-    launch(adamw_update, ew(n), B256, p.data(), (const float*)g.data(), m.data(), v.data(), n, b1, b2, ob1, ob2, lr, eps, gs, bc1, bc2, decay);
+    launch(adamw_update, ew(n), BLOCK, p.data(), (const float*)g.data(), m.data(), v.data(), n, b1, b2, ob1, ob2, lr, eps, gs, bc1, bc2, decay);
     write(p); write(m); write(v);
 }
 

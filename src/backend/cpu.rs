@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::{
     Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
-    Params, Product, Rows, Sequences, View,
+    Params, Product, ROWS_PER_SUM_BLOCK, Rows, SUM_SQUARES_CHUNK, Sequences, View,
 };
 use crate::float::Float;
 
@@ -21,7 +21,8 @@ mod attention;
 
 /// Rows per rayon task in row-wise ops.
 const ROWS_PER_TASK: usize = 8;
-/// Elements per rayon task in element-wise ops and in fixed-order sums.
+/// Elements per rayon task in element-wise ops (`sum_squares` cuts its
+/// fixed-order sum at SUM_SQUARES_CHUNK, shared with the CUDA backend).
 const ELEMS_PER_TASK: usize = 1 << 14;
 /// Columns per rayon task in column-wise passes (embedding gradients, block sums).
 const COLS_PER_TASK: usize = 16;
@@ -245,9 +246,6 @@ fn gelu_grad<F: Float>(x: F) -> F {
     let du = F::of(2.0 * (2.0 / std::f64::consts::PI).sqrt()) * (F::one() + F::of(3.0 * 0.044715) * x * x);
     g + x * g * (F::one() - g) * du
 }
-
-/// Rows per block in `add_block_sums`.
-const ROWS_PER_SUM_BLOCK: usize = 64;
 
 impl<F: Float> CpuBackend<F> {
     /// The scratch buffer, at least `len` long. It grows on the first step
@@ -496,6 +494,10 @@ impl<F: Float> Backend for CpuBackend<F> {
 
     fn name(&self) -> String {
         "cpu".to_string()
+    }
+
+    fn check(&self) -> crate::error::Result<()> {
+        Ok(())
     }
 
     fn alloc(&self, len: usize) -> Vec<F> {
@@ -806,15 +808,16 @@ impl<F: Float> Backend for CpuBackend<F> {
         });
     }
 
+    // Σ g² in f64 per chunk of SUM_SQUARES_CHUNK elements, the chunks added in order.
     fn sum_squares(&self, buf: &Vec<F>) -> f64 {
         let mut partials = self.partials.lock().unwrap_or_else(|e| e.into_inner());
-        let chunks = buf.len().div_ceil(ELEMS_PER_TASK);
+        let chunks = buf.len().div_ceil(SUM_SQUARES_CHUNK);
         if partials.len() != chunks {
             partials.resize(chunks, 0.0); // first call only: the buffer size never changes
         }
         partials
             .par_iter_mut()
-            .zip(buf.par_chunks(ELEMS_PER_TASK))
+            .zip(buf.par_chunks(SUM_SQUARES_CHUNK))
             .for_each(|(s, c)| *s = sum_zip(c, c, c, |g, _, _| g.f64() * g.f64()));
         partials.iter().sum()
     }

@@ -14,18 +14,85 @@
 //! - Parameter gradients are accumulated (`+=`); the caller zeroes the
 //!   gradient buffer once per step. Activation gradients are overwritten,
 //!   unless an op takes `accumulate: bool`.
+//! - Ops return no `Result`: a backend whose device can fail (CUDA) keeps
+//!   the first failure (`DeviceFailure`), does no more device work after it,
+//!   and reports it from `check`, which the training step, the evaluation
+//!   and the bench call (once per step, once per evaluation, at the end).
 
 pub mod cpu;
 pub mod cuda;
 pub mod profiled;
 
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
 use crate::float::Float;
+
+// Constants the backends and the kernels must agree on, defined here once.
+// The CPU and CUDA backends use them by name; the kernels get them as NVRTC
+// defines (`cuda::compile::defines`), as does the kernels' C++ emulation in
+// the tests, and `kernels/common.cuh` refuses to compile without them.
+
+/// Rows per block of the fixed-order sums over rows (bias and LayerNorm
+/// parameter gradients): each block's rows are summed in order into a
+/// partial, then the partials in block order. Both backends cut the rows
+/// alike, so their bias gradients are the same bits.
+pub const ROWS_PER_SUM_BLOCK: usize = 64;
+/// Elements per partial sum of `sum_squares` (the global gradient norm):
+/// each chunk is summed on its own, then the chunks' sums in order.
+pub const SUM_SQUARES_CHUNK: usize = 1 << 14;
+/// Threads per block of every CUDA kernel launch.
+pub const THREADS_PER_BLOCK: usize = 256;
+/// Rows per block of the CUDA row-wise kernels, one warp (32 threads) per row.
+pub const WARPS_PER_BLOCK: usize = THREADS_PER_BLOCK / 32;
+/// Output tile (rows and columns) of one block of the CUDA `matmul` kernel.
+pub const MATMUL_TILE: usize = 64;
+
+/// The shared constants the kernels use, by name: each reaches NVRTC (and
+/// the emulation check's C++ compiler) as `-DNAME=value`.
+pub const KERNEL_CONSTANTS: [(&str, usize); 5] = [
+    ("ROWS_PER_SUM_BLOCK", ROWS_PER_SUM_BLOCK),
+    ("SUM_SQUARES_CHUNK", SUM_SQUARES_CHUNK),
+    ("THREADS_PER_BLOCK", THREADS_PER_BLOCK),
+    ("WARPS_PER_BLOCK", WARPS_PER_BLOCK),
+    ("MATMUL_TILE", MATMUL_TILE),
+];
 
 /// Whether the CUDA driver library can be loaded on this machine. cudarc
 /// panics when asked to open a context without it, so ask this first.
 pub fn cuda_driver_present() -> bool {
     // SAFETY: only tries to load the shared library.
     unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// The first failure of a backend's device work, kept until the backend is
+/// dropped. Ops have no error path, so a backend records its failure here
+/// and skips all later device work: the first failure explains the rest,
+/// and work after it would only read what was never written. A failed
+/// backend stays failed (`check` returns the failure every time); to go on,
+/// open a new one.
+#[derive(Debug, Default)]
+pub struct DeviceFailure(OnceLock<String>);
+
+impl DeviceFailure {
+    /// Keeps `message`, a one-line account of what failed, unless a failure
+    /// is already held.
+    pub fn record(&self, message: String) {
+        let _ = self.0.set(message);
+    }
+
+    /// Whether a failure is held.
+    pub fn is_set(&self) -> bool {
+        self.0.get().is_some()
+    }
+
+    /// Ok while nothing failed; the held failure as `Error::Device` otherwise.
+    pub fn check(&self) -> Result<()> {
+        match self.0.get() {
+            None => Ok(()),
+            Some(msg) => Err(Error::Device(msg.clone())),
+        }
+    }
 }
 
 /// Where one parameter tensor lives in the flat buffers.
@@ -199,6 +266,15 @@ pub trait Backend {
     type AttentionState;
 
     fn name(&self) -> String;
+    /// The first failure of the device work asked for so far (out of
+    /// memory, a driver or kernel error) as `Error::Device`, or Ok. Waits
+    /// for queued work first, so a failure of work already queued is seen.
+    /// After a failure, ops do nothing and reads give zeros, so a caller
+    /// checks before it trusts or keeps what it read back: the training step
+    /// checks once per step, the run after each evaluation and before it
+    /// writes weights or a checkpoint, the bench at the end. The CPU backend
+    /// never fails.
+    fn check(&self) -> Result<()>;
     /// A zeroed buffer of `len` elements.
     fn alloc(&self, len: usize) -> Self::Buf;
     fn alloc_tokens(&self, len: usize) -> Self::Tokens;

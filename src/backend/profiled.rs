@@ -67,6 +67,9 @@ impl<B: Backend> Backend for Profiled<B> {
     fn name(&self) -> String {
         self.inner.name()
     }
+    fn check(&self) -> crate::error::Result<()> {
+        self.inner.check()
+    }
     fn alloc(&self, len: usize) -> Self::Buf {
         self.inner.alloc(len)
     }

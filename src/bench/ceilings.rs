@@ -377,13 +377,13 @@ pub struct CeilingsReport {
 
 /// Measures the ceilings for `cfg` on the current rayon pool and sets the
 /// step `step` (timed over `steps` steps) against them.
-pub fn report(cfg: &BenchConfig, step: &BenchResult, steps: usize) -> CeilingsReport {
+pub fn report(cfg: &BenchConfig, step: &BenchResult, steps: usize) -> crate::error::Result<CeilingsReport> {
     let m = measure(cfg);
     // Each round of steps beside its own peak burst (after one untimed
     // step, which allocates the fresh trainer's buffers).
     let steps_per_round = (steps / PAIRED_ROUNDS).max(1);
-    let paired = super::shares_beside_fma_peak(&CpuBackend::<f32>::new(), cfg, 1, PAIRED_ROUNDS, steps_per_round);
-    CeilingsReport {
+    let paired = super::shares_beside_fma_peak(&CpuBackend::<f32>::new(), cfg, 1, PAIRED_ROUNDS, steps_per_round)?;
+    Ok(CeilingsReport {
         config: cfg.name,
         threads: m.threads,
         fma_peak_gflops: m.fma_gflops,
@@ -402,7 +402,7 @@ pub fn report(cfg: &BenchConfig, step: &BenchResult, steps: usize) -> CeilingsRe
         step_share_beside_fma_peak_range: [paired[0], paired[paired.len() - 1]],
         rounds: PAIRED_ROUNDS,
         steps_per_round,
-    }
+    })
 }
 
 impl CeilingsReport {

@@ -247,9 +247,11 @@ impl<'a, B: Backend> Run<'a, B> {
         self.timing.flush()?;
         crate::analysis::write_summary(&self.out)?;
         result?;
+        let fingerprint = fingerprint(self.backend, &self.trainer.model);
+        self.backend.check()?;
         Ok(RunOutcome {
             dir: self.out.clone(),
-            fingerprint: fingerprint(self.backend, &self.trainer.model),
+            fingerprint,
             n_params: self.n_params(),
             final_eval: self.last_eval.clone(),
             seconds: started.elapsed().as_secs_f64(),
@@ -334,25 +336,29 @@ impl<'a, B: Backend> Run<'a, B> {
     /// Evaluates every task, dropped or not, on its held-out set (split
     /// `eval`) and, when it has a finite training set, on a fixed sample of
     /// it (split `train`); logs their metrics at `step` and records which
-    /// `when_learned` events the held-out accuracies trigger.
+    /// `when_learned` events the held-out accuracies trigger. A device
+    /// failure during the evaluation is its error, and nothing is logged.
     fn evaluate(&mut self, step: u64) -> Result<()> {
-        let (backend, trainer, metrics) = (self.backend, &mut self.trainer, &mut self.metrics);
-        self.last_eval = self
-            .suite
-            .tasks
-            .iter()
-            .zip(self.evaluators.iter_mut().zip(self.train_evaluators.iter_mut()))
-            .map(|(task, (held_out, train))| {
+        let (backend, trainer) = (self.backend, &mut self.trainer);
+        let results: Vec<(EvalResult, Option<EvalResult>)> = self
+            .evaluators
+            .iter_mut()
+            .zip(self.train_evaluators.iter_mut())
+            .map(|(held_out, train)| {
                 let result = held_out.run(backend, &mut trainer.model);
-                let train = train.as_mut().map(|e| e.run(backend, &mut trainer.model));
-                for (split, r) in [("eval", Some(&result)), ("train", train.as_ref())] {
-                    for (metric, value) in r.into_iter().flat_map(EvalResult::metrics) {
-                        metrics.row(format_args!("{step},{},{split},{metric},{value}", task.id));
-                    }
-                }
-                (task.id.clone(), result)
+                (result, train.as_mut().map(|e| e.run(backend, &mut trainer.model)))
             })
             .collect();
+        backend.check()?;
+        self.last_eval = Vec::with_capacity(results.len());
+        for (task, (result, train)) in self.suite.tasks.iter().zip(results) {
+            for (split, r) in [("eval", Some(&result)), ("train", train.as_ref())] {
+                for (metric, value) in r.into_iter().flat_map(EvalResult::metrics) {
+                    self.metrics.row(format_args!("{step},{},{split},{metric},{value}", task.id));
+                }
+            }
+            self.last_eval.push((task.id.clone(), result));
+        }
         self.watch_learning(step)
     }
 
@@ -388,6 +394,7 @@ impl<'a, B: Backend> Run<'a, B> {
             .into_iter()
             .map(|x| x.f64() as f32)
             .collect();
+        self.backend.check()?;
         crate::weights::write_weights(
             &self.out.join("weights").join(format!("step-{}.safetensors", self.step)),
             &self.trainer.model.layout,
@@ -416,6 +423,7 @@ impl<'a, B: Backend> Run<'a, B> {
             events: self.events.text().to_string(),
             timing: self.timing.text().to_string(),
         };
+        self.backend.check()?;
         checkpoint::write(&checkpoint::path_for(&self.out, self.step), &ckpt)
     }
 }

@@ -7,6 +7,9 @@
 //! is then opened from there first, and cudarc finds it already loaded by
 //! its soname. `EBB_CUDA_INCLUDE`, when set, is passed as an include path
 //! (the kernels themselves need no CUDA header).
+//!
+//! The constants the kernels share with the host code (`backend::KERNEL_CONSTANTS`)
+//! reach them as defines (`defines`), here and in the kernels' emulation check.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_int};
@@ -17,6 +20,14 @@ use cudarc::nvrtc::sys;
 
 /// The header every kernel file includes.
 pub const COMMON_HEADER: (&str, &str) = ("common.cuh", include_str!("../../../kernels/common.cuh"));
+
+/// `-DNAME=value` for each constant the kernels share with the host code
+/// (`backend::KERNEL_CONSTANTS`): the flags NVRTC gets here and the C++
+/// compiler gets in the emulation check (tests/cuda.rs), so both see the
+/// backends' values. `kernels/common.cuh` stops the compile without them.
+pub fn defines() -> Vec<String> {
+    crate::backend::KERNEL_CONSTANTS.iter().map(|(name, value)| format!("-D{name}={value}")).collect()
+}
 
 /// One kernel file and the kernels (`extern "C" __global__`) it defines.
 #[derive(Clone, Copy, Debug)]
@@ -176,6 +187,7 @@ pub fn compile(file: &KernelFile, arch: &str) -> Result<Compiled, String> {
     }
     let mut options =
         vec![format!("--gpu-architecture={arch}"), "--std=c++17".to_string(), "--ptxas-options=-v".to_string()];
+    options.extend(defines());
     if let Some(dir) = include_dir() {
         options.push(format!("--include-path={}", dir.display()));
     }
@@ -284,4 +296,23 @@ pub fn resources(log: &str) -> Vec<KernelResources> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shared_constant_is_a_define_the_kernels_demand() {
+        let defines = defines();
+        let guard = COMMON_HEADER.1.split("#error").next().unwrap_or_default();
+        for (name, value) in crate::backend::KERNEL_CONSTANTS {
+            assert!(defines.contains(&format!("-D{name}={value}")), "{name} is not passed to NVRTC");
+            assert!(
+                guard.contains(&format!("defined({name})")),
+                "common.cuh does not refuse to compile without {name}"
+            );
+        }
+        assert_eq!(defines.len(), crate::backend::KERNEL_CONSTANTS.len());
+    }
 }

@@ -7,9 +7,12 @@
 //! (see the kernels), so the same inputs give the same bits on every run.
 //! Dropout masks are the CPU's bit for bit (`DropoutArgs`).
 //!
-//! Errors: opening a device returns a clear error. Once open, a failing
-//! driver call inside an op (the Backend trait returns no Result) panics with
-//! a one-line message naming the op and the driver's error.
+//! Errors: opening a device returns a clear error. Once open, the first
+//! failure inside an op (an allocation, a copy, a launch, a driver error, a
+//! buffer too small for the op) is kept as a one-line message naming the op
+//! (`DeviceFailure`); from then on ops do no device work and reads give
+//! zeros, and `Backend::check` returns the failure as `Error::Device`.
+//! Nothing here panics on a driver result.
 
 pub mod compile;
 
@@ -18,31 +21,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError, LaunchConfig, PushKernelArg,
     ValidAsZeroBits,
 };
 
 use super::{
-    Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
-    Params, Product, Rows, Sequences, View,
+    Activation, AdamW, Backend, Backprop, DecayGroup, DeviceFailure, Dropout, Embeddings, Heads, LayerNorm, Linear,
+    Logits, MATMUL_TILE, NormStats, Params, Product, ROWS_PER_SUM_BLOCK, Rows, SUM_SQUARES_CHUNK, Sequences,
+    THREADS_PER_BLOCK, View, WARPS_PER_BLOCK,
 };
 
-/// Threads per block for element-wise and row-per-warp kernels.
-const BLOCK: u32 = 256;
-/// Rows (one per warp) per block in row-wise kernels: kernels' WARPS_PER_BLOCK.
-const WARPS_PER_BLOCK: u32 = 8;
-/// Rows per partial in the fixed-order parameter-gradient sums: the CPU's
-/// ROWS_PER_SUM_BLOCK, so bias gradients add in the CPU's order.
-const ROWS_PER_PARTIAL: usize = 64;
-/// Elements per partial of `sum_squares` (the CPU's chunk size).
-const SUM_SQUARES_CHUNK: usize = 1 << 14;
-/// Output tile of the `matmul` kernel (TILE in matmul.cu).
-const MATMUL_TILE: usize = 64;
+/// Threads per block of every launch (the kernels' THREADS_PER_BLOCK).
+const BLOCK: u32 = THREADS_PER_BLOCK as u32;
 
 /// A buffer on the device: `len` elements (at least one is allocated, as
-/// the driver refuses empty allocations).
+/// the driver refuses empty allocations). `data` is None only when its
+/// allocation failed, and then the backend holds that failure.
 pub struct DeviceBuf<T> {
-    data: CudaSlice<T>,
+    data: Option<CudaSlice<T>>,
     len: usize,
 }
 
@@ -117,77 +113,64 @@ pub struct CudaBackend {
     scratch: Mutex<Scratch>,
     /// Wait for every op to finish before returning (for per-op timing).
     synchronous: AtomicBool,
+    /// The first failure inside an op; once set, ops do no device work.
+    failure: DeviceFailure,
     device: String,
     arch: String,
 }
 
-/// How every failure inside an op begins: the binary turns panics with this
-/// prefix back into one-line errors.
-pub const FAILURE: &str = "ebb cuda:";
-
-/// A failed driver call inside an op: the trait has no error path.
-#[cold]
-fn fail(what: &str, err: impl std::fmt::Display) -> ! {
-    panic!("{FAILURE} {what}: {err}")
-}
-
-/// Elements that fit the kernels' `int` shapes.
-fn int(x: usize, what: &str) -> i32 {
-    i32::try_from(x).unwrap_or_else(|_| fail(what, format!("{x} is too large for the kernels (limit {})", i32::MAX)))
-}
-
-fn need<T>(buf: &DeviceBuf<T>, len: usize, op: &str, name: &str) {
-    if buf.len < len {
-        fail(op, format!("{name} holds {} elements, the op needs {len}", buf.len));
+/// A driver error in words, e.g. "out of memory (CUDA_ERROR_OUT_OF_MEMORY)".
+fn driver(e: &DriverError) -> String {
+    match e.error_string() {
+        Ok(s) => format!("{} ({:?})", s.to_string_lossy(), e.0),
+        Err(_) => format!("{:?}", e.0),
     }
 }
 
-fn need_view<T>(buf: &DeviceBuf<T>, view: View, op: &str, name: &str) {
-    need(buf, view.offset + view.len, op, name);
+/// `bytes` for a person: "512 B", "12.0 MiB", "3.50 GiB".
+fn size_in_words(bytes: usize) -> String {
+    const MIB: f64 = (1u64 << 20) as f64;
+    match bytes {
+        b if b < 1 << 20 => format!("{b} B"),
+        b if b < 1 << 30 => format!("{:.1} MiB", b as f64 / MIB),
+        b => format!("{:.2} GiB", b as f64 / (1024.0 * MIB)),
+    }
+}
+
+/// The message of a failed allocation of `bytes` in `op`; out of memory
+/// says what to change.
+fn alloc_failure(op: &str, bytes: usize, out_of_memory: bool, why: &str) -> String {
+    let size = size_in_words(bytes);
+    if out_of_memory {
+        format!("cuda: out of memory allocating {size} in {op}; try a smaller train.batch_size or model")
+    } else {
+        format!("cuda: {op}: allocating {size}: {why}")
+    }
 }
 
 /// Launches `$kernel` (a name from kernels/*.cu) with `$cfg` and the
-/// arguments in the kernel's order; skips empty grids.
+/// arguments in the kernel's order; skips empty grids, and everything once
+/// the backend holds a failure.
 macro_rules! launch {
     ($self:expr, $kernel:literal, $cfg:expr, $($arg:expr),* $(,)?) => {{
         let cfg: LaunchConfig = $cfg;
-        if cfg.grid_dim.0 > 0 && cfg.grid_dim.1 > 0 && cfg.grid_dim.2 > 0 {
-            let f = $self.kernel($kernel);
-            let mut b = $self.stream.launch_builder(f);
-            $( b.arg($arg); )*
-            // SAFETY: the arguments match the kernel's parameters in kernels/*.cu,
-            // and every pointer is checked (`need`) to cover what the kernel touches.
-            if let Err(e) = unsafe { b.launch(cfg) } {
-                fail($kernel, e);
+        if !$self.failure.is_set() && cfg.grid_dim.0 > 0 && cfg.grid_dim.1 > 0 && cfg.grid_dim.2 > 0 {
+            match $self.kernels.get($kernel) {
+                None => $self.record($kernel, "no such kernel loaded"),
+                Some(f) => {
+                    let mut b = $self.stream.launch_builder(f);
+                    $( b.arg($arg); )*
+                    // SAFETY: the arguments match the kernel's parameters in kernels/*.cu,
+                    // and every pointer is checked (`need`) to cover what the kernel
+                    // touches: a failed check holds a failure, which skips the launch.
+                    match unsafe { b.launch(cfg) } {
+                        Ok(_) => $self.after_op($kernel),
+                        Err(e) => $self.record($kernel, driver(&e)),
+                    }
+                }
             }
-            $self.after_op($kernel);
         }
     }};
-}
-
-/// One thread per element of `n`.
-fn elementwise(n: usize) -> LaunchConfig {
-    let blocks = u32::try_from(n.div_ceil(BLOCK as usize))
-        .unwrap_or_else(|_| fail("launch", format!("{n} elements is too many")));
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
-}
-
-/// One warp per row of `rows`.
-fn warp_per_row(rows: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows.div_ceil(WARPS_PER_BLOCK as usize) as u32, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// One thread per (row block, column): grid (blocks, ceil(width / BLOCK)).
-fn per_block_column(blocks: usize, width: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks as u32, width.div_ceil(BLOCK as usize) as u32, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
 }
 
 impl CudaBackend {
@@ -233,6 +216,7 @@ impl CudaBackend {
             kernels,
             scratch: Mutex::new(Scratch::default()),
             synchronous: AtomicBool::new(false),
+            failure: DeviceFailure::default(),
             device: name,
             arch,
         })
@@ -249,63 +233,132 @@ impl CudaBackend {
         self.synchronous.store(on, Ordering::Relaxed);
     }
 
-    /// Waits for every queued op.
+    /// Waits for every queued op; a failure is kept (see `check`).
     pub fn synchronize(&self) {
-        if let Err(e) = self.stream.synchronize() {
-            fail("synchronize", e);
+        if !self.failure.is_set()
+            && let Err(e) = self.stream.synchronize()
+        {
+            self.record("synchronize", driver(&e));
         }
+    }
+
+    /// Keeps the failure of `op` (the first one only): "cuda: OP: WHY".
+    #[cold]
+    fn record(&self, op: &str, why: impl std::fmt::Display) {
+        self.failure.record(format!("cuda: {op}: {why}"));
     }
 
     fn after_op(&self, what: &str) {
         if self.synchronous.load(Ordering::Relaxed)
             && let Err(e) = self.stream.synchronize()
         {
-            fail(what, e);
+            self.record(what, driver(&e));
         }
     }
 
-    fn kernel(&self, name: &str) -> &CudaFunction {
-        self.kernels.get(name).unwrap_or_else(|| fail(name, "no such kernel loaded"))
+    /// `x` as the kernels' `int`; one too large is a failure (and 0).
+    fn int(&self, x: usize, what: &str) -> i32 {
+        i32::try_from(x).unwrap_or_else(|_| {
+            self.record(what, format!("{x} is more than the kernels' int shapes allow ({})", i32::MAX));
+            0
+        })
     }
 
-    fn alloc_of<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> DeviceBuf<T> {
-        let data =
-            self.stream.alloc_zeros::<T>(len.max(1)).unwrap_or_else(|e| fail("alloc", format!("{len} elements: {e}")));
+    /// A grid dimension of `blocks`; one too large is a failure (and an empty grid).
+    fn grid(&self, blocks: usize, what: &str) -> u32 {
+        u32::try_from(blocks).unwrap_or_else(|_| {
+            self.record(what, format!("a grid of {blocks} blocks is more than a launch allows"));
+            0
+        })
+    }
+
+    /// Records a failure of `op` when `buf` holds fewer than `len` elements.
+    fn need<T>(&self, buf: &DeviceBuf<T>, len: usize, op: &str, name: &str) {
+        if buf.len < len {
+            self.record(op, format!("{name} holds {} elements, the op needs {len}", buf.len));
+        }
+    }
+
+    fn need_view<T>(&self, buf: &DeviceBuf<T>, view: View, op: &str, name: &str) {
+        self.need(buf, view.offset + view.len, op, name);
+    }
+
+    /// One thread per element of `n`.
+    fn elementwise(&self, n: usize) -> LaunchConfig {
+        let blocks = self.grid(n.div_ceil(BLOCK as usize), "elements");
+        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    /// One warp per row of `rows`.
+    fn warp_per_row(&self, rows: usize) -> LaunchConfig {
+        let blocks = self.grid(rows.div_ceil(WARPS_PER_BLOCK), "rows");
+        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    /// One thread per (row block, column): grid (blocks, ceil(width / BLOCK)).
+    fn per_block_column(&self, blocks: usize, width: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (self.grid(blocks, "row blocks"), self.grid(width.div_ceil(BLOCK as usize), "columns"), 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// A zeroed buffer of `len` elements for `op`. When the allocation
+    /// fails (or a failure is held already) the buffer has no memory, and
+    /// the failure says how much `op` asked for.
+    fn alloc_of<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize, op: &str) -> DeviceBuf<T> {
+        if self.failure.is_set() {
+            return DeviceBuf { data: None, len };
+        }
+        let data = match self.stream.alloc_zeros::<T>(len.max(1)) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let bytes = len.max(1).saturating_mul(std::mem::size_of::<T>());
+                let oom = e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY;
+                self.failure.record(alloc_failure(op, bytes, oom, &driver(&e)));
+                None
+            }
+        };
         DeviceBuf { data, len }
     }
 
-    /// The device address of element `offset` of `buf`.
+    /// The device address of element `offset` of `buf` (0 for a buffer
+    /// whose allocation failed: the failure is held, so nothing launches).
     fn ptr<T>(&self, buf: &DeviceBuf<T>, offset: usize) -> u64 {
-        let (p, _record) = buf.data.device_ptr(&self.stream);
+        let Some(data) = &buf.data else { return 0 };
+        let (p, _record) = data.device_ptr(&self.stream);
         p + (offset * std::mem::size_of::<T>()) as u64
     }
 
     /// The partials scratch, at least `len` long; returns its address.
-    fn partials(&self, scratch: &mut Scratch, len: usize) -> u64 {
+    fn partials(&self, scratch: &mut Scratch, len: usize, op: &str) -> u64 {
         if scratch.partials.as_ref().is_none_or(|p| p.len < len) {
-            scratch.partials = Some(self.alloc_of::<f32>(len));
+            scratch.partials = None; // the old one goes first
         }
-        self.ptr(scratch.partials.as_ref().expect("just allocated"), 0)
+        let partials = scratch.partials.get_or_insert_with(|| self.alloc_of::<f32>(len, op));
+        self.ptr(partials, 0)
     }
 
     /// The attention score-gradient scratch, at least `len` long; returns its address.
-    fn attention_grads(&self, scratch: &mut Scratch, len: usize) -> u64 {
+    fn attention_grads(&self, scratch: &mut Scratch, len: usize, op: &str) -> u64 {
         if scratch.attention_grads.as_ref().is_none_or(|g| g.len < len) {
-            scratch.attention_grads = Some(self.alloc_of::<f32>(len));
+            scratch.attention_grads = None; // the old one goes first
         }
-        self.ptr(scratch.attention_grads.as_ref().expect("just allocated"), 0)
+        let grads = scratch.attention_grads.get_or_insert_with(|| self.alloc_of::<f32>(len, op));
+        self.ptr(grads, 0)
     }
 
-    /// out (W) += Σ rows of x (N,W), in row blocks of ROWS_PER_PARTIAL then
+    /// out (W) += Σ rows of x (N,W), in row blocks of ROWS_PER_SUM_BLOCK then
     /// block order (the CPU's add_block_sums order): column_partials, sum_partials.
-    fn add_column_sums(&self, out: u64, x: u64, n: usize, width: usize) {
-        let blocks = n.div_ceil(ROWS_PER_PARTIAL);
+    fn add_column_sums(&self, out: u64, x: u64, n: usize, width: usize, op: &str) {
+        let blocks = n.div_ceil(ROWS_PER_SUM_BLOCK);
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let partial = self.partials(&mut scratch, blocks * width);
-        let (ni, wi, rows) = (int(n, "rows"), int(width, "width"), ROWS_PER_PARTIAL as i32);
-        launch!(self, "column_partials", per_block_column(blocks, width), &partial, &x, &ni, &wi, &rows);
-        let bi = int(blocks, "blocks");
-        launch!(self, "sum_partials", elementwise(width), &out, &partial, &bi, &wi, &wi);
+        let partial = self.partials(&mut scratch, blocks * width, op);
+        let (ni, wi, rows) = (self.int(n, "rows"), self.int(width, "width"), ROWS_PER_SUM_BLOCK as i32);
+        launch!(self, "column_partials", self.per_block_column(blocks, width), &partial, &x, &ni, &wi, &rows);
+        let bi = self.int(blocks, "blocks");
+        launch!(self, "sum_partials", self.elementwise(width), &out, &partial, &bi, &wi, &wi);
     }
 
     /// out (M,N) (+)= A (M,K) · B (K,N) [+ bias (N)] with A(i,k) = a[i·a_rs + k·a_cs],
@@ -325,16 +378,32 @@ impl CudaBackend {
         accumulate: bool,
     ) {
         let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(MATMUL_TILE) as u32, m.div_ceil(MATMUL_TILE) as u32, 1),
-            block_dim: (256, 1, 1),
+            grid_dim: (self.grid(n.div_ceil(MATMUL_TILE), "columns"), self.grid(m.div_ceil(MATMUL_TILE), "rows"), 1),
+            block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
         let (a_rs, a_cs, b_rs, b_cs) = (a_strides.0 as i64, a_strides.1 as i64, b_strides.0 as i64, b_strides.1 as i64);
         let (bias_ptr, has_bias) = (bias.unwrap_or(0), bias.is_some() as i32);
-        let (mi, ni, ki, acc) = (int(m, "rows"), int(n, "columns"), int(k, "inner size"), accumulate as i32);
+        let (mi, ni, ki, acc) =
+            (self.int(m, "rows"), self.int(n, "columns"), self.int(k, "inner size"), accumulate as i32);
         launch!(
             self, "matmul", cfg, &out, &a, &a_rs, &a_cs, &b, &b_rs, &b_cs, &bias_ptr, &has_bias, &mi, &ni, &ki, &acc
         );
+    }
+
+    /// Copies `src` into `dst`, which must hold exactly as many elements.
+    fn upload_of<T: DeviceRepr>(&self, dst: &mut DeviceBuf<T>, src: &[T], op: &str) {
+        if dst.len != src.len() {
+            self.record(op, format!("{} host elements into a buffer of {}", src.len(), dst.len));
+        }
+        if src.is_empty() || self.failure.is_set() {
+            return;
+        }
+        if let Some(data) = &mut dst.data
+            && let Err(e) = self.stream.memcpy_htod(src, &mut data.slice_mut(0..src.len()))
+        {
+            self.record(op, driver(&e));
+        }
     }
 
     /// AdamW's groups merged into runs of adjacent tensors with one weight
@@ -372,12 +441,18 @@ impl Backend for CudaBackend {
         "cuda".to_string()
     }
 
+    // Waits for the queued work, then returns the first failure, if any.
+    fn check(&self) -> crate::error::Result<()> {
+        self.synchronize();
+        self.failure.check()
+    }
+
     fn alloc(&self, len: usize) -> DeviceBuf<f32> {
-        self.alloc_of(len)
+        self.alloc_of(len, "alloc")
     }
 
     fn alloc_tokens(&self, len: usize) -> DeviceBuf<u32> {
-        self.alloc_of(len)
+        self.alloc_of(len, "alloc_tokens")
     }
 
     // The probabilities, and those after dropout if the layer has dropout;
@@ -385,48 +460,47 @@ impl Backend for CudaBackend {
     fn alloc_attention(&self, shape: Heads, dropout: bool) -> AttentionState {
         let Heads { b, t, h, .. } = shape;
         let tt = b * h * t * t;
+        let op = "alloc_attention";
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        self.attention_grads(&mut scratch, tt);
-        AttentionState { probs: self.alloc_of(tt), dropped: self.alloc_of(if dropout { tt } else { 0 }) }
+        self.attention_grads(&mut scratch, tt, op);
+        AttentionState { probs: self.alloc_of(tt, op), dropped: self.alloc_of(if dropout { tt } else { 0 }, op) }
     }
 
     fn upload(&self, dst: &mut DeviceBuf<f32>, src: &[f32]) {
-        if dst.len != src.len() {
-            fail("upload", format!("{} host elements into a buffer of {}", src.len(), dst.len));
-        }
-        if src.is_empty() {
-            return;
-        }
-        let mut view = dst.data.slice_mut(0..src.len());
-        self.stream.memcpy_htod(src, &mut view).unwrap_or_else(|e| fail("upload", e));
+        self.upload_of(dst, src, "upload");
     }
 
     fn upload_tokens(&self, dst: &mut DeviceBuf<u32>, src: &[u32]) {
-        if dst.len != src.len() {
-            fail("upload_tokens", format!("{} host tokens into a buffer of {}", src.len(), dst.len));
-        }
-        if src.is_empty() {
-            return;
-        }
-        let mut view = dst.data.slice_mut(0..src.len());
-        self.stream.memcpy_htod(src, &mut view).unwrap_or_else(|e| fail("upload_tokens", e));
+        self.upload_of(dst, src, "upload_tokens");
     }
 
+    // After a failure, `dst` is zeros.
     fn download(&self, dst: &mut [f32], src: &DeviceBuf<f32>) {
         if dst.len() != src.len {
-            fail("download", format!("a buffer of {} into {} host elements", src.len, dst.len()));
+            self.record("download", format!("a buffer of {} into {} host elements", src.len, dst.len()));
         }
-        if dst.is_empty() {
-            return;
+        if !dst.is_empty()
+            && !self.failure.is_set()
+            && let Some(data) = &src.data
+            && let Err(e) = self.stream.memcpy_dtoh(&data.slice(0..dst.len()), dst)
+        {
+            self.record("download", driver(&e));
         }
-        let view = src.data.slice(0..dst.len());
-        self.stream.memcpy_dtoh(&view, dst).unwrap_or_else(|e| fail("download", e));
         self.synchronize();
+        if self.failure.is_set() {
+            dst.fill(0.0);
+        }
     }
 
     fn zero(&self, buf: &mut DeviceBuf<f32>) {
-        self.stream.memset_zeros(&mut buf.data).unwrap_or_else(|e| fail("zero", e));
-        self.after_op("zero");
+        if !self.failure.is_set()
+            && let Some(data) = &mut buf.data
+        {
+            match self.stream.memset_zeros(data) {
+                Ok(()) => self.after_op("zero"),
+                Err(e) => self.record("zero", driver(&e)),
+            }
+        }
     }
 
     // out (N,C) = wte[tokens[n]] + wpe[n mod T]: encoder_forward.
@@ -440,14 +514,14 @@ impl Backend for CudaBackend {
     ) {
         let (Embeddings { wte, wpe }, Sequences { n, t, c }) = (emb, shape);
         let op = "encoder_forward";
-        need(out, n * c, op, "out");
-        need(tokens, n, op, "tokens");
-        need_view(params, wte, op, "params");
-        need_view(params, wpe, op, "params");
+        self.need(out, n * c, op, "out");
+        self.need(tokens, n, op, "tokens");
+        self.need_view(params, wte, op, "params");
+        self.need_view(params, wpe, op, "params");
         let (o, tok, te, pe) =
             (self.ptr(out, 0), self.ptr(tokens, 0), self.ptr(params, wte.offset), self.ptr(params, wpe.offset));
-        let (ni, ti, ci) = (int(n, "n"), int(t, "t"), int(c, "c"));
-        launch!(self, "encoder_forward", elementwise(n * c), &o, &tok, &te, &pe, &ni, &ti, &ci);
+        let (ni, ti, ci) = (self.int(n, "n"), self.int(t, "t"), self.int(c, "c"));
+        launch!(self, "encoder_forward", self.elementwise(n * c), &o, &tok, &te, &pe, &ni, &ti, &ci);
     }
 
     // dwte (V,C) += rows of dout by token: encoder_backward_wte;
@@ -462,27 +536,27 @@ impl Backend for CudaBackend {
     ) {
         let (Embeddings { wte, wpe }, Sequences { n, t, c }) = (emb, shape);
         let op = "encoder_backward";
-        need(dout, n * c, op, "dout");
-        need(tokens, n, op, "tokens");
-        need_view(grads, wte, op, "grads");
-        need_view(grads, wpe, op, "grads");
+        self.need(dout, n * c, op, "dout");
+        self.need(tokens, n, op, "tokens");
+        self.need_view(grads, wte, op, "grads");
+        self.need_view(grads, wpe, op, "grads");
         let vocab = wte.len.checked_div(c).unwrap_or(0);
         if wpe.len < t * c {
-            fail(op, format!("wpe holds {} elements, T·C = {}", wpe.len, t * c));
+            self.record(op, format!("wpe holds {} elements, T·C = {}", wpe.len, t * c));
         }
         if vocab > 65535 {
-            fail(op, format!("a vocabulary of {vocab} tokens is more than this kernel's grid allows (65535)"));
+            self.record(op, format!("a vocabulary of {vocab} tokens is more than this kernel's grid allows (65535)"));
         }
         let (dte, dpe, d, tok) =
             (self.ptr(grads, wte.offset), self.ptr(grads, wpe.offset), self.ptr(dout, 0), self.ptr(tokens, 0));
-        let (ni, ti, ci, vi) = (int(n, "n"), int(t, "t"), int(c, "c"), int(vocab, "vocabulary"));
+        let (ni, ti, ci, vi) = (self.int(n, "n"), self.int(t, "t"), self.int(c, "c"), self.int(vocab, "vocabulary"));
         let cfg = LaunchConfig {
             grid_dim: (c.div_ceil(BLOCK as usize) as u32, vocab as u32, 1),
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
         launch!(self, "encoder_backward_wte", cfg, &dte, &d, &tok, &ni, &vi, &ci);
-        launch!(self, "encoder_backward_wpe", elementwise(t * c), &dpe, &d, &ni, &ti, &ci);
+        launch!(self, "encoder_backward_wpe", self.elementwise(t * c), &dpe, &d, &ni, &ti, &ci);
     }
 
     // out (N,C), mean/rstd (N) from inp (N,C), w/b (C): layernorm_forward.
@@ -498,12 +572,12 @@ impl Backend for CudaBackend {
         let (LayerNorm { w, b }, Rows { n, c }) = (ln, shape);
         let (mean, rstd) = (&stats.mean, &stats.rstd);
         let op = "layernorm_forward";
-        need(out, n * c, op, "out");
-        need(inp, n * c, op, "inp");
-        need(mean, n, op, "mean");
-        need(rstd, n, op, "rstd");
-        need_view(params, w, op, "params");
-        need_view(params, b, op, "params");
+        self.need(out, n * c, op, "out");
+        self.need(inp, n * c, op, "inp");
+        self.need(mean, n, op, "mean");
+        self.need(rstd, n, op, "rstd");
+        self.need_view(params, w, op, "params");
+        self.need_view(params, b, op, "params");
         let (o, m, r, x, wp, bp) = (
             self.ptr(out, 0),
             self.ptr(mean, 0),
@@ -512,8 +586,8 @@ impl Backend for CudaBackend {
             self.ptr(params, w.offset),
             self.ptr(params, b.offset),
         );
-        let (ni, ci) = (int(n, "n"), int(c, "c"));
-        launch!(self, "layernorm_forward", warp_per_row(n), &o, &m, &r, &x, &wp, &bp, &ni, &ci);
+        let (ni, ci) = (self.int(n, "n"), self.int(c, "c"));
+        launch!(self, "layernorm_forward", self.warp_per_row(n), &o, &m, &r, &x, &wp, &bp, &ni, &ci);
     }
 
     // dinp (N,C) (+)= ...: layernorm_backward; dw, db (C) += Σ rows:
@@ -531,14 +605,14 @@ impl Backend for CudaBackend {
         let (Backprop { dinp, dout, inp }, Params { values: params, grads }) = (grad, params);
         let (mean, rstd) = (&stats.mean, &stats.rstd);
         let op = "layernorm_backward";
-        need(dinp, n * c, op, "dinp");
-        need(dout, n * c, op, "dout");
-        need(inp, n * c, op, "inp");
-        need(mean, n, op, "mean");
-        need(rstd, n, op, "rstd");
-        need_view(params, w, op, "params");
-        need_view(grads, w, op, "grads");
-        need_view(grads, b, op, "grads");
+        self.need(dinp, n * c, op, "dinp");
+        self.need(dout, n * c, op, "dout");
+        self.need(inp, n * c, op, "inp");
+        self.need(mean, n, op, "mean");
+        self.need(rstd, n, op, "rstd");
+        self.need_view(params, w, op, "params");
+        self.need_view(grads, w, op, "grads");
+        self.need_view(grads, b, op, "grads");
         let (di, d, x, wp, m, r) = (
             self.ptr(dinp, 0),
             self.ptr(dout, 0),
@@ -547,17 +621,17 @@ impl Backend for CudaBackend {
             self.ptr(mean, 0),
             self.ptr(rstd, 0),
         );
-        let (ni, ci, acc) = (int(n, "n"), int(c, "c"), accumulate as i32);
-        launch!(self, "layernorm_backward", warp_per_row(n), &di, &acc, &d, &x, &wp, &m, &r, &ni, &ci);
+        let (ni, ci, acc) = (self.int(n, "n"), self.int(c, "c"), accumulate as i32);
+        launch!(self, "layernorm_backward", self.warp_per_row(n), &di, &acc, &d, &x, &wp, &m, &r, &ni, &ci);
 
-        let blocks = n.div_ceil(ROWS_PER_PARTIAL);
+        let blocks = n.div_ceil(ROWS_PER_SUM_BLOCK);
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let partial = self.partials(&mut scratch, blocks * 2 * c);
-        let rows = ROWS_PER_PARTIAL as i32;
+        let partial = self.partials(&mut scratch, blocks * 2 * c, op);
+        let rows = ROWS_PER_SUM_BLOCK as i32;
         launch!(
             self,
             "layernorm_backward_partials",
-            per_block_column(blocks, c),
+            self.per_block_column(blocks, c),
             &partial,
             &d,
             &x,
@@ -567,10 +641,10 @@ impl Backend for CudaBackend {
             &ci,
             &rows
         );
-        let (bi, stride) = (int(blocks, "blocks"), int(2 * c, "2c"));
+        let (bi, stride) = (self.int(blocks, "blocks"), self.int(2 * c, "2c"));
         let (dw, db, partial_b) = (self.ptr(grads, w.offset), self.ptr(grads, b.offset), partial + (c * 4) as u64);
-        launch!(self, "sum_partials", elementwise(c), &dw, &partial, &bi, &stride, &ci);
-        launch!(self, "sum_partials", elementwise(c), &db, &partial_b, &bi, &stride, &ci);
+        launch!(self, "sum_partials", self.elementwise(c), &dw, &partial, &bi, &stride, &ci);
+        launch!(self, "sum_partials", self.elementwise(c), &db, &partial_b, &bi, &stride, &ci);
     }
 
     // out (N,OC) = inp (N,C) · w (OC,C)ᵀ + b (OC): matmul.
@@ -584,11 +658,11 @@ impl Backend for CudaBackend {
     ) {
         let (Linear { w, b }, Product { n, c, oc }) = (linear, shape);
         let op = "matmul_forward";
-        need(out, n * oc, op, "out");
-        need(inp, n * c, op, "inp");
-        need(params, w.offset + oc * c, op, "params");
+        self.need(out, n * oc, op, "out");
+        self.need(inp, n * c, op, "inp");
+        self.need(params, w.offset + oc * c, op, "params");
         if let Some(b) = b {
-            need(params, b.offset + oc, op, "params");
+            self.need(params, b.offset + oc, op, "params");
         }
         let bias = b.map(|b| self.ptr(params, b.offset));
         self.gemm(
@@ -618,17 +692,17 @@ impl Backend for CudaBackend {
         let (Linear { w, b }, Product { n, c, oc }) = (linear, shape);
         let (Backprop { dinp, dout, inp }, Params { values: params, grads }) = (grad, params);
         let op = "matmul_backward";
-        need(dinp, n * c, op, "dinp");
-        need(dout, n * oc, op, "dout");
-        need(inp, n * c, op, "inp");
-        need(params, w.offset + oc * c, op, "params");
-        need(grads, w.offset + oc * c, op, "grads");
+        self.need(dinp, n * c, op, "dinp");
+        self.need(dout, n * oc, op, "dout");
+        self.need(inp, n * c, op, "inp");
+        self.need(params, w.offset + oc * c, op, "params");
+        self.need(grads, w.offset + oc * c, op, "grads");
         let (d, x, wp) = (self.ptr(dout, 0), self.ptr(inp, 0), self.ptr(params, w.offset));
         self.gemm(self.ptr(dinp, 0), d, (oc, 1), wp, (c, 1), None, n, c, oc, accumulate);
         self.gemm(self.ptr(grads, w.offset), d, (1, oc), x, (c, 1), None, oc, c, n, true);
         if let Some(b) = b {
-            need(grads, b.offset + oc, op, "grads");
-            self.add_column_sums(self.ptr(grads, b.offset), d, n, oc);
+            self.need(grads, b.offset + oc, op, "grads");
+            self.add_column_sums(self.ptr(grads, b.offset), d, n, oc, op);
         }
     }
 
@@ -646,24 +720,25 @@ impl Backend for CudaBackend {
         let AttentionState { probs, dropped } = state;
         let op = "attention_forward";
         let tt = b * h * t * t;
-        need(out, b * t * c, op, "out");
-        need(probs, tt, op, "probs");
-        need(qkv, b * t * 3 * c, op, "qkv");
+        self.need(out, b * t * c, op, "out");
+        self.need(probs, tt, op, "probs");
+        self.need(qkv, b * t * 3 * c, op, "qkv");
         if dropout.active() {
-            need(dropped, tt, op, "dropped probs");
+            self.need(dropped, tt, op, "dropped probs");
         }
         let hs = c / h;
         let scale = (1.0 / (hs as f64).sqrt()) as f32;
         let (o, a, q) = (self.ptr(out, 0), self.ptr(probs, 0), self.ptr(qkv, 0));
         let ad = if dropout.active() { self.ptr(dropped, 0) } else { a };
-        let (bi, ti, ci, hi, rows) = (int(b, "b"), int(t, "t"), int(c, "c"), int(h, "h"), int(b * h * t, "rows"));
+        let (bi, ti, ci, hi, rows) =
+            (self.int(b, "b"), self.int(t, "t"), self.int(c, "c"), self.int(h, "h"), self.int(b * h * t, "rows"));
         let dr = DropoutArgs::of(dropout);
         let on = dropout.active() as i32;
-        launch!(self, "attention_forward_scores", elementwise(tt), &a, &q, &bi, &ti, &ci, &hi, &scale);
+        launch!(self, "attention_forward_scores", self.elementwise(tt), &a, &q, &bi, &ti, &ci, &hi, &scale);
         launch!(
             self,
             "attention_forward_softmax",
-            warp_per_row(b * h * t),
+            self.warp_per_row(b * h * t),
             &a,
             &ad,
             &rows,
@@ -673,7 +748,7 @@ impl Backend for CudaBackend {
             &dr.threshold,
             &dr.keep_scale
         );
-        launch!(self, "attention_forward_values", elementwise(b * t * c), &o, &ad, &q, &bi, &ti, &ci, &hi);
+        launch!(self, "attention_forward_values", self.elementwise(b * t * c), &o, &ad, &q, &bi, &ti, &ci, &hi);
     }
 
     // dqkv (B,T,3C) from dout (B,T,C), the score gradients (B,H,T,T) in scratch:
@@ -690,26 +765,27 @@ impl Backend for CudaBackend {
         let AttentionState { probs, dropped } = state;
         let op = "attention_backward";
         let tt = b * h * t * t;
-        need(dqkv, b * t * 3 * c, op, "dqkv");
-        need(dout, b * t * c, op, "dout");
-        need(qkv, b * t * 3 * c, op, "qkv");
-        need(probs, tt, op, "probs");
+        self.need(dqkv, b * t * 3 * c, op, "dqkv");
+        self.need(dout, b * t * c, op, "dout");
+        self.need(qkv, b * t * 3 * c, op, "qkv");
+        self.need(probs, tt, op, "probs");
         if dropout.active() {
-            need(dropped, tt, op, "dropped probs");
+            self.need(dropped, tt, op, "dropped probs");
         }
         let hs = c / h;
         let scale = (1.0 / (hs as f64).sqrt()) as f32;
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let ds = self.attention_grads(&mut scratch, tt);
+        let ds = self.attention_grads(&mut scratch, tt, op);
         let (dq, dy, q, p) = (self.ptr(dqkv, 0), self.ptr(dout, 0), self.ptr(qkv, 0), self.ptr(probs, 0));
         let pd = if dropout.active() { self.ptr(dropped, 0) } else { p };
-        let (bi, ti, ci, hi, rows) = (int(b, "b"), int(t, "t"), int(c, "c"), int(h, "h"), int(b * h * t, "rows"));
+        let (bi, ti, ci, hi, rows) =
+            (self.int(b, "b"), self.int(t, "t"), self.int(c, "c"), self.int(h, "h"), self.int(b * h * t, "rows"));
         let dr = DropoutArgs::of(dropout);
         let on = dropout.active() as i32;
         launch!(
             self,
             "attention_backward_dprobs",
-            elementwise(tt),
+            self.elementwise(tt),
             &ds,
             &dy,
             &q,
@@ -722,8 +798,21 @@ impl Backend for CudaBackend {
             &dr.threshold,
             &dr.keep_scale
         );
-        launch!(self, "attention_backward_dscores", warp_per_row(b * h * t), &ds, &p, &rows, &ti, &scale);
-        launch!(self, "attention_backward_dqkv", elementwise(b * t * c), &dq, &ds, &pd, &dy, &q, &bi, &ti, &ci, &hi);
+        launch!(self, "attention_backward_dscores", self.warp_per_row(b * h * t), &ds, &p, &rows, &ti, &scale);
+        launch!(
+            self,
+            "attention_backward_dqkv",
+            self.elementwise(b * t * c),
+            &dq,
+            &ds,
+            &pd,
+            &dy,
+            &q,
+            &bi,
+            &ti,
+            &ci,
+            &hi
+        );
     }
 
     // out (N,F) = act(inp (N,F) + b (F)): activation_forward.
@@ -738,18 +827,18 @@ impl Backend for CudaBackend {
     ) {
         let op = "activation_forward";
         let len = n * b.len;
-        need(out, len, op, "out");
-        need(inp, len, op, "inp");
-        need_view(params, b, op, "params");
+        self.need(out, len, op, "out");
+        self.need(inp, len, op, "inp");
+        self.need_view(params, b, op, "params");
         let (o, x, bias, total, width, kind) = (
             self.ptr(out, 0),
             self.ptr(inp, 0),
             self.ptr(params, b.offset),
             len as i64,
-            int(b.len, "width"),
+            self.int(b.len, "width"),
             activation_kind(act),
         );
-        launch!(self, "activation_forward", elementwise(len), &o, &x, &bias, &total, &width, &kind);
+        launch!(self, "activation_forward", self.elementwise(len), &o, &x, &bias, &total, &width, &kind);
     }
 
     // dinp (N,F) = act'(inp + b) · dout: activation_backward; db (F) += Σₙ dinp:
@@ -765,15 +854,15 @@ impl Backend for CudaBackend {
         let (Backprop { dinp, dout, inp }, Params { values: params, grads }) = (grad, params);
         let op = "activation_backward";
         let len = n * b.len;
-        need(dinp, len, op, "dinp");
-        need(dout, len, op, "dout");
-        need(inp, len, op, "inp");
-        need_view(params, b, op, "params");
-        need_view(grads, b, op, "grads");
+        self.need(dinp, len, op, "dinp");
+        self.need(dout, len, op, "dout");
+        self.need(inp, len, op, "inp");
+        self.need_view(params, b, op, "params");
+        self.need_view(grads, b, op, "grads");
         let (di, d, x, bias) = (self.ptr(dinp, 0), self.ptr(dout, 0), self.ptr(inp, 0), self.ptr(params, b.offset));
-        let (total, width, kind) = (len as i64, int(b.len, "width"), activation_kind(act));
-        launch!(self, "activation_backward", elementwise(len), &di, &d, &x, &bias, &total, &width, &kind);
-        self.add_column_sums(self.ptr(grads, b.offset), di, n, b.len);
+        let (total, width, kind) = (len as i64, self.int(b.len, "width"), activation_kind(act));
+        launch!(self, "activation_backward", self.elementwise(len), &di, &d, &x, &bias, &total, &width, &kind);
+        self.add_column_sums(self.ptr(grads, b.offset), di, n, b.len, op);
     }
 
     // out (N,C) = inp (N,C) + dropout(out + b (C)) in place: residual_forward.
@@ -788,16 +877,16 @@ impl Backend for CudaBackend {
     ) {
         let op = "residual_forward";
         let len = n * b.len;
-        need(out, len, op, "out");
-        need(inp, len, op, "inp");
-        need_view(params, b, op, "params");
+        self.need(out, len, op, "out");
+        self.need(inp, len, op, "inp");
+        self.need_view(params, b, op, "params");
         let dr = DropoutArgs::of(dropout);
         let (o, x, bias, total, width) =
-            (self.ptr(out, 0), self.ptr(inp, 0), self.ptr(params, b.offset), len as i64, int(b.len, "width"));
+            (self.ptr(out, 0), self.ptr(inp, 0), self.ptr(params, b.offset), len as i64, self.int(b.len, "width"));
         launch!(
             self,
             "residual_forward",
-            elementwise(len),
+            self.elementwise(len),
             &o,
             &x,
             &bias,
@@ -814,7 +903,7 @@ impl Backend for CudaBackend {
         let n = dinp.len.min(dout.len);
         let dr = DropoutArgs::of(dropout);
         let (di, d, len) = (self.ptr(dinp, 0), self.ptr(dout, 0), n as i64);
-        launch!(self, "dropout_backward", elementwise(n), &di, &d, &len, &dr.key, &dr.threshold, &dr.keep_scale);
+        launch!(self, "dropout_backward", self.elementwise(n), &di, &d, &len, &dr.key, &dr.threshold, &dr.keep_scale);
     }
 
     // probs (N,V), losses (N) from logits (N,V), targets/mask (N): crossentropy_forward.
@@ -829,15 +918,15 @@ impl Backend for CudaBackend {
     ) {
         let Logits { n, v } = shape;
         let op = "crossentropy_forward";
-        need(losses, n, op, "losses");
-        need(probs, n * v, op, "probs");
-        need(logits, n * v, op, "logits");
-        need(targets, n, op, "targets");
-        need(mask, n, op, "mask");
+        self.need(losses, n, op, "losses");
+        self.need(probs, n * v, op, "probs");
+        self.need(logits, n * v, op, "logits");
+        self.need(targets, n, op, "targets");
+        self.need(mask, n, op, "mask");
         let (l, p, z, tg, m) =
             (self.ptr(losses, 0), self.ptr(probs, 0), self.ptr(logits, 0), self.ptr(targets, 0), self.ptr(mask, 0));
-        let (ni, vi) = (int(n, "n"), int(v, "v"));
-        launch!(self, "crossentropy_forward", warp_per_row(n), &l, &p, &z, &tg, &m, &ni, &vi);
+        let (ni, vi) = (self.int(n, "n"), self.int(v, "v"));
+        launch!(self, "crossentropy_forward", self.warp_per_row(n), &l, &p, &z, &tg, &m, &ni, &vi);
     }
 
     // dlogits (N,V) = (probs - onehot(target)) · mask · scale: crossentropy_backward.
@@ -852,36 +941,48 @@ impl Backend for CudaBackend {
     ) {
         let Logits { n, v } = shape;
         let op = "crossentropy_backward";
-        need(dlogits, n * v, op, "dlogits");
-        need(probs, n * v, op, "probs");
-        need(targets, n, op, "targets");
-        need(mask, n, op, "mask");
+        self.need(dlogits, n * v, op, "dlogits");
+        self.need(probs, n * v, op, "probs");
+        self.need(targets, n, op, "targets");
+        self.need(mask, n, op, "mask");
         let (d, p, tg, m, s) =
             (self.ptr(dlogits, 0), self.ptr(probs, 0), self.ptr(targets, 0), self.ptr(mask, 0), scale as f32);
-        let (ni, vi) = (int(n, "n"), int(v, "v"));
-        launch!(self, "crossentropy_backward", elementwise(n * v), &d, &p, &tg, &m, &s, &ni, &vi);
+        let (ni, vi) = (self.int(n, "n"), self.int(v, "v"));
+        launch!(self, "crossentropy_backward", self.elementwise(n * v), &d, &p, &tg, &m, &s, &ni, &vi);
     }
 
     // Σ g² in f64: sum_squares per chunk on the device, the chunks added in
     // order on the host.
     fn sum_squares(&self, buf: &DeviceBuf<f32>) -> f64 {
+        let op = "sum_squares";
         let chunks = buf.len.div_ceil(SUM_SQUARES_CHUNK);
-        if chunks == 0 {
+        if chunks == 0 || self.failure.is_set() {
             return 0.0;
         }
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        if scratch.squares.as_ref().is_none_or(|s| s.len != chunks) {
-            scratch.squares = Some(self.alloc_of::<f64>(chunks)); // first call only: the size never changes
-            scratch.host_squares = vec![0.0; chunks];
-        }
-        let squares = scratch.squares.as_ref().expect("just allocated");
-        let (out, x, n, chunk) = (self.ptr(squares, 0), self.ptr(buf, 0), buf.len as i64, SUM_SQUARES_CHUNK as i32);
-        let cfg = LaunchConfig { grid_dim: (chunks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, "sum_squares", cfg, &out, &x, &n, &chunk);
         let Scratch { squares, host_squares, .. } = &mut *scratch;
-        let view = squares.as_ref().expect("allocated above").data.slice(0..chunks);
-        self.stream.memcpy_dtoh(&view, host_squares.as_mut_slice()).unwrap_or_else(|e| fail("sum_squares", e));
+        if squares.as_ref().is_none_or(|s| s.len != chunks) {
+            *squares = None; // first call only: the size never changes
+            *host_squares = vec![0.0; chunks];
+        }
+        let squares = squares.get_or_insert_with(|| self.alloc_of::<f64>(chunks, op));
+        let (out, x, n, chunk) = (self.ptr(squares, 0), self.ptr(buf, 0), buf.len as i64, SUM_SQUARES_CHUNK as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (self.grid(chunks, "chunks"), 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, "sum_squares", cfg, &out, &x, &n, &chunk);
+        if !self.failure.is_set()
+            && let Some(data) = &squares.data
+            && let Err(e) = self.stream.memcpy_dtoh(&data.slice(0..chunks), host_squares.as_mut_slice())
+        {
+            self.record(op, driver(&e));
+        }
         self.synchronize();
+        if self.failure.is_set() {
+            return 0.0;
+        }
         host_squares.iter().sum()
     }
 
@@ -906,7 +1007,7 @@ impl Backend for CudaBackend {
         Self::adam_runs(&mut scratch, groups);
         for &(offset, len, weight_decay) in &scratch.adam_runs {
             for (buf, name) in [(&*params, "params"), (grads, "grads"), (&*m, "m"), (&*v, "v")] {
-                need(buf, offset + len, op, name);
+                self.need(buf, offset + len, op, name);
             }
             let decay = (1.0 - hp.lr * weight_decay) as f32;
             let (p, g, mp, vp, n) = (
@@ -919,7 +1020,7 @@ impl Backend for CudaBackend {
             launch!(
                 self,
                 "adamw_update",
-                elementwise(len),
+                self.elementwise(len),
                 &p,
                 &g,
                 &mp,
@@ -944,5 +1045,23 @@ fn activation_kind(act: Activation) -> i32 {
     match act {
         Activation::Gelu => 0,
         Activation::Relu => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_allocation_failure_is_one_line_that_says_what_to_change() {
+        let oom = alloc_failure("alloc_attention", 12 << 20, true, "unused");
+        assert_eq!(
+            oom,
+            "cuda: out of memory allocating 12.0 MiB in alloc_attention; try a smaller train.batch_size or model"
+        );
+        let other = alloc_failure("alloc", 512, false, "invalid context (CUDA_ERROR_INVALID_CONTEXT)");
+        assert_eq!(other, "cuda: alloc: allocating 512 B: invalid context (CUDA_ERROR_INVALID_CONTEXT)");
+        assert_eq!(size_in_words(3 << 29), "1.50 GiB");
+        assert!(!oom.contains('\n') && !other.contains('\n'));
     }
 }
