@@ -4,8 +4,315 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::backend::Backend;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
 use crate::error::{Error, Result};
+use crate::experiment::Experiment;
 use crate::sweep::Plan;
+
+// ---------------------------------------------------------------- training
+
+/// Where `--device` asks to compute.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    /// The GPU when one works, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl Device {
+    /// As written on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Auto => "auto",
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
+/// Where a command computes: `--threads` and `--device`.
+#[derive(clap::Args)]
+pub struct Compute {
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
+}
+
+/// A CPU thread pool of `threads` workers (default: every core).
+fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+    let n = match threads {
+        Some(0) => return Err(Error::input("--threads 0: need at least one thread")),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| Error::input(format!("--threads {n}: {e}")))
+}
+
+/// Where `--device` sends the work.
+enum Chosen {
+    Gpu(Box<CudaBackend>),
+    /// The CPU, with the reason when `auto` passed the GPU over.
+    Cpu(Option<String>),
+}
+
+/// Resolves `--device`: `cuda` opens the GPU (an error when none works),
+/// `auto` takes it when one works and the CPU otherwise.
+fn check_device(device: Device) -> Result<Chosen> {
+    match device {
+        Device::Cpu => Ok(Chosen::Cpu(None)),
+        Device::Cuda => CudaBackend::new()
+            .map(|b| Chosen::Gpu(Box::new(b)))
+            .map_err(|e| Error::input(format!("--device cuda: {e}; use --device cpu"))),
+        Device::Auto => Ok(CudaBackend::new()
+            .map_or_else(|e| Chosen::Cpu(Some(format!("auto: no usable GPU: {e}"))), |b| Chosen::Gpu(Box::new(b)))),
+    }
+}
+
+/// Trains `experiment` into `out` on `backend`, from `ckpt` when given.
+fn train_on<B: Backend>(
+    backend: &B,
+    experiment: &Experiment,
+    out: &std::path::Path,
+    quiet: bool,
+    ckpt: Option<crate::checkpoint::Checkpoint>,
+) -> Result<crate::train::run::RunOutcome> {
+    let run = match ckpt {
+        Some(c) => crate::train::run::Run::from_checkpoint(backend, experiment, out, c)?,
+        None => crate::train::run::Run::start(backend, experiment, out)?,
+    };
+    run.train(quiet)
+}
+
+/// Trains `cfg` into `out` (from `ckpt` when given) and prints the outcome.
+fn train(
+    experiment: &Experiment,
+    out: &std::path::Path,
+    quiet: bool,
+    compute: Compute,
+    ckpt: Option<crate::checkpoint::Checkpoint>,
+) -> Result<()> {
+    crate::run_dir::kill_point()?; // a bad EBB_KILL_AT is refused before anything is printed
+    let device = check_device(compute.device)?;
+    let pool = thread_pool(compute.threads)?;
+    let outcome = match device {
+        Chosen::Gpu(gpu) => {
+            if !quiet {
+                eprintln!("device: cuda, {}; run directory {}", gpu.describe(), out.display());
+            }
+            pool.install(|| train_on(&*gpu, experiment, out, quiet, ckpt))
+        }
+        Chosen::Cpu(why) => {
+            if !quiet {
+                let why = why.map_or(String::new(), |w| format!(" ({w})"));
+                eprintln!("device: cpu{why}, {} threads; run directory {}", pool.current_num_threads(), out.display());
+            }
+            pool.install(|| train_on(&CpuBackend::<f32>::new(), experiment, out, quiet, ckpt))
+        }
+    };
+    // Draw whatever was logged, a diverged run included.
+    if matches!(outcome, Ok(_) | Err(Error::Diverged { .. })) {
+        crate::plot::plot_run(out, crate::plot::Format::Png)?;
+    }
+    let outcome = outcome?;
+    let (cfg, suite) = (&experiment.config, &experiment.suite);
+    println!(
+        "run {} finished in {:.1}s: {} parameters, suite {} ({} tasks)",
+        cfg.name,
+        outcome.seconds,
+        outcome.n_params,
+        suite.name,
+        suite.tasks.len()
+    );
+    for (task, e) in &outcome.final_eval {
+        let chance = suite.task(task).map_or(0.0, |t| t.chance);
+        println!(
+            "  {task:<16} exact_match {:.3} [95% {:.3}, {:.3}] (chance {chance:.3})  token_acc {:.3}  loss {:.4}",
+            e.exact_match, e.exact_match_lo, e.exact_match_hi, e.token_acc, e.loss
+        );
+    }
+    if let Ok(summary) = crate::analysis::read_summary(out) {
+        for line in drop_lines(&summary) {
+            println!("{line}");
+        }
+    }
+    println!("wrote {} (plots in plots/, open report.html)", outcome.dir.display());
+    println!("params fingerprint: {}", outcome.fingerprint);
+    Ok(())
+}
+
+/// `ebb run`: trains the experiment in `config` (with `overrides`) into
+/// `out` (default `runs/<name>`).
+pub fn run(config: &Path, out: Option<PathBuf>, overrides: &[String], quiet: bool, compute: Compute) -> Result<()> {
+    let experiment = Experiment::load(config, overrides)?;
+    let out = out.unwrap_or_else(|| experiment.config.default_out());
+    train(&experiment, &out, quiet, compute, None)
+}
+
+/// `ebb resume`: continues the run in `run_dir` from its latest checkpoint.
+pub fn resume(run_dir: &Path, quiet: bool, compute: Compute) -> Result<()> {
+    let config = run_dir.join("config.toml");
+    if !config.is_file() {
+        return Err(Error::input(format!("{}: not a run directory (no config.toml)", run_dir.display())));
+    }
+    let finished = crate::analysis::stored_outcome(run_dir).is_some_and(|(finished, _)| finished);
+    if finished {
+        println!("{}: the run already finished", run_dir.display());
+        return Ok(());
+    }
+    let experiment = Experiment::load(&config, &[])?;
+    let ckpt = match crate::checkpoint::steps(run_dir).last() {
+        Some(&step) => Some(crate::checkpoint::read(&crate::checkpoint::path_for(run_dir, step))?),
+        None => None,
+    };
+    if !quiet {
+        match &ckpt {
+            Some(c) => eprintln!("resuming {} from step {}", run_dir.display(), c.step),
+            None => eprintln!("{}: no checkpoint yet; starting over", run_dir.display()),
+        }
+    }
+    train(&experiment, run_dir, quiet, compute, ckpt)
+}
+
+/// `ebb fork`: a new run in `out` from `run_dir`'s checkpoint at step `at`,
+/// with `config` (default: the run's own) and `overrides`.
+pub fn fork(
+    run_dir: &Path,
+    at: u64,
+    out: &Path,
+    config: Option<PathBuf>,
+    overrides: &[String],
+    quiet: bool,
+    compute: Compute,
+) -> Result<()> {
+    let steps = crate::checkpoint::steps(run_dir);
+    if !steps.contains(&at) {
+        let have = if steps.is_empty() {
+            "none".to_string()
+        } else {
+            steps.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+        };
+        return Err(Error::input(format!(
+            "--at {at}: {} has no checkpoint at that step (it has: {have})",
+            run_dir.display()
+        )));
+    }
+    if out.join("config.toml").exists() {
+        return Err(Error::input(format!("--out {}: already a run directory; choose a new one", out.display())));
+    }
+    let config = config.unwrap_or_else(|| run_dir.join("config.toml"));
+    let experiment = Experiment::load(&config, overrides)?;
+    let ckpt = crate::checkpoint::read(&crate::checkpoint::path_for(run_dir, at))?;
+    train(&experiment, out, quiet, compute, Some(ckpt))
+}
+
+// ------------------------------------------------------------------- bench
+
+/// `ebb bench`'s options.
+pub struct BenchArgs {
+    /// Config names (default: every one).
+    pub configs: Vec<String>,
+    pub steps: usize,
+    pub warmup: usize,
+    pub json: bool,
+    pub breakdown: bool,
+    /// A suite whose batch generation is timed too.
+    pub suite: Option<String>,
+    pub ceilings: bool,
+    pub dropout: f64,
+}
+
+/// `ebb bench`: times training steps of the fixed configs.
+pub fn bench(args: BenchArgs, compute: Compute) -> Result<()> {
+    let BenchArgs { configs: config, steps, warmup, json, breakdown, suite, ceilings, dropout } = args;
+    if steps == 0 {
+        return Err(Error::input("--steps 0: need at least one timed step"));
+    }
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(Error::input(format!("--dropout {dropout}: must be in [0, 1)")));
+    }
+    let device = check_device(compute.device)?;
+    if let Chosen::Cpu(Some(why)) = &device {
+        eprintln!("device: cpu ({why})");
+    }
+    if ceilings && matches!(device, Chosen::Gpu(_)) {
+        return Err(Error::input("--ceilings measures the CPU's limits; use it with --device cpu"));
+    }
+    let pool = thread_pool(compute.threads)?;
+    let configs: Vec<crate::bench::BenchConfig> = if config.is_empty() {
+        crate::bench::CONFIGS.to_vec()
+    } else {
+        config.iter().filter_map(|n| crate::bench::BenchConfig::by_name(n)).collect()
+    };
+    let configs: Vec<crate::bench::BenchConfig> =
+        configs.into_iter().map(|c| crate::bench::BenchConfig { dropout, ..c }).collect();
+    let backend = CpuBackend::<f32>::new();
+    let suite = match suite {
+        Some(name) => {
+            let (spec, path) = crate::experiment::load_suite_spec(&name)?;
+            Some(crate::tasks::Suite::build(&spec, 0, &path)?)
+        }
+        None => None,
+    };
+    for c in &configs {
+        let r = match &device {
+            Chosen::Gpu(gpu) => crate::bench::run(&**gpu, c, warmup, steps)?,
+            Chosen::Cpu(_) => pool.install(|| crate::bench::run(&backend, c, warmup, steps))?,
+        };
+        println!("{}", if json { r.json() } else { r.line() });
+        if let Some(suite) = &suite {
+            let ms = crate::bench::batch_generation_ms(suite, c.batch, c.ctx, 50);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"config": c.name, "suite": suite.name, "batch_ms": ms, "share_of_step": ms / r.ms_per_step})
+                );
+            } else {
+                println!(
+                    "  batch generation, suite {}: {ms:.3} ms per batch = {:.2}% of the step",
+                    suite.name,
+                    100.0 * ms / r.ms_per_step
+                );
+            }
+        }
+        if breakdown {
+            let rows = match &device {
+                Chosen::Gpu(_) => {
+                    // A fresh GPU backend that waits for each op, so each is timed.
+                    let gpu = CudaBackend::new().map_err(|e| Error::input(format!("--device cuda: {e}")))?;
+                    gpu.set_synchronous(true);
+                    crate::bench::breakdown(gpu, c, warmup, steps)?
+                }
+                Chosen::Cpu(_) => {
+                    pool.install(|| crate::bench::breakdown(CpuBackend::<f32>::new(), c, warmup, steps))?
+                }
+            };
+            let total: f64 = rows.iter().map(|r| r.1).sum();
+            for (op, ms, calls) in rows {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"config": c.name, "op": op, "ms_per_step": ms, "calls_per_step": calls})
+                    );
+                } else {
+                    println!("  {op:<22} {ms:8.2} ms/step {:5.1}%  {calls} calls", 100.0 * ms / total);
+                }
+            }
+        }
+        if ceilings {
+            let report = pool.install(|| crate::bench::ceilings::report(c, &r, steps))?;
+            println!("{}", if json { report.json() } else { report.lines() });
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------- sweeps
 
 /// `ebb sweep` on this machine: its runs (or shard of them), several at once.
 pub struct LocalSweep {
