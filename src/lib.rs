@@ -21,7 +21,8 @@
 //!    (retention, decay fits, half-lives, savings, the accuracy matrix);
 //!    `plot` draws it. `sweep` runs grids of runs (locally or as Slurm job
 //!    arrays) and aggregates their summaries into scaling relations;
-//!    `bench` times the training step.
+//!    `bench` times the training step. `commands` holds each command's
+//!    work as the `ebb` binary (`main.rs`: parsing only) calls it.
 
 pub mod analysis;
 pub mod backend;
