@@ -418,8 +418,8 @@ fn emulated_sum_squares_and_adamw(emu: &Emulator) {
 }
 
 /// A device failure is an error, not a panic: a backend that fails the way
-/// the CUDA backend does (the first failure kept, then no device work, reads
-/// of zeros, `check` returning the failure), run by the real training loop.
+/// the CUDA backend does (the first failure kept, then no device work,
+/// `check` returning the failure), run by the real training loop.
 mod device_failures {
     use super::*;
     use ebb::backend::DeviceFailure;
@@ -452,7 +452,7 @@ mod device_failures {
 
     /// Forwards each op to the CPU backend until the failure.
     macro_rules! failing_ops {
-        ($( fn $name:ident(&self $(, $arg:ident: $ty:ty)* ) $(-> $ret:ty)?; )*) => {
+        ($( $(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)* ) $(-> $ret:ty)?; )*) => {
             $(
                 fn $name(&self $(, $arg: $ty)*) $(-> $ret)? {
                     if self.skip(stringify!($name)) {
@@ -485,35 +485,7 @@ mod device_failures {
         fn alloc_attention(&self, shape: Heads, dropout: bool) -> Vec<f32> {
             self.cpu.alloc_attention(shape, dropout)
         }
-        fn download(&self, dst: &mut [f32], src: &Vec<f32>) {
-            if self.skip("download") {
-                dst.fill(0.0);
-            } else {
-                self.cpu.download(dst, src);
-            }
-        }
-
-        failing_ops! {
-            fn upload(&self, dst: &mut Vec<f32>, src: &[f32]);
-            fn upload_tokens(&self, dst: &mut Vec<u32>, src: &[u32]);
-            fn zero(&self, buf: &mut Vec<f32>);
-            fn encoder_forward(&self, out: &mut Vec<f32>, tokens: &Vec<u32>, params: &Vec<f32>, emb: Embeddings, shape: Sequences);
-            fn encoder_backward(&self, grads: &mut Vec<f32>, emb: Embeddings, dout: &Vec<f32>, tokens: &Vec<u32>, shape: Sequences);
-            fn layernorm_forward(&self, out: &mut Vec<f32>, stats: &mut NormStats<Vec<f32>>, inp: &Vec<f32>, params: &Vec<f32>, ln: LayerNorm, shape: Rows);
-            fn layernorm_backward(&self, grad: Backprop<'_, Vec<f32>>, accumulate: bool, stats: &NormStats<Vec<f32>>, params: Params<'_, Vec<f32>>, ln: LayerNorm, shape: Rows);
-            fn matmul_forward(&self, out: &mut Vec<f32>, inp: &Vec<f32>, params: &Vec<f32>, linear: Linear, shape: Product);
-            fn matmul_backward(&self, grad: Backprop<'_, Vec<f32>>, accumulate: bool, params: Params<'_, Vec<f32>>, linear: Linear, shape: Product);
-            fn attention_forward(&self, out: &mut Vec<f32>, state: &mut Vec<f32>, qkv: &Vec<f32>, shape: Heads, dropout: Dropout);
-            fn attention_backward(&self, grad: Backprop<'_, Vec<f32>>, state: &Vec<f32>, shape: Heads, dropout: Dropout);
-            fn activation_forward(&self, out: &mut Vec<f32>, inp: &Vec<f32>, params: &Vec<f32>, b: View, n: usize, act: Activation);
-            fn activation_backward(&self, grad: Backprop<'_, Vec<f32>>, params: Params<'_, Vec<f32>>, b: View, n: usize, act: Activation);
-            fn residual_forward(&self, out: &mut Vec<f32>, inp: &Vec<f32>, params: &Vec<f32>, b: View, n: usize, dropout: Dropout);
-            fn dropout_backward(&self, dinp: &mut Vec<f32>, dout: &Vec<f32>, dropout: Dropout);
-            fn crossentropy_forward(&self, losses: &mut Vec<f32>, probs: &mut Vec<f32>, logits: &Vec<f32>, targets: &Vec<u32>, mask: &Vec<f32>, shape: Logits);
-            fn crossentropy_backward(&self, dlogits: &mut Vec<f32>, probs: &Vec<f32>, targets: &Vec<u32>, mask: &Vec<f32>, scale: f64, shape: Logits);
-            fn sum_squares(&self, buf: &Vec<f32>) -> f64;
-            fn adamw_update(&self, params: &mut Vec<f32>, grads: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, groups: &[DecayGroup], hp: AdamW);
-        }
+        ebb::with_backend_ops!(failing_ops);
     }
 
     /// The small test config: 40 steps, the loss logged every 5, an evaluation every 10.

@@ -255,6 +255,82 @@ pub struct Backprop<'a, Buf> {
     pub inp: &'a Buf,
 }
 
+/// Every op of the `Backend` trait, its doc comment and signature written
+/// once: `with_backend_ops!(m)` hands the list to macro `m`, which makes one
+/// item per op. The trait declares them (`declare_ops`), the profiling
+/// wrapper times them, the tests' failing backend forwards them; a backend
+/// implements them. Adding an op is one line here and one implementation
+/// per backend.
+#[macro_export]
+macro_rules! with_backend_ops {
+    ($callback:ident) => {
+        $callback! {
+            fn upload(&self, dst: &mut Self::Buf, src: &[Self::F]);
+            fn upload_tokens(&self, dst: &mut Self::Tokens, src: &[u32]);
+            fn download(&self, dst: &mut [Self::F], src: &Self::Buf);
+            fn zero(&self, buf: &mut Self::Buf);
+
+            /// out (N,C) = wte[tokens[n]] + wpe[n mod T]; tokens (N), wte (V,C), wpe (T,C)
+            fn encoder_forward(&self, out: &mut Self::Buf, tokens: &Self::Tokens, params: &Self::Buf, emb: Embeddings, shape: Sequences);
+            /// dwte[tokens[n]] += dout[n]; dwpe[n mod T] += dout[n]; dout (N,C)
+            fn encoder_backward(&self, grads: &mut Self::Buf, emb: Embeddings, dout: &Self::Buf, tokens: &Self::Tokens, shape: Sequences);
+
+            /// out (N,C) = (inp - mean) * rstd * w + b; inp (N,C), mean/rstd (N), w/b (C)
+            fn layernorm_forward(&self, out: &mut Self::Buf, stats: &mut NormStats<Self::Buf>, inp: &Self::Buf, params: &Self::Buf, ln: LayerNorm, shape: Rows);
+            /// dinp (N,C) (+)= ∂L/∂inp; dw, db (C) += ...; dout, inp (N,C)
+            fn layernorm_backward(&self, grad: Backprop<'_, Self::Buf>, accumulate: bool, stats: &NormStats<Self::Buf>, params: Params<'_, Self::Buf>, ln: LayerNorm, shape: Rows);
+
+            /// out (N,OC) = inp (N,C) · w (OC,C)ᵀ + b (OC)
+            fn matmul_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, linear: Linear, shape: Product);
+            /// dinp (N,C) (+)= dout (N,OC) · w; dw (OC,C) += doutᵀ · inp; db (OC) += Σₙ dout
+            fn matmul_backward(&self, grad: Backprop<'_, Self::Buf>, accumulate: bool, params: Params<'_, Self::Buf>, linear: Linear, shape: Product);
+
+            /// Causal multi-head self-attention: qkv (B,T,3C) → out (B,T,C).
+            /// `state` (from `alloc_attention`) keeps what the backend's backward
+            /// pass needs: the CUDA backend the softmax probabilities and those after
+            /// dropout (B,H,T,T each); the CPU backend each softmax row's maximum and
+            /// normalizer (B,H,T,2: it computes the probabilities again).
+            fn attention_forward(&self, out: &mut Self::Buf, state: &mut Self::AttentionState, qkv: &Self::Buf, shape: Heads, dropout: Dropout);
+            /// dqkv (B,T,3C) = ∂L/∂qkv from dout (B,T,C), qkv and the forward's state
+            fn attention_backward(&self, grad: Backprop<'_, Self::Buf>, state: &Self::AttentionState, shape: Heads, dropout: Dropout);
+
+            /// out (N,F) = act(inp (N,F) + b (F)). The bias of the matrix product
+            /// that made `inp` is added here, in the same pass as the activation, so
+            /// the product need not write its output twice; F = b.len.
+            fn activation_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, b: View, n: usize, act: Activation);
+            /// dinp (N,F) = act'(inp + b) · dout; db (F) += Σₙ dinp; dout, inp (N,F)
+            fn activation_backward(&self, grad: Backprop<'_, Self::Buf>, params: Params<'_, Self::Buf>, b: View, n: usize, act: Activation);
+
+            /// out (N,C) = inp (N,C) + dropout(out + b (C)), in place: `out` holds
+            /// the branch's last product on entry and the residual sum on return
+            /// (the product's output is dead after this, and writing over it spares
+            /// a fresh buffer's trip through memory). The product's bias is added
+            /// here (see `activation_forward`); its gradient is that product's,
+            /// Σₙ of the branch gradient. C = b.len.
+            fn residual_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, b: View, n: usize, dropout: Dropout);
+            /// dinp (N) = dropout mask · dout (N)
+            fn dropout_backward(&self, dinp: &mut Self::Buf, dout: &Self::Buf, dropout: Dropout);
+
+            /// probs (N,V) = softmax(logits (N,V)); losses (N) = -log probs[target] · mask (0 where masked out)
+            fn crossentropy_forward(&self, losses: &mut Self::Buf, probs: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Tokens, mask: &Self::Buf, shape: Logits);
+            /// dlogits (N,V) = (probs - onehot(target)) · mask · scale
+            fn crossentropy_backward(&self, dlogits: &mut Self::Buf, probs: &Self::Buf, targets: &Self::Tokens, mask: &Self::Buf, scale: f64, shape: Logits);
+
+            /// Σ g² over the whole buffer, summed in a fixed order.
+            fn sum_squares(&self, buf: &Self::Buf) -> f64;
+            /// One AdamW step over every group (each group one parameter tensor).
+            fn adamw_update(&self, params: &mut Self::Buf, grads: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, groups: &[DecayGroup], hp: AdamW);
+        }
+    };
+}
+
+/// The op list as trait method declarations.
+macro_rules! declare_ops {
+    ($( $(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)* ) $(-> $ret:ty)?; )*) => {
+        $( $(#[$doc])* fn $name(&self $(, $arg: $ty)*) $(-> $ret)?; )*
+    };
+}
+
 pub trait Backend {
     type F: Float;
     /// A buffer of `F` on the device.
@@ -281,156 +357,6 @@ pub trait Backend {
     /// The state of one attention layer of this shape, run with dropout or
     /// not (any scratch its backward pass needs is the backend's own).
     fn alloc_attention(&self, shape: Heads, dropout: bool) -> Self::AttentionState;
-    fn upload(&self, dst: &mut Self::Buf, src: &[Self::F]);
-    fn upload_tokens(&self, dst: &mut Self::Tokens, src: &[u32]);
-    fn download(&self, dst: &mut [Self::F], src: &Self::Buf);
-    fn zero(&self, buf: &mut Self::Buf);
 
-    /// out (N,C) = wte[tokens[n]] + wpe[n mod T]; tokens (N), wte (V,C), wpe (T,C)
-    fn encoder_forward(
-        &self,
-        out: &mut Self::Buf,
-        tokens: &Self::Tokens,
-        params: &Self::Buf,
-        emb: Embeddings,
-        shape: Sequences,
-    );
-    /// dwte[tokens[n]] += dout[n]; dwpe[n mod T] += dout[n]; dout (N,C)
-    fn encoder_backward(
-        &self,
-        grads: &mut Self::Buf,
-        emb: Embeddings,
-        dout: &Self::Buf,
-        tokens: &Self::Tokens,
-        shape: Sequences,
-    );
-
-    /// out (N,C) = (inp - mean) * rstd * w + b; inp (N,C), mean/rstd (N), w/b (C)
-    fn layernorm_forward(
-        &self,
-        out: &mut Self::Buf,
-        stats: &mut NormStats<Self::Buf>,
-        inp: &Self::Buf,
-        params: &Self::Buf,
-        ln: LayerNorm,
-        shape: Rows,
-    );
-    /// dinp (N,C) (+)= ∂L/∂inp; dw, db (C) += ...; dout, inp (N,C)
-    fn layernorm_backward(
-        &self,
-        grad: Backprop<'_, Self::Buf>,
-        accumulate: bool,
-        stats: &NormStats<Self::Buf>,
-        params: Params<'_, Self::Buf>,
-        ln: LayerNorm,
-        shape: Rows,
-    );
-
-    /// out (N,OC) = inp (N,C) · w (OC,C)ᵀ + b (OC)
-    fn matmul_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, linear: Linear, shape: Product);
-    /// dinp (N,C) (+)= dout (N,OC) · w; dw (OC,C) += doutᵀ · inp; db (OC) += Σₙ dout
-    fn matmul_backward(
-        &self,
-        grad: Backprop<'_, Self::Buf>,
-        accumulate: bool,
-        params: Params<'_, Self::Buf>,
-        linear: Linear,
-        shape: Product,
-    );
-
-    /// Causal multi-head self-attention: qkv (B,T,3C) → out (B,T,C).
-    /// `state` (from `alloc_attention`) keeps what the backend's backward
-    /// pass needs: the CUDA backend the softmax probabilities and those after
-    /// dropout (B,H,T,T each); the CPU backend each softmax row's maximum and
-    /// normalizer (B,H,T,2: it computes the probabilities again).
-    fn attention_forward(
-        &self,
-        out: &mut Self::Buf,
-        state: &mut Self::AttentionState,
-        qkv: &Self::Buf,
-        shape: Heads,
-        dropout: Dropout,
-    );
-    /// dqkv (B,T,3C) = ∂L/∂qkv from dout (B,T,C), qkv and the forward's state
-    fn attention_backward(
-        &self,
-        grad: Backprop<'_, Self::Buf>,
-        state: &Self::AttentionState,
-        shape: Heads,
-        dropout: Dropout,
-    );
-
-    /// out (N,F) = act(inp (N,F) + b (F)). The bias of the matrix product
-    /// that made `inp` is added here, in the same pass as the activation, so
-    /// the product need not write its output twice; F = b.len.
-    fn activation_forward(
-        &self,
-        out: &mut Self::Buf,
-        inp: &Self::Buf,
-        params: &Self::Buf,
-        b: View,
-        n: usize,
-        act: Activation,
-    );
-    /// dinp (N,F) = act'(inp + b) · dout; db (F) += Σₙ dinp; dout, inp (N,F)
-    fn activation_backward(
-        &self,
-        grad: Backprop<'_, Self::Buf>,
-        params: Params<'_, Self::Buf>,
-        b: View,
-        n: usize,
-        act: Activation,
-    );
-
-    /// out (N,C) = inp (N,C) + dropout(out + b (C)), in place: `out` holds
-    /// the branch's last product on entry and the residual sum on return
-    /// (the product's output is dead after this, and writing over it spares
-    /// a fresh buffer's trip through memory). The product's bias is added
-    /// here (see `activation_forward`); its gradient is that product's,
-    /// Σₙ of the branch gradient. C = b.len.
-    fn residual_forward(
-        &self,
-        out: &mut Self::Buf,
-        inp: &Self::Buf,
-        params: &Self::Buf,
-        b: View,
-        n: usize,
-        dropout: Dropout,
-    );
-    /// dinp (N) = dropout mask · dout (N)
-    fn dropout_backward(&self, dinp: &mut Self::Buf, dout: &Self::Buf, dropout: Dropout);
-
-    /// probs (N,V) = softmax(logits (N,V)); losses (N) = -log probs[target] · mask (0 where masked out)
-    fn crossentropy_forward(
-        &self,
-        losses: &mut Self::Buf,
-        probs: &mut Self::Buf,
-        logits: &Self::Buf,
-        targets: &Self::Tokens,
-        mask: &Self::Buf,
-        shape: Logits,
-    );
-    /// dlogits (N,V) = (probs - onehot(target)) · mask · scale
-    fn crossentropy_backward(
-        &self,
-        dlogits: &mut Self::Buf,
-        probs: &Self::Buf,
-        targets: &Self::Tokens,
-        mask: &Self::Buf,
-        scale: f64,
-        shape: Logits,
-    );
-
-    /// Σ g² over the whole buffer, summed in a fixed order.
-    fn sum_squares(&self, buf: &Self::Buf) -> f64;
-    /// One AdamW step over every group (each group one parameter tensor).
-    fn adamw_update(
-        &self,
-        params: &mut Self::Buf,
-        grads: &Self::Buf,
-        m: &mut Self::Buf,
-        v: &mut Self::Buf,
-        groups: &[DecayGroup],
-        hp: AdamW,
-    );
+    with_backend_ops!(declare_ops);
 }

@@ -49,7 +49,7 @@ impl<B: Backend> Profiled<B> {
 
 /// Forwards each listed op to the inner backend under a timer named after it.
 macro_rules! timed_ops {
-    ($( fn $name:ident(&self $(, $arg:ident: $ty:ty)* ) $(-> $ret:ty)?; )*) => {
+    ($( $(#[$doc:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)* ) $(-> $ret:ty)?; )*) => {
         $(
             fn $name(&self $(, $arg: $ty)*) $(-> $ret)? {
                 self.time(stringify!($name), || self.inner.$name($($arg),*))
@@ -80,26 +80,5 @@ impl<B: Backend> Backend for Profiled<B> {
         self.inner.alloc_attention(shape, dropout)
     }
 
-    timed_ops! {
-        fn upload(&self, dst: &mut Self::Buf, src: &[Self::F]);
-        fn upload_tokens(&self, dst: &mut Self::Tokens, src: &[u32]);
-        fn download(&self, dst: &mut [Self::F], src: &Self::Buf);
-        fn zero(&self, buf: &mut Self::Buf);
-        fn encoder_forward(&self, out: &mut Self::Buf, tokens: &Self::Tokens, params: &Self::Buf, emb: Embeddings, shape: Sequences);
-        fn encoder_backward(&self, grads: &mut Self::Buf, emb: Embeddings, dout: &Self::Buf, tokens: &Self::Tokens, shape: Sequences);
-        fn layernorm_forward(&self, out: &mut Self::Buf, stats: &mut NormStats<Self::Buf>, inp: &Self::Buf, params: &Self::Buf, ln: LayerNorm, shape: Rows);
-        fn layernorm_backward(&self, grad: Backprop<'_, Self::Buf>, accumulate: bool, stats: &NormStats<Self::Buf>, params: Params<'_, Self::Buf>, ln: LayerNorm, shape: Rows);
-        fn matmul_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, linear: Linear, shape: Product);
-        fn matmul_backward(&self, grad: Backprop<'_, Self::Buf>, accumulate: bool, params: Params<'_, Self::Buf>, linear: Linear, shape: Product);
-        fn attention_forward(&self, out: &mut Self::Buf, state: &mut Self::AttentionState, qkv: &Self::Buf, shape: Heads, dropout: Dropout);
-        fn attention_backward(&self, grad: Backprop<'_, Self::Buf>, state: &Self::AttentionState, shape: Heads, dropout: Dropout);
-        fn activation_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, b: View, n: usize, act: Activation);
-        fn activation_backward(&self, grad: Backprop<'_, Self::Buf>, params: Params<'_, Self::Buf>, b: View, n: usize, act: Activation);
-        fn residual_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, b: View, n: usize, dropout: Dropout);
-        fn dropout_backward(&self, dinp: &mut Self::Buf, dout: &Self::Buf, dropout: Dropout);
-        fn crossentropy_forward(&self, losses: &mut Self::Buf, probs: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Tokens, mask: &Self::Buf, shape: Logits);
-        fn crossentropy_backward(&self, dlogits: &mut Self::Buf, probs: &Self::Buf, targets: &Self::Tokens, mask: &Self::Buf, scale: f64, shape: Logits);
-        fn sum_squares(&self, buf: &Self::Buf) -> f64;
-        fn adamw_update(&self, params: &mut Self::Buf, grads: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, groups: &[DecayGroup], hp: AdamW);
-    }
+    crate::with_backend_ops!(timed_ops);
 }
