@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::CudaBackend;
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::experiment::Experiment;
 use crate::sweep::Plan;
+use crate::train::run::{Run, RunOutcome};
 
 // ---------------------------------------------------------------- training
 
@@ -78,25 +80,20 @@ fn check_device(device: Device) -> Result<Chosen> {
 fn train_on<B: Backend>(
     backend: &B,
     experiment: &Experiment,
-    out: &std::path::Path,
+    out: &Path,
     quiet: bool,
-    ckpt: Option<crate::checkpoint::Checkpoint>,
-) -> Result<crate::train::run::RunOutcome> {
+    ckpt: Option<Checkpoint>,
+) -> Result<RunOutcome> {
     let run = match ckpt {
-        Some(c) => crate::train::run::Run::from_checkpoint(backend, experiment, out, c)?,
-        None => crate::train::run::Run::start(backend, experiment, out)?,
+        Some(c) => Run::from_checkpoint(backend, experiment, out, c)?,
+        None => Run::start(backend, experiment, out)?,
     };
     run.train(quiet)
 }
 
-/// Trains `cfg` into `out` (from `ckpt` when given) and prints the outcome.
-fn train(
-    experiment: &Experiment,
-    out: &std::path::Path,
-    quiet: bool,
-    compute: Compute,
-    ckpt: Option<crate::checkpoint::Checkpoint>,
-) -> Result<()> {
+/// Trains `experiment` into `out` (from `ckpt` when given) on the device
+/// `compute` asks for, and prints the outcome.
+fn train(experiment: &Experiment, out: &Path, quiet: bool, compute: Compute, ckpt: Option<Checkpoint>) -> Result<()> {
     crate::run_dir::kill_point()?; // a bad EBB_KILL_AT is refused before anything is printed
     let device = check_device(compute.device)?;
     let pool = thread_pool(compute.threads)?;
@@ -410,7 +407,7 @@ pub fn sweep(plan: &Plan, args: LocalSweep) -> Result<()> {
 pub fn submit_to_slurm(
     plan: &crate::sweep::Plan,
     sweep: &std::path::Path,
-    out: &std::path::Path,
+    out: &Path,
     opts: &crate::sweep::slurm::SlurmOptions,
 ) -> Result<()> {
     let sub = crate::sweep::slurm::submit(plan, sweep, out, opts)?;
