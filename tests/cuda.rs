@@ -375,10 +375,7 @@ fn emulated_crossentropy(emu: &Emulator) {
     // their size (relative error against the reference).
     let shape @ Logits { n, v } = Logits { n: 6, v: 100 };
     let mut z = random(n * v, 54);
-    let targets: Vec<u32> = (0..n as u32).map(|r| (r * 13) % v as u32).collect();
-    for r in 0..n {
-        z[r * v + targets[r] as usize] += 20.0 + 4.0 * r as f32;
-    }
+    let targets = refs::make_confident(&mut z, shape);
     let mask = vec![1.0f32; n];
     let args = format!("crossentropy {n} {v} 1");
     let [losses, _, dlogits] = emu.run(&args, &[F32(&z), U32(&targets), F32(&mask)]).map(f32s);

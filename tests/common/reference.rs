@@ -297,6 +297,18 @@ fn softmax(z: &[f32]) -> Vec<f64> {
     e.iter().map(|x| x / total).collect()
 }
 
+/// Makes every row of `logits` (N,V) confident: target t = 13·r mod V, its
+/// logit raised 20 + 4r above the rest, so that from the second row on
+/// p_target rounds to 1 in float32. Returns the targets (N).
+pub fn make_confident(logits: &mut [f32], shape: Logits) -> Vec<u32> {
+    let Logits { n, v } = shape;
+    let targets: Vec<u32> = (0..n as u32).map(|r| (r * 13) % v as u32).collect();
+    for r in 0..n {
+        logits[r * v + targets[r] as usize] += 20.0 + 4.0 * r as f32;
+    }
+    targets
+}
+
 /// (probs (N,V), losses (N)): probs = softmax(logits (N,V)); losses = −log
 /// probs[target] · mask, as log1p(Σ_{j≠t} e^(z_j − z_t)), which keeps its size
 /// on confident rows (p_t ≈ 1); targets, mask (N)
