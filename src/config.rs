@@ -156,8 +156,9 @@ pub struct TrainConfig {
     /// What the loss averages over: every answer `token` alike (long
     /// answers weigh more), or every `example` alike.
     pub loss_per: LossPer,
-    /// Write `weights/step-N.safetensors` at step 0, every this many steps
-    /// and at the end (0: never); `--weights-every`.
+    /// Also write `weights/step-N.safetensors` at step 0 and every this
+    /// many steps (0: only where every run writes them: at each schedule
+    /// event, before it changes the mixture, and at the end); `--weights-every`.
     #[serde(skip_serializing_if = "is_zero")]
     pub weights_every: u64,
     /// Write every training step's batch (`batches/step-N.safetensors`) and

@@ -43,7 +43,7 @@ enum Command {
         /// Write a checkpoint every N steps (for `ebb resume` and `ebb fork`).
         #[arg(long, value_name = "N")]
         checkpoint_every: Option<u64>,
-        /// Write the parameters as weights/step-N.safetensors at step 0, every N steps and at the end.
+        /// Also write the parameters (weights/step-N.safetensors) at step 0 and every N steps.
         #[arg(long, value_name = "N")]
         weights_every: Option<u64>,
         /// Write every training step's batch and each task's eval set as safetensors (batches/, eval/).

@@ -679,3 +679,28 @@ fn weights_and_batches_go_out_as_safetensors_and_weights_come_back_in() {
     let err = assert_input_error(&refused, &["step-0.safetensors", "tensor `wte`", "[15, 32]", "[15, 48]"]);
     assert!(!other.join("run").exists(), "{err}");
 }
+
+#[test]
+fn every_run_keeps_its_weights_before_each_event_and_at_the_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let schedule = "[[schedule]]\nstep = 15\ndrop = [\"add2\"]\n[[schedule]]\nstep = 30\nrevive = [\"add2\"]\n";
+    run_config(&tmp.path().join("dropped"), &two_tasks(schedule), &[]);
+    let run = tmp.path().join("dropped/run");
+    let mut written: Vec<String> = std::fs::read_dir(run.join("weights"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(
+        written,
+        ["step-15.safetensors", "step-30.safetensors", "step-40.safetensors"],
+        "just before the drop, at the end of its window (the revive), at the end"
+    );
+    // Step 15's weights are those before the drop took effect: the same bits
+    // as a run that never drops, written there by --weights-every.
+    run_config(&tmp.path().join("kept"), &two_tasks(""), &["--weights-every", "15"]);
+    let kept = tmp.path().join("kept/run");
+    let bytes = |p: &Path| std::fs::read(p).unwrap();
+    assert_eq!(bytes(&run.join("weights/step-15.safetensors")), bytes(&kept.join("weights/step-15.safetensors")));
+    assert_ne!(bytes(&run.join("weights/step-30.safetensors")), bytes(&kept.join("weights/step-30.safetensors")));
+}

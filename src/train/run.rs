@@ -286,6 +286,9 @@ impl<'a, B: Backend> Run<'a, B> {
                 }
                 self.stream.set_weights(&self.schedule.weights_at(&self.suite.weights, step));
                 self.events.flush()?;
+                // The parameters the mixture change starts from: just before a drop,
+                // at the end of the window of the one before.
+                self.write_weights()?;
             }
             self.batch.fill_train(self.suite, &mut self.stream, cfg.seed, step);
             if cfg.train.dump_batches {
@@ -319,7 +322,7 @@ impl<'a, B: Backend> Run<'a, B> {
                 self.timing.flush()?;
                 window = (Instant::now(), done);
             }
-            if cfg.train.weights_every > 0 && (done % cfg.train.weights_every == 0 || done == steps) {
+            if done == steps || (cfg.train.weights_every > 0 && done % cfg.train.weights_every == 0) {
                 self.write_weights()?;
             }
             if cfg.train.checkpoint_every > 0 && done % cfg.train.checkpoint_every == 0 && done < steps {
