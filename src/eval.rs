@@ -8,6 +8,11 @@
 //! prefix. That is exactly greedy decoding's verdict: if every token is the
 //! argmax, greedy decoding writes the answer; if one is not, greedy decoding
 //! first departs from the answer at that token. One forward pass suffices.
+//!
+//! `exact_match_restricted` is the same with the choice restricted to the
+//! tokens that occur in the task's answers (and EOS): when exact match falls
+//! to 0 after a drop but this stays high, the model still computes the
+//! answer and has only stopped emitting its tokens.
 
 use crate::backend::Backend;
 use crate::data::Batch;
@@ -26,10 +31,12 @@ pub struct EvalResult {
     pub exact_match_hi: f64,
     /// Mean over examples of P(whole answer | prompt).
     pub p_correct: f64,
+    /// Exact match with every prediction restricted to the task's answer tokens.
+    pub exact_match_restricted: f64,
 }
 
 impl EvalResult {
-    pub fn metrics(&self) -> [(&'static str, f64); 6] {
+    pub fn metrics(&self) -> [(&'static str, f64); 7] {
         [
             ("loss", self.loss),
             ("token_acc", self.token_acc),
@@ -37,6 +44,7 @@ impl EvalResult {
             ("exact_match_lo", self.exact_match_lo),
             ("exact_match_hi", self.exact_match_hi),
             ("p_correct", self.p_correct),
+            ("exact_match_restricted", self.exact_match_restricted),
         ]
     }
 }
@@ -61,10 +69,18 @@ pub fn wilson_interval(successes: usize, n: usize) -> (f64, f64) {
     (lo, hi)
 }
 
+/// The candidate with the highest probability; the first of them on a tie.
+fn argmax<F: Float>(p: &[F], mut candidates: impl Iterator<Item = usize>) -> usize {
+    let first = candidates.next().expect("at least one candidate");
+    candidates.fold(first, |best, i| if p[i] > p[best] { i } else { best })
+}
+
 /// A fixed list of a task's problems, rendered once, and the buffers to
 /// evaluate the model on them.
 pub struct Evaluator<F> {
     examples: Vec<(Vec<u32>, usize)>,
+    /// The task's answer tokens and those of these examples, sorted.
+    answer_tokens: Vec<u32>,
     batch: Batch<F>,
     probs: Vec<F>,
 }
@@ -79,8 +95,12 @@ impl<F: Float> Evaluator<F> {
                 let prompt = task.render(p, &mut out);
                 (out, prompt)
             })
-            .collect();
-        Evaluator { examples, batch: Batch::new(rows, ctx), probs: vec![F::zero(); rows * ctx * vocab] }
+            .collect::<Vec<(Vec<u32>, usize)>>();
+        let mut answer_tokens = task.answer_tokens.clone();
+        answer_tokens.extend(examples.iter().flat_map(|(example, prompt)| &example[*prompt..]));
+        answer_tokens.sort_unstable();
+        answer_tokens.dedup();
+        Evaluator { examples, answer_tokens, batch: Batch::new(rows, ctx), probs: vec![F::zero(); rows * ctx * vocab] }
     }
 
     /// All the examples in one batch, a row each (as `ebb run --dump-batches` writes them).
@@ -106,6 +126,7 @@ impl<F: Float> Evaluator<F> {
     pub fn run<B: Backend<F = F>>(&mut self, backend: &B, model: &mut Gpt<B>) -> EvalResult {
         let (rows, t, v) = (self.batch.rows, self.batch.ctx, model.shape.vocab);
         let (mut loss, mut tokens, mut correct_tokens, mut exact, mut p_correct) = (0.0, 0usize, 0usize, 0usize, 0.0);
+        let mut exact_restricted = 0usize;
         for chunk in self.examples.chunks(rows) {
             for row in 0..rows {
                 match chunk.get(row) {
@@ -117,7 +138,7 @@ impl<F: Float> Evaluator<F> {
             backend.download(&mut self.probs, &model.probs);
             let losses = model.position_losses();
             for row in 0..chunk.len() {
-                let mut all_right = true;
+                let (mut all_right, mut all_right_restricted) = (true, true);
                 let mut row_loss = 0.0;
                 for j in 0..t {
                     let pos = row * t + j;
@@ -125,15 +146,17 @@ impl<F: Float> Evaluator<F> {
                         continue;
                     }
                     let p = &self.probs[pos * v..(pos + 1) * v];
-                    let argmax = p.iter().enumerate().fold(0, |best, (i, &x)| if x > p[best] { i } else { best });
-                    let right = argmax == self.batch.targets[pos] as usize;
+                    let target = self.batch.targets[pos] as usize;
+                    let right = argmax(p, 0..v) == target;
                     correct_tokens += right as usize;
                     all_right &= right;
+                    all_right_restricted &= argmax(p, self.answer_tokens.iter().map(|&i| i as usize)) == target;
                     tokens += 1;
                     row_loss += losses[pos].f64();
                 }
                 loss += row_loss;
                 exact += all_right as usize;
+                exact_restricted += all_right_restricted as usize;
                 p_correct += (-row_loss).exp();
             }
         }
@@ -146,13 +169,23 @@ impl<F: Float> Evaluator<F> {
             exact_match_lo,
             exact_match_hi,
             p_correct: p_correct / n,
+            exact_match_restricted: exact_restricted as f64 / n,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::wilson_interval;
+    use super::{argmax, wilson_interval};
+
+    #[test]
+    fn argmax_takes_the_best_candidate_and_the_first_on_a_tie() {
+        let p = [0.1f32, 0.5, 0.2, 0.2];
+        assert_eq!(argmax(&p, 0..4), 1);
+        // Restricted to tokens 0, 2, 3: the best of them, the first of a tie.
+        assert_eq!(argmax(&p, [0, 2, 3].into_iter()), 2);
+        assert_eq!(argmax(&p, [0].into_iter()), 0);
+    }
 
     #[test]
     fn wilson_interval_matches_known_values() {

@@ -95,6 +95,17 @@ fn evaluating_every_step_does_not_change_training() {
     assert_eq!(fingerprint(&sparse), fingerprint(&dense));
     assert_eq!(metric(&tmp.path().join("dense/run"), "add1", "eval", "exact_match").len(), 41);
     assert_eq!(metric(&tmp.path().join("dense/run"), "add2", "train", "exact_match").len(), 41);
+    // Restricting the choice to the answer tokens can only turn a wrong
+    // answer right, never a right one wrong.
+    let dense = tmp.path().join("dense/run");
+    for (task, split) in [("add1", "eval"), ("add2", "eval"), ("add2", "train")] {
+        let (plain, restricted) =
+            (metric(&dense, task, split, "exact_match"), metric(&dense, task, split, "exact_match_restricted"));
+        assert_eq!(plain.len(), restricted.len());
+        for (p, r) in plain.iter().zip(&restricted) {
+            assert!(r.1 >= p.1, "{task} {split} step {}: restricted {} < plain {}", p.0, r.1, p.1);
+        }
+    }
 }
 
 #[test]
@@ -112,7 +123,7 @@ fn a_tiny_training_set_is_evaluated_on_the_train_split_and_memorized() {
     let held_out = metric(&dir, "add2", "eval", "exact_match");
     let steps: Vec<u64> = held_out.iter().map(|r| r.0).collect();
     assert_eq!(steps, vec![0, 1, 2, 4, 8, 16, 32, 50, 64, 100, 128, 150, 200, 250, 256, 300]);
-    for name in ["loss", "token_acc", "exact_match", "exact_match_lo", "exact_match_hi", "p_correct"] {
+    for name in ["loss", "token_acc", "exact_match", "exact_match_lo", "exact_match_hi", "p_correct", "exact_match_restricted"] {
         assert_eq!(
             metric(&dir, "add2", "train", name).iter().map(|r| r.0).collect::<Vec<_>>(),
             steps,

@@ -128,6 +128,9 @@ pub struct Task {
     pub train_set: Option<Vec<u64>>,
     /// Exact-match accuracy of guessing the most common answer.
     pub chance: f64,
+    /// The tokens that occur in its answers, EOS included, sorted: what
+    /// `exact_match_restricted` lets the model choose from.
+    pub answer_tokens: Vec<u32>,
 }
 
 /// Problems at most this many are enumerated exactly (chance level, held-out
@@ -201,10 +204,11 @@ pub fn shuffle<T>(items: &mut [T], r: &mut ChaCha8Rng) {
     }
 }
 
-/// Exact-match chance: the share of problems whose answer is the most
-/// common answer (exact over all problems of small spaces, estimated from a
-/// fixed sample of large ones).
-fn chance_level(family: &dyn Family) -> f64 {
+/// Exact-match chance, the share of problems whose answer is the most
+/// common one, and the tokens that occur in answers (EOS included, sorted).
+/// Over every problem, or a fixed sample of 65,536 where there are more
+/// than `ENUMERATE_LIMIT`.
+fn answer_stats(family: &dyn Family) -> (f64, Vec<u32>) {
     let space = family.space();
     let mut counts: HashMap<Vec<u32>, u64> = HashMap::new();
     let mut out = Vec::new();
@@ -222,7 +226,11 @@ fn chance_level(family: &dyn Family) -> f64 {
         (0..samples).for_each(|_| count(rng::below(&mut r, space)));
         samples
     };
-    counts.values().copied().max().unwrap_or(0) as f64 / total as f64
+    let chance = counts.values().copied().max().unwrap_or(0) as f64 / total as f64;
+    let mut tokens: Vec<u32> = counts.keys().flatten().copied().chain([EOS]).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    (chance, tokens)
 }
 
 /// A suite built for one run: its tasks and their shared vocabulary.
@@ -262,7 +270,7 @@ impl Suite {
                 .or_else(|| family.split_group().map(str::to_string))
                 .unwrap_or_else(|| t.id.clone());
             let split_seed = rng::stream_key(seed, "split", rng::purpose_id(&group));
-            let chance = chance_level(family.as_ref());
+            let (chance, answer_tokens) = answer_stats(family.as_ref());
             let mut task = Task {
                 id: t.id.clone(),
                 family_name: t.family.clone(),
@@ -272,6 +280,7 @@ impl Suite {
                 eval_fraction: t.eval_fraction,
                 train_set: None,
                 chance,
+                answer_tokens,
             };
             task.train_set = spec::train_set(&task, t, seed, file)?;
             tasks.push(task);
