@@ -224,6 +224,29 @@ pub struct BenchArgs {
     pub dropout: f64,
 }
 
+/// `ebb erasure`: the erasure battery on one dropped task of a finished run.
+pub fn erasure(
+    run_dir: &Path,
+    task: &str,
+    at: Option<u64>,
+    only: &[crate::erasure::Instrument],
+    compute: Compute,
+) -> Result<()> {
+    let only = if only.is_empty() { &crate::erasure::Instrument::ALL[..] } else { only };
+    let request = crate::erasure::Request { run_dir, task, at, only };
+    let device = check_device(compute.device)?;
+    let pool = thread_pool(compute.threads)?;
+    let erasure = match device {
+        Chosen::Gpu(gpu) => pool.install(|| crate::erasure::measure(&*gpu, &request)),
+        Chosen::Cpu(_) => pool.install(|| crate::erasure::measure(&CpuBackend::<f32>::new(), &request)),
+    }?;
+    for line in crate::erasure::report_lines(&erasure) {
+        println!("{line}");
+    }
+    println!("wrote {}", crate::erasure::out_dir(run_dir, task).display());
+    Ok(())
+}
+
 /// `ebb bench`: times training steps of the fixed configs.
 pub fn bench(args: BenchArgs, compute: Compute) -> Result<()> {
     let BenchArgs { configs: config, steps, warmup, json, breakdown, suite, ceilings, dropout } = args;

@@ -31,6 +31,7 @@ pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod erasure;
 pub mod error;
 pub mod eval;
 pub mod experiment;

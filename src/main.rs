@@ -87,6 +87,22 @@ enum Command {
     },
     /// Recompute summary.json (decay fits, forgetting, savings) from a run's files.
     Analyze { run_dir: PathBuf },
+    /// Is a dropped task's capability erased or only switched off? Compares the
+    /// weights before its drop (P) with those at the end of its window (D).
+    Erasure {
+        run_dir: PathBuf,
+        /// The dropped task.
+        #[arg(long)]
+        task: String,
+        /// D's step (default: the end of the drop window); its weights must be kept.
+        #[arg(long, value_name = "STEP")]
+        at: Option<u64>,
+        /// Instruments to run, comma-separated (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<ebb::erasure::Instrument>,
+        #[command(flatten)]
+        compute: Compute,
+    },
     /// Run a sweep: a grid of experiments, several at once, resumable and shardable.
     Sweep {
         /// The sweep file (TOML).
@@ -320,6 +336,7 @@ fn dispatch(command: Command) -> Result<()> {
             if format == PlotFormat::Png { ebb::plot::Format::Png } else { ebb::plot::Format::Svg },
         ),
         Command::Analyze { run_dir } => commands::analyze(&run_dir),
+        Command::Erasure { run_dir, task, at, only, compute } => commands::erasure(&run_dir, &task, at, &only, compute),
         Command::Tasks { command: TasksCommand::List } => {
             print!("{}", commands::tasks_list());
             Ok(())

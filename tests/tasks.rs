@@ -289,13 +289,11 @@ fn parse(form: &str, text: &str) -> Statement {
 fn every_surface_form_of_suite_b_parses_back_to_the_same_statement() {
     let s = suite("b-shared", 0);
     let space = s.tasks[0].space();
+    // tasks/b-shared.toml: a + b for a, b < 30.
     let mut expected = BTreeSet::new();
-    for a in 0..20 {
-        for b in 0..20 {
+    for a in 0..30 {
+        for b in 0..30 {
             expected.insert((a, '+', b, a + b));
-            if a >= b {
-                expected.insert((a, '-', b, a - b));
-            }
         }
     }
     assert_eq!(space, expected.len() as u64);

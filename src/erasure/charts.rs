@@ -1,0 +1,219 @@
+//! The plots of `ebb erasure`, drawn from `erasure.json` alone: restored
+//! accuracy per component as bars, accuracy along the line from P to D, and
+//! accuracy under weight noise.
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::Erasure;
+use crate::plot::DrawResult;
+use crate::plot::charts::{Chart, FONT, both_backends, color, err, legend};
+
+/// The charts that apply to `e` (one per instrument it ran).
+pub fn charts_for(e: &Erasure) -> Vec<Box<dyn Chart + '_>> {
+    let mut charts: Vec<Box<dyn Chart + '_>> = Vec::new();
+    if e.restore.is_some() {
+        charts.push(Box::new(Restore(e)));
+    }
+    if e.interpolation.is_some() {
+        charts.push(Box::new(Interpolation(e)));
+    }
+    if e.noise.is_some() {
+        charts.push(Box::new(Noise(e)));
+    }
+    charts
+}
+
+/// Dashed horizontal reference lines: P's and D's accuracy and chance.
+fn references<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+    e: &Erasure,
+    x: (f64, f64),
+) -> DrawResult {
+    for (label, y, c) in [
+        (format!("P (step {}): {:.3}", e.before.step, e.before.exact_match), e.before.exact_match, color(0)),
+        (format!("D (step {}): {:.3}", e.after.step, e.after.exact_match), e.after.exact_match, color(3)),
+        (format!("chance {:.3}", e.chance), e.chance, RGBColor(128, 128, 128)),
+    ] {
+        let style = ShapeStyle::from(c.mix(0.8)).stroke_width(1);
+        chart
+            .draw_series(DashedLineSeries::new([(x.0, y), (x.1, y)], 6, 4, style))
+            .map_err(err)?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+    }
+    Ok(())
+}
+
+/// Per component: D with P's component (does the capability come back?)
+/// and P with D's (is the component enough to lose it?).
+struct Restore<'a>(&'a Erasure);
+
+impl Restore<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
+        let e = self.0;
+        let components = &e.restore.as_ref().expect("charted only with restore").components;
+        area.fill(&WHITE).map_err(err)?;
+        let n = components.len() as f64;
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{}: {} held-out exact match with one component swapped", e.run, e.task), (FONT, 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(-0.5f64..n - 0.5, 0f64..1.02f64)
+            .map_err(err)?;
+        let names: Vec<String> = components.iter().map(|c| c.component.clone()).collect();
+        chart
+            .configure_mesh()
+            .x_labels(components.len())
+            .x_label_formatter(&|v| {
+                let i = v.round();
+                if (v - i).abs() < 1e-6 && i >= 0.0 { names.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+            })
+            .y_desc("exact match")
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 15))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(err)?;
+        for (k, (label, c)) in [("D with P's component", color(0)), ("P with D's component", color(3))].into_iter().enumerate()
+        {
+            let bars = components.iter().enumerate().map(|(i, comp)| {
+                let y = if k == 0 { comp.p_into_d } else { comp.d_into_p };
+                let x0 = i as f64 - 0.38 + 0.38 * k as f64;
+                Rectangle::new([(x0, 0.0), (x0 + 0.36, y)], c.mix(0.75).filled())
+            });
+            chart
+                .draw_series(bars)
+                .map_err(err)?
+                .label(label)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.mix(0.75).filled()));
+        }
+        references(&mut chart, e, (-0.5, n - 0.5))?;
+        legend(&mut chart, 5, SeriesLabelPosition::UpperRight)
+    }
+}
+
+impl Chart for Restore<'_> {
+    fn name(&self) -> &'static str {
+        "restore"
+    }
+    fn title(&self) -> String {
+        "Accuracy with one component swapped between P and D".into()
+    }
+    both_backends!();
+}
+
+/// Accuracy of the dropped task and of the kept tasks along (1 − α)·P + α·D.
+struct Interpolation<'a>(&'a Erasure);
+
+impl Interpolation<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
+        let e = self.0;
+        let points = e.interpolation.as_ref().expect("charted only with interpolation");
+        area.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{}: held-out exact match along the line from P to D", e.run), (FONT, 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..1f64, 0f64..1.02f64)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("α: (1 − α)·P + α·D")
+            .y_desc("exact match")
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 15))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(err)?;
+        let kept = format!("kept tasks (mean of {})", e.kept_tasks.len());
+        for (label, c, get) in [
+            (e.task.clone(), color(3), (|p: &super::InterpolationPoint| p.exact_match) as fn(&_) -> f64),
+            (kept, color(2), |p: &super::InterpolationPoint| p.kept_exact_match),
+        ] {
+            let line: Vec<(f64, f64)> = points.iter().map(|p| (p.alpha, get(p))).filter(|p| p.1.is_finite()).collect();
+            let style = ShapeStyle::from(c).stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(line.clone(), style))
+                .map_err(err)?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+            chart.draw_series(line.iter().map(|&p| Circle::new(p, 3, c.filled()))).map_err(err)?;
+        }
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(0.0, e.chance), (1.0, e.chance)],
+                6,
+                4,
+                ShapeStyle::from(RGBColor(128, 128, 128)).stroke_width(1),
+            ))
+            .map_err(err)?;
+        legend(&mut chart, 2, SeriesLabelPosition::LowerLeft)
+    }
+}
+
+impl Chart for Interpolation<'_> {
+    fn name(&self) -> &'static str {
+        "interpolation"
+    }
+    fn title(&self) -> String {
+        "Accuracy along the straight line from P to D".into()
+    }
+    both_backends!();
+}
+
+/// Mean accuracy under relative weight noise against σ (log scale), with
+/// every draw as a dot, for P and D.
+struct Noise<'a>(&'a Erasure);
+
+impl Noise<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
+        let e = self.0;
+        let levels = e.noise.as_ref().expect("charted only with noise");
+        area.fill(&WHITE).map_err(err)?;
+        let (lo, hi) = (super::NOISE_SIGMAS[0] / 1.5, super::NOISE_SIGMAS[super::NOISE_SIGMAS.len() - 1] * 1.5);
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{}: {} held-out exact match under weight noise", e.run, e.task), (FONT, 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d((lo..hi).log_scale(), 0f64..1.02f64)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("σ (relative to each tensor's RMS)")
+            .y_desc("exact match")
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 15))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(err)?;
+        for (model, c) in [("P", color(0)), ("D", color(3))] {
+            let mine: Vec<&super::NoiseLevel> = levels.iter().filter(|l| l.model == model).collect();
+            let style = ShapeStyle::from(c).stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(mine.iter().map(|l| (l.sigma, l.mean)), style))
+                .map_err(err)?
+                .label(format!("{model}: mean of {} draws (dots: each draw)", super::NOISE_DRAWS))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+            chart
+                .draw_series(
+                    mine.iter().flat_map(|l| l.draws.iter().map(|&y| Circle::new((l.sigma, y), 2, c.mix(0.5).filled()))),
+                )
+                .map_err(err)?;
+        }
+        legend(&mut chart, 5, SeriesLabelPosition::UpperRight)
+    }
+}
+
+impl Chart for Noise<'_> {
+    fn name(&self) -> &'static str {
+        "noise"
+    }
+    fn title(&self) -> String {
+        "Accuracy under relative weight noise".into()
+    }
+    both_backends!();
+}

@@ -1,0 +1,442 @@
+//! `ebb erasure RUN_DIR --task ID`: once a dropped task's accuracy has
+//! fallen, is the capability gone from the weights, or only switched off?
+//!
+//! Two models of the run are compared, read from the weights every run
+//! keeps (`weights/step-N.safetensors`): P, the parameters just before the
+//! drop, and D, those at the end of the drop window (or at `--at`). Every
+//! score is exact match on the task's fixed held-out set V (the run's own
+//! evaluation problems), so nothing here can pass by memorizing.
+//!
+//! Instruments (`--only` picks some):
+//! - `restore`: one component at a time (the embeddings, each block, the
+//!   final norm and unembedding) copied from P into D, and from D into P;
+//!   the accuracy on V that comes back, and each component's relative L2
+//!   change from P to D.
+//! - `interpolate`: the straight line (1 − α)·P + α·D in weight space, the
+//!   dropped task's and the kept tasks' accuracy along it.
+//! - `noise`: Gaussian noise on every tensor, scaled to the tensor's RMS;
+//!   a capability that was only suppressed sometimes returns under noise.
+//!
+//! Writes `RUN_DIR/erasure/TASK/erasure.json` (`Erasure`) and its plots.
+
+pub mod charts;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::DropSummary;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::eval::{EvalResult, Evaluator};
+use crate::experiment::Experiment;
+use crate::float::Float;
+use crate::model::{Gpt, ParamLayout};
+
+/// Bumped whenever `Erasure`'s fields change meaning.
+pub const ERASURE_VERSION: u32 = 1;
+
+/// Relative noise levels: σ times each tensor's RMS.
+pub const NOISE_SIGMAS: [f64; 6] = [0.0025, 0.005, 0.01, 0.02, 0.05, 0.1];
+/// Noise draws per level and model (the same draws for P and D).
+pub const NOISE_DRAWS: u64 = 8;
+/// Interpolation points: α = 0, 0.1, …, 1.
+const ALPHA_STEPS: u32 = 10;
+
+/// One instrument of the battery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Instrument {
+    Restore,
+    Interpolate,
+    Noise,
+}
+
+impl Instrument {
+    pub const ALL: [Instrument; 3] = [Instrument::Restore, Instrument::Interpolate, Instrument::Noise];
+}
+
+/// What `ebb erasure` measured, as written to `erasure.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Erasure {
+    pub version: u32,
+    pub run: String,
+    pub task: String,
+    pub chance: f64,
+    /// Whether the task was learned at its drop (the run's summary); if not,
+    /// there was little to erase and the battery says little.
+    pub learned_at_drop: bool,
+    /// Held-out problems of the task scored (V).
+    pub examples: usize,
+    /// The tasks still trained over the drop window and learned at the drop
+    /// (the run's noise floor): the "kept" accuracy is their mean.
+    pub kept_tasks: Vec<String>,
+    /// P: the model just before the drop.
+    pub before: ModelScore,
+    /// D: the model at the end of the drop window.
+    pub after: ModelScore,
+    pub restore: Option<Restore>,
+    pub interpolation: Option<Vec<InterpolationPoint>>,
+    pub noise: Option<Vec<NoiseLevel>>,
+}
+
+/// One model's scores.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelScore {
+    pub step: u64,
+    pub weights: PathBuf,
+    pub exact_match: f64,
+    /// Exact match with the choice restricted to the task's answer tokens.
+    pub exact_match_restricted: f64,
+    /// Mean exact match of the kept tasks.
+    pub kept_exact_match: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Restore {
+    pub components: Vec<ComponentRestore>,
+    /// D with every component replaced by P's, one by one: P's accuracy
+    /// when the components cover every parameter.
+    pub all_from_p_into_d: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ComponentRestore {
+    /// `embeddings` (token and position; with tied embeddings the token
+    /// embedding is the unembedding too), `block L`, or `final` (the
+    /// final norm and, when untied, the unembedding).
+    pub component: String,
+    pub params: usize,
+    /// ‖D − P‖ / ‖P‖ over the component's parameters.
+    pub relative_change: f64,
+    /// The task's exact match of D with this component taken from P.
+    pub p_into_d: f64,
+    /// The task's exact match of P with this component taken from D.
+    pub d_into_p: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InterpolationPoint {
+    pub alpha: f64,
+    pub exact_match: f64,
+    pub kept_exact_match: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NoiseLevel {
+    /// `P` or `D`.
+    pub model: String,
+    pub sigma: f64,
+    /// The task's exact match under each draw.
+    pub draws: Vec<f64>,
+    pub mean: f64,
+    /// The best draw over the model's unperturbed accuracy (null when that is 0).
+    pub best_ratio: Option<f64>,
+    /// Some draw scored above the unperturbed model.
+    pub improved: bool,
+}
+
+/// The parameter ranges of one component.
+struct Component {
+    name: String,
+    ranges: Vec<std::ops::Range<usize>>,
+}
+
+/// The model's components, in layout order: embeddings, each block, final.
+fn components(layout: &ParamLayout) -> Vec<Component> {
+    let mut out: Vec<Component> = Vec::new();
+    for t in &layout.tensors {
+        let name = match t.name.as_str() {
+            "wte" | "wpe" => "embeddings".to_string(),
+            n if n.starts_with('h') => format!("block {}", &n[1..n.find('.').unwrap_or(n.len())]),
+            _ => "final".to_string(),
+        };
+        let range = t.view.offset..t.view.offset + t.view.len;
+        match out.iter_mut().find(|c| c.name == name) {
+            Some(c) => c.ranges.push(range),
+            None => out.push(Component { name, ranges: vec![range] }),
+        }
+    }
+    out
+}
+
+/// The model and the evaluators that score a parameter vector.
+struct Scorer<'a, B: Backend> {
+    backend: &'a B,
+    model: Gpt<B>,
+    evaluators: Vec<Evaluator<B::F>>,
+    task: usize,
+    kept: Vec<usize>,
+    host: Vec<B::F>,
+}
+
+impl<B: Backend> Scorer<'_, B> {
+    fn load(&mut self, params: &[f32]) {
+        for (h, &x) in self.host.iter_mut().zip(params) {
+            *h = B::F::of(x as f64);
+        }
+        self.backend.upload(&mut self.model.params, &self.host);
+    }
+
+    /// The task's scores with `params`.
+    fn task(&mut self, params: &[f32]) -> Result<EvalResult> {
+        self.load(params);
+        let result = self.evaluators[self.task].run(self.backend, &mut self.model);
+        self.backend.check()?;
+        Ok(result)
+    }
+
+    /// The task's exact match and the kept tasks' mean with `params`.
+    fn task_and_kept(&mut self, params: &[f32]) -> Result<(EvalResult, f64)> {
+        let task = self.task(params)?;
+        let mut kept = 0.0;
+        for &k in &self.kept {
+            kept += self.evaluators[k].run(self.backend, &mut self.model).exact_match;
+        }
+        self.backend.check()?;
+        Ok((task, if self.kept.is_empty() { f64::NAN } else { kept / self.kept.len() as f64 }))
+    }
+}
+
+/// What `ebb erasure` is asked.
+pub struct Request<'a> {
+    pub run_dir: &'a Path,
+    pub task: &'a str,
+    /// D's step (default: the end of the drop window).
+    pub at: Option<u64>,
+    pub only: &'a [Instrument],
+}
+
+/// The drop of `task` that `at` falls in (the first drop when `at` is none).
+fn find_drop<'s>(summary: &'s crate::analysis::Summary, req: &Request) -> Result<&'s DropSummary> {
+    let run = req.run_dir.display();
+    let drops: Vec<&DropSummary> = summary.drops.iter().filter(|d| d.task == req.task).collect();
+    if drops.is_empty() {
+        return Err(Error::input(format!("{run}: task `{}` is never dropped in this run", req.task)));
+    }
+    match req.at {
+        None => Ok(drops[0]),
+        Some(at) => drops.into_iter().find(|d| d.step < at && at <= d.window_end).ok_or_else(|| {
+            Error::input(format!("{run}: --at {at} is not inside a drop window of `{}`", req.task))
+        }),
+    }
+}
+
+fn read_params(run_dir: &Path, step: u64, layout: &ParamLayout, why: &str) -> Result<(PathBuf, Vec<f32>)> {
+    let rel = PathBuf::from("weights").join(format!("step-{step}.safetensors"));
+    let path = run_dir.join(&rel);
+    if !path.is_file() {
+        return Err(Error::input(format!(
+            "{}: no weights at step {step} ({why}); runs keep them at every schedule event and at the end \
+             since this version (or with --weights-every)",
+            path.display()
+        )));
+    }
+    Ok((rel, crate::weights::read_weights(&path, layout)?))
+}
+
+/// Runs the battery on `backend` and writes `erasure.json` and its plots;
+/// returns what it measured.
+pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
+    let run_dir = req.run_dir;
+    let experiment = Experiment::load(&run_dir.join("config.toml"), &[])?;
+    let (cfg, suite) = (&experiment.config, &experiment.suite);
+    let summary = crate::analysis::read_summary(run_dir)?;
+    let drop = find_drop(&summary, req)?;
+    let task = suite.tasks.iter().position(|t| t.id == req.task).expect("a dropped task is in the suite");
+    let shape = cfg.model_shape(suite.vocab.len());
+    let layout = ParamLayout::new(&shape);
+    let d_step = req.at.unwrap_or(drop.window_end);
+    let (p_file, p) = read_params(run_dir, drop.step, &layout, "just before the drop")?;
+    let (d_file, d) = read_params(run_dir, d_step, &layout, "the end of the drop window")?;
+
+    let rows = cfg.train.batch_size;
+    let evaluators = suite
+        .tasks
+        .iter()
+        .zip(&suite.eval_sets)
+        .map(|(t, set)| Evaluator::for_problems(t, set, rows, shape.n_ctx, shape.vocab))
+        .collect::<Vec<_>>();
+    let kept_tasks: Vec<String> = drop.noise_floor.as_ref().map_or_else(Vec::new, |f| f.tasks.clone());
+    let kept = kept_tasks.iter().filter_map(|id| suite.tasks.iter().position(|t| &t.id == id)).collect();
+    let mut scorer = Scorer {
+        backend,
+        model: Gpt::new(backend, shape.clone(), rows, cfg.seed),
+        evaluators,
+        task,
+        kept,
+        host: vec![B::F::of(0.0); layout.len()],
+    };
+    let score = |scorer: &mut Scorer<B>, step: u64, file: PathBuf, params: &[f32]| -> Result<ModelScore> {
+        let (r, kept) = scorer.task_and_kept(params)?;
+        Ok(ModelScore {
+            step,
+            weights: file,
+            exact_match: r.exact_match,
+            exact_match_restricted: r.exact_match_restricted,
+            kept_exact_match: kept,
+        })
+    };
+    let before = score(&mut scorer, drop.step, p_file, &p)?;
+    let after = score(&mut scorer, d_step, d_file, &d)?;
+    let wants = |i: Instrument| req.only.contains(&i);
+    let restore = wants(Instrument::Restore).then(|| restore(&mut scorer, &layout, &p, &d)).transpose()?;
+    let interpolation = wants(Instrument::Interpolate).then(|| interpolate(&mut scorer, &p, &d)).transpose()?;
+    let noise = wants(Instrument::Noise)
+        .then(|| noise(&mut scorer, &layout, cfg.seed, [("P", &p, before.exact_match), ("D", &d, after.exact_match)]))
+        .transpose()?;
+    let erasure = Erasure {
+        version: ERASURE_VERSION,
+        run: cfg.name.clone(),
+        task: req.task.to_string(),
+        chance: suite.tasks[task].chance,
+        learned_at_drop: drop.learned(),
+        examples: scorer.evaluators[task].len(),
+        kept_tasks,
+        before,
+        after,
+        restore,
+        interpolation,
+        noise,
+    };
+    let dir = out_dir(run_dir, req.task);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let json = serde_json::to_string_pretty(&erasure).expect("an erasure report serializes");
+    crate::run_dir::write_atomic(&dir.join("erasure.json"), format!("{json}\n").as_bytes())?;
+    crate::plot::draw_all(&dir, &charts::charts_for(&erasure), crate::plot::Format::Png)?;
+    Ok(erasure)
+}
+
+/// Where the battery on `task` writes: `RUN_DIR/erasure/TASK`.
+pub fn out_dir(run_dir: &Path, task: &str) -> PathBuf {
+    run_dir.join("erasure").join(task)
+}
+
+fn restore<B: Backend>(scorer: &mut Scorer<B>, layout: &ParamLayout, p: &[f32], d: &[f32]) -> Result<Restore> {
+    let mut out = Vec::new();
+    let mut all = d.to_vec();
+    for c in components(layout) {
+        let (mut p_into_d, mut d_into_p) = (d.to_vec(), p.to_vec());
+        let (mut diff, mut norm, mut params) = (0.0f64, 0.0f64, 0usize);
+        for r in &c.ranges {
+            p_into_d[r.clone()].copy_from_slice(&p[r.clone()]);
+            d_into_p[r.clone()].copy_from_slice(&d[r.clone()]);
+            all[r.clone()].copy_from_slice(&p[r.clone()]);
+            for (&a, &b) in p[r.clone()].iter().zip(&d[r.clone()]) {
+                diff += (b as f64 - a as f64).powi(2);
+                norm += (a as f64).powi(2);
+            }
+            params += r.len();
+        }
+        out.push(ComponentRestore {
+            component: c.name,
+            params,
+            relative_change: if norm > 0.0 { (diff / norm).sqrt() } else { f64::NAN },
+            p_into_d: scorer.task(&p_into_d)?.exact_match,
+            d_into_p: scorer.task(&d_into_p)?.exact_match,
+        });
+    }
+    Ok(Restore { components: out, all_from_p_into_d: scorer.task(&all)?.exact_match })
+}
+
+fn interpolate<B: Backend>(scorer: &mut Scorer<B>, p: &[f32], d: &[f32]) -> Result<Vec<InterpolationPoint>> {
+    let mut mix = vec![0f32; p.len()];
+    (0..=ALPHA_STEPS)
+        .map(|i| {
+            let alpha = i as f64 / ALPHA_STEPS as f64;
+            for ((m, &a), &b) in mix.iter_mut().zip(p).zip(d) {
+                *m = ((1.0 - alpha) * a as f64 + alpha * b as f64) as f32;
+            }
+            let (r, kept) = scorer.task_and_kept(&mix)?;
+            Ok(InterpolationPoint { alpha, exact_match: r.exact_match, kept_exact_match: kept })
+        })
+        .collect()
+}
+
+/// Each model under `NOISE_DRAWS` draws at every σ: draw k at level i is the
+/// same noise (relative to each tensor's RMS) for every model.
+fn noise<B: Backend>(
+    scorer: &mut Scorer<B>,
+    layout: &ParamLayout,
+    seed: u64,
+    models: [(&str, &[f32], f64); 2],
+) -> Result<Vec<NoiseLevel>> {
+    let mut out = Vec::new();
+    let mut noisy = vec![0f32; layout.len()];
+    for (name, params, clean) in models {
+        let rms: Vec<f64> = layout
+            .tensors
+            .iter()
+            .map(|t| {
+                let v = &params[t.view.offset..t.view.offset + t.view.len];
+                (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt()
+            })
+            .collect();
+        for (i, &sigma) in NOISE_SIGMAS.iter().enumerate() {
+            let mut draws = Vec::new();
+            for k in 0..NOISE_DRAWS {
+                let mut rng = crate::rng::stream(seed, "erasure-noise", i as u64 * NOISE_DRAWS + k);
+                for (t, &scale) in layout.tensors.iter().zip(&rms) {
+                    let range = t.view.offset..t.view.offset + t.view.len;
+                    for (n, &x) in noisy[range.clone()].iter_mut().zip(&params[range]) {
+                        *n = (x as f64 + sigma * scale * crate::rng::normal(&mut rng)) as f32;
+                    }
+                }
+                draws.push(scorer.task(&noisy)?.exact_match);
+            }
+            let best = draws.iter().copied().fold(f64::MIN, f64::max);
+            out.push(NoiseLevel {
+                model: name.to_string(),
+                sigma,
+                mean: draws.iter().sum::<f64>() / draws.len() as f64,
+                best_ratio: (clean > 0.0).then(|| best / clean),
+                improved: best > clean,
+                draws,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The lines `ebb erasure` prints.
+pub fn report_lines(e: &Erasure) -> Vec<String> {
+    let mut lines = vec![format!(
+        "erasure of {} in {} ({} held-out problems, chance {:.3}): before the drop (P, step {}) {:.3}, \
+         at step {} (D) {:.3}, restricted to its answer tokens {:.3}",
+        e.task,
+        e.run,
+        e.examples,
+        e.chance,
+        e.before.step,
+        e.before.exact_match,
+        e.after.step,
+        e.after.exact_match,
+        e.after.exact_match_restricted
+    )];
+    if !e.learned_at_drop {
+        lines.push(format!("  {} was not learned at its drop: there was little to erase", e.task));
+    }
+    if let Some(r) = &e.restore {
+        for c in &r.components {
+            lines.push(format!(
+                "  restore {:<11} changed {:>6.3} (relative L2): P's into D {:.3}, D's into P {:.3}",
+                c.component, c.relative_change, c.p_into_d, c.d_into_p
+            ));
+        }
+    }
+    if let Some(points) = &e.interpolation {
+        let path: Vec<String> = points.iter().map(|p| format!("{:.2}", p.exact_match)).collect();
+        lines.push(format!("  from P to D (α = 0, 0.1, …, 1): {}", path.join(" ")));
+    }
+    if let Some(levels) = &e.noise {
+        for l in levels.iter().filter(|l| l.model == "D") {
+            lines.push(format!(
+                "  noise σ {:<6} on D: mean {:.3}, best {:.3}{}",
+                l.sigma,
+                l.mean,
+                l.draws.iter().copied().fold(0.0, f64::max),
+                if l.improved { " (above the unperturbed model)" } else { "" }
+            ));
+        }
+    }
+    lines
+}

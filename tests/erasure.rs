@@ -1,0 +1,118 @@
+//! `ebb erasure` on a real run with a drop: the instruments agree with the
+//! models they interpolate between, restoring every component gives back
+//! P exactly, the output is the same bits at any thread count, and bad
+//! requests get one-line errors.
+
+mod common;
+
+use std::path::Path;
+
+use common::{ebb, run_ok, write};
+
+const CONFIG: &str = r#"
+name = "erase"
+seed = 5
+
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 4
+n_ctx = 10
+
+[train]
+steps = 120
+batch_size = 16
+lr = 3e-3
+warmup_steps = 2
+
+[[data.tasks]]
+id = "add1"
+family = "addition"
+digits = 1
+eval_fraction = 0.3
+
+[[data.tasks]]
+id = "add2"
+family = "addition"
+digits = 2
+
+[eval]
+every = 20
+examples = 32
+min_examples = 8
+
+[[schedule]]
+step = 60
+drop = ["add1"]
+"#;
+
+fn erasure_json(run: &Path, threads: &str) -> (serde_json::Value, String) {
+    run_ok(ebb().args(["erasure", "--task", "add1", "--threads", threads]).arg(run));
+    let text = std::fs::read_to_string(run.join("erasure/add1/erasure.json")).unwrap();
+    (serde_json::from_str(&text).unwrap(), text)
+}
+
+#[test]
+fn the_battery_agrees_with_p_and_d_and_is_the_same_bits_at_any_thread_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("erase.toml"), CONFIG);
+    let run = tmp.path().join("run");
+    run_ok(ebb().arg("run").arg(tmp.path().join("erase.toml")).arg("--out").arg(&run).arg("--quiet"));
+    let (e, one) = erasure_json(&run, "1");
+    let (_, two) = erasure_json(&run, "2");
+    assert_eq!(one, two, "erasure.json differs between 1 and 2 threads");
+    let (before, after) = (&e["before"], &e["after"]);
+    assert_eq!((before["step"].as_u64(), after["step"].as_u64()), (Some(60), Some(120)));
+    // P and D are the run's own evaluations at those steps.
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    for (model, step) in [(before, 60), (after, 120)] {
+        let logged = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{step},add1,eval,exact_match,")))
+            .and_then(|l| l.rsplit(',').next())
+            .map(|v| v.parse::<f64>().unwrap());
+        assert_eq!(model["exact_match"].as_f64(), logged, "step {step}");
+    }
+    // Every component of P restored into D, one by one, is P.
+    let restore = &e["restore"];
+    assert_eq!(restore["all_from_p_into_d"], before["exact_match"]);
+    let names: Vec<&str> =
+        restore["components"].as_array().unwrap().iter().map(|c| c["component"].as_str().unwrap()).collect();
+    assert_eq!(names, ["embeddings", "block 0", "block 1", "final"]);
+    let params: u64 = restore["components"].as_array().unwrap().iter().map(|c| c["params"].as_u64().unwrap()).sum();
+    let n_params: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("model.json")).unwrap()).unwrap();
+    assert_eq!(params, n_params["params"].as_u64().unwrap(), "the components cover every parameter once");
+    // The line from P to D starts at P and ends at D, for the task and the kept task.
+    let line = e["interpolation"].as_array().unwrap();
+    assert_eq!(line.len(), 11);
+    for (point, model) in [(&line[0], before), (&line[10], after)] {
+        assert_eq!(point["exact_match"], model["exact_match"]);
+        assert_eq!(point["kept_exact_match"], model["kept_exact_match"]);
+    }
+    // Noise: 6 levels × 8 draws for each of P and D; the smallest noise leaves D close to itself.
+    let noise = e["noise"].as_array().unwrap();
+    assert_eq!(noise.len(), 12);
+    assert!(noise.iter().all(|l| l["draws"].as_array().unwrap().len() == 8));
+    for name in ["restore", "interpolation", "noise"] {
+        assert!(run.join(format!("erasure/add1/plots/{name}.png")).is_file(), "{name}.png");
+    }
+    // --only runs a subset.
+    run_ok(ebb().args(["erasure", "--task", "add1", "--only", "restore"]).arg(&run));
+    let text = std::fs::read_to_string(run.join("erasure/add1/erasure.json")).unwrap();
+    let subset: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(subset["noise"].is_null() && subset["interpolation"].is_null() && !subset["restore"].is_null());
+}
+
+#[test]
+fn a_task_never_dropped_or_weights_not_kept_are_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("erase.toml"), &CONFIG.replace("steps = 120", "steps = 80"));
+    let run = tmp.path().join("run");
+    run_ok(ebb().arg("run").arg(tmp.path().join("erase.toml")).arg("--out").arg(&run).arg("--quiet"));
+    let never = ebb().args(["erasure", "--task", "add2"]).arg(&run).output().unwrap();
+    common::assert_input_error(&never, &["add2", "never dropped"]);
+    std::fs::remove_file(run.join("weights/step-80.safetensors")).unwrap();
+    let missing = ebb().args(["erasure", "--task", "add1"]).arg(&run).output().unwrap();
+    common::assert_input_error(&missing, &["step-80.safetensors", "no weights at step 80"]);
+}
