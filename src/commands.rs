@@ -224,16 +224,12 @@ pub struct BenchArgs {
     pub dropout: f64,
 }
 
-/// `ebb erasure`: the erasure battery on one dropped task of a finished run.
-pub fn erasure(
-    run_dir: &Path,
-    task: &str,
-    at: Option<u64>,
-    only: &[crate::erasure::Instrument],
-    compute: Compute,
-) -> Result<()> {
-    let only = if only.is_empty() { &crate::erasure::Instrument::ALL[..] } else { only };
-    let request = crate::erasure::Request { run_dir, task, at, only };
+/// `ebb erasure`: the erasure battery on one dropped task of a finished run
+/// (every instrument when `request.only` is empty).
+pub fn erasure(mut request: crate::erasure::Request, compute: Compute) -> Result<()> {
+    if request.only.is_empty() {
+        request.only = &crate::erasure::Instrument::ALL;
+    }
     let device = check_device(compute.device)?;
     let pool = thread_pool(compute.threads)?;
     let erasure = match device {
@@ -243,7 +239,7 @@ pub fn erasure(
     for line in crate::erasure::report_lines(&erasure) {
         println!("{line}");
     }
-    println!("wrote {}", crate::erasure::out_dir(run_dir, task).display());
+    println!("wrote {}", crate::erasure::out_dir(request.run_dir, request.task).display());
     Ok(())
 }
 

@@ -100,6 +100,10 @@ enum Command {
         /// Instruments to run, comma-separated (default: all).
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<ebb::erasure::Instrument>,
+        /// The never-learned control C: `auto` trains it (same config and seed, the task
+        /// at weight 0 from step 0) into RUN_DIR/erasure/TASK/; or a run directory.
+        #[arg(long, value_name = "auto|RUN_DIR")]
+        control: Option<String>,
         #[command(flatten)]
         compute: Compute,
     },
@@ -336,7 +340,14 @@ fn dispatch(command: Command) -> Result<()> {
             if format == PlotFormat::Png { ebb::plot::Format::Png } else { ebb::plot::Format::Svg },
         ),
         Command::Analyze { run_dir } => commands::analyze(&run_dir),
-        Command::Erasure { run_dir, task, at, only, compute } => commands::erasure(&run_dir, &task, at, &only, compute),
+        Command::Erasure { run_dir, task, at, only, control, compute } => {
+            let control = control.map(|c| match c.as_str() {
+                "auto" => ebb::erasure::Control::Auto,
+                dir => ebb::erasure::Control::Run(PathBuf::from(dir)),
+            });
+            let request = ebb::erasure::Request { run_dir: &run_dir, task: &task, at, only: &only, control };
+            commands::erasure(request, compute)
+        }
         Command::Tasks { command: TasksCommand::List } => {
             print!("{}", commands::tasks_list());
             Ok(())

@@ -116,3 +116,58 @@ fn a_task_never_dropped_or_weights_not_kept_are_one_line_errors() {
     let missing = ebb().args(["erasure", "--task", "add1"]).arg(&run).output().unwrap();
     common::assert_input_error(&missing, &["step-80.safetensors", "no weights at step 80"]);
 }
+
+/// The token ids in column 1 (after BOS: the task tag) of every row of a
+/// dumped batch or eval file.
+fn tags(file: &Path) -> Vec<i32> {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tokens = st.tensor("tokens").unwrap();
+    let (rows, ctx) = (tokens.shape()[0], tokens.shape()[1]);
+    let data: Vec<i32> = tokens.data().chunks(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    (0..rows).map(|r| data[r * ctx + 1]).collect()
+}
+
+#[test]
+fn the_control_never_trains_the_task_and_resumes_bit_for_bit_after_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = CONFIG.replace("[eval]", "[data]\ntags = true\n\n[eval]").replace("n_ctx = 10", "n_ctx = 11");
+    write(&tmp.path().join("erase.toml"), &config);
+    let run = tmp.path().join("run");
+    run_ok(ebb().arg("run").arg(tmp.path().join("erase.toml")).arg("--out").arg(&run).arg("--quiet"));
+    let copy = tmp.path().join("copy");
+    run_ok(std::process::Command::new("cp").arg("-r").arg(&run).arg(&copy));
+
+    let erase = |dir: &Path| ebb().args(["erasure", "--task", "add1", "--control", "auto"]).arg(dir).output().unwrap();
+    run_ok(ebb().args(["erasure", "--task", "add1", "--control", "auto"]).arg(&run));
+    // Killed with SIGKILL while training the control (after its step-60 checkpoint), then run again.
+    let killed = ebb()
+        .args(["erasure", "--task", "add1", "--control", "auto"])
+        .arg(&copy)
+        .env("EBB_KILL_AT", "step:70")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success(), "the kill did not happen");
+    let resumed = erase(&copy);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let json = |dir: &Path| std::fs::read_to_string(dir.join("erasure/add1/erasure.json")).unwrap();
+    assert_eq!(json(&run), json(&copy), "a killed and resumed control gives other bits");
+    let e: serde_json::Value = serde_json::from_str(&json(&run)).unwrap();
+    assert_eq!(e["control"]["step"].as_u64(), Some(120));
+    assert_eq!(e["noise"].as_array().unwrap().iter().filter(|l| l["model"] == "C").count(), 6);
+
+    // The control's batches, replayed with --dump-batches from its own config
+    // (same fingerprint, so the same batches), never hold an add1 example.
+    let control = run.join("erasure/add1/control-120");
+    let replay = tmp.path().join("replay");
+    run_ok(ebb().arg("run").arg(control.join("config.toml")).arg("--out").arg(&replay).arg("--dump-batches").arg("--quiet"));
+    let weights = |dir: &Path| std::fs::read(dir.join("weights/step-120.safetensors")).unwrap();
+    assert_eq!(weights(&replay), weights(&control), "the replay trained on other batches");
+    let add1_tag = tags(&replay.join("eval/add1.safetensors"))[0];
+    let add2_tag = tags(&replay.join("eval/add2.safetensors"))[0];
+    assert_ne!(add1_tag, add2_tag);
+    for step in 0..120 {
+        let rows = tags(&replay.join(format!("batches/step-{step}.safetensors")));
+        assert!(rows.iter().all(|&t| t == add2_tag), "step {step}: a row that is not add2: {rows:?}");
+    }
+}

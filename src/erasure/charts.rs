@@ -30,11 +30,15 @@ fn references<'a, DB: DrawingBackend + 'a>(
     e: &Erasure,
     x: (f64, f64),
 ) -> DrawResult {
-    for (label, y, c) in [
+    let mut lines = vec![
         (format!("P (step {}): {:.3}", e.before.step, e.before.exact_match), e.before.exact_match, color(0)),
         (format!("D (step {}): {:.3}", e.after.step, e.after.exact_match), e.after.exact_match, color(3)),
-        (format!("chance {:.3}", e.chance), e.chance, RGBColor(128, 128, 128)),
-    ] {
+    ];
+    if let Some(c) = &e.control {
+        lines.push((format!("C, never learned (step {}): {:.3}", c.step, c.exact_match), c.exact_match, color(2)));
+    }
+    lines.push((format!("chance {:.3}", e.chance), e.chance, RGBColor(128, 128, 128)));
+    for (label, y, c) in lines {
         let style = ShapeStyle::from(c.mix(0.8)).stroke_width(1);
         chart
             .draw_series(DashedLineSeries::new([(x.0, y), (x.1, y)], 6, 4, style))
@@ -90,7 +94,7 @@ impl Restore<'_> {
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.mix(0.75).filled()));
         }
         references(&mut chart, e, (-0.5, n - 0.5))?;
-        legend(&mut chart, 5, SeriesLabelPosition::UpperRight)
+        legend(&mut chart, 6, SeriesLabelPosition::UpperRight)
     }
 }
 
@@ -130,10 +134,13 @@ impl Interpolation<'_> {
             .map_err(err)?;
         let kept = format!("kept tasks (mean of {})", e.kept_tasks.len());
         for (label, c, get) in [
-            (e.task.clone(), color(3), (|p: &super::InterpolationPoint| p.exact_match) as fn(&_) -> f64),
+            (e.task.clone(), color(3), (|p: &super::InterpolationPoint| Some(p.exact_match)) as fn(&_) -> Option<f64>),
             (kept, color(2), |p: &super::InterpolationPoint| p.kept_exact_match),
         ] {
-            let line: Vec<(f64, f64)> = points.iter().map(|p| (p.alpha, get(p))).filter(|p| p.1.is_finite()).collect();
+            let line: Vec<(f64, f64)> = points.iter().filter_map(|p| Some((p.alpha, get(p)?))).collect();
+            if line.is_empty() {
+                continue;
+            }
             let style = ShapeStyle::from(c).stroke_width(2);
             chart
                 .draw_series(LineSeries::new(line.clone(), style))
@@ -190,8 +197,11 @@ impl Noise<'_> {
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(err)?;
-        for (model, c) in [("P", color(0)), ("D", color(3))] {
+        for (model, c) in [("P", color(0)), ("D", color(3)), ("C", color(2))] {
             let mine: Vec<&super::NoiseLevel> = levels.iter().filter(|l| l.model == model).collect();
+            if mine.is_empty() {
+                continue;
+            }
             let style = ShapeStyle::from(c).stroke_width(2);
             chart
                 .draw_series(LineSeries::new(mine.iter().map(|l| (l.sigma, l.mean)), style))

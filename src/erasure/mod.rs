@@ -3,7 +3,10 @@
 //!
 //! Two models of the run are compared, read from the weights every run
 //! keeps (`weights/step-N.safetensors`): P, the parameters just before the
-//! drop, and D, those at the end of the drop window (or at `--at`). Every
+//! drop, and D, those at the end of the drop window (or at `--at`); with
+//! `--control`, a third: C, the same config and seed with the task at
+//! weight 0 from step 0 (evaluated, never trained) at D's step, a model
+//! that never learned the task, against which any recovery is judged. Every
 //! score is exact match on the task's fixed held-out set V (the run's own
 //! evaluation problems), so nothing here can pass by memorizing.
 //!
@@ -17,7 +20,9 @@
 //! - `noise`: Gaussian noise on every tensor, scaled to the tensor's RMS;
 //!   a capability that was only suppressed sometimes returns under noise.
 //!
-//! Writes `RUN_DIR/erasure/TASK/erasure.json` (`Erasure`) and its plots.
+//! Writes `RUN_DIR/erasure/TASK/erasure.json` (`Erasure`) and its plots;
+//! `--control auto` trains C into `RUN_DIR/erasure/TASK/control-STEP`
+//! (checkpointed, so a killed battery resumes it bit for bit).
 
 pub mod charts;
 
@@ -27,11 +32,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::DropSummary;
 use crate::backend::Backend;
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::eval::{EvalResult, Evaluator};
 use crate::experiment::Experiment;
 use crate::float::Float;
 use crate::model::{Gpt, ParamLayout};
+use crate::train::run::Run;
 
 /// Bumped whenever `Erasure`'s fields change meaning.
 pub const ERASURE_VERSION: u32 = 1;
@@ -74,6 +81,8 @@ pub struct Erasure {
     pub before: ModelScore,
     /// D: the model at the end of the drop window.
     pub after: ModelScore,
+    /// C: the never-learned control at D's step (with `--control`).
+    pub control: Option<ModelScore>,
     pub restore: Option<Restore>,
     pub interpolation: Option<Vec<InterpolationPoint>>,
     pub noise: Option<Vec<NoiseLevel>>,
@@ -87,8 +96,8 @@ pub struct ModelScore {
     pub exact_match: f64,
     /// Exact match with the choice restricted to the task's answer tokens.
     pub exact_match_restricted: f64,
-    /// Mean exact match of the kept tasks.
-    pub kept_exact_match: f64,
+    /// Mean exact match of the kept tasks (null when there are none).
+    pub kept_exact_match: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -118,12 +127,12 @@ pub struct ComponentRestore {
 pub struct InterpolationPoint {
     pub alpha: f64,
     pub exact_match: f64,
-    pub kept_exact_match: f64,
+    pub kept_exact_match: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NoiseLevel {
-    /// `P` or `D`.
+    /// `P`, `D` or `C`.
     pub model: String,
     pub sigma: f64,
     /// The task's exact match under each draw.
@@ -186,15 +195,24 @@ impl<B: Backend> Scorer<'_, B> {
     }
 
     /// The task's exact match and the kept tasks' mean with `params`.
-    fn task_and_kept(&mut self, params: &[f32]) -> Result<(EvalResult, f64)> {
+    fn task_and_kept(&mut self, params: &[f32]) -> Result<(EvalResult, Option<f64>)> {
         let task = self.task(params)?;
         let mut kept = 0.0;
         for &k in &self.kept {
             kept += self.evaluators[k].run(self.backend, &mut self.model).exact_match;
         }
         self.backend.check()?;
-        Ok((task, if self.kept.is_empty() { f64::NAN } else { kept / self.kept.len() as f64 }))
+        Ok((task, (!self.kept.is_empty()).then(|| kept / self.kept.len() as f64)))
     }
+}
+
+/// Where the never-learned control C comes from.
+#[derive(Clone, Debug)]
+pub enum Control {
+    /// Trained by the battery itself (kept in the run directory).
+    Auto,
+    /// An existing run of the same model with the task at weight 0 throughout.
+    Run(PathBuf),
 }
 
 /// What `ebb erasure` is asked.
@@ -204,6 +222,91 @@ pub struct Request<'a> {
     /// D's step (default: the end of the drop window).
     pub at: Option<u64>,
     pub only: &'a [Instrument],
+    pub control: Option<Control>,
+}
+
+/// The control's config: the run's own, with `task` at weight 0 from step 0
+/// and taken out of every schedule event (an event left empty goes, a cap
+/// at or past `steps` too), trained to `steps`, checkpointed ten times.
+pub fn control_config(run_dir: &Path, task: &str, steps: u64) -> Result<Config> {
+    let path = run_dir.join("config.toml");
+    let mut cfg = Config::load(&path, &[])?;
+    if cfg.sequential.is_some() {
+        return Err(Error::input(format!(
+            "{}: a sequential run has no never-learned control for one task; give one with --control RUN_DIR",
+            run_dir.display()
+        )));
+    }
+    cfg.data.weights.insert(task.to_string(), 0.0);
+    cfg.schedule.retain_mut(|e| {
+        e.drop.retain(|t| t != task);
+        e.revive.retain(|t| t != task);
+        e.weights.remove(task);
+        if e.step.is_some_and(|s| s >= steps) {
+            if e.when_learned.is_none() {
+                return false;
+            }
+            e.step = None;
+        }
+        !(e.drop.is_empty() && e.revive.is_empty() && e.weights.is_empty())
+    });
+    cfg.name = format!("{}-control-{task}", cfg.name);
+    cfg.train.steps = steps;
+    cfg.train.checkpoint_every = (steps / 10).max(1);
+    Ok(cfg)
+}
+
+/// C's weights at `step`: trained here (`Control::Auto`; resumed from its
+/// last checkpoint if a battery was killed, reused once finished), or read
+/// from the given run after checking it never trained `task`.
+fn control_params<B: Backend>(
+    backend: &B,
+    req: &Request,
+    control: &Control,
+    step: u64,
+    layout: &ParamLayout,
+) -> Result<(PathBuf, Vec<f32>)> {
+    // The control's directory, and how erasure.json names it (auto: relative to the run).
+    let (dir, shown) = match control {
+        Control::Run(dir) => {
+            let tasks = std::fs::read_to_string(dir.join("tasks.csv")).map_err(|e| Error::io(&dir.join("tasks.csv"), e))?;
+            let weight = tasks.lines().find_map(|l| l.strip_prefix(&format!("{},", req.task))).and_then(|l| l.rsplit(',').next());
+            let events = std::fs::read_to_string(dir.join("events.csv")).unwrap_or_default();
+            let trains = events.lines().any(|l| l.split(',').nth(2) == Some(req.task) && !l.contains(",drop,"));
+            if weight.and_then(|w| w.parse::<f64>().ok()) != Some(0.0) || trains {
+                return Err(Error::input(format!(
+                    "--control {}: not a control for `{}` (it must list the task at weight 0 and never revive or reweigh it)",
+                    dir.display(),
+                    req.task
+                )));
+            }
+            (dir.clone(), dir.clone())
+        }
+        Control::Auto => {
+            let rel = PathBuf::from("erasure").join(req.task).join(format!("control-{step}"));
+            let dir = req.run_dir.join(&rel);
+            if crate::analysis::stored_outcome(&dir) != Some((true, false)) {
+                let config = control_config(req.run_dir, req.task, step)?;
+                let experiment = Experiment::resolve(config, &req.run_dir.join("config.toml"))?;
+                let run = match crate::checkpoint::steps(&dir).last() {
+                    Some(&at) => Run::from_checkpoint(
+                        backend,
+                        &experiment,
+                        &dir,
+                        crate::checkpoint::read(&crate::checkpoint::path_for(&dir, at))?,
+                    )?,
+                    None => Run::start(backend, &experiment, &dir)?,
+                };
+                run.train(true)?;
+                // Only a killed battery needs them.
+                let checkpoints = dir.join("checkpoints");
+                std::fs::remove_dir_all(&checkpoints).map_err(|e| Error::io(&checkpoints, e))?;
+            }
+            (dir, rel)
+        }
+    };
+    let (file, params) = read_params(&dir, step, layout, "the control at D's step")?;
+    Ok((shown.join(file), params))
 }
 
 /// The drop of `task` that `at` falls in (the first drop when `at` is none).
@@ -278,12 +381,19 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
     };
     let before = score(&mut scorer, drop.step, p_file, &p)?;
     let after = score(&mut scorer, d_step, d_file, &d)?;
+    let c = req.control.as_ref().map(|control| control_params(backend, req, control, d_step, &layout)).transpose()?;
+    let control = match &c {
+        Some((file, params)) => Some(score(&mut scorer, d_step, file.clone(), params)?),
+        None => None,
+    };
     let wants = |i: Instrument| req.only.contains(&i);
     let restore = wants(Instrument::Restore).then(|| restore(&mut scorer, &layout, &p, &d)).transpose()?;
     let interpolation = wants(Instrument::Interpolate).then(|| interpolate(&mut scorer, &p, &d)).transpose()?;
-    let noise = wants(Instrument::Noise)
-        .then(|| noise(&mut scorer, &layout, cfg.seed, [("P", &p, before.exact_match), ("D", &d, after.exact_match)]))
-        .transpose()?;
+    let mut models = vec![("P", &p[..], before.exact_match), ("D", &d[..], after.exact_match)];
+    if let (Some((_, params)), Some(score)) = (&c, &control) {
+        models.push(("C", &params[..], score.exact_match));
+    }
+    let noise = wants(Instrument::Noise).then(|| noise(&mut scorer, &layout, cfg.seed, &models)).transpose()?;
     let erasure = Erasure {
         version: ERASURE_VERSION,
         run: cfg.name.clone(),
@@ -294,6 +404,7 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
         kept_tasks,
         before,
         after,
+        control,
         restore,
         interpolation,
         noise,
@@ -358,11 +469,11 @@ fn noise<B: Backend>(
     scorer: &mut Scorer<B>,
     layout: &ParamLayout,
     seed: u64,
-    models: [(&str, &[f32], f64); 2],
+    models: &[(&str, &[f32], f64)],
 ) -> Result<Vec<NoiseLevel>> {
     let mut out = Vec::new();
     let mut noisy = vec![0f32; layout.len()];
-    for (name, params, clean) in models {
+    for &(name, params, clean) in models {
         let rms: Vec<f64> = layout
             .tensors
             .iter()
@@ -412,6 +523,12 @@ pub fn report_lines(e: &Erasure) -> Vec<String> {
         e.after.exact_match,
         e.after.exact_match_restricted
     )];
+    if let Some(c) = &e.control {
+        lines.push(format!(
+            "  never-learned control (C, step {}): {:.3}, restricted {:.3}",
+            c.step, c.exact_match, c.exact_match_restricted
+        ));
+    }
     if !e.learned_at_drop {
         lines.push(format!("  {} was not learned at its drop: there was little to erase", e.task));
     }
