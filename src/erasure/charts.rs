@@ -9,6 +9,9 @@ use super::Erasure;
 use crate::plot::DrawResult;
 use crate::plot::charts::{Chart, FONT, both_backends, color, err, legend};
 
+/// The top of the accuracy axis: the legend sits above accuracy 1.
+const TOP: f64 = 1.4;
+
 /// The charts that apply to `e` (one per instrument it ran).
 pub fn charts_for(e: &Erasure) -> Vec<Box<dyn Chart + '_>> {
     let mut charts: Vec<Box<dyn Chart + '_>> = Vec::new();
@@ -64,7 +67,7 @@ impl Restore<'_> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(55)
-            .build_cartesian_2d(-0.5f64..n - 0.5, 0f64..1.02f64)
+            .build_cartesian_2d(-0.5f64..n - 0.5, 0f64..TOP)
             .map_err(err)?;
         let names: Vec<String> = components.iter().map(|c| c.component.clone()).collect();
         chart
@@ -75,6 +78,7 @@ impl Restore<'_> {
                 if (v - i).abs() < 1e-6 && i >= 0.0 { names.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
             })
             .y_desc("exact match")
+            .y_label_formatter(&|v| if *v <= 1.0 + 1e-9 { format!("{v:.1}") } else { String::new() })
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 15))
             .light_line_style(WHITE.mix(0.0))
@@ -121,12 +125,13 @@ impl Interpolation<'_> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(55)
-            .build_cartesian_2d(0f64..1f64, 0f64..1.02f64)
+            .build_cartesian_2d(0f64..1f64, 0f64..TOP)
             .map_err(err)?;
         chart
             .configure_mesh()
             .x_desc("α: (1 − α)·P + α·D")
             .y_desc("exact match")
+            .y_label_formatter(&|v| if *v <= 1.0 + 1e-9 { format!("{v:.1}") } else { String::new() })
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 15))
             .light_line_style(WHITE.mix(0.0))
@@ -157,7 +162,7 @@ impl Interpolation<'_> {
                 ShapeStyle::from(RGBColor(128, 128, 128)).stroke_width(1),
             ))
             .map_err(err)?;
-        legend(&mut chart, 2, SeriesLabelPosition::LowerLeft)
+        legend(&mut chart, 2, SeriesLabelPosition::UpperRight)
     }
 }
 
@@ -186,18 +191,20 @@ impl Noise<'_> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(55)
-            .build_cartesian_2d((lo..hi).log_scale(), 0f64..1.02f64)
+            .build_cartesian_2d((lo..hi).log_scale().with_key_points(super::NOISE_SIGMAS.to_vec()), 0f64..TOP)
             .map_err(err)?;
         chart
             .configure_mesh()
             .x_desc("σ (relative to each tensor's RMS)")
             .y_desc("exact match")
+            .y_label_formatter(&|v| if *v <= 1.0 + 1e-9 { format!("{v:.1}") } else { String::new() })
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 15))
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(err)?;
-        for (model, c) in [("P", color(0)), ("D", color(3)), ("C", color(2))] {
+        // C first, so D, often at the same accuracy, is drawn over it.
+        for (model, c) in [("C", color(2)), ("P", color(0)), ("D", color(3))] {
             let mine: Vec<&super::NoiseLevel> = levels.iter().filter(|l| l.model == model).collect();
             if mine.is_empty() {
                 continue;

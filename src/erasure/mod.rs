@@ -286,6 +286,7 @@ fn control_params<B: Backend>(
             let rel = PathBuf::from("erasure").join(req.task).join(format!("control-{step}"));
             let dir = req.run_dir.join(&rel);
             if crate::analysis::stored_outcome(&dir) != Some((true, false)) {
+                eprintln!("training the never-learned control C to step {step} in {}", dir.display());
                 let config = control_config(req.run_dir, req.task, step)?;
                 let experiment = Experiment::resolve(config, &req.run_dir.join("config.toml"))?;
                 let run = match crate::checkpoint::steps(&dir).last() {
