@@ -104,6 +104,9 @@ enum Command {
         /// at weight 0 from step 0) into RUN_DIR/erasure/TASK/; or a run directory.
         #[arg(long, value_name = "auto|RUN_DIR")]
         control: Option<String>,
+        /// Fine-tuning steps at most for `relearn`.
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        relearn_steps: u64,
         #[command(flatten)]
         compute: Compute,
     },
@@ -340,12 +343,12 @@ fn dispatch(command: Command) -> Result<()> {
             if format == PlotFormat::Png { ebb::plot::Format::Png } else { ebb::plot::Format::Svg },
         ),
         Command::Analyze { run_dir } => commands::analyze(&run_dir),
-        Command::Erasure { run_dir, task, at, only, control, compute } => {
+        Command::Erasure { run_dir, task, at, only, control, relearn_steps, compute } => {
             let control = control.map(|c| match c.as_str() {
                 "auto" => ebb::erasure::Control::Auto,
                 dir => ebb::erasure::Control::Run(PathBuf::from(dir)),
             });
-            let request = ebb::erasure::Request { run_dir: &run_dir, task: &task, at, only: &only, control };
+            let request = ebb::erasure::Request { run_dir: &run_dir, task: &task, at, only: &only, control, relearn_steps };
             commands::erasure(request, compute)
         }
         Command::Tasks { command: TasksCommand::List } => {

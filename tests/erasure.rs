@@ -46,8 +46,10 @@ step = 60
 drop = ["add1"]
 "#;
 
+/// Runs the whole battery afresh (every fine-tune retrained) at `threads`.
 fn erasure_json(run: &Path, threads: &str) -> (serde_json::Value, String) {
-    run_ok(ebb().args(["erasure", "--task", "add1", "--threads", threads]).arg(run));
+    let _ = std::fs::remove_dir_all(run.join("erasure"));
+    run_ok(ebb().args(["erasure", "--task", "add1", "--relearn-steps", "40", "--threads", threads]).arg(run));
     let text = std::fs::read_to_string(run.join("erasure/add1/erasure.json")).unwrap();
     (serde_json::from_str(&text).unwrap(), text)
 }
@@ -59,6 +61,17 @@ fn the_battery_agrees_with_p_and_d_and_is_the_same_bits_at_any_thread_count() {
     let run = tmp.path().join("run");
     run_ok(ebb().arg("run").arg(tmp.path().join("erase.toml")).arg("--out").arg(&run).arg("--quiet"));
     let (e, one) = erasure_json(&run, "1");
+    // Relearning starts from each model: its fine-tune's first evaluation is that model's score.
+    let relearn = &e["relearn"];
+    assert_eq!(relearn["cap"].as_u64(), Some(40));
+    for (model, score) in [("P", &e["before"]), ("D", &e["after"])] {
+        let m = relearn["models"].as_array().unwrap().iter().find(|m| m["model"] == model).unwrap();
+        let curve: Vec<(u64, f64)> =
+            m["curve"].as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap())).collect();
+        assert_eq!(curve[0], (0, score["exact_match"].as_f64().unwrap()), "{model}");
+        let steps: Vec<u64> = curve.iter().map(|p| p.0).collect();
+        assert_eq!(steps, [0, 1, 2, 4, 8, 16, 32, 40], "{model}: the log-spaced grid, then the cap");
+    }
     let (_, two) = erasure_json(&run, "2");
     assert_eq!(one, two, "erasure.json differs between 1 and 2 threads");
     let (before, after) = (&e["before"], &e["after"]);
@@ -138,11 +151,12 @@ fn the_control_never_trains_the_task_and_resumes_bit_for_bit_after_a_kill() {
     let copy = tmp.path().join("copy");
     run_ok(std::process::Command::new("cp").arg("-r").arg(&run).arg(&copy));
 
-    let erase = |dir: &Path| ebb().args(["erasure", "--task", "add1", "--control", "auto"]).arg(dir).output().unwrap();
-    run_ok(ebb().args(["erasure", "--task", "add1", "--control", "auto"]).arg(&run));
+    let args = ["erasure", "--task", "add1", "--control", "auto", "--only", "noise"];
+    let erase = |dir: &Path| ebb().args(args).arg(dir).output().unwrap();
+    run_ok(ebb().args(args).arg(&run));
     // Killed with SIGKILL while training the control (after its step-60 checkpoint), then run again.
     let killed = ebb()
-        .args(["erasure", "--task", "add1", "--control", "auto"])
+        .args(args)
         .arg(&copy)
         .env("EBB_KILL_AT", "step:70")
         .output()

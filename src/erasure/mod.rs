@@ -19,6 +19,12 @@
 //!   dropped task's and the kept tasks' accuracy along it.
 //! - `noise`: Gaussian noise on every tensor, scaled to the tensor's RMS;
 //!   a capability that was only suppressed sometimes returns under noise.
+//! - `relearn`: each model fine-tuned on T, a fixed half of the task's
+//!   training problems (at most `RELEARN_EXAMPLES`), alone, with the run's
+//!   learning rate (constant, fresh AdamW), scored on V at steps 1, 2, 4, …
+//!   and every `RELEARN_EVERY`: the steps to reach 0.9·A(P), censored at
+//!   the cap. Each fine-tune is a run of its own in
+//!   `erasure/TASK/relearn-M-CAP`.
 //!
 //! Writes `RUN_DIR/erasure/TASK/erasure.json` (`Erasure`) and its plots;
 //! `--control auto` trains C into `RUN_DIR/erasure/TASK/control-STEP`
@@ -56,11 +62,20 @@ pub enum Instrument {
     Restore,
     Interpolate,
     Noise,
+    Relearn,
 }
 
 impl Instrument {
-    pub const ALL: [Instrument; 3] = [Instrument::Restore, Instrument::Interpolate, Instrument::Noise];
+    pub const ALL: [Instrument; 4] =
+        [Instrument::Restore, Instrument::Interpolate, Instrument::Noise, Instrument::Relearn];
 }
+
+/// The most training problems T holds.
+pub const RELEARN_EXAMPLES: u64 = 4096;
+/// Fine-tuning evaluates every this many steps (and at 1, 2, 4, … steps).
+const RELEARN_EVERY: u64 = 50;
+/// The share of A(P) a fine-tune must reach.
+pub const RELEARN_TARGET: f64 = 0.9;
 
 /// What `ebb erasure` measured, as written to `erasure.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -86,6 +101,33 @@ pub struct Erasure {
     pub restore: Option<Restore>,
     pub interpolation: Option<Vec<InterpolationPoint>>,
     pub noise: Option<Vec<NoiseLevel>>,
+    pub relearn: Option<Relearn>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Relearn {
+    /// Fine-tuning steps at most.
+    pub cap: u64,
+    /// Training problems in T.
+    pub examples: u64,
+    /// 0.9·A(P): the accuracy each fine-tune must reach.
+    pub target: f64,
+    pub models: Vec<Relearning>,
+    /// C's steps over D's (both reached), or null; with C censored, a lower bound (`speedup_is_lower_bound`).
+    pub speedup_d_over_c: Option<f64>,
+    pub speedup_is_lower_bound: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Relearning {
+    /// `P`, `D` or `C`.
+    pub model: String,
+    /// The first evaluated step at or above the target, or null (censored at `cap`).
+    pub steps_to_target: Option<u64>,
+    /// (step, exact match on V) of every evaluation.
+    pub curve: Vec<(u64, f64)>,
+    /// The fine-tune's run directory, relative to the run.
+    pub run: PathBuf,
 }
 
 /// One model's scores.
@@ -223,6 +265,8 @@ pub struct Request<'a> {
     pub at: Option<u64>,
     pub only: &'a [Instrument],
     pub control: Option<Control>,
+    /// Fine-tuning steps at most (`relearn`).
+    pub relearn_steps: u64,
 }
 
 /// The control's config: the run's own, with `task` at weight 0 from step 0
@@ -280,7 +324,7 @@ fn control_params<B: Backend>(
                     req.task
                 )));
             }
-            (dir.clone(), dir.clone())
+            (dir.clone(), std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?)
         }
         Control::Auto => {
             let rel = PathBuf::from("erasure").join(req.task).join(format!("control-{step}"));
@@ -395,6 +439,13 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
         models.push(("C", &params[..], score.exact_match));
     }
     let noise = wants(Instrument::Noise).then(|| noise(&mut scorer, &layout, cfg.seed, &models)).transpose()?;
+    let mut weights = vec![("P", before.weights.clone()), ("D", after.weights.clone())];
+    if let Some(c) = &control {
+        weights.push(("C", c.weights.clone()));
+    }
+    let relearn = wants(Instrument::Relearn)
+        .then(|| relearn(backend, req, &experiment, before.exact_match, &weights))
+        .transpose()?;
     let erasure = Erasure {
         version: ERASURE_VERSION,
         run: cfg.name.clone(),
@@ -409,6 +460,7 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
         restore,
         interpolation,
         noise,
+        relearn,
     };
     let dir = out_dir(run_dir, req.task);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -509,6 +561,75 @@ fn noise<B: Backend>(
     Ok(out)
 }
 
+/// Fine-tunes each of `models` (name, weights file relative to the run or
+/// absolute) on T alone and reads off its relearning curve on V.
+fn relearn<B: Backend>(
+    backend: &B,
+    req: &Request,
+    experiment: &Experiment,
+    accuracy_p: f64,
+    models: &[(&str, PathBuf)],
+) -> Result<Relearn> {
+    let suite = &experiment.suite;
+    let task = suite.task(req.task).expect("a dropped task is in the suite");
+    let open = if task.space() <= (1 << 18) {
+        (0..task.space()).filter(|&p| !task.is_held_out(p)).count() as u64
+    } else {
+        2 * RELEARN_EXAMPLES
+    };
+    let examples = (open / 2).clamp(1, RELEARN_EXAMPLES);
+    let target = RELEARN_TARGET * accuracy_p;
+    let mut out = Vec::new();
+    for (name, weights) in models {
+        let rel = PathBuf::from("erasure").join(req.task).join(format!("relearn-{name}-{}", req.relearn_steps));
+        let dir = req.run_dir.join(&rel);
+        let mut cfg = experiment.config.clone();
+        cfg.name = format!("{}-relearn-{}-{name}", cfg.name, req.task);
+        let init = req.run_dir.join(weights);
+        cfg.model.init_from = Some(std::fs::canonicalize(&init).map_err(|e| Error::io(&init, e))?);
+        for t in &mut cfg.data.tasks {
+            if t.get("id").and_then(|v| v.as_str()) == Some(req.task) {
+                t.remove("train_fraction");
+                t.insert("train_examples".into(), toml::Value::Integer(examples as i64));
+            }
+        }
+        cfg.data.weights = suite.tasks.iter().map(|t| (t.id.clone(), if t.id == req.task { 1.0 } else { 0.0 })).collect();
+        // An event at step 0 puts evaluations at steps 1, 2, 4, 8, ….
+        cfg.schedule = vec![crate::train::events::ScheduleEvent {
+            step: Some(0),
+            when_learned: None,
+            after: None,
+            drop: Vec::new(),
+            revive: Vec::new(),
+            weights: [(req.task.to_string(), 1.0)].into(),
+        }];
+        cfg.sequential = None;
+        cfg.train.steps = req.relearn_steps;
+        cfg.train.warmup_steps = 0;
+        cfg.train.schedule = crate::config::LrSchedule::Constant;
+        cfg.train.checkpoint_every = 0;
+        cfg.eval.every = RELEARN_EVERY;
+        cfg.eval.after_events = true;
+        let fine_tune = Experiment::resolve(cfg, &req.run_dir.join("config.toml"))?;
+        if crate::analysis::stored_outcome(&dir) != Some((true, false)) {
+            eprintln!("relearning {} from {name} in {}", req.task, dir.display());
+            Run::start(backend, &fine_tune, &dir)?.train(true)?;
+        }
+        let data = crate::analysis::RunData::load(&dir)?;
+        let curve: Vec<(u64, f64)> = data.series(req.task, "exact_match").to_vec();
+        let steps_to_target = curve.iter().find(|(_, a)| *a >= target).map(|(s, _)| *s);
+        out.push(Relearning { model: name.to_string(), steps_to_target, curve, run: rel });
+    }
+    let steps = |m: &str| out.iter().find(|r| r.model == m).map(|r| r.steps_to_target);
+    let (speedup_d_over_c, speedup_is_lower_bound) = match (steps("D"), steps("C")) {
+        // At step 0 there was nothing to relearn (or the target is trivial): no ratio.
+        (Some(Some(d)), Some(Some(c))) if d > 0 && c > 0 => (Some(c as f64 / d as f64), false),
+        (Some(Some(d)), Some(None)) if d > 0 => (Some(req.relearn_steps as f64 / d as f64), true),
+        _ => (None, false),
+    };
+    Ok(Relearn { cap: req.relearn_steps, examples, target, models: out, speedup_d_over_c, speedup_is_lower_bound })
+}
+
 /// The lines `ebb erasure` prints.
 pub fn report_lines(e: &Erasure) -> Vec<String> {
     let mut lines = vec![format!(
@@ -554,6 +675,19 @@ pub fn report_lines(e: &Erasure) -> Vec<String> {
                 l.draws.iter().copied().fold(0.0, f64::max),
                 if l.improved { " (above the unperturbed model)" } else { "" }
             ));
+        }
+    }
+    if let Some(r) = &e.relearn {
+        for m in &r.models {
+            let reached = m.steps_to_target.map_or(format!("not within {} steps", r.cap), |s| format!("{s} steps"));
+            lines.push(format!(
+                "  relearn {} from {} on {} training problems: {:.3} (0.9 of P) after {reached}",
+                e.task, m.model, r.examples, r.target
+            ));
+        }
+        if let Some(x) = r.speedup_d_over_c {
+            let bound = if r.speedup_is_lower_bound { "at least " } else { "" };
+            lines.push(format!("  D relearns {bound}{x:.1}× as fast as the never-learned C"));
         }
     }
     lines
