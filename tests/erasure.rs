@@ -107,9 +107,11 @@ fn the_battery_agrees_with_p_and_d_and_is_the_same_bits_at_any_thread_count() {
     let noise = e["noise"].as_array().unwrap();
     assert_eq!(noise.len(), 12);
     assert!(noise.iter().all(|l| l["draws"].as_array().unwrap().len() == 8));
-    for name in ["restore", "interpolation", "noise"] {
+    for name in ["restore", "interpolation", "noise", "relearn"] {
         assert!(run.join(format!("erasure/add1/plots/{name}.png")).is_file(), "{name}.png");
     }
+    let report = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(report.contains("Depth of erasure: add1") && report.contains("Relearning from P, D and C"));
     // --only runs a subset.
     run_ok(ebb().args(["erasure", "--task", "add1", "--only", "restore"]).arg(&run));
     let text = std::fs::read_to_string(run.join("erasure/add1/erasure.json")).unwrap();

@@ -24,6 +24,9 @@ pub fn charts_for(e: &Erasure) -> Vec<Box<dyn Chart + '_>> {
     if e.noise.is_some() {
         charts.push(Box::new(Noise(e)));
     }
+    if e.relearn.is_some() {
+        charts.push(Box::new(Relearn(e)));
+    }
     charts
 }
 
@@ -231,6 +234,66 @@ impl Chart for Noise<'_> {
     }
     fn title(&self) -> String {
         "Accuracy under relative weight noise".into()
+    }
+    both_backends!();
+}
+
+/// Held-out exact match while P, D and C are fine-tuned on the task alone,
+/// with the target 0.9·A(P).
+struct Relearn<'a>(&'a Erasure);
+
+impl Relearn<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
+        let e = self.0;
+        let r = e.relearn.as_ref().expect("charted only with relearn");
+        area.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{}: relearning {} on {} training problems", e.run, e.task, r.examples), (FONT, 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..r.cap.max(1) as f64, 0f64..TOP)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("fine-tuning step")
+            .y_desc("exact match")
+            .y_label_formatter(&|v| if *v <= 1.0 + 1e-9 { format!("{v:.1}") } else { String::new() })
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 15))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(err)?;
+        for m in &r.models {
+            let c = match m.model.as_str() {
+                "P" => color(0),
+                "D" => color(3),
+                _ => color(2),
+            };
+            let style = ShapeStyle::from(c).stroke_width(2);
+            let reached = m.steps_to_target.map_or(format!("not within {}", r.cap), |s| format!("{s} steps"));
+            chart
+                .draw_series(LineSeries::new(m.curve.iter().map(|&(s, a)| (s as f64, a)), style))
+                .map_err(err)?
+                .label(format!("from {}: target after {reached}", m.model))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+        }
+        let target = ShapeStyle::from(BLACK.mix(0.6)).stroke_width(1);
+        chart
+            .draw_series(DashedLineSeries::new([(0.0, r.target), (r.cap as f64, r.target)], 6, 4, target))
+            .map_err(err)?
+            .label(format!("target 0.9·A(P) = {:.3}", r.target))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], target));
+        legend(&mut chart, 4, SeriesLabelPosition::UpperRight)
+    }
+}
+
+impl Chart for Relearn<'_> {
+    fn name(&self) -> &'static str {
+        "relearn"
+    }
+    fn title(&self) -> String {
+        "Relearning from P, D and C".into()
     }
     both_backends!();
 }

@@ -467,7 +467,37 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
     let json = serde_json::to_string_pretty(&erasure).expect("an erasure report serializes");
     crate::run_dir::write_atomic(&dir.join("erasure.json"), format!("{json}\n").as_bytes())?;
     crate::plot::draw_all(&dir, &charts::charts_for(&erasure), crate::plot::Format::Png)?;
+    crate::plot::plot_run(run_dir, crate::plot::Format::Png)?; // report.html gains the battery
     Ok(erasure)
+}
+
+/// The `report.html` section of every battery run on `run_dir`: its
+/// printed lines and its plots, one task after another (empty when none).
+pub fn report_section(run_dir: &Path) -> Result<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(run_dir.join("erasure"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some(e.ok()?.path().join("erasure.json")))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let mut html = String::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        let Ok(e) = serde_json::from_str::<Erasure>(&text) else { continue }; // another version: skip
+        let escape = crate::plot::report::escape;
+        html.push_str(&format!(
+            "<h2>Depth of erasure: {}</h2>\n<pre>{}</pre>\n",
+            escape(&e.task),
+            escape(&report_lines(&e).join("\n"))
+        ));
+        for chart in charts::charts_for(&e) {
+            let svg = crate::plot::to_svg(chart.as_ref())
+                .map_err(|why| Error::input(format!("{}: cannot draw {}: {why}", file.display(), chart.name())))?;
+            html.push_str(&format!("<figure><figcaption>{}</figcaption>{svg}</figure>\n", escape(&chart.title())));
+        }
+    }
+    Ok(html)
 }
 
 /// Where the battery on `task` writes: `RUN_DIR/erasure/TASK`.

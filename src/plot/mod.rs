@@ -100,8 +100,8 @@ pub fn plot_run(dir: &Path, format: Format) -> Result<Vec<std::path::PathBuf>> {
     let data = RunData::load(dir)?;
     let summary = crate::analysis::read_summary(dir)?;
     let (mut written, svgs) = draw_all(dir, &charts_for(&data, &summary), format)?;
-    let html =
-        report::render(&data, &summary, &svgs, &std::fs::read_to_string(dir.join("config.toml")).unwrap_or_default());
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap_or_default();
+    let html = report::render(&data, &summary, &svgs, &crate::erasure::report_section(dir)?, &config);
     let report = dir.join("report.html");
     crate::run_dir::write_atomic(&report, html.as_bytes())?;
     written.push(report);

@@ -3,7 +3,7 @@
 
 use crate::analysis::{DropSummary, ReviveStatus, RunData, Summary};
 
-fn escape(s: &str) -> String {
+pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
@@ -45,7 +45,8 @@ pub fn savings_cell(drop: &DropSummary) -> String {
     }
 }
 
-pub fn render(data: &RunData, summary: &Summary, plots: &[(String, String)], config: &str) -> String {
+/// The run's page; `erasure` is the HTML of its erasure batteries (or empty).
+pub fn render(data: &RunData, summary: &Summary, plots: &[(String, String)], erasure: &str, config: &str) -> String {
     let mut rows = String::new();
     for t in &data.tasks {
         let info = summary.tasks.get(&t.id);
@@ -134,6 +135,7 @@ and, after a revive, the savings.</p>
 {sequential}
 <h2>Plots</h2>
 {figures}
+{erasure}
 <h2>Resolved config</h2>
 <pre>{config}</pre>
 </body></html>
