@@ -257,6 +257,7 @@ impl Relearn<'_> {
         chart
             .configure_mesh()
             .x_desc("fine-tuning step")
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .y_desc("exact match")
             .y_label_formatter(&|v| if *v <= 1.0 + 1e-9 { format!("{v:.1}") } else { String::new() })
             .label_style((FONT, 14))
