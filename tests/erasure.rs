@@ -9,42 +9,13 @@ use std::path::Path;
 
 use common::{ebb, run_ok, write};
 
-const CONFIG: &str = r#"
-name = "erase"
-seed = 5
-
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 4
-n_ctx = 10
-
-[train]
-steps = 120
-batch_size = 16
-lr = 3e-3
-warmup_steps = 2
-
-[[data.tasks]]
-id = "add1"
-family = "addition"
-digits = 1
-eval_fraction = 0.3
-
-[[data.tasks]]
-id = "add2"
-family = "addition"
-digits = 2
-
-[eval]
-every = 20
-examples = 32
-min_examples = 8
-
-[[schedule]]
-step = 60
-drop = ["add1"]
-"#;
+/// Two additions, `add1` dropped at step 60 of 120.
+fn config() -> String {
+    common::two_tasks("[[schedule]]\nstep = 60\ndrop = [\"add1\"]\n")
+        .replace("steps = 40", "steps = 120")
+        .replace("every = 10", "every = 20")
+        .replace("\nexamples = 8\n", "\nexamples = 32\n")
+}
 
 /// Runs the whole battery afresh (every fine-tune retrained) at `threads`.
 fn erasure_json(run: &Path, threads: &str) -> (serde_json::Value, String) {
@@ -57,7 +28,7 @@ fn erasure_json(run: &Path, threads: &str) -> (serde_json::Value, String) {
 #[test]
 fn the_battery_agrees_with_p_and_d_and_is_the_same_bits_at_any_thread_count() {
     let tmp = tempfile::tempdir().unwrap();
-    write(&tmp.path().join("erase.toml"), CONFIG);
+    write(&tmp.path().join("erase.toml"), &config());
     let run = tmp.path().join("run");
     run_ok(ebb().arg("run").arg(tmp.path().join("erase.toml")).arg("--out").arg(&run).arg("--quiet"));
     let (e, one) = erasure_json(&run, "1");
@@ -122,7 +93,7 @@ fn the_battery_agrees_with_p_and_d_and_is_the_same_bits_at_any_thread_count() {
 #[test]
 fn a_task_never_dropped_or_weights_not_kept_are_one_line_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    write(&tmp.path().join("erase.toml"), &CONFIG.replace("steps = 120", "steps = 80"));
+    write(&tmp.path().join("erase.toml"), &config().replace("steps = 120", "steps = 80"));
     let run = tmp.path().join("run");
     run_ok(ebb().arg("run").arg(tmp.path().join("erase.toml")).arg("--out").arg(&run).arg("--quiet"));
     let never = ebb().args(["erasure", "--task", "add2"]).arg(&run).output().unwrap();
@@ -146,7 +117,7 @@ fn tags(file: &Path) -> Vec<i32> {
 #[test]
 fn the_control_never_trains_the_task_and_resumes_bit_for_bit_after_a_kill() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = CONFIG.replace("[eval]", "[data]\ntags = true\n\n[eval]").replace("n_ctx = 10", "n_ctx = 11");
+    let config = config().replace("[eval]", "[data]\ntags = true\n\n[eval]").replace("n_ctx = 10", "n_ctx = 11");
     write(&tmp.path().join("erase.toml"), &config);
     let run = tmp.path().join("run");
     run_ok(ebb().arg("run").arg(tmp.path().join("erase.toml")).arg("--out").arg(&run).arg("--quiet"));

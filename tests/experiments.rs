@@ -9,44 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// 1-digit addition and a 2-digit one; `extra` is appended to the config.
-fn two_tasks(extra: &str) -> String {
-    format!(
-        r#"
-name = "two"
-seed = 3
-
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 4
-n_ctx = 10
-
-[train]
-steps = 40
-batch_size = 16
-lr = 3e-3
-warmup_steps = 2
-log_every = 1
-
-[[data.tasks]]
-id = "add1"
-family = "addition"
-digits = 1
-eval_fraction = 0.3
-
-[[data.tasks]]
-id = "add2"
-family = "addition"
-digits = 2
-
-[eval]
-every = 10
-examples = 8
-min_examples = 8
-{extra}"#
-    )
-}
 
 fn run_config(dir: &Path, text: &str, extra_args: &[&str]) -> std::process::Output {
     std::fs::create_dir_all(dir).unwrap();
@@ -641,11 +603,7 @@ fn weights_and_batches_go_out_as_safetensors_and_weights_come_back_in() {
     let first = tmp.path().join("first");
     let out = run_config(&first, &two_tasks(""), &["--weights-every", "15", "--dump-batches"]);
     let run = first.join("run");
-    let mut written: Vec<String> = std::fs::read_dir(run.join("weights"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    written.sort();
+    let written = files_in(&run.join("weights"));
     assert_eq!(
         written,
         ["step-0.safetensors", "step-15.safetensors", "step-30.safetensors", "step-40.safetensors"],
@@ -697,11 +655,7 @@ fn every_run_keeps_its_weights_before_each_event_and_at_the_end() {
     let schedule = "[[schedule]]\nstep = 15\ndrop = [\"add2\"]\n[[schedule]]\nstep = 30\nrevive = [\"add2\"]\n";
     run_config(&tmp.path().join("dropped"), &two_tasks(schedule), &[]);
     let run = tmp.path().join("dropped/run");
-    let mut written: Vec<String> = std::fs::read_dir(run.join("weights"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    written.sort();
+    let written = files_in(&run.join("weights"));
     assert_eq!(
         written,
         ["step-15.safetensors", "step-30.safetensors", "step-40.safetensors"],

@@ -3,6 +3,8 @@
 //! accuracy under weight noise.
 
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::Erasure;
@@ -30,9 +32,45 @@ pub fn charts_for(e: &Erasure) -> Vec<Box<dyn Chart + '_>> {
     charts
 }
 
+/// A titled chart, exact match on y (0 to `TOP`, labelled up to 1) and
+/// `x` on x, its mesh drawn.
+fn accuracy_axes<'a, DB: DrawingBackend, X: AsRangedCoord<Value = f64>>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: String,
+    x: X,
+    x_desc: &str,
+    x_label: &dyn Fn(&f64) -> String,
+    x_labels: usize,
+) -> Result<ChartContext<'a, DB, Cartesian2d<X::CoordDescType, RangedCoordf64>>, String>
+where
+    X::CoordDescType: ValueFormatter<f64>,
+{
+    area.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(x, 0f64..TOP)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_labels(x_labels)
+        .x_label_formatter(x_label)
+        .x_desc(x_desc)
+        .y_desc("exact match")
+        .y_label_formatter(&|v| if *v <= 1.0 + 1e-9 { format!("{v:.1}") } else { String::new() })
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(err)?;
+    Ok(chart)
+}
+
 /// Dashed horizontal reference lines: P's and D's accuracy and chance.
 fn references<'a, DB: DrawingBackend + 'a>(
-    chart: &mut ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
     e: &Erasure,
     x: (f64, f64),
 ) -> DrawResult {
@@ -63,30 +101,14 @@ impl Restore<'_> {
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
         let e = self.0;
         let components = &e.restore.as_ref().expect("charted only with restore").components;
-        area.fill(&WHITE).map_err(err)?;
         let n = components.len() as f64;
-        let mut chart = ChartBuilder::on(area)
-            .caption(format!("{}: {} held-out exact match with one component swapped", e.run, e.task), (FONT, 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(55)
-            .build_cartesian_2d(-0.5f64..n - 0.5, 0f64..TOP)
-            .map_err(err)?;
         let names: Vec<String> = components.iter().map(|c| c.component.clone()).collect();
-        chart
-            .configure_mesh()
-            .x_labels(components.len())
-            .x_label_formatter(&|v| {
-                let i = v.round();
-                if (v - i).abs() < 1e-6 && i >= 0.0 { names.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
-            })
-            .y_desc("exact match")
-            .y_label_formatter(&|v| if *v <= 1.0 + 1e-9 { format!("{v:.1}") } else { String::new() })
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
-            .light_line_style(WHITE.mix(0.0))
-            .draw()
-            .map_err(err)?;
+        let name_at = |v: &f64| {
+            let i = v.round();
+            if (v - i).abs() < 1e-6 && i >= 0.0 { names.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+        };
+        let caption = format!("{}: {} held-out exact match with one component swapped", e.run, e.task);
+        let mut chart = accuracy_axes(area, caption, -0.5f64..n - 0.5, "", &name_at, components.len())?;
         for (k, (label, c)) in [("D with P's component", color(0)), ("P with D's component", color(3))].into_iter().enumerate()
         {
             let bars = components.iter().enumerate().map(|(i, comp)| {
@@ -122,24 +144,8 @@ impl Interpolation<'_> {
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
         let e = self.0;
         let points = e.interpolation.as_ref().expect("charted only with interpolation");
-        area.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(area)
-            .caption(format!("{}: held-out exact match along the line from P to D", e.run), (FONT, 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(55)
-            .build_cartesian_2d(0f64..1f64, 0f64..TOP)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("α: (1 − α)·P + α·D")
-            .y_desc("exact match")
-            .y_label_formatter(&|v| if *v <= 1.0 + 1e-9 { format!("{v:.1}") } else { String::new() })
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
-            .light_line_style(WHITE.mix(0.0))
-            .draw()
-            .map_err(err)?;
+        let caption = format!("{}: held-out exact match along the line from P to D", e.run);
+        let mut chart = accuracy_axes(area, caption, 0f64..1f64, "α: (1 − α)·P + α·D", &|v| format!("{v:.1}"), 11)?;
         let kept = format!("kept tasks (mean of {})", e.kept_tasks.len());
         for (label, c, get) in [
             (e.task.clone(), color(3), (|p: &super::InterpolationPoint| Some(p.exact_match)) as fn(&_) -> Option<f64>),
@@ -187,25 +193,10 @@ impl Noise<'_> {
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
         let e = self.0;
         let levels = e.noise.as_ref().expect("charted only with noise");
-        area.fill(&WHITE).map_err(err)?;
         let (lo, hi) = (super::NOISE_SIGMAS[0] / 1.5, super::NOISE_SIGMAS[super::NOISE_SIGMAS.len() - 1] * 1.5);
-        let mut chart = ChartBuilder::on(area)
-            .caption(format!("{}: {} held-out exact match under weight noise", e.run, e.task), (FONT, 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(55)
-            .build_cartesian_2d((lo..hi).log_scale().with_key_points(super::NOISE_SIGMAS.to_vec()), 0f64..TOP)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("σ (relative to each tensor's RMS)")
-            .y_desc("exact match")
-            .y_label_formatter(&|v| if *v <= 1.0 + 1e-9 { format!("{v:.1}") } else { String::new() })
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
-            .light_line_style(WHITE.mix(0.0))
-            .draw()
-            .map_err(err)?;
+        let caption = format!("{}: {} held-out exact match under weight noise", e.run, e.task);
+        let x = (lo..hi).log_scale().with_key_points(super::NOISE_SIGMAS.to_vec());
+        let mut chart = accuracy_axes(area, caption, x, "σ (relative to each tensor's RMS)", &|v| format!("{v}"), 6)?;
         // C first, so D, often at the same accuracy, is drawn over it.
         for (model, c) in [("C", color(2)), ("P", color(0)), ("D", color(3))] {
             let mine: Vec<&super::NoiseLevel> = levels.iter().filter(|l| l.model == model).collect();
@@ -246,25 +237,9 @@ impl Relearn<'_> {
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
         let e = self.0;
         let r = e.relearn.as_ref().expect("charted only with relearn");
-        area.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(area)
-            .caption(format!("{}: relearning {} on {} training problems", e.run, e.task, r.examples), (FONT, 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(55)
-            .build_cartesian_2d(0f64..r.cap.max(1) as f64, 0f64..TOP)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("fine-tuning step")
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_desc("exact match")
-            .y_label_formatter(&|v| if *v <= 1.0 + 1e-9 { format!("{v:.1}") } else { String::new() })
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
-            .light_line_style(WHITE.mix(0.0))
-            .draw()
-            .map_err(err)?;
+        let caption = format!("{}: relearning {} on {} training problems", e.run, e.task, r.examples);
+        let x = 0f64..r.cap.max(1) as f64;
+        let mut chart = accuracy_axes(area, caption, x, "fine-tuning step", &|v| format!("{v:.0}"), 10)?;
         for m in &r.models {
             let c = match m.model.as_str() {
                 "P" => color(0),

@@ -122,3 +122,50 @@ every = 10
 examples = 8
 min_examples = 8
 "#;
+
+/// 1-digit addition and a 2-digit one; `extra` is appended to the config.
+pub fn two_tasks(extra: &str) -> String {
+    format!(
+        r#"
+name = "two"
+seed = 3
+
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 4
+n_ctx = 10
+
+[train]
+steps = 40
+batch_size = 16
+lr = 3e-3
+warmup_steps = 2
+log_every = 1
+
+[[data.tasks]]
+id = "add1"
+family = "addition"
+digits = 1
+eval_fraction = 0.3
+
+[[data.tasks]]
+id = "add2"
+family = "addition"
+digits = 2
+
+[eval]
+every = 10
+examples = 8
+min_examples = 8
+{extra}"#
+    )
+}
+
+/// The names of the files in `dir`, sorted.
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
