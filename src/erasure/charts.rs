@@ -111,16 +111,24 @@ impl Restore<'_> {
         let mut chart = accuracy_axes(area, caption, -0.5f64..n - 0.5, "", &name_at, components.len())?;
         for (k, (label, c)) in [("D with P's component", color(0)), ("P with D's component", color(3))].into_iter().enumerate()
         {
-            let bars = components.iter().enumerate().map(|(i, comp)| {
-                let y = if k == 0 { comp.p_into_d } else { comp.d_into_p };
-                let x0 = i as f64 - 0.38 + 0.38 * k as f64;
+            let bar = |i: usize| {
+                let comp = &components[i];
+                let (y, [lo, hi]) =
+                    if k == 0 { (comp.p_into_d, comp.p_into_d_interval) } else { (comp.d_into_p, comp.d_into_p_interval) };
+                (i as f64 - 0.38 + 0.38 * k as f64, y, lo, hi)
+            };
+            let bars = (0..components.len()).map(bar).map(|(x0, y, _, _)| {
                 Rectangle::new([(x0, 0.0), (x0 + 0.36, y)], c.mix(0.75).filled())
             });
             chart
                 .draw_series(bars)
                 .map_err(err)?
-                .label(label)
+                .label(format!("{label} (whiskers: 95% Wilson interval)"))
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.mix(0.75).filled()));
+            let whiskers = (0..components.len()).map(bar).map(|(x0, _, lo, hi)| {
+                PathElement::new([(x0 + 0.18, lo), (x0 + 0.18, hi)], ShapeStyle::from(BLACK).stroke_width(1))
+            });
+            chart.draw_series(whiskers).map_err(err)?;
         }
         references(&mut chart, e, (-0.5, n - 0.5))?;
         legend(&mut chart, 6, SeriesLabelPosition::UpperRight)

@@ -136,6 +136,8 @@ pub struct ModelScore {
     pub step: u64,
     pub weights: PathBuf,
     pub exact_match: f64,
+    /// Its 95% Wilson interval over the `examples` problems.
+    pub exact_match_interval: [f64; 2],
     /// Exact match with the choice restricted to the task's answer tokens.
     pub exact_match_restricted: f64,
     /// Mean exact match of the kept tasks (null when there are none).
@@ -159,16 +161,20 @@ pub struct ComponentRestore {
     pub params: usize,
     /// ‖D − P‖ / ‖P‖ over the component's parameters.
     pub relative_change: f64,
-    /// The task's exact match of D with this component taken from P.
+    /// The task's exact match of D with this component taken from P, and its 95% Wilson interval.
     pub p_into_d: f64,
-    /// The task's exact match of P with this component taken from D.
+    pub p_into_d_interval: [f64; 2],
+    /// The task's exact match of P with this component taken from D, and its interval.
     pub d_into_p: f64,
+    pub d_into_p_interval: [f64; 2],
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InterpolationPoint {
     pub alpha: f64,
     pub exact_match: f64,
+    /// Its 95% Wilson interval.
+    pub exact_match_interval: [f64; 2],
     pub kept_exact_match: Option<f64>,
 }
 
@@ -420,6 +426,7 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
             step,
             weights: file,
             exact_match: r.exact_match,
+            exact_match_interval: [r.exact_match_lo, r.exact_match_hi],
             exact_match_restricted: r.exact_match_restricted,
             kept_exact_match: kept,
         })
@@ -521,12 +528,15 @@ fn restore<B: Backend>(scorer: &mut Scorer<B>, layout: &ParamLayout, p: &[f32], 
             }
             params += r.len();
         }
+        let (p_into_d, d_into_p) = (scorer.task(&p_into_d)?, scorer.task(&d_into_p)?);
         out.push(ComponentRestore {
             component: c.name,
             params,
             relative_change: if norm > 0.0 { (diff / norm).sqrt() } else { f64::NAN },
-            p_into_d: scorer.task(&p_into_d)?.exact_match,
-            d_into_p: scorer.task(&d_into_p)?.exact_match,
+            p_into_d: p_into_d.exact_match,
+            p_into_d_interval: [p_into_d.exact_match_lo, p_into_d.exact_match_hi],
+            d_into_p: d_into_p.exact_match,
+            d_into_p_interval: [d_into_p.exact_match_lo, d_into_p.exact_match_hi],
         });
     }
     Ok(Restore { components: out, all_from_p_into_d: scorer.task(&all)?.exact_match })
@@ -541,7 +551,12 @@ fn interpolate<B: Backend>(scorer: &mut Scorer<B>, p: &[f32], d: &[f32]) -> Resu
                 *m = ((1.0 - alpha) * a as f64 + alpha * b as f64) as f32;
             }
             let (r, kept) = scorer.task_and_kept(&mix)?;
-            Ok(InterpolationPoint { alpha, exact_match: r.exact_match, kept_exact_match: kept })
+            Ok(InterpolationPoint {
+                alpha,
+                exact_match: r.exact_match,
+                exact_match_interval: [r.exact_match_lo, r.exact_match_hi],
+                kept_exact_match: kept,
+            })
         })
         .collect()
 }
@@ -660,25 +675,32 @@ fn relearn<B: Backend>(
     Ok(Relearn { cap: req.relearn_steps, examples, target, models: out, speedup_d_over_c, speedup_is_lower_bound })
 }
 
+/// `0.992 [95% 0.957, 0.999]`.
+fn with_interval(x: f64, [lo, hi]: [f64; 2]) -> String {
+    format!("{x:.3} [95% {lo:.3}, {hi:.3}]")
+}
+
 /// The lines `ebb erasure` prints.
 pub fn report_lines(e: &Erasure) -> Vec<String> {
     let mut lines = vec![format!(
-        "erasure of {} in {} ({} held-out problems, chance {:.3}): before the drop (P, step {}) {:.3}, \
-         at step {} (D) {:.3}, restricted to its answer tokens {:.3}",
+        "erasure of {} in {} ({} held-out problems, chance {:.3}): before the drop (P, step {}) {}, \
+         at step {} (D) {}, restricted to its answer tokens {:.3}",
         e.task,
         e.run,
         e.examples,
         e.chance,
         e.before.step,
-        e.before.exact_match,
+        with_interval(e.before.exact_match, e.before.exact_match_interval),
         e.after.step,
-        e.after.exact_match,
+        with_interval(e.after.exact_match, e.after.exact_match_interval),
         e.after.exact_match_restricted
     )];
     if let Some(c) = &e.control {
         lines.push(format!(
-            "  never-learned control (C, step {}): {:.3}, restricted {:.3}",
-            c.step, c.exact_match, c.exact_match_restricted
+            "  never-learned control (C, step {}): {}, restricted {:.3}",
+            c.step,
+            with_interval(c.exact_match, c.exact_match_interval),
+            c.exact_match_restricted
         ));
     }
     if !e.learned_at_drop {
