@@ -74,6 +74,15 @@ fn the_battery_agrees_with_p_and_d_and_is_the_same_bits_at_any_thread_count() {
         assert_eq!(point["exact_match"], model["exact_match"]);
         assert_eq!(point["kept_exact_match"], model["kept_exact_match"]);
     }
+    // Few-shot: n = 1, 4, 16 (T holds half of add1's 70 training problems), P and D, recovery D/P.
+    let few = e["few_shot"].as_array().unwrap();
+    assert_eq!(few.iter().map(|f| f["examples"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 4, 16]);
+    for f in few {
+        let acc = |m: &str| f["accuracy"].as_array().unwrap().iter().find(|a| a[0] == m).unwrap()[1].as_f64().unwrap();
+        if acc("P") > 0.0 {
+            assert_eq!(f["recovery_d_over_p"].as_f64(), Some(acc("D") / acc("P")));
+        }
+    }
     // Noise: 6 levels × 8 draws for each of P and D; the smallest noise leaves D close to itself.
     let noise = e["noise"].as_array().unwrap();
     assert_eq!(noise.len(), 12);

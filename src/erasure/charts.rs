@@ -29,6 +29,9 @@ pub fn charts_for(e: &Erasure) -> Vec<Box<dyn Chart + '_>> {
     if e.relearn.is_some() {
         charts.push(Box::new(Relearn(e)));
     }
+    if e.few_shot.as_ref().is_some_and(|f| !f.is_empty()) {
+        charts.push(Box::new(FewShot(e)));
+    }
     charts
 }
 
@@ -278,6 +281,49 @@ impl Chart for Relearn<'_> {
     }
     fn title(&self) -> String {
         "Relearning from P, D and C".into()
+    }
+    both_backends!();
+}
+
+/// Accuracy after a short fine-tune on n training problems, against n (log
+/// scale), for P, D and C.
+struct FewShot<'a>(&'a Erasure);
+
+impl FewShot<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
+        let e = self.0;
+        let levels = e.few_shot.as_ref().expect("charted only with few-shot");
+        let ns: Vec<f64> = levels.iter().map(|f| f.examples as f64).collect();
+        let steps = levels.first().map_or(0, |f| f.steps);
+        let caption = format!("{}: {} after {steps} fine-tuning steps on n problems", e.run, e.task);
+        let x = (0.7..ns[ns.len() - 1] * 1.4).log_scale().with_key_points(ns.clone());
+        let mut chart = accuracy_axes(area, caption, x, "n training problems", &|v| format!("{v}"), ns.len())?;
+        for (model, c) in [("C", color(2)), ("P", color(0)), ("D", color(3))] {
+            let points: Vec<(f64, f64)> = levels
+                .iter()
+                .filter_map(|f| Some((f.examples as f64, f.accuracy.iter().find(|a| a.0 == model)?.1)))
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            let style = ShapeStyle::from(c).stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(points.clone(), style))
+                .map_err(err)?
+                .label(format!("from {model}"))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled()))).map_err(err)?;
+        }
+        legend(&mut chart, 3, SeriesLabelPosition::UpperRight)
+    }
+}
+
+impl Chart for FewShot<'_> {
+    fn name(&self) -> &'static str {
+        "few_shot"
+    }
+    fn title(&self) -> String {
+        "Few-shot recovery from P, D and C".into()
     }
     both_backends!();
 }

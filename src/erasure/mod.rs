@@ -25,6 +25,9 @@
 //!   and every `RELEARN_EVERY`: the steps to reach 0.9·A(P), censored at
 //!   the cap. Each fine-tune is a run of its own in
 //!   `erasure/TASK/relearn-M-CAP`.
+//! - `few-shot`: the same fine-tune for `FEW_SHOT_STEPS` steps on only the
+//!   first n ∈ {1, 4, 16, 64, 256} problems of T: accuracy on V of P, D
+//!   and C, and the recovery A_D / A_P.
 //!
 //! Writes `RUN_DIR/erasure/TASK/erasure.json` (`Erasure`) and its plots;
 //! `--control auto` trains C into `RUN_DIR/erasure/TASK/control-STEP`
@@ -63,11 +66,12 @@ pub enum Instrument {
     Interpolate,
     Noise,
     Relearn,
+    FewShot,
 }
 
 impl Instrument {
-    pub const ALL: [Instrument; 4] =
-        [Instrument::Restore, Instrument::Interpolate, Instrument::Noise, Instrument::Relearn];
+    pub const ALL: [Instrument; 5] =
+        [Instrument::Restore, Instrument::Interpolate, Instrument::Noise, Instrument::Relearn, Instrument::FewShot];
 }
 
 /// The most training problems T holds.
@@ -76,6 +80,9 @@ pub const RELEARN_EXAMPLES: u64 = 4096;
 const RELEARN_EVERY: u64 = 50;
 /// The share of A(P) a fine-tune must reach.
 pub const RELEARN_TARGET: f64 = 0.9;
+/// Few-shot recovery: training problems, and fine-tuning steps on them.
+pub const FEW_SHOT: [u64; 5] = [1, 4, 16, 64, 256];
+pub const FEW_SHOT_STEPS: u64 = 200;
 
 /// What `ebb erasure` measured, as written to `erasure.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -102,6 +109,18 @@ pub struct Erasure {
     pub interpolation: Option<Vec<InterpolationPoint>>,
     pub noise: Option<Vec<NoiseLevel>>,
     pub relearn: Option<Relearn>,
+    pub few_shot: Option<Vec<FewShot>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FewShot {
+    /// Training problems: the first n of T.
+    pub examples: u64,
+    pub steps: u64,
+    /// (model, exact match on V after `steps`) for P, D and C.
+    pub accuracy: Vec<(String, f64)>,
+    /// A_D / A_P after the same fine-tune (null when A_P is 0).
+    pub recovery_d_over_p: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -453,6 +472,7 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
     let relearn = wants(Instrument::Relearn)
         .then(|| relearn(backend, req, &experiment, before.exact_match, &weights))
         .transpose()?;
+    let few_shot = wants(Instrument::FewShot).then(|| few_shot(backend, req, &experiment, &weights)).transpose()?;
     let erasure = Erasure {
         version: ERASURE_VERSION,
         run: cfg.name.clone(),
@@ -468,6 +488,7 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
         interpolation,
         noise,
         relearn,
+        few_shot,
     };
     let dir = out_dir(run_dir, req.task);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -606,8 +627,74 @@ fn noise<B: Backend>(
     Ok(out)
 }
 
-/// Fine-tunes each of `models` (name, weights file relative to the run or
-/// absolute) on T alone and reads off its relearning curve on V.
+/// The size of T: half of the task's training problems (when they can be
+/// counted), at most `RELEARN_EXAMPLES`.
+fn t_size(experiment: &Experiment, task: &str) -> u64 {
+    let task = experiment.suite.task(task).expect("a dropped task is in the suite");
+    let open = if task.space() <= (1 << 18) {
+        (0..task.space()).filter(|&p| !task.is_held_out(p)).count() as u64
+    } else {
+        2 * RELEARN_EXAMPLES
+    };
+    (open / 2).clamp(1, RELEARN_EXAMPLES)
+}
+
+/// A fine-tune of the model in `weights` (relative to the run, or absolute)
+/// on the first `examples` problems of T alone, for `steps` steps, with the
+/// run's learning rate (constant, no warmup, fresh AdamW), evaluated every
+/// `every` steps and at 1, 2, 4, … (an event at step 0): a run of its own
+/// in `RUN_DIR/erasure/TASK/NAME`, reused once finished. Returns that
+/// directory (relative to the run) and the task's exact-match curve.
+#[allow(clippy::too_many_arguments)]
+fn fine_tune<B: Backend>(
+    backend: &B,
+    req: &Request,
+    experiment: &Experiment,
+    name: &str,
+    weights: &Path,
+    examples: u64,
+    steps: u64,
+    every: u64,
+) -> Result<(PathBuf, Vec<(u64, f64)>)> {
+    let rel = PathBuf::from("erasure").join(req.task).join(name);
+    let dir = req.run_dir.join(&rel);
+    let mut cfg = experiment.config.clone();
+    cfg.name = format!("{}-{}-{name}", cfg.name, req.task);
+    let init = req.run_dir.join(weights);
+    cfg.model.init_from = Some(std::fs::canonicalize(&init).map_err(|e| Error::io(&init, e))?);
+    for t in &mut cfg.data.tasks {
+        if t.get("id").and_then(|v| v.as_str()) == Some(req.task) {
+            t.remove("train_fraction");
+            t.insert("train_examples".into(), toml::Value::Integer(examples as i64));
+        }
+    }
+    let suite = &experiment.suite;
+    cfg.data.weights = suite.tasks.iter().map(|t| (t.id.clone(), if t.id == req.task { 1.0 } else { 0.0 })).collect();
+    cfg.schedule = vec![crate::train::events::ScheduleEvent {
+        step: Some(0),
+        when_learned: None,
+        after: None,
+        drop: Vec::new(),
+        revive: Vec::new(),
+        weights: [(req.task.to_string(), 1.0)].into(),
+    }];
+    cfg.sequential = None;
+    cfg.train.steps = steps;
+    cfg.train.warmup_steps = 0;
+    cfg.train.schedule = crate::config::LrSchedule::Constant;
+    cfg.train.checkpoint_every = 0;
+    cfg.eval.every = every;
+    cfg.eval.after_events = true;
+    let experiment = Experiment::resolve(cfg, &req.run_dir.join("config.toml"))?;
+    if crate::analysis::stored_outcome(&dir) != Some((true, false)) {
+        eprintln!("fine-tuning {} on {examples} problems in {}", req.task, dir.display());
+        Run::start(backend, &experiment, &dir)?.train(true)?;
+    }
+    let data = crate::analysis::RunData::load(&dir)?;
+    Ok((rel, data.series(req.task, "exact_match").to_vec()))
+}
+
+/// Relearning of `req.task` from each of `models` (name, weights file) on T.
 fn relearn<B: Backend>(
     backend: &B,
     req: &Request,
@@ -615,55 +702,15 @@ fn relearn<B: Backend>(
     accuracy_p: f64,
     models: &[(&str, PathBuf)],
 ) -> Result<Relearn> {
-    let suite = &experiment.suite;
-    let task = suite.task(req.task).expect("a dropped task is in the suite");
-    let open = if task.space() <= (1 << 18) {
-        (0..task.space()).filter(|&p| !task.is_held_out(p)).count() as u64
-    } else {
-        2 * RELEARN_EXAMPLES
-    };
-    let examples = (open / 2).clamp(1, RELEARN_EXAMPLES);
+    let examples = t_size(experiment, req.task);
     let target = RELEARN_TARGET * accuracy_p;
     let mut out = Vec::new();
     for (name, weights) in models {
-        let rel = PathBuf::from("erasure").join(req.task).join(format!("relearn-{name}-{}", req.relearn_steps));
-        let dir = req.run_dir.join(&rel);
-        let mut cfg = experiment.config.clone();
-        cfg.name = format!("{}-relearn-{}-{name}", cfg.name, req.task);
-        let init = req.run_dir.join(weights);
-        cfg.model.init_from = Some(std::fs::canonicalize(&init).map_err(|e| Error::io(&init, e))?);
-        for t in &mut cfg.data.tasks {
-            if t.get("id").and_then(|v| v.as_str()) == Some(req.task) {
-                t.remove("train_fraction");
-                t.insert("train_examples".into(), toml::Value::Integer(examples as i64));
-            }
-        }
-        cfg.data.weights = suite.tasks.iter().map(|t| (t.id.clone(), if t.id == req.task { 1.0 } else { 0.0 })).collect();
-        // An event at step 0 puts evaluations at steps 1, 2, 4, 8, ….
-        cfg.schedule = vec![crate::train::events::ScheduleEvent {
-            step: Some(0),
-            when_learned: None,
-            after: None,
-            drop: Vec::new(),
-            revive: Vec::new(),
-            weights: [(req.task.to_string(), 1.0)].into(),
-        }];
-        cfg.sequential = None;
-        cfg.train.steps = req.relearn_steps;
-        cfg.train.warmup_steps = 0;
-        cfg.train.schedule = crate::config::LrSchedule::Constant;
-        cfg.train.checkpoint_every = 0;
-        cfg.eval.every = RELEARN_EVERY;
-        cfg.eval.after_events = true;
-        let fine_tune = Experiment::resolve(cfg, &req.run_dir.join("config.toml"))?;
-        if crate::analysis::stored_outcome(&dir) != Some((true, false)) {
-            eprintln!("relearning {} from {name} in {}", req.task, dir.display());
-            Run::start(backend, &fine_tune, &dir)?.train(true)?;
-        }
-        let data = crate::analysis::RunData::load(&dir)?;
-        let curve: Vec<(u64, f64)> = data.series(req.task, "exact_match").to_vec();
+        let dir = format!("relearn-{name}-{}", req.relearn_steps);
+        let (run, curve) =
+            fine_tune(backend, req, experiment, &dir, weights, examples, req.relearn_steps, RELEARN_EVERY)?;
         let steps_to_target = curve.iter().find(|(_, a)| *a >= target).map(|(s, _)| *s);
-        out.push(Relearning { model: name.to_string(), steps_to_target, curve, run: rel });
+        out.push(Relearning { model: name.to_string(), steps_to_target, curve, run });
     }
     let steps = |m: &str| out.iter().find(|r| r.model == m).map(|r| r.steps_to_target);
     let (speedup_d_over_c, speedup_is_lower_bound) = match (steps("D"), steps("C")) {
@@ -673,6 +720,33 @@ fn relearn<B: Backend>(
         _ => (None, false),
     };
     Ok(Relearn { cap: req.relearn_steps, examples, target, models: out, speedup_d_over_c, speedup_is_lower_bound })
+}
+
+/// Few-shot recovery: each of `models` fine-tuned `FEW_SHOT_STEPS` steps on
+/// only the first n problems of T, for every n of `FEW_SHOT` that T holds.
+fn few_shot<B: Backend>(
+    backend: &B,
+    req: &Request,
+    experiment: &Experiment,
+    models: &[(&str, PathBuf)],
+) -> Result<Vec<FewShot>> {
+    let t = t_size(experiment, req.task);
+    let mut out = Vec::new();
+    for &n in FEW_SHOT.iter().filter(|&&n| n <= t) {
+        let mut accuracy = Vec::new();
+        for (name, weights) in models {
+            let dir = format!("fewshot-{name}-{n}");
+            let (_, curve) = fine_tune(backend, req, experiment, &dir, weights, n, FEW_SHOT_STEPS, FEW_SHOT_STEPS)?;
+            accuracy.push((name.to_string(), curve.last().map_or(0.0, |p| p.1)));
+        }
+        let of = |m: &str| accuracy.iter().find(|a| a.0 == m).map(|a| a.1);
+        let recovery = match (of("D"), of("P")) {
+            (Some(d), Some(p)) if p > 0.0 => Some(d / p),
+            _ => None,
+        };
+        out.push(FewShot { examples: n, steps: FEW_SHOT_STEPS, accuracy, recovery_d_over_p: recovery });
+    }
+    Ok(out)
 }
 
 /// `0.992 [95% 0.957, 0.999]`.
@@ -740,6 +814,13 @@ pub fn report_lines(e: &Erasure) -> Vec<String> {
         if let Some(x) = r.speedup_d_over_c {
             let bound = if r.speedup_is_lower_bound { "at least " } else { "" };
             lines.push(format!("  D relearns {bound}{x:.1}× as fast as the never-learned C"));
+        }
+    }
+    if let Some(levels) = &e.few_shot {
+        for f in levels {
+            let each: Vec<String> = f.accuracy.iter().map(|(m, a)| format!("{m} {a:.3}")).collect();
+            let recovery = f.recovery_d_over_p.map_or(String::new(), |r| format!(", recovery D/P {r:.2}"));
+            lines.push(format!("  few-shot, {} problems, {} steps: {}{recovery}", f.examples, f.steps, each.join(", ")));
         }
     }
     lines
