@@ -348,7 +348,8 @@ fn dispatch(command: Command) -> Result<()> {
                 "auto" => ebb::erasure::Control::Auto,
                 dir => ebb::erasure::Control::Run(PathBuf::from(dir)),
             });
-            let request = ebb::erasure::Request { run_dir: &run_dir, task: &task, at, only: &only, control, relearn_steps };
+            let request =
+                ebb::erasure::Request { run_dir: &run_dir, task: &task, at, only: &only, control, relearn_steps };
             commands::erasure(request, compute)
         }
         Command::Tasks { command: TasksCommand::List } => {

@@ -137,12 +137,7 @@ fn the_control_never_trains_the_task_and_resumes_bit_for_bit_after_a_kill() {
     let erase = |dir: &Path| ebb().args(args).arg(dir).output().unwrap();
     run_ok(ebb().args(args).arg(&run));
     // Killed with SIGKILL while training the control (after its step-60 checkpoint), then run again.
-    let killed = ebb()
-        .args(args)
-        .arg(&copy)
-        .env("EBB_KILL_AT", "step:70")
-        .output()
-        .unwrap();
+    let killed = ebb().args(args).arg(&copy).env("EBB_KILL_AT", "step:70").output().unwrap();
     assert!(!killed.status.success(), "the kill did not happen");
     let resumed = erase(&copy);
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
@@ -156,7 +151,15 @@ fn the_control_never_trains_the_task_and_resumes_bit_for_bit_after_a_kill() {
     // (same fingerprint, so the same batches), never hold an add1 example.
     let control = run.join("erasure/add1/control-120");
     let replay = tmp.path().join("replay");
-    run_ok(ebb().arg("run").arg(control.join("config.toml")).arg("--out").arg(&replay).arg("--dump-batches").arg("--quiet"));
+    run_ok(
+        ebb()
+            .arg("run")
+            .arg(control.join("config.toml"))
+            .arg("--out")
+            .arg(&replay)
+            .arg("--dump-batches")
+            .arg("--quiet"),
+    );
     let weights = |dir: &Path| std::fs::read(dir.join("weights/step-120.safetensors")).unwrap();
     assert_eq!(weights(&replay), weights(&control), "the replay trained on other batches");
     let add1_tag = tags(&replay.join("eval/add1.safetensors"))[0];

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-
 fn run_config(dir: &Path, text: &str, extra_args: &[&str]) -> std::process::Output {
     std::fs::create_dir_all(dir).unwrap();
     let cfg = dir.join("exp.toml");
@@ -85,7 +84,9 @@ fn a_tiny_training_set_is_evaluated_on_the_train_split_and_memorized() {
     let held_out = metric(&dir, "add2", "eval", "exact_match");
     let steps: Vec<u64> = held_out.iter().map(|r| r.0).collect();
     assert_eq!(steps, vec![0, 1, 2, 4, 8, 16, 32, 50, 64, 100, 128, 150, 200, 250, 256, 300]);
-    for name in ["loss", "token_acc", "exact_match", "exact_match_lo", "exact_match_hi", "p_correct", "exact_match_restricted"] {
+    for name in
+        ["loss", "token_acc", "exact_match", "exact_match_lo", "exact_match_hi", "p_correct", "exact_match_restricted"]
+    {
         assert_eq!(
             metric(&dir, "add2", "train", name).iter().map(|r| r.0).collect::<Vec<_>>(),
             steps,

@@ -108,21 +108,29 @@ impl Restore<'_> {
         let names: Vec<String> = components.iter().map(|c| c.component.clone()).collect();
         let name_at = |v: &f64| {
             let i = v.round();
-            if (v - i).abs() < 1e-6 && i >= 0.0 { names.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+            if (v - i).abs() < 1e-6 && i >= 0.0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
         };
         let caption = format!("{}: {} held-out exact match with one component swapped", e.run, e.task);
         let mut chart = accuracy_axes(area, caption, -0.5f64..n - 0.5, "", &name_at, components.len())?;
-        for (k, (label, c)) in [("D with P's component", color(0)), ("P with D's component", color(3))].into_iter().enumerate()
+        for (k, (label, c)) in
+            [("D with P's component", color(0)), ("P with D's component", color(3))].into_iter().enumerate()
         {
             let bar = |i: usize| {
                 let comp = &components[i];
-                let (y, [lo, hi]) =
-                    if k == 0 { (comp.p_into_d, comp.p_into_d_interval) } else { (comp.d_into_p, comp.d_into_p_interval) };
+                let (y, [lo, hi]) = if k == 0 {
+                    (comp.p_into_d, comp.p_into_d_interval)
+                } else {
+                    (comp.d_into_p, comp.d_into_p_interval)
+                };
                 (i as f64 - 0.38 + 0.38 * k as f64, y, lo, hi)
             };
-            let bars = (0..components.len()).map(bar).map(|(x0, y, _, _)| {
-                Rectangle::new([(x0, 0.0), (x0 + 0.36, y)], c.mix(0.75).filled())
-            });
+            let bars = (0..components.len())
+                .map(bar)
+                .map(|(x0, y, _, _)| Rectangle::new([(x0, 0.0), (x0 + 0.36, y)], c.mix(0.75).filled()));
             chart
                 .draw_series(bars)
                 .map_err(err)?
@@ -222,7 +230,8 @@ impl Noise<'_> {
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
             chart
                 .draw_series(
-                    mine.iter().flat_map(|l| l.draws.iter().map(|&y| Circle::new((l.sigma, y), 2, c.mix(0.5).filled()))),
+                    mine.iter()
+                        .flat_map(|l| l.draws.iter().map(|&y| Circle::new((l.sigma, y), 2, c.mix(0.5).filled()))),
                 )
                 .map_err(err)?;
         }

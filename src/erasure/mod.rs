@@ -338,8 +338,12 @@ fn control_params<B: Backend>(
     // The control's directory, and how erasure.json names it (auto: relative to the run).
     let (dir, shown) = match control {
         Control::Run(dir) => {
-            let tasks = std::fs::read_to_string(dir.join("tasks.csv")).map_err(|e| Error::io(&dir.join("tasks.csv"), e))?;
-            let weight = tasks.lines().find_map(|l| l.strip_prefix(&format!("{},", req.task))).and_then(|l| l.rsplit(',').next());
+            let tasks =
+                std::fs::read_to_string(dir.join("tasks.csv")).map_err(|e| Error::io(&dir.join("tasks.csv"), e))?;
+            let weight = tasks
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{},", req.task)))
+                .and_then(|l| l.rsplit(',').next());
             let events = std::fs::read_to_string(dir.join("events.csv")).unwrap_or_default();
             let trains = events.lines().any(|l| l.split(',').nth(2) == Some(req.task) && !l.contains(",drop,"));
             if weight.and_then(|w| w.parse::<f64>().ok()) != Some(0.0) || trains {
@@ -388,9 +392,10 @@ fn find_drop<'s>(summary: &'s crate::analysis::Summary, req: &Request) -> Result
     }
     match req.at {
         None => Ok(drops[0]),
-        Some(at) => drops.into_iter().find(|d| d.step < at && at <= d.window_end).ok_or_else(|| {
-            Error::input(format!("{run}: --at {at} is not inside a drop window of `{}`", req.task))
-        }),
+        Some(at) => drops
+            .into_iter()
+            .find(|d| d.step < at && at <= d.window_end)
+            .ok_or_else(|| Error::input(format!("{run}: --at {at} is not inside a drop window of `{}`", req.task))),
     }
 }
 
@@ -820,7 +825,12 @@ pub fn report_lines(e: &Erasure) -> Vec<String> {
         for f in levels {
             let each: Vec<String> = f.accuracy.iter().map(|(m, a)| format!("{m} {a:.3}")).collect();
             let recovery = f.recovery_d_over_p.map_or(String::new(), |r| format!(", recovery D/P {r:.2}"));
-            lines.push(format!("  few-shot, {} problems, {} steps: {}{recovery}", f.examples, f.steps, each.join(", ")));
+            lines.push(format!(
+                "  few-shot, {} problems, {} steps: {}{recovery}",
+                f.examples,
+                f.steps,
+                each.join(", ")
+            ));
         }
     }
     lines
