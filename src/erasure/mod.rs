@@ -372,9 +372,12 @@ fn control_params<B: Backend>(
                     None => Run::start(backend, &experiment, &dir)?,
                 };
                 run.train(true)?;
-                // Only a killed battery needs them.
+                // Only a killed battery needs them (a control of one step has none).
                 let checkpoints = dir.join("checkpoints");
-                std::fs::remove_dir_all(&checkpoints).map_err(|e| Error::io(&checkpoints, e))?;
+                match std::fs::remove_dir_all(&checkpoints) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&checkpoints, e)),
+                    _ => {}
+                }
             }
             (dir, rel)
         }
