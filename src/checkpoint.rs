@@ -97,3 +97,8 @@ pub fn steps(run_dir: &Path) -> Vec<u64> {
     steps.sort_unstable();
     steps
 }
+
+/// The latest checkpoint in `run_dir`, if it has one.
+pub fn latest(run_dir: &Path) -> Result<Option<Checkpoint>> {
+    steps(run_dir).last().map(|&step| read(&path_for(run_dir, step))).transpose()
+}

@@ -4,14 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::CudaBackend;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::experiment::Experiment;
 use crate::sweep::Plan;
-use crate::train::run::{Run, RunOutcome};
 
 // ---------------------------------------------------------------- training
 
@@ -76,21 +74,6 @@ fn check_device(device: Device) -> Result<Chosen> {
     }
 }
 
-/// Trains `experiment` into `out` on `backend`, from `ckpt` when given.
-fn train_on<B: Backend>(
-    backend: &B,
-    experiment: &Experiment,
-    out: &Path,
-    quiet: bool,
-    ckpt: Option<Checkpoint>,
-) -> Result<RunOutcome> {
-    let run = match ckpt {
-        Some(c) => Run::from_checkpoint(backend, experiment, out, c)?,
-        None => Run::start(backend, experiment, out)?,
-    };
-    run.train(quiet)
-}
-
 /// Trains `experiment` into `out` (from `ckpt` when given) on the device
 /// `compute` asks for, and prints the outcome.
 fn train(experiment: &Experiment, out: &Path, quiet: bool, compute: Compute, ckpt: Option<Checkpoint>) -> Result<()> {
@@ -102,14 +85,14 @@ fn train(experiment: &Experiment, out: &Path, quiet: bool, compute: Compute, ckp
             if !quiet {
                 eprintln!("device: cuda, {}; run directory {}", gpu.describe(), out.display());
             }
-            pool.install(|| train_on(&*gpu, experiment, out, quiet, ckpt))
+            pool.install(|| crate::train::run::train_from(&*gpu, experiment, out, quiet, ckpt))
         }
         Chosen::Cpu(why) => {
             if !quiet {
                 let why = why.map_or(String::new(), |w| format!(" ({w})"));
                 eprintln!("device: cpu{why}, {} threads; run directory {}", pool.current_num_threads(), out.display());
             }
-            pool.install(|| train_on(&CpuBackend::<f32>::new(), experiment, out, quiet, ckpt))
+            pool.install(|| crate::train::run::train_from(&CpuBackend::<f32>::new(), experiment, out, quiet, ckpt))
         }
     };
     // Draw whatever was logged, a diverged run included.
@@ -163,10 +146,7 @@ pub fn resume(run_dir: &Path, quiet: bool, compute: Compute) -> Result<()> {
         return Ok(());
     }
     let experiment = Experiment::load(&config, &[])?;
-    let ckpt = match crate::checkpoint::steps(run_dir).last() {
-        Some(&step) => Some(crate::checkpoint::read(&crate::checkpoint::path_for(run_dir, step))?),
-        None => None,
-    };
+    let ckpt = crate::checkpoint::latest(run_dir)?;
     if !quiet {
         match &ckpt {
             Some(c) => eprintln!("resuming {} from step {}", run_dir.display(), c.step),

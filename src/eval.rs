@@ -18,7 +18,7 @@ use crate::backend::Backend;
 use crate::data::Batch;
 use crate::float::Float;
 use crate::model::Gpt;
-use crate::tasks::Task;
+use crate::tasks::{Suite, Task};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EvalResult {
@@ -101,6 +101,11 @@ impl<F: Float> Evaluator<F> {
         answer_tokens.sort_unstable();
         answer_tokens.dedup();
         Evaluator { examples, answer_tokens, batch: Batch::new(rows, ctx), probs: vec![F::zero(); rows * ctx * vocab] }
+    }
+
+    /// One evaluator per task of `suite`, on its held-out set.
+    pub fn for_held_out_sets(suite: &Suite, rows: usize, ctx: usize, vocab: usize) -> Vec<Self> {
+        suite.tasks.iter().zip(&suite.eval_sets).map(|(t, set)| Self::for_problems(t, set, rows, ctx, vocab)).collect()
     }
 
     /// All the examples in one batch, a row each (as `ebb run --dump-batches` writes them).

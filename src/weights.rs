@@ -50,6 +50,11 @@ fn write_tensors(
     crate::run_dir::write_atomic(path, &bytes)
 }
 
+/// `RUN_DIR/weights/step-N.safetensors`: where a run keeps its parameters after `step` steps.
+pub fn path_for(run_dir: &Path, step: u64) -> std::path::PathBuf {
+    run_dir.join("weights").join(format!("step-{step}.safetensors"))
+}
+
 /// Writes every tensor of `layout` from the flat `params` after `step` steps.
 pub fn write_weights(path: &Path, layout: &ParamLayout, params: &[f32], step: u64) -> Result<()> {
     let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = layout

@@ -47,7 +47,6 @@ use crate::eval::{EvalResult, Evaluator};
 use crate::experiment::Experiment;
 use crate::float::Float;
 use crate::model::{Gpt, ParamLayout};
-use crate::train::run::Run;
 
 /// Bumped whenever `Erasure`'s fields change meaning.
 pub const ERASURE_VERSION: u32 = 1;
@@ -338,15 +337,10 @@ fn control_params<B: Backend>(
     // The control's directory, and how erasure.json names it (auto: relative to the run).
     let (dir, shown) = match control {
         Control::Run(dir) => {
-            let tasks =
-                std::fs::read_to_string(dir.join("tasks.csv")).map_err(|e| Error::io(&dir.join("tasks.csv"), e))?;
-            let weight = tasks
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("{},", req.task)))
-                .and_then(|l| l.rsplit(',').next());
-            let events = std::fs::read_to_string(dir.join("events.csv")).unwrap_or_default();
-            let trains = events.lines().any(|l| l.split(',').nth(2) == Some(req.task) && !l.contains(",drop,"));
-            if weight.and_then(|w| w.parse::<f64>().ok()) != Some(0.0) || trains {
+            let data = crate::analysis::RunData::load(dir)?;
+            let weight = data.tasks.iter().find(|t| t.id == req.task).map(|t| t.weight);
+            let trains = data.events.iter().any(|e| e.task == req.task && e.event != "drop");
+            if weight != Some(0.0) || trains {
                 return Err(Error::input(format!(
                     "--control {}: not a control for `{}` (it must list the task at weight 0 and never revive or reweigh it)",
                     dir.display(),
@@ -362,16 +356,7 @@ fn control_params<B: Backend>(
                 eprintln!("training the never-learned control C to step {step} in {}", dir.display());
                 let config = control_config(req.run_dir, req.task, step)?;
                 let experiment = Experiment::resolve(config, &req.run_dir.join("config.toml"))?;
-                let run = match crate::checkpoint::steps(&dir).last() {
-                    Some(&at) => Run::from_checkpoint(
-                        backend,
-                        &experiment,
-                        &dir,
-                        crate::checkpoint::read(&crate::checkpoint::path_for(&dir, at))?,
-                    )?,
-                    None => Run::start(backend, &experiment, &dir)?,
-                };
-                run.train(true)?;
+                crate::train::run::train_from(backend, &experiment, &dir, true, crate::checkpoint::latest(&dir)?)?;
                 // Only a killed battery needs them (a control of one step has none).
                 let checkpoints = dir.join("checkpoints");
                 match std::fs::remove_dir_all(&checkpoints) {
@@ -403,8 +388,8 @@ fn find_drop<'s>(summary: &'s crate::analysis::Summary, req: &Request) -> Result
 }
 
 fn read_params(run_dir: &Path, step: u64, layout: &ParamLayout, why: &str) -> Result<(PathBuf, Vec<f32>)> {
-    let rel = PathBuf::from("weights").join(format!("step-{step}.safetensors"));
-    let path = run_dir.join(&rel);
+    let path = crate::weights::path_for(run_dir, step);
+    let rel = path.strip_prefix(run_dir).expect("under the run").to_path_buf();
     if !path.is_file() {
         return Err(Error::input(format!(
             "{}: no weights at step {step} ({why}); runs keep them at every schedule event and at the end \
@@ -431,12 +416,7 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
     let (d_file, d) = read_params(run_dir, d_step, &layout, "the end of the drop window")?;
 
     let rows = cfg.train.batch_size;
-    let evaluators = suite
-        .tasks
-        .iter()
-        .zip(&suite.eval_sets)
-        .map(|(t, set)| Evaluator::for_problems(t, set, rows, shape.n_ctx, shape.vocab))
-        .collect::<Vec<_>>();
+    let evaluators = Evaluator::for_held_out_sets(suite, rows, shape.n_ctx, shape.vocab);
     let kept_tasks: Vec<String> = drop.noise_floor.as_ref().map_or_else(Vec::new, |f| f.tasks.clone());
     let kept = kept_tasks.iter().filter_map(|id| suite.tasks.iter().position(|t| &t.id == id)).collect();
     let mut scorer = Scorer {
@@ -639,7 +619,7 @@ fn noise<B: Backend>(
 /// counted), at most `RELEARN_EXAMPLES`.
 fn t_size(experiment: &Experiment, task: &str) -> u64 {
     let task = experiment.suite.task(task).expect("a dropped task is in the suite");
-    let open = if task.space() <= (1 << 18) {
+    let open = if task.space() <= crate::tasks::ENUMERATE_LIMIT {
         (0..task.space()).filter(|&p| !task.is_held_out(p)).count() as u64
     } else {
         2 * RELEARN_EXAMPLES
@@ -696,7 +676,7 @@ fn fine_tune<B: Backend>(
     let experiment = Experiment::resolve(cfg, &req.run_dir.join("config.toml"))?;
     if crate::analysis::stored_outcome(&dir) != Some((true, false)) {
         eprintln!("fine-tuning {} on {examples} problems in {}", req.task, dir.display());
-        Run::start(backend, &experiment, &dir)?.train(true)?;
+        crate::train::run::train_from(backend, &experiment, &dir, true, None)?;
     }
     let data = crate::analysis::RunData::load(&dir)?;
     Ok((rel, data.series(req.task, "exact_match").to_vec()))

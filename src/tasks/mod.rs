@@ -135,7 +135,7 @@ pub struct Task {
 
 /// Problems at most this many are enumerated exactly (chance level, held-out
 /// counts); larger spaces are sampled.
-const ENUMERATE_LIMIT: u64 = 1 << 18;
+pub const ENUMERATE_LIMIT: u64 = 1 << 18;
 
 impl Task {
     pub fn space(&self) -> u64 {

@@ -188,12 +188,7 @@ impl<'a, B: Backend> Run<'a, B> {
         let (rows, ctx) = (cfg.train.batch_size, shape.n_ctx);
         let model = Gpt::new(backend, shape.clone(), rows, cfg.seed);
         let trainer = Trainer::new(backend, model, cfg.train.clone(), cfg.seed);
-        let evaluators = suite
-            .tasks
-            .iter()
-            .zip(&suite.eval_sets)
-            .map(|(t, set)| Evaluator::for_problems(t, set, rows, ctx, shape.vocab))
-            .collect();
+        let evaluators = Evaluator::for_held_out_sets(suite, rows, ctx, shape.vocab);
         // The first `eval.examples` problems of the (seeded, shuffled) training set.
         let train_evaluators = suite
             .tasks
@@ -399,7 +394,7 @@ impl<'a, B: Backend> Run<'a, B> {
             .collect();
         self.backend.check()?;
         crate::weights::write_weights(
-            &self.out.join("weights").join(format!("step-{}.safetensors", self.step)),
+            &crate::weights::path_for(&self.out, self.step),
             &self.trainer.model.layout,
             &params,
             self.step,
@@ -436,6 +431,21 @@ impl<'a, B: Backend> Run<'a, B> {
 /// (a fork with a new schedule watches from the fork on).
 fn same_schedule(ckpt_config: &str, cfg: &Config) -> bool {
     toml::from_str::<Config>(ckpt_config).is_ok_and(|c| c.schedule == cfg.schedule && c.sequential == cfg.sequential)
+}
+
+/// Trains `experiment` into `out` on `backend`, from `ckpt` when given.
+pub fn train_from<B: Backend>(
+    backend: &B,
+    experiment: &Experiment,
+    out: &Path,
+    quiet: bool,
+    ckpt: Option<Checkpoint>,
+) -> Result<RunOutcome> {
+    let run = match ckpt {
+        Some(c) => Run::from_checkpoint(backend, experiment, out, c)?,
+        None => Run::start(backend, experiment, out)?,
+    };
+    run.train(quiet)
 }
 
 /// Runs `experiment` on `backend`, writing into `out`. `quiet` turns
