@@ -135,7 +135,13 @@ pub enum DecayGroupName {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
+    /// The last step; with `end_after_events`, the latest.
     pub steps: u64,
+    /// End the run this many steps after its last schedule event takes
+    /// effect (a `when_learned` event: once it fires, or at its cap),
+    /// at `steps` at the latest; an `end` row in `events.csv` says where.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_after_events: Option<u64>,
     pub batch_size: usize,
     pub lr: f64,
     pub warmup_steps: u64,
@@ -188,6 +194,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             steps: 1000,
+            end_after_events: None,
             batch_size: 32,
             lr: 1e-3,
             warmup_steps: 50,
@@ -322,6 +329,9 @@ impl Config {
         }
         if t.steps == 0 {
             return bad("train.steps", &t.steps, "must be at least 1");
+        }
+        if t.end_after_events == Some(0) {
+            return bad("train.end_after_events", &0, "must be at least 1 (leave it out to run to train.steps)");
         }
         if t.batch_size == 0 {
             return bad("train.batch_size", &t.batch_size, "must be at least 1");

@@ -45,6 +45,11 @@ fn heads_must_divide_width() {
 }
 
 #[test]
+fn ending_zero_steps_after_the_events_is_rejected() {
+    rejects(SMALL_CONFIG, &["--set", "train.end_after_events=0"], &["train.end_after_events", "0"]);
+}
+
+#[test]
 fn zero_layers_is_rejected() {
     rejects(&SMALL_CONFIG.replace("n_layers = 2", "n_layers = 0"), &[], &["model.n_layers", "0"]);
 }

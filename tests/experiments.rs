@@ -517,6 +517,42 @@ fn resume_across_a_learned_trigger_is_bit_identical() {
 }
 
 #[test]
+fn a_run_ends_end_after_events_steps_after_its_learned_drop_and_resumes_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("exp.toml");
+    let text = phrase_and_add2(DROP_PHRASE_WHEN_LEARNED);
+    write(&cfg, &text.replace("[train]\n", "[train]\nend_after_events = 30\n"));
+    let ended = tmp.path().join("ended");
+    let whole =
+        run_ok(ebb().arg("run").arg(&cfg).arg("--out").arg(&ended).args(["--quiet", "--checkpoint-every", "1"]));
+    let full = tmp.path().join("full");
+    run_config(&full, &text, &[]);
+    let full = full.join("run");
+    let fired = summary(&full)["drops"][0]["step"].as_u64().unwrap();
+    let end = fired + 30;
+    assert!(end < 300, "the phrase task is learned early enough to end before train.steps");
+    let read = |dir: &Path, f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    assert!(read(&ended, "events.csv").ends_with(&format!("{fired},drop,phrase,\n{end},end,all,\n")));
+    let s = summary(&ended);
+    assert_eq!(
+        (s["steps"].as_u64(), s["last_logged_step"].as_u64(), s["finished"].as_bool()),
+        (Some(end), Some(end), Some(true))
+    );
+    // Up to its end it is the run that goes on to train.steps, and it writes its final weights there.
+    let (ended_losses, full_losses) = (train_losses(&ended), train_losses(&full));
+    assert_eq!(ended_losses.last().unwrap().0, end);
+    assert_eq!(ended_losses[..], full_losses[..ended_losses.len()]);
+    assert!(ebb::weights::path_for(&ended, end).exists());
+    assert!(ebb::checkpoint::steps(&ended).iter().all(|&s| s < end));
+    // Killed after the drop, resumed: the same end, bit for bit.
+    let dir = tmp.path().join("killed");
+    killed_copy(&ended, &dir, fired + 10);
+    assert_eq!(fingerprint(&resume(&dir)), fingerprint(&whole));
+    assert_eq!(read(&dir, "metrics.csv"), read(&ended, "metrics.csv"));
+    assert_eq!(read(&dir, "events.csv"), read(&ended, "events.csv"));
+}
+
+#[test]
 fn a_learned_sequential_phase_ends_after_its_task_is_learned_and_resumes_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("exp.toml");

@@ -79,6 +79,11 @@ fn read(dir: &Path, name: &str) -> Result<String> {
 }
 
 impl RunData {
+    /// The step the run ends at: its `end` event (`train.end_after_events`), else `train.steps`.
+    pub fn end_step(&self) -> u64 {
+        self.events.iter().find(|e| e.event == "end").map_or(self.config.train.steps, |e| e.step)
+    }
+
     pub fn load(dir: &Path) -> Result<RunData> {
         let config = crate::experiment::Experiment::load(&dir.join("config.toml"), &[])?.config;
         let bad =
@@ -230,6 +235,7 @@ pub struct Summary {
     /// Trainable parameters (absent when model.json is missing).
     pub params: Option<u64>,
     pub suite: Option<String>,
+    /// The step the run ends at (`train.steps`, or earlier with `train.end_after_events`).
     pub steps: u64,
     pub last_logged_step: u64,
     pub finished: bool,
@@ -670,7 +676,7 @@ fn sequential_summary(run: &RunData) -> Option<Sequential> {
     if phases.len() < 2 {
         return None;
     }
-    let ends: Vec<u64> = phases.iter().skip(1).map(|e| e.step).chain([run.config.train.steps]).collect();
+    let ends: Vec<u64> = phases.iter().skip(1).map(|e| e.step).chain([run.end_step()]).collect();
     let order: Vec<&str> = phases.iter().map(|e| e.task.as_str()).collect();
     let t = order.len();
     let r: Vec<Vec<Option<f64>>> = ends
@@ -713,7 +719,7 @@ pub fn summarize(dir: &Path) -> Result<Summary> {
         what: e.value.clone(),
         message: format!("diverged at step {}", e.step),
     });
-    let finished = diverged.is_none() && run.last_step >= run.config.train.steps;
+    let finished = diverged.is_none() && run.last_step >= run.end_step();
     let tasks = run
         .tasks
         .iter()
@@ -742,7 +748,7 @@ pub fn summarize(dir: &Path) -> Result<Summary> {
         run: run.config.name.clone(),
         params: model.as_ref().and_then(|m| m["params"].as_u64()),
         suite: model.as_ref().and_then(|m| m["suite"].as_str().map(String::from)),
-        steps: run.config.train.steps,
+        steps: run.end_step(),
         last_logged_step: run.last_step,
         finished,
         diverged,

@@ -320,6 +320,7 @@ pub fn control_config(run_dir: &Path, task: &str, steps: u64) -> Result<Config> 
     });
     cfg.name = format!("{}-control-{task}", cfg.name);
     cfg.train.steps = steps;
+    cfg.train.end_after_events = None; // C trains to D's step, whenever its own events fire
     cfg.train.checkpoint_every = (steps / 10).max(1);
     Ok(cfg)
 }
@@ -668,6 +669,7 @@ fn fine_tune<B: Backend>(
     }];
     cfg.sequential = None;
     cfg.train.steps = steps;
+    cfg.train.end_after_events = None;
     cfg.train.warmup_steps = 0;
     cfg.train.schedule = crate::config::LrSchedule::Constant;
     cfg.train.checkpoint_every = 0;

@@ -323,6 +323,18 @@ impl Mixture {
         self.events.iter().map(|e| e.step).find(|&s| self.weights_at(base, s).iter().all(|&w| w == 0.0))
     }
 
+    /// The step a run of `steps` steps ends at: with `end_after`, that many
+    /// steps after its last event once every event's step is known (a
+    /// `when_learned` event counts at its cap until it fires), at `steps`
+    /// at the latest.
+    pub fn end_step(&self, steps: u64, end_after: Option<u64>) -> u64 {
+        let last = self.entries.iter().map(Entry::step).collect::<Option<Vec<u64>>>().and_then(|s| s.into_iter().max());
+        match (end_after, last) {
+            (Some(n), Some(last)) => (last + n).min(steps),
+            _ => steps,
+        }
+    }
+
     /// The learned triggers, as written.
     pub fn triggers(&self) -> impl Iterator<Item = &Trigger> {
         self.entries.iter().filter_map(|e| match &e.when {

@@ -36,7 +36,6 @@ pub struct RunOutcome {
 struct Progress {
     bar: Option<ProgressBar>,
     line_every: u64,
-    steps: u64,
 }
 
 impl Progress {
@@ -51,17 +50,19 @@ impl Progress {
             bar
         });
         let line_every = if quiet { u64::MAX } else { (steps / 20).max(1) };
-        Progress { bar, line_every, steps }
+        Progress { bar, line_every }
     }
 
-    fn update(&self, step: u64, loss: f64, tokens_per_s: f64) {
+    /// Shows step `step` of `last` (the run's end, which a learned trigger can bring forward).
+    fn update(&self, step: u64, last: u64, loss: f64, tokens_per_s: f64) {
         match &self.bar {
             Some(bar) => {
+                bar.set_length(last);
                 bar.set_position(step);
                 bar.set_message(format!("loss {loss:.4} {tokens_per_s:.0} tok/s"));
             }
-            None if step.is_multiple_of(self.line_every) || step == self.steps => {
-                eprintln!("step {step}/{} loss {loss:.4} {tokens_per_s:.0} tok/s", self.steps);
+            None if step.is_multiple_of(self.line_every) || step == last => {
+                eprintln!("step {step}/{last} loss {loss:.4} {tokens_per_s:.0} tok/s");
             }
             None => {}
         }
@@ -228,7 +229,7 @@ impl<'a, B: Backend> Run<'a, B> {
         self.step
     }
 
-    /// Trains to `train.steps`, then writes `summary.json`. A non-finite
+    /// Trains to `train.steps` (or `train.end_after_events` after the last event), then writes `summary.json`. A non-finite
     /// loss or gradient stops the run: the logs so far stay, the event
     /// `diverged` is logged, the summary says so, and the error is returned.
     pub fn train(mut self, quiet: bool) -> Result<RunOutcome> {
@@ -254,9 +255,10 @@ impl<'a, B: Backend> Run<'a, B> {
     }
 
     fn train_loop(&mut self, quiet: bool, started: Instant) -> Result<()> {
-        let (cfg, steps) = (self.cfg, self.cfg.train.steps);
+        let cfg = self.cfg;
+        let end = |run: &Self| run.schedule.end_step(cfg.train.steps, cfg.train.end_after_events);
         let tokens_per_step = (cfg.train.batch_size * cfg.model.n_ctx) as f64;
-        let progress = Progress::new(self.step, steps, quiet);
+        let progress = Progress::new(self.step, cfg.train.steps, quiet);
         if self.step == 0 {
             self.evaluate(0)?;
             self.metrics.flush()?;
@@ -266,7 +268,8 @@ impl<'a, B: Backend> Run<'a, B> {
         }
         self.stream.set_weights(&self.schedule.weights_at(&self.suite.weights, self.step));
         let mut window = (Instant::now(), self.step);
-        for step in self.step..steps {
+        while self.step < end(self) {
+            let step = self.step;
             if self.schedule.at(step).next().is_some() {
                 for t in self.schedule.capped_at(step) {
                     for &task in &t.tasks {
@@ -302,25 +305,27 @@ impl<'a, B: Backend> Run<'a, B> {
             };
             let done = step + 1;
             self.step = done;
+            // The evaluation at `done` can bring the end forward, never to `done` or before.
+            let last = end(self);
             let tokens_per_s = (done - window.1) as f64 * tokens_per_step / window.0.elapsed().as_secs_f64().max(1e-9);
-            progress.update(done, stats.loss, tokens_per_s);
-            if done % cfg.train.log_every == 0 || done == steps {
+            progress.update(done, last, stats.loss, tokens_per_s);
+            if done.is_multiple_of(cfg.train.log_every) || done == last {
                 for (metric, value) in [("loss", stats.loss), ("lr", stats.lr), ("grad_norm", stats.grad_norm)] {
                     self.metrics.row(format_args!("{done},all,train,{metric},{value}"));
                 }
                 self.timing.row(format_args!("{done},{},{tokens_per_s}", started.elapsed().as_secs_f64()));
                 window = (Instant::now(), done);
             }
-            if self.schedule.is_eval_step(done, cfg.eval.every, steps, cfg.eval.after_events) {
+            if self.schedule.is_eval_step(done, cfg.eval.every, last, cfg.eval.after_events) {
                 self.evaluate(done)?;
                 self.metrics.flush()?;
                 self.timing.flush()?;
                 window = (Instant::now(), done);
             }
-            if done == steps || (cfg.train.weights_every > 0 && done % cfg.train.weights_every == 0) {
+            if done == last || (cfg.train.weights_every > 0 && done.is_multiple_of(cfg.train.weights_every)) {
                 self.write_weights()?;
             }
-            if cfg.train.checkpoint_every > 0 && done % cfg.train.checkpoint_every == 0 && done < steps {
+            if cfg.train.checkpoint_every > 0 && done.is_multiple_of(cfg.train.checkpoint_every) && done < last {
                 self.write_checkpoint()?;
             }
             if run_dir::kill_due(run_dir::KillPoint::AfterStep(done)) {
@@ -328,6 +333,9 @@ impl<'a, B: Backend> Run<'a, B> {
             }
         }
         progress.finish();
+        if self.step < cfg.train.steps {
+            self.events.row(format_args!("{},end,all,", self.step));
+        }
         Ok(())
     }
 
