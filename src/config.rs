@@ -157,6 +157,12 @@ pub struct TrainConfig {
     pub grad_clip: f64,
     /// Log train loss, lr and gradient norm every this many steps.
     pub log_every: u64,
+    /// Parameter tensors that do not train (AdamW leaves them as they are):
+    /// names as in the weights files (`wte`, `h0.attn.qkv.w`) or prefixes
+    /// ending in `*` (`h1.*`). Gradient clipping still uses the global norm
+    /// over every tensor's gradient.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub frozen: Vec<String>,
     /// Write a checkpoint every this many steps (0: never); `--checkpoint-every`.
     pub checkpoint_every: u64,
     /// What the loss averages over: every answer `token` alike (long
@@ -195,6 +201,7 @@ impl Default for TrainConfig {
         TrainConfig {
             steps: 1000,
             end_after_events: None,
+            frozen: Vec::new(),
             batch_size: 32,
             lr: 1e-3,
             warmup_steps: 50,

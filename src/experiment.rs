@@ -173,6 +173,20 @@ fn check_against_suite(config: &Config, suite: &Suite, path: &Path) -> Result<()
             ));
         }
     }
+    let layout = crate::model::ParamLayout::new(&config.model_shape(suite.vocab.len()));
+    for pattern in &config.train.frozen {
+        if layout.matching(pattern).next().is_none() {
+            return Err(Error::key(
+                path,
+                "train.frozen",
+                format!("{pattern:?}"),
+                "names no parameter tensor (names as in weights/*.safetensors, or a prefix ending in *)",
+            ));
+        }
+    }
+    if layout.named_by(&config.train.frozen).iter().all(|&f| f) {
+        return Err(Error::key(path, "train.frozen", format!("{:?}", config.train.frozen), "leaves nothing to train"));
+    }
     let need = suite.max_len() + 1;
     if config.model.n_ctx < need {
         let longest = suite.tasks.iter().max_by_key(|t| t.max_len()).expect("a suite has tasks");

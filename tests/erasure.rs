@@ -87,11 +87,41 @@ fn the_battery_agrees_with_p_and_d_and_is_the_same_bits_at_any_thread_count() {
     let noise = e["noise"].as_array().unwrap();
     assert_eq!(noise.len(), 12);
     assert!(noise.iter().all(|l| l["draws"].as_array().unwrap().len() == 8));
-    for name in ["restore", "interpolation", "noise", "relearn"] {
+    // Relearning with parts frozen: from D (and C), the frozen tensors stay D's exactly.
+    let frozen = e["relearn_frozen"].as_array().unwrap();
+    let trainable: Vec<&str> = frozen.iter().map(|r| r["trainable"].as_str().unwrap()).collect();
+    assert_eq!(trainable, ["embeddings and block 0", "block 1"]);
+    let experiment = ebb::experiment::Experiment::load(&run.join("config.toml"), &[]).unwrap();
+    let layout = ebb::model::ParamLayout::new(&experiment.config.model_shape(experiment.suite.vocab.len()));
+    let d = ebb::weights::read_weights(&ebb::weights::path_for(&run, 120), &layout).unwrap();
+    for (r, kept) in frozen.iter().zip([&["wte", "wpe", "h0."][..], &["h1."][..]]) {
+        let m = &r["models"].as_array().unwrap()[0];
+        assert_eq!(m["model"], "D", "P starts at its own accuracy: only D (and C) relearn");
+        let tuned = run.join(m["run"].as_str().unwrap());
+        let after = ebb::weights::read_weights(&ebb::weights::path_for(&tuned, 40), &layout).unwrap();
+        for t in &layout.tensors {
+            let range = t.view.offset..t.view.offset + t.view.len;
+            let trains = kept.iter().any(|k| t.name == *k || (k.ends_with('.') && t.name.starts_with(k)));
+            assert_eq!(d[range.clone()] != after[range], trains, "{}: {}", r["trainable"], t.name);
+        }
+    }
+    // Probes: one per layer for P and D, scores in [0, 1]; no retention without C.
+    let probes = &e["probes"];
+    for m in probes["models"].as_array().unwrap() {
+        let layers: Vec<&str> = m["layers"].as_array().unwrap().iter().map(|l| l["layer"].as_str().unwrap()).collect();
+        assert_eq!(layers, ["embeddings", "block 0", "block 1"]);
+        for l in m["layers"].as_array().unwrap() {
+            let (a, c) = (l["accuracy"].as_f64().unwrap(), l["control_accuracy"].as_f64().unwrap());
+            assert!((0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&c) && l["selectivity"].as_f64() == Some(a - c));
+        }
+    }
+    assert_eq!(probes["test_examples"], e["examples"]);
+    assert!(probes["retention"].as_array().unwrap().iter().all(|r| r[1].is_null()), "no retention without C");
+    for name in ["restore", "interpolation", "noise", "relearn", "relearn_first", "relearn_last", "probes"] {
         assert!(run.join(format!("erasure/add1/plots/{name}.png")).is_file(), "{name}.png");
     }
     let report = std::fs::read_to_string(run.join("report.html")).unwrap();
-    assert!(report.contains("Depth of erasure: add1") && report.contains("Relearning from P, D and C"));
+    assert!(report.contains("Depth of erasure: add1") && report.contains("Relearning from P, D on"));
     // --only runs a subset.
     run_ok(ebb().args(["erasure", "--task", "add1", "--only", "restore"]).arg(&run));
     let text = std::fs::read_to_string(run.join("erasure/add1/erasure.json")).unwrap();

@@ -553,6 +553,33 @@ fn a_run_ends_end_after_events_steps_after_its_learned_drop_and_resumes_bit_iden
 }
 
 #[test]
+fn frozen_tensors_keep_their_initial_values_and_the_rest_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = two_tasks("").replace("[train]\n", "[train]\nfrozen = [\"wte\", \"h0.*\"]\n");
+    let dir = tmp.path().join("frozen");
+    run_config(&dir, &text, &["--weights-every", "1000"]);
+    let run = dir.join("run");
+    let experiment = ebb::experiment::Experiment::load(&run.join("config.toml"), &[]).unwrap();
+    let layout = ebb::model::ParamLayout::new(&experiment.config.model_shape(experiment.suite.vocab.len()));
+    let steps = experiment.config.train.steps;
+    let first = ebb::weights::read_weights(&ebb::weights::path_for(&run, 0), &layout).unwrap();
+    let last = ebb::weights::read_weights(&ebb::weights::path_for(&run, steps), &layout).unwrap();
+    for t in &layout.tensors {
+        let r = t.view.offset..t.view.offset + t.view.len;
+        let is_frozen = t.name == "wte" || t.name.starts_with("h0.");
+        assert_eq!(first[r.clone()] == last[r], is_frozen, "{}: frozen {is_frozen}", t.name);
+    }
+    assert!(layout.tensors.iter().any(|t| t.name.starts_with("h1.")), "a block stays trainable");
+    // A pattern naming no tensor, and freezing everything, are errors naming the key.
+    for (pattern, value) in [("[\"h9.*\"]", "\"h9.*\""), ("[\"*\"]", "[\"*\"]")] {
+        let cfg = tmp.path().join("bad.toml");
+        write(&cfg, &two_tasks("").replace("[train]\n", &format!("[train]\nfrozen = {pattern}\n")));
+        let out = ebb().arg("run").arg(&cfg).arg("--out").arg(tmp.path().join("bad")).output().unwrap();
+        assert_input_error(&out, &["bad.toml", &format!("`train.frozen` = {value}")]);
+    }
+}
+
+#[test]
 fn a_learned_sequential_phase_ends_after_its_task_is_learned_and_resumes_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("exp.toml");

@@ -1,6 +1,7 @@
 //! The plots of `ebb erasure`, drawn from `erasure.json` alone: restored
-//! accuracy per component as bars, accuracy along the line from P to D, and
-//! accuracy under weight noise.
+//! accuracy per component as bars, accuracy along the line from P to D,
+//! accuracy under weight noise, relearning curves, few-shot recovery, and
+//! per-layer probe accuracy as bars.
 
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
@@ -26,11 +27,17 @@ pub fn charts_for(e: &Erasure) -> Vec<Box<dyn Chart + '_>> {
     if e.noise.is_some() {
         charts.push(Box::new(Noise(e)));
     }
-    if e.relearn.is_some() {
-        charts.push(Box::new(Relearn(e)));
+    if let Some(r) = &e.relearn {
+        charts.push(Box::new(Relearn(e, r, "relearn")));
+    }
+    for (r, name) in e.relearn_frozen.iter().flatten().zip(["relearn_first", "relearn_last"]) {
+        charts.push(Box::new(Relearn(e, r, name)));
     }
     if e.few_shot.as_ref().is_some_and(|f| !f.is_empty()) {
         charts.push(Box::new(FewShot(e)));
+    }
+    if e.probes.is_some() {
+        charts.push(Box::new(Probes(e)));
     }
     charts
 }
@@ -61,7 +68,7 @@ where
         .x_labels(x_labels)
         .x_label_formatter(x_label)
         .x_desc(x_desc)
-        .y_desc("exact match")
+        .y_desc("held-out accuracy")
         .y_label_formatter(&|v| if *v <= 1.0 + 1e-9 { format!("{v:.1}") } else { String::new() })
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 15))
@@ -249,15 +256,14 @@ impl Chart for Noise<'_> {
     both_backends!();
 }
 
-/// Held-out exact match while P, D and C are fine-tuned on the task alone,
-/// with the target 0.9·A(P).
-struct Relearn<'a>(&'a Erasure);
+/// Held-out exact match while P, D and C are fine-tuned on the task alone
+/// (one of the battery's relearnings, and its file stem), with the target 0.9·A(P).
+struct Relearn<'a>(&'a Erasure, &'a super::Relearn, &'static str);
 
 impl Relearn<'_> {
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
-        let e = self.0;
-        let r = e.relearn.as_ref().expect("charted only with relearn");
-        let caption = format!("{}: relearning {} on {} training problems", e.run, e.task, r.examples);
+        let (e, r) = (self.0, self.1);
+        let caption = format!("{}: relearning {} ({} trainable)", e.run, e.task, r.trainable);
         let x = 0f64..r.cap.max(1) as f64;
         let mut chart = accuracy_axes(area, caption, x, "fine-tuning step", &|v| format!("{v:.0}"), 10)?;
         for m in &r.models {
@@ -286,10 +292,16 @@ impl Relearn<'_> {
 
 impl Chart for Relearn<'_> {
     fn name(&self) -> &'static str {
-        "relearn"
+        self.2
     }
     fn title(&self) -> String {
-        "Relearning from P, D and C".into()
+        let models: Vec<&str> = self.1.models.iter().map(|m| m.model.as_str()).collect();
+        format!(
+            "Relearning from {} on {} training problems, {} trainable",
+            models.join(", "),
+            self.1.examples,
+            self.1.trainable
+        )
     }
     both_backends!();
 }
@@ -333,6 +345,80 @@ impl Chart for FewShot<'_> {
     }
     fn title(&self) -> String {
         "Few-shot recovery from P, D and C".into()
+    }
+    both_backends!();
+}
+
+/// Per layer, the probe's held-out accuracy for P, D and C as bars (with
+/// the shuffled-label control's accuracy as a black tick on each bar).
+struct Probes<'a>(&'a Erasure);
+
+impl Probes<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
+        let e = self.0;
+        let p = e.probes.as_ref().expect("charted only with probes");
+        let names: Vec<String> =
+            p.models.first().map_or_else(Vec::new, |m| m.layers.iter().map(|l| l.layer.clone()).collect());
+        let n = names.len() as f64;
+        let name_at = |v: &f64| {
+            let i = v.round();
+            if (v - i).abs() < 1e-6 && i >= 0.0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        };
+        let caption = format!("{}: probes for {}'s first answer token", e.run, e.task);
+        let mut chart = accuracy_axes(area, caption, -0.5f64..n - 0.5, "residual stream after", &name_at, names.len())?;
+        let width = 0.8 / p.models.len().max(1) as f64;
+        for (k, m) in p.models.iter().enumerate() {
+            let c = match m.model.as_str() {
+                "P" => color(0),
+                "D" => color(3),
+                _ => color(2),
+            };
+            let x0 = |i: usize| i as f64 - 0.4 + width * k as f64;
+            chart
+                .draw_series(m.layers.iter().enumerate().map(|(i, l)| {
+                    Rectangle::new([(x0(i), 0.0), (x0(i) + width * 0.9, l.accuracy)], c.mix(0.75).filled())
+                }))
+                .map_err(err)?
+                .label(format!("{} (whiskers: 95% Wilson interval)", m.model))
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.mix(0.75).filled()));
+            let mid = |i: usize| x0(i) + width * 0.45;
+            chart
+                .draw_series(m.layers.iter().enumerate().map(|(i, l)| {
+                    PathElement::new(
+                        [(mid(i), l.accuracy_interval[0]), (mid(i), l.accuracy_interval[1])],
+                        ShapeStyle::from(BLACK).stroke_width(1),
+                    )
+                }))
+                .map_err(err)?;
+            chart
+                .draw_series(m.layers.iter().enumerate().map(|(i, l)| {
+                    PathElement::new(
+                        [(x0(i), l.control_accuracy), (x0(i) + width * 0.9, l.control_accuracy)],
+                        ShapeStyle::from(BLACK).stroke_width(3),
+                    )
+                }))
+                .map_err(err)?;
+        }
+        let style = ShapeStyle::from(RGBColor(128, 128, 128)).stroke_width(1);
+        chart
+            .draw_series(DashedLineSeries::new([(-0.5, p.chance), (n - 0.5, p.chance)], 6, 4, style))
+            .map_err(err)?
+            .label(format!("constant guess {:.3}; black ticks: shuffled-label control", p.chance))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+        legend(&mut chart, 4, SeriesLabelPosition::UpperRight)
+    }
+}
+
+impl Chart for Probes<'_> {
+    fn name(&self) -> &'static str {
+        "probes"
+    }
+    fn title(&self) -> String {
+        "Linear probes per layer on P, D and C, fitted on T and scored on V".into()
     }
     both_backends!();
 }

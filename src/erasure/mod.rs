@@ -25,15 +25,23 @@
 //!   and every `RELEARN_EVERY`: the steps to reach 0.9·A(P), censored at
 //!   the cap. Each fine-tune is a run of its own in
 //!   `erasure/TASK/relearn-M-CAP`.
+//! - `relearn-frozen`: the same from D and C with most of the model frozen
+//!   (`train.frozen`): only the embeddings and block 0 trainable, then only
+//!   the last block; where relearning still comes fast tells where the
+//!   capability's remains are.
 //! - `few-shot`: the same fine-tune for `FEW_SHOT_STEPS` steps on only the
 //!   first n ∈ {1, 4, 16, 64, 256} problems of T: accuracy on V of P, D
 //!   and C, and the recovery A_D / A_P.
+//! - `probe`: per layer, a linear probe for the answer's first token on the
+//!   residual stream at the last prompt position, fitted on T and scored on
+//!   V, against a control task with shuffled labels (`probe`).
 //!
 //! Writes `RUN_DIR/erasure/TASK/erasure.json` (`Erasure`) and its plots;
 //! `--control auto` trains C into `RUN_DIR/erasure/TASK/control-STEP`
 //! (checkpointed, so a killed battery resumes it bit for bit).
 
 pub mod charts;
+pub mod probe;
 
 use std::path::{Path, PathBuf};
 
@@ -49,7 +57,7 @@ use crate::float::Float;
 use crate::model::{Gpt, ParamLayout};
 
 /// Bumped whenever `Erasure`'s fields change meaning.
-pub const ERASURE_VERSION: u32 = 1;
+pub const ERASURE_VERSION: u32 = 2;
 
 /// Relative noise levels: σ times each tensor's RMS.
 pub const NOISE_SIGMAS: [f64; 6] = [0.0025, 0.005, 0.01, 0.02, 0.05, 0.1];
@@ -65,12 +73,21 @@ pub enum Instrument {
     Interpolate,
     Noise,
     Relearn,
+    RelearnFrozen,
     FewShot,
+    Probe,
 }
 
 impl Instrument {
-    pub const ALL: [Instrument; 5] =
-        [Instrument::Restore, Instrument::Interpolate, Instrument::Noise, Instrument::Relearn, Instrument::FewShot];
+    pub const ALL: [Instrument; 7] = [
+        Instrument::Restore,
+        Instrument::Interpolate,
+        Instrument::Noise,
+        Instrument::Relearn,
+        Instrument::RelearnFrozen,
+        Instrument::FewShot,
+        Instrument::Probe,
+    ];
 }
 
 /// The most training problems T holds.
@@ -108,7 +125,10 @@ pub struct Erasure {
     pub interpolation: Option<Vec<InterpolationPoint>>,
     pub noise: Option<Vec<NoiseLevel>>,
     pub relearn: Option<Relearn>,
+    /// Relearning from D and C with only part of the model trainable.
+    pub relearn_frozen: Option<Vec<Relearn>>,
     pub few_shot: Option<Vec<FewShot>>,
+    pub probes: Option<probe::Probes>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -124,6 +144,8 @@ pub struct FewShot {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Relearn {
+    /// What trains: `everything`, or the components left unfrozen.
+    pub trainable: String,
     /// Fine-tuning steps at most.
     pub cap: u64,
     /// Training problems in T.
@@ -210,10 +232,11 @@ pub struct NoiseLevel {
     pub improved: bool,
 }
 
-/// The parameter ranges of one component.
+/// The parameter tensors of one component.
 struct Component {
     name: String,
     ranges: Vec<std::ops::Range<usize>>,
+    tensors: Vec<String>,
 }
 
 /// The model's components, in layout order: embeddings, each block, final.
@@ -227,8 +250,11 @@ fn components(layout: &ParamLayout) -> Vec<Component> {
         };
         let range = t.view.offset..t.view.offset + t.view.len;
         match out.iter_mut().find(|c| c.name == name) {
-            Some(c) => c.ranges.push(range),
-            None => out.push(Component { name, ranges: vec![range] }),
+            Some(c) => {
+                c.ranges.push(range);
+                c.tensors.push(t.name.clone());
+            }
+            None => out.push(Component { name, ranges: vec![range], tensors: vec![t.name.clone()] }),
         }
     }
     out
@@ -458,10 +484,21 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
     if let Some(c) = &control {
         weights.push(("C", c.weights.clone()));
     }
+    let everything = Unfrozen { trainable: "everything".into(), tag: String::new(), frozen: Vec::new() };
     let relearn = wants(Instrument::Relearn)
-        .then(|| relearn(backend, req, &experiment, before.exact_match, &weights))
+        .then(|| relearn_from(backend, req, &experiment, before.exact_match, &weights, &everything))
+        .transpose()?;
+    let relearn_frozen = wants(Instrument::RelearnFrozen)
+        .then(|| {
+            let from: Vec<(&str, PathBuf)> = weights.iter().filter(|w| w.0 != "P").cloned().collect();
+            unfrozen_parts(&layout)
+                .iter()
+                .map(|part| relearn_from(backend, req, &experiment, before.exact_match, &from, part))
+                .collect::<Result<Vec<Relearn>>>()
+        })
         .transpose()?;
     let few_shot = wants(Instrument::FewShot).then(|| few_shot(backend, req, &experiment, &weights)).transpose()?;
+    let probes = wants(Instrument::Probe).then(|| probes(&mut scorer, req, &experiment, &models)).transpose()?;
     let erasure = Erasure {
         version: ERASURE_VERSION,
         run: cfg.name.clone(),
@@ -477,7 +514,9 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
         interpolation,
         noise,
         relearn,
+        relearn_frozen,
         few_shot,
+        probes,
     };
     let dir = out_dir(run_dir, req.task);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -644,6 +683,7 @@ fn fine_tune<B: Backend>(
     examples: u64,
     steps: u64,
     every: u64,
+    frozen: &[String],
 ) -> Result<(PathBuf, Vec<(u64, f64)>)> {
     let rel = PathBuf::from("erasure").join(req.task).join(name);
     let dir = req.run_dir.join(&rel);
@@ -651,12 +691,7 @@ fn fine_tune<B: Backend>(
     cfg.name = format!("{}-{}-{name}", cfg.name, req.task);
     let init = req.run_dir.join(weights);
     cfg.model.init_from = Some(std::fs::canonicalize(&init).map_err(|e| Error::io(&init, e))?);
-    for t in &mut cfg.data.tasks {
-        if t.get("id").and_then(|v| v.as_str()) == Some(req.task) {
-            t.remove("train_fraction");
-            t.insert("train_examples".into(), toml::Value::Integer(examples as i64));
-        }
-    }
+    set_train_examples(&mut cfg, req.task, examples);
     let suite = &experiment.suite;
     cfg.data.weights = suite.tasks.iter().map(|t| (t.id.clone(), if t.id == req.task { 1.0 } else { 0.0 })).collect();
     cfg.schedule = vec![crate::train::events::ScheduleEvent {
@@ -673,6 +708,7 @@ fn fine_tune<B: Backend>(
     cfg.train.warmup_steps = 0;
     cfg.train.schedule = crate::config::LrSchedule::Constant;
     cfg.train.checkpoint_every = 0;
+    cfg.train.frozen = frozen.to_vec();
     cfg.eval.every = every;
     cfg.eval.after_events = true;
     let experiment = Experiment::resolve(cfg, &req.run_dir.join("config.toml"))?;
@@ -684,21 +720,73 @@ fn fine_tune<B: Backend>(
     Ok((rel, data.series(req.task, "exact_match").to_vec()))
 }
 
-/// Relearning of `req.task` from each of `models` (name, weights file) on T.
-fn relearn<B: Backend>(
+/// Gives `task` a finite training set of its first `examples` problems (T when `t_size`).
+fn set_train_examples(cfg: &mut Config, task: &str, examples: u64) {
+    for t in &mut cfg.data.tasks {
+        if t.get("id").and_then(|v| v.as_str()) == Some(task) {
+            t.remove("train_fraction");
+            t.insert("train_examples".into(), toml::Value::Integer(examples as i64));
+        }
+    }
+}
+
+/// T's problems: the training set every fine-tune of the battery draws from.
+fn t_problems(req: &Request, experiment: &Experiment) -> Result<Vec<u64>> {
+    let mut cfg = experiment.config.clone();
+    set_train_examples(&mut cfg, req.task, t_size(experiment, req.task));
+    let resolved = Experiment::resolve(cfg, &req.run_dir.join("config.toml"))?;
+    Ok(resolved.suite.task(req.task).and_then(|t| t.train_set.clone()).expect("T is a finite training set"))
+}
+
+/// What a fine-tune trains: a description, a tag for its directory, and the tensors it freezes.
+struct Unfrozen {
+    trainable: String,
+    tag: String,
+    frozen: Vec<String>,
+}
+
+/// The partly frozen fine-tunes: only the embeddings and block 0
+/// trainable, then only the last block.
+fn unfrozen_parts(layout: &ParamLayout) -> Vec<Unfrozen> {
+    let comps = components(layout);
+    let last = comps.iter().rev().find(|c| c.name.starts_with("block")).map_or(String::new(), |c| c.name.clone());
+    [(vec!["embeddings", "block 0"], "first"), (vec![last.as_str()], "last")]
+        .into_iter()
+        .map(|(keep, tag)| Unfrozen {
+            trainable: keep.join(" and "),
+            tag: tag.to_string(),
+            frozen: comps.iter().filter(|c| !keep.contains(&c.name.as_str())).flat_map(|c| c.tensors.clone()).collect(),
+        })
+        .collect()
+}
+
+/// Relearning of `req.task` from each of `models` (name, weights file) on T,
+/// with `part` trainable.
+fn relearn_from<B: Backend>(
     backend: &B,
     req: &Request,
     experiment: &Experiment,
     accuracy_p: f64,
     models: &[(&str, PathBuf)],
+    part: &Unfrozen,
 ) -> Result<Relearn> {
     let examples = t_size(experiment, req.task);
     let target = RELEARN_TARGET * accuracy_p;
     let mut out = Vec::new();
     for (name, weights) in models {
-        let dir = format!("relearn-{name}-{}", req.relearn_steps);
-        let (run, curve) =
-            fine_tune(backend, req, experiment, &dir, weights, examples, req.relearn_steps, RELEARN_EVERY)?;
+        let tag = if part.tag.is_empty() { String::new() } else { format!("{}-", part.tag) };
+        let dir = format!("relearn-{tag}{name}-{}", req.relearn_steps);
+        let (run, curve) = fine_tune(
+            backend,
+            req,
+            experiment,
+            &dir,
+            weights,
+            examples,
+            req.relearn_steps,
+            RELEARN_EVERY,
+            &part.frozen,
+        )?;
         let steps_to_target = curve.iter().find(|(_, a)| *a >= target).map(|(s, _)| *s);
         out.push(Relearning { model: name.to_string(), steps_to_target, curve, run });
     }
@@ -709,7 +797,15 @@ fn relearn<B: Backend>(
         (Some(Some(d)), Some(None)) if d > 0 => (Some(req.relearn_steps as f64 / d as f64), true),
         _ => (None, false),
     };
-    Ok(Relearn { cap: req.relearn_steps, examples, target, models: out, speedup_d_over_c, speedup_is_lower_bound })
+    Ok(Relearn {
+        trainable: part.trainable.clone(),
+        cap: req.relearn_steps,
+        examples,
+        target,
+        models: out,
+        speedup_d_over_c,
+        speedup_is_lower_bound,
+    })
 }
 
 /// Few-shot recovery: each of `models` fine-tuned `FEW_SHOT_STEPS` steps on
@@ -726,7 +822,8 @@ fn few_shot<B: Backend>(
         let mut accuracy = Vec::new();
         for (name, weights) in models {
             let dir = format!("fewshot-{name}-{n}");
-            let (_, curve) = fine_tune(backend, req, experiment, &dir, weights, n, FEW_SHOT_STEPS, FEW_SHOT_STEPS)?;
+            let (_, curve) =
+                fine_tune(backend, req, experiment, &dir, weights, n, FEW_SHOT_STEPS, FEW_SHOT_STEPS, &[])?;
             accuracy.push((name.to_string(), curve.last().map_or(0.0, |p| p.1)));
         }
         let of = |m: &str| accuracy.iter().find(|a| a.0 == m).map(|a| a.1);
@@ -737,6 +834,40 @@ fn few_shot<B: Backend>(
         out.push(FewShot { examples: n, steps: FEW_SHOT_STEPS, accuracy, recovery_d_over_p: recovery });
     }
     Ok(out)
+}
+
+/// Linear probes on every layer of each of `models` (name, parameters,
+/// accuracy), fitted on T and scored on V.
+fn probes<B: Backend>(
+    scorer: &mut Scorer<B>,
+    req: &Request,
+    experiment: &Experiment,
+    models: &[(&str, &[f32], f64)],
+) -> Result<probe::Probes> {
+    let t = t_problems(req, experiment)?;
+    let task = &experiment.suite.tasks[scorer.task];
+    let v = &experiment.suite.eval_sets[scorer.task];
+    let mut out = Vec::new();
+    let mut labels = (Vec::new(), Vec::new());
+    for (name, params, _) in models {
+        scorer.load(params);
+        let train = probe::states(scorer.backend, &mut scorer.model, task, &t);
+        let test = probe::states(scorer.backend, &mut scorer.model, task, v);
+        scorer.backend.check()?;
+        out.push(probe::probe_model(name, &train, &test, experiment.config.seed));
+        labels = (train.1, test.1);
+    }
+    let mut classes = labels.0.clone();
+    classes.sort_unstable();
+    classes.dedup();
+    Ok(probe::Probes {
+        train_examples: t.len(),
+        test_examples: v.len(),
+        classes: classes.len(),
+        chance: probe::majority_share(&labels.0, &labels.1),
+        retention: probe::retention(&out),
+        models: out,
+    })
 }
 
 /// `0.992 [95% 0.957, 0.999]`.
@@ -793,17 +924,20 @@ pub fn report_lines(e: &Erasure) -> Vec<String> {
             ));
         }
     }
-    if let Some(r) = &e.relearn {
+    for r in e.relearn.iter().chain(e.relearn_frozen.iter().flatten()) {
         for m in &r.models {
             let reached = m.steps_to_target.map_or(format!("not within {} steps", r.cap), |s| format!("{s} steps"));
             lines.push(format!(
-                "  relearn {} from {} on {} training problems: {:.3} (0.9 of P) after {reached}",
-                e.task, m.model, r.examples, r.target
+                "  relearn {} from {} on {} training problems, {} trainable: {:.3} (0.9 of P) after {reached}",
+                e.task, m.model, r.examples, r.trainable, r.target
             ));
         }
         if let Some(x) = r.speedup_d_over_c {
             let bound = if r.speedup_is_lower_bound { "at least " } else { "" };
-            lines.push(format!("  D relearns {bound}{x:.1}× as fast as the never-learned C"));
+            lines.push(format!(
+                "  D relearns {bound}{x:.1}× as fast as the never-learned C ({} trainable)",
+                r.trainable
+            ));
         }
     }
     if let Some(levels) = &e.few_shot {
@@ -816,6 +950,28 @@ pub fn report_lines(e: &Erasure) -> Vec<String> {
                 f.steps,
                 each.join(", ")
             ));
+        }
+    }
+    if let Some(p) = &e.probes {
+        lines.push(format!(
+            "  probes for the first answer token ({} classes) fitted on {} problems, scored on {} (constant guess {:.3}):",
+            p.classes, p.train_examples, p.test_examples, p.chance
+        ));
+        for m in &p.models {
+            let each: Vec<String> = m
+                .layers
+                .iter()
+                .map(|l| format!("{} {:.3} (shuffled {:.3})", l.layer, l.accuracy, l.control_accuracy))
+                .collect();
+            lines.push(format!("    {}: {}", m.model, each.join(", ")));
+        }
+        let kept: Vec<String> = p
+            .retention
+            .iter()
+            .map(|(l, r)| format!("{l} {}", r.map_or("–".to_string(), |r| format!("{r:.2}"))))
+            .collect();
+        if !kept.is_empty() {
+            lines.push(format!("    probe retention (D − C) / (P − C): {}", kept.join(", ")));
         }
     }
     lines

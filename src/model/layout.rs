@@ -118,6 +118,22 @@ impl ParamLayout {
         lay
     }
 
+    /// The tensors `pattern` names: one tensor's name (`wte`,
+    /// `h0.attn.qkv.w`, as in the weights files), or a prefix ending in `*`
+    /// (`h1.*`: every tensor of block 1).
+    pub fn matching<'a>(&'a self, pattern: &'a str) -> impl Iterator<Item = &'a ParamTensor> + 'a {
+        let prefix = pattern.strip_suffix('*');
+        self.tensors.iter().filter(move |t| match prefix {
+            Some(prefix) => t.name.starts_with(prefix),
+            None => t.name == pattern,
+        })
+    }
+
+    /// Per tensor, in layout order: whether one of `patterns` names it.
+    pub fn named_by(&self, patterns: &[String]) -> Vec<bool> {
+        self.tensors.iter().map(|t| patterns.iter().any(|p| self.matching(p).any(|m| m.name == t.name))).collect()
+    }
+
     fn push(&mut self, name: &str, shape: &[usize], kind: ParamKind) -> View {
         let len = shape.iter().product();
         let view = View { offset: self.len, len };

@@ -286,6 +286,13 @@ impl<B: Backend> Gpt<B> {
         if self.masked_count > 0.0 { total / self.masked_count } else { 0.0 }
     }
 
+    /// The residual stream (N,C) after the last forward: entering block
+    /// `layer` (0: the embeddings' output), or after the last block when
+    /// `layer` is n_layers.
+    pub fn residual_stream(&self, layer: usize) -> &B::Buf {
+        if layer == 0 { &self.encoded } else { &self.blocks[layer - 1].res_out }
+    }
+
     /// Backward pass for the last forward: overwrites `grads` with ∂loss/∂params.
     pub fn backward(&mut self, backend: &B) {
         let s = &self.shape;

@@ -1,5 +1,5 @@
-//! AdamW over the flat parameter buffer, with per-tensor weight decay and
-//! global gradient-norm clipping.
+//! AdamW over the flat parameter buffer (every tensor but the frozen ones),
+//! with per-tensor weight decay and global gradient-norm clipping.
 
 use crate::backend::{AdamW, Backend, DecayGroup};
 use crate::config::{DecayGroupName, TrainConfig};
@@ -25,11 +25,15 @@ fn group_of(kind: ParamKind) -> DecayGroupName {
 }
 
 impl<B: Backend> Optimizer<B> {
+    /// AdamW over every tensor but those `cfg.frozen` names.
     pub fn new(backend: &B, layout: &ParamLayout, cfg: &TrainConfig) -> Self {
+        let frozen = layout.named_by(&cfg.frozen);
         let groups = layout
             .tensors
             .iter()
-            .map(|t| DecayGroup {
+            .zip(frozen)
+            .filter(|(_, frozen)| !frozen)
+            .map(|(t, _)| DecayGroup {
                 view: t.view,
                 weight_decay: if cfg.decay.contains(&group_of(t.kind)) { cfg.weight_decay } else { 0.0 },
             })
