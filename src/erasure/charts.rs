@@ -78,6 +78,33 @@ where
     Ok(chart)
 }
 
+/// Accuracy axes with one category per name on x, at 0, 1, ….
+fn category_axes<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: String,
+    names: &[String],
+    x_desc: &str,
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String> {
+    let name_at = |v: &f64| {
+        let i = v.round();
+        if (v - i).abs() < 1e-6 && i >= 0.0 {
+            names.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    accuracy_axes(area, caption, -0.5f64..names.len() as f64 - 0.5, x_desc, &name_at, names.len())
+}
+
+/// The colour of model P, D or C in every chart.
+fn model_color(model: &str) -> RGBColor {
+    match model {
+        "P" => color(0),
+        "D" => color(3),
+        _ => color(2),
+    }
+}
+
 /// Dashed horizontal reference lines: P's and D's accuracy and chance.
 fn references<'a, DB: DrawingBackend + 'a>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
@@ -113,16 +140,8 @@ impl Restore<'_> {
         let components = &e.restore.as_ref().expect("charted only with restore").components;
         let n = components.len() as f64;
         let names: Vec<String> = components.iter().map(|c| c.component.clone()).collect();
-        let name_at = |v: &f64| {
-            let i = v.round();
-            if (v - i).abs() < 1e-6 && i >= 0.0 {
-                names.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        };
         let caption = format!("{}: {} held-out exact match with one component swapped", e.run, e.task);
-        let mut chart = accuracy_axes(area, caption, -0.5f64..n - 0.5, "", &name_at, components.len())?;
+        let mut chart = category_axes(area, caption, &names, "")?;
         for (k, (label, c)) in
             [("D with P's component", color(0)), ("P with D's component", color(3))].into_iter().enumerate()
         {
@@ -267,11 +286,7 @@ impl Relearn<'_> {
         let x = 0f64..r.cap.max(1) as f64;
         let mut chart = accuracy_axes(area, caption, x, "fine-tuning step", &|v| format!("{v:.0}"), 10)?;
         for m in &r.models {
-            let c = match m.model.as_str() {
-                "P" => color(0),
-                "D" => color(3),
-                _ => color(2),
-            };
+            let c = model_color(&m.model);
             let style = ShapeStyle::from(c).stroke_width(2);
             let reached = m.steps_to_target.map_or(format!("not within {}", r.cap), |s| format!("{s} steps"));
             chart
@@ -360,23 +375,11 @@ impl Probes<'_> {
         let names: Vec<String> =
             p.models.first().map_or_else(Vec::new, |m| m.layers.iter().map(|l| l.layer.clone()).collect());
         let n = names.len() as f64;
-        let name_at = |v: &f64| {
-            let i = v.round();
-            if (v - i).abs() < 1e-6 && i >= 0.0 {
-                names.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        };
         let caption = format!("{}: probes for {}'s first answer token", e.run, e.task);
-        let mut chart = accuracy_axes(area, caption, -0.5f64..n - 0.5, "residual stream after", &name_at, names.len())?;
+        let mut chart = category_axes(area, caption, &names, "residual stream after")?;
         let width = 0.8 / p.models.len().max(1) as f64;
         for (k, m) in p.models.iter().enumerate() {
-            let c = match m.model.as_str() {
-                "P" => color(0),
-                "D" => color(3),
-                _ => color(2),
-            };
+            let c = model_color(&m.model);
             let x0 = |i: usize| i as f64 - 0.4 + width * k as f64;
             chart
                 .draw_series(m.layers.iter().enumerate().map(|(i, l)| {
