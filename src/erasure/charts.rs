@@ -288,11 +288,13 @@ impl Relearn<'_> {
         for m in &r.models {
             let c = model_color(&m.model);
             let style = ShapeStyle::from(c).stroke_width(2);
-            let reached = m.steps_to_target.map_or(format!("not within {}", r.cap), |s| format!("{s} steps"));
+            let reached = m
+                .steps_to_target
+                .map_or(format!("target not reached in {} steps", r.cap), |s| format!("target after {s} steps"));
             chart
                 .draw_series(LineSeries::new(m.curve.iter().map(|&(s, a)| (s as f64, a)), style))
                 .map_err(err)?
-                .label(format!("from {}: target after {reached}", m.model))
+                .label(format!("from {}: {reached}", m.model))
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
         }
         let target = ShapeStyle::from(BLACK.mix(0.6)).stroke_width(1);

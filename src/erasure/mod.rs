@@ -926,9 +926,10 @@ pub fn report_lines(e: &Erasure) -> Vec<String> {
     }
     for r in e.relearn.iter().chain(e.relearn_frozen.iter().flatten()) {
         for m in &r.models {
-            let reached = m.steps_to_target.map_or(format!("not within {} steps", r.cap), |s| format!("{s} steps"));
+            let reached =
+                m.steps_to_target.map_or(format!("not within {} steps", r.cap), |s| format!("after {s} steps"));
             lines.push(format!(
-                "  relearn {} from {} on {} training problems, {} trainable: {:.3} (0.9 of P) after {reached}",
+                "  relearn {} from {} on {} training problems, {} trainable: {:.3} (0.9 of P) {reached}",
                 e.task, m.model, r.examples, r.trainable, r.target
             ));
         }
