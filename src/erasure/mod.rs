@@ -855,19 +855,9 @@ fn probes<B: Backend>(
         let test = probe::states(scorer.backend, &mut scorer.model, task, v);
         scorer.backend.check()?;
         out.push(probe::probe_model(name, &train, &test, experiment.config.seed));
-        labels = (train.1, test.1);
+        labels = (train.1, test.1); // the same for every model
     }
-    let mut classes = labels.0.clone();
-    classes.sort_unstable();
-    classes.dedup();
-    Ok(probe::Probes {
-        train_examples: t.len(),
-        test_examples: v.len(),
-        classes: classes.len(),
-        chance: probe::majority_share(&labels.0, &labels.1),
-        retention: probe::retention(&out),
-        models: out,
-    })
+    Ok(probe::Probes::new(out, &labels.0, &labels.1))
 }
 
 /// `0.992 [95% 0.957, 0.999]`.

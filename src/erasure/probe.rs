@@ -61,6 +61,28 @@ pub struct Probes {
     pub retention: Vec<(String, Option<f64>)>,
 }
 
+impl Probes {
+    /// The probes of `models`, fitted on problems with `train_labels` and scored on `test_labels`.
+    pub fn new(models: Vec<ModelProbes>, train_labels: &[u32], test_labels: &[u32]) -> Probes {
+        Probes {
+            train_examples: train_labels.len(),
+            test_examples: test_labels.len(),
+            classes: classes(train_labels).len(),
+            chance: majority_share(train_labels, test_labels),
+            retention: retention(&models),
+            models,
+        }
+    }
+}
+
+/// The distinct labels, sorted: the probe's classes.
+fn classes(labels: &[u32]) -> Vec<u32> {
+    let mut classes = labels.to_vec();
+    classes.sort_unstable();
+    classes.dedup();
+    classes
+}
+
 /// Residual-stream states at the last prompt position: `[layer][problem]`
 /// (layer 0 the embeddings' output, layer l block l−1's), each d_model
 /// long, and each problem's label, its answer's first token.
@@ -185,9 +207,7 @@ pub fn probe_accuracy(
     test: &[Vec<f64>],
     test_labels: &[u32],
 ) -> (usize, usize) {
-    let mut classes: Vec<u32> = train_labels.to_vec();
-    classes.sort_unstable();
-    classes.dedup();
+    let classes = classes(train_labels);
     let index = |l: &u32| classes.binary_search(l).ok();
     let y: Vec<usize> = train_labels.iter().map(|l| index(l).expect("a training label is a class")).collect();
     let fit = Fit::new(train, &y, classes.len());

@@ -58,6 +58,14 @@ pub struct ParamLayout {
     len: usize,
 }
 
+/// Whether `pattern` (a tensor's name, or a prefix ending in `*`) names tensor `name`.
+fn names(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == pattern,
+    }
+}
+
 impl ParamLayout {
     pub fn new(s: &ModelShape) -> Self {
         let mut lay = ParamLayout {
@@ -122,16 +130,12 @@ impl ParamLayout {
     /// `h0.attn.qkv.w`, as in the weights files), or a prefix ending in `*`
     /// (`h1.*`: every tensor of block 1).
     pub fn matching<'a>(&'a self, pattern: &'a str) -> impl Iterator<Item = &'a ParamTensor> + 'a {
-        let prefix = pattern.strip_suffix('*');
-        self.tensors.iter().filter(move |t| match prefix {
-            Some(prefix) => t.name.starts_with(prefix),
-            None => t.name == pattern,
-        })
+        self.tensors.iter().filter(move |t| names(pattern, &t.name))
     }
 
     /// Per tensor, in layout order: whether one of `patterns` names it.
     pub fn named_by(&self, patterns: &[String]) -> Vec<bool> {
-        self.tensors.iter().map(|t| patterns.iter().any(|p| self.matching(p).any(|m| m.name == t.name))).collect()
+        self.tensors.iter().map(|t| patterns.iter().any(|p| names(p, &t.name))).collect()
     }
 
     fn push(&mut self, name: &str, shape: &[usize], kind: ParamKind) -> View {

@@ -328,8 +328,12 @@ impl Mixture {
     /// `when_learned` event counts at its cap until it fires), at `steps`
     /// at the latest.
     pub fn end_step(&self, steps: u64, end_after: Option<u64>) -> u64 {
-        let last = self.entries.iter().map(Entry::step).collect::<Option<Vec<u64>>>().and_then(|s| s.into_iter().max());
-        match (end_after, last) {
+        // Some(latest step so far) while every step is known; checked every training step, so no allocation.
+        let last = self
+            .entries
+            .iter()
+            .try_fold(None, |latest: Option<u64>, e| Some(e.step()?.max(latest.unwrap_or(0)).into()));
+        match (end_after, last.flatten()) {
             (Some(n), Some(last)) => (last + n).min(steps),
             _ => steps,
         }
