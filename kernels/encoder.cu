@@ -44,3 +44,31 @@ extern "C" __global__ void encoder_backward_wpe(float* dwpe, const float* dout, 
     for (int row = pos; row < n; row += t) acc += dout[(i64)row * c + j];
     dwpe[idx] = acc;
 }
+
+// The encoder with K soft input embeddings after each sequence's first
+// token, the tokens after them keeping their own positions: at position
+// p = n mod T, out[n] = wte[tokens[n]] + wpe[p] for p = 0, soft[p - 1] for
+// 1 <= p <= K, wte[tokens[n]] + wpe[p - K] after. soft (K,C), out (N,C).
+// One thread per output element.
+extern "C" __global__ void soft_prompt_forward(float* out, const u32* tokens, const float* soft, const float* wte, const float* wpe, int n, int t, int c, int k) {
+    i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (i64)n * c) return;
+    int row = (int)(idx / c), j = (int)(idx % c), p = row % t;
+    if (p >= 1 && p <= k) {
+        out[idx] = soft[(i64)(p - 1) * c + j];
+        return;
+    }
+    int pos = p == 0 ? 0 : p - k;
+    out[idx] = wte[(i64)tokens[row] * c + j] + wpe[(i64)pos * c + j];
+}
+
+// dsoft (K,C) += Σ dout[n] over the rows n at position n mod T = i + 1;
+// one thread per (i, j), rows in order, as the CPU twin adds them.
+extern "C" __global__ void soft_prompt_backward(float* dsoft, const float* dout, int n, int t, int c, int k) {
+    i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (i64)k * c) return;
+    int i = (int)(idx / c), j = (int)(idx % c);
+    float acc = dsoft[idx];
+    for (int row = i + 1; row < n; row += t) acc += dout[(i64)row * c + j];
+    dsoft[idx] = acc;
+}

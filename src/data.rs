@@ -18,6 +18,9 @@ pub struct Batch<F> {
     /// example weighs the same whatever its answer's length), instead of 1
     /// per token.
     pub loss_per_example: bool,
+    /// Slots left after BOS in every row for a soft prompt's embeddings
+    /// (`model::SoftPrompt`): they hold PAD, targets PAD, no loss.
+    pub soft_slots: usize,
     example: Vec<u32>,
 }
 
@@ -31,6 +34,7 @@ impl<F: Float> Batch<F> {
             mask: vec![F::zero(); rows * ctx],
             row_task: vec![0; rows],
             loss_per_example: false,
+            soft_slots: 0,
             example: Vec::with_capacity(ctx + 2),
         }
     }
@@ -40,28 +44,32 @@ impl<F: Float> Batch<F> {
         self
     }
 
-    /// Writes `BOS example EOS` into `row` as inputs and shifted targets;
+    /// Writes `BOS example EOS` into `row` as inputs and shifted targets
+    /// (`BOS PAD… example EOS` with `soft_slots` PADs, their targets PAD);
     /// `prompt` is how many of `example`'s tokens are prompt. The mask is
     /// the loss weight of each answer token and the EOS: 1, or 1/(their
     /// count) with `loss_per_example`.
     pub fn set_row(&mut self, row: usize, example: &[u32], prompt: usize) {
-        let t = self.ctx;
-        let len = example.len() + 1; // inputs: BOS + example; targets: example + EOS
-        assert!(len <= t, "example of {} tokens does not fit n_ctx {t}", example.len());
+        let (t, k) = (self.ctx, self.soft_slots);
+        let len = example.len() + 1 + k; // inputs: BOS + slots + example; targets: slots + example + EOS
+        assert!(len <= t, "example of {} tokens (and {k} soft slots) does not fit n_ctx {t}", example.len());
         let (tok, tgt, mask) = (
             &mut self.tokens[row * t..(row + 1) * t],
             &mut self.targets[row * t..(row + 1) * t],
             &mut self.mask[row * t..(row + 1) * t],
         );
         tok[0] = BOS;
-        tok[1..len].copy_from_slice(example);
+        tok[1..1 + k].fill(PAD);
+        tok[1 + k..len].copy_from_slice(example);
         tok[len..].fill(PAD);
-        tgt[..len - 1].copy_from_slice(example);
+        tgt[..k].fill(PAD);
+        tgt[k..len - 1].copy_from_slice(example);
         tgt[len - 1] = EOS;
         tgt[len..].fill(PAD);
-        let weight = if self.loss_per_example { F::of(1.0 / (len - prompt) as f64) } else { F::one() };
+        let first = prompt + k; // the position whose target is the answer's first token
+        let weight = if self.loss_per_example { F::of(1.0 / (len - first) as f64) } else { F::one() };
         for (j, m) in mask.iter_mut().enumerate() {
-            *m = if j >= prompt && j < len { weight } else { F::zero() };
+            *m = if j >= first && j < len { weight } else { F::zero() };
         }
     }
 

@@ -103,6 +103,13 @@ impl<F: Float> Evaluator<F> {
         Evaluator { examples, answer_tokens, batch: Batch::new(rows, ctx), probs: vec![F::zero(); rows * ctx * vocab] }
     }
 
+    /// The same examples with `k` soft-prompt slots after BOS in every row
+    /// (`Batch::soft_slots`), for a model with a soft prompt of `k`.
+    pub fn with_soft_slots(mut self, k: usize) -> Self {
+        self.batch.soft_slots = k;
+        self
+    }
+
     /// One evaluator per task of `suite`, on its held-out set.
     pub fn for_held_out_sets(suite: &Suite, rows: usize, ctx: usize, vocab: usize) -> Vec<Self> {
         suite.tasks.iter().zip(&suite.eval_sets).map(|(t, set)| Self::for_problems(t, set, rows, ctx, vocab)).collect()

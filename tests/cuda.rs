@@ -23,7 +23,7 @@ use ebb::backend::cuda::compile::{self, FILES};
 use ebb::backend::cuda::{CudaBackend, DropoutArgs};
 use ebb::backend::{
     Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
-    Params, Product, Rows, Sequences, View,
+    Params, Product, Rows, Sequences, SoftSlots, View,
 };
 use ebb::rng;
 
@@ -167,6 +167,7 @@ fn dropout_args_give_the_cpu_mask_bit_for_bit() {
 fn kernels_match_f64_references_on_the_cpu_emulator() {
     let Some(emu) = Emulator::build() else { return };
     emulated_encoder(&emu);
+    emulated_soft_prompt(&emu);
     emulated_layernorm(&emu);
     emulated_matmul_and_bias_grad(&emu);
     emulated_attention(&emu);
@@ -276,6 +277,18 @@ fn emulated_encoder(emu: &Emulator) {
     let (want_dwte, want_dwpe) = refs::encoder_backward(&dout, &tokens, v, shape);
     assert_close(&got_dwte, &accumulated(&dwte, &want_dwte), 1e-6, "encoder_backward wte");
     assert_close(&got_dwpe, &accumulated(&dwpe, &want_dwpe), 1e-6, "encoder_backward wpe");
+}
+
+fn emulated_soft_prompt(emu: &Emulator) {
+    let (v, shape @ SoftSlots { n, t, c, k }) = (6, SoftSlots { n: 4 * 9, t: 9, c: 37, k: 5 });
+    let tokens: Vec<u32> = (0..n as u32).map(|i| (i * 5 + 2) % v as u32).collect();
+    let (soft, wte, wpe) = (random(k * c, 50), random(v * c, 51), random(t * c, 52));
+    let (dout, dsoft) = (random(n * c, 53), random(k * c, 54));
+    let inputs = [U32(&tokens), F32(&soft), F32(&wte), F32(&wpe), F32(&dout), F32(&dsoft)];
+    let [out, got_dsoft] = emu.run(&format!("soft_prompt {n} {t} {c} {k} {v}"), &inputs).map(f32s);
+    assert_close(&out, &refs::soft_prompt_forward(&tokens, &soft, &wte, &wpe, shape), EXACT, "soft_prompt_forward");
+    let want = accumulated(&dsoft, &refs::soft_prompt_backward(&dout, shape));
+    assert_close(&got_dsoft, &want, 1e-6, "soft_prompt_backward");
 }
 
 fn emulated_layernorm(emu: &Emulator) {
@@ -617,6 +630,33 @@ fn gpu_encoder_matches_cpu_bit_for_bit() {
         cpu.encoder_backward(&mut grads, emb, &dout, &tokens, shape);
         g.encoder_backward(&mut ggrads, emb, &up(&g, &dout), &gt, shape);
         assert_close(&down(&g, &ggrads), &grads, EXACT, &format!("encoder_backward n{n} c{c}"));
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU: cargo test --release --test cuda -- --include-ignored (EBB_REQUIRE_GPU=1 to fail without one)"]
+fn gpu_soft_prompt_matches_cpu_bit_for_bit() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    for (i, &(n_rows, c)) in ROW_SHAPES.iter().enumerate() {
+        let (t, v) = (5 + i, 7 + 3 * i);
+        let (k, n) = (t - 1 - i % 2, n_rows * t);
+        let (wte, wpe) = (View { offset: 3, len: v * c }, View { offset: 3 + v * c + 2, len: t * c });
+        let (emb, shape) = (Embeddings { wte, wpe }, SoftSlots { n, t, c, k });
+        let (params, soft) = (random(wpe.offset + wpe.len, 6), random(k * c, 7));
+        let tokens: Vec<u32> = (0..n as u32).map(|x| (x * 7 + x / 3) % v as u32).collect();
+        let mut out = vec![0.0; n * c];
+        cpu.soft_prompt_forward(&mut out, &tokens, &soft, &params, emb, shape);
+        let mut gout = g.alloc(n * c);
+        g.soft_prompt_forward(&mut gout, &up_tokens(&g, &tokens), &up(&g, &soft), &up(&g, &params), emb, shape);
+        assert_close(&down(&g, &gout), &out, EXACT, &format!("soft_prompt_forward n{n} c{c} k{k}"));
+
+        let dout = random(n * c, 9);
+        let mut dsoft = random(k * c, 10);
+        let mut gdsoft = up(&g, &dsoft);
+        cpu.soft_prompt_backward(&mut dsoft, &dout, shape);
+        g.soft_prompt_backward(&mut gdsoft, &up(&g, &dout), shape);
+        assert_close(&down(&g, &gdsoft), &dsoft, EXACT, &format!("soft_prompt_backward n{n} c{c} k{k}"));
     }
 }
 

@@ -117,7 +117,28 @@ fn the_battery_agrees_with_p_and_d_and_is_the_same_bits_at_any_thread_count() {
     }
     assert_eq!(probes["test_examples"], e["examples"]);
     assert!(probes["retention"].as_array().unwrap().iter().all(|r| r[1].is_null()), "no retention without C");
-    for name in ["restore", "interpolation", "noise", "relearn", "relearn_first", "relearn_last", "probes"] {
+    // Soft prompts: k = 0 is plain evaluation; every longer prompt is the best of three starts.
+    let soft = &e["soft_prompts"];
+    let longest = soft["longest_example"].as_u64().unwrap();
+    let fit: Vec<u64> = soft["k_fit"].as_array().unwrap().iter().map(|k| k.as_u64().unwrap()).collect();
+    assert!(fit.iter().all(|k| 1 + k + longest <= soft["n_ctx"].as_u64().unwrap()) && fit[0] == 0 && fit.len() > 2);
+    for (m, score) in soft["models"].as_array().unwrap().iter().zip([before, after]) {
+        let points = m["points"].as_array().unwrap();
+        assert_eq!(points[0]["accuracy"], score["exact_match"], "{}: k = 0 is plain evaluation", m["model"]);
+        assert!(points[1..].iter().all(|p| p["starts"].as_array().unwrap().len() == 3));
+    }
+    assert!(soft["gap_d_minus_c"].as_array().unwrap().is_empty(), "no gap without C");
+    for name in [
+        "restore",
+        "interpolation",
+        "noise",
+        "relearn",
+        "relearn_first",
+        "relearn_last",
+        "probes",
+        "soft_prompt",
+        "soft_prompt_fragility",
+    ] {
         assert!(run.join(format!("erasure/add1/plots/{name}.png")).is_file(), "{name}.png");
     }
     let report = std::fs::read_to_string(run.join("report.html")).unwrap();

@@ -137,3 +137,40 @@ fn gradients_match_finite_differences_with_a_context_of_several_attention_blocks
     let (err, at) = max_relative_error_at(s, 1, None);
     assert!(err < 1e-6, "relative error {err:e} at {at}");
 }
+
+/// The loss's gradient with respect to a soft prompt's input embeddings
+/// (the only thing soft-prompt elicitation trains) against the same
+/// five-point differences.
+#[test]
+fn soft_prompt_gradients_match_finite_differences() {
+    use ebb::model::SoftPrompt;
+    let s = shape(Activation::Gelu, Norm::Pre, true, 0.0);
+    let backend = CpuBackend::<f64>::new();
+    let mut model = Gpt::new(&backend, s.clone(), BATCH, 7);
+    let (n, k) = (BATCH * s.n_ctx, 2);
+    let mut r = rng::stream(4, "gradcheck-soft", 0);
+    let tokens: Vec<u32> = (0..n).map(|_| rng::below(&mut r, s.vocab as u64) as u32).collect();
+    let targets: Vec<u32> = (0..n).map(|_| rng::below(&mut r, s.vocab as u64) as u32).collect();
+    let mask: Vec<f64> = (0..n).map(|i| if i % s.n_ctx <= k { 0.0 } else { 1.0 }).collect();
+    let soft: Vec<f64> = (0..k * s.d_model).map(|_| rng::normal(&mut r)).collect();
+    model.soft_prompt = Some(SoftPrompt::new(&backend, &soft, s.d_model));
+    model.forward(&backend, &tokens, &targets, &mask, None);
+    model.backward(&backend);
+    let analytic = model.soft_prompt.as_ref().unwrap().grads.clone();
+    let h = 1e-4;
+    let mut worst = (0.0f64, 0);
+    for i in 0..soft.len() {
+        let mut loss_at = |delta: f64| {
+            model.soft_prompt.as_mut().unwrap().values[i] = soft[i] + delta;
+            model.forward(&backend, &tokens, &targets, &mask, None)
+        };
+        let numeric = (-loss_at(2.0 * h) + 8.0 * loss_at(h) - 8.0 * loss_at(-h) + loss_at(-2.0 * h)) / (12.0 * h);
+        model.soft_prompt.as_mut().unwrap().values[i] = soft[i];
+        let rel = (analytic[i] - numeric).abs() / analytic[i].abs().max(numeric.abs()).max(GRADIENT_FLOOR);
+        if rel > worst.0 {
+            worst = (rel, i);
+        }
+    }
+    assert!(analytic.iter().any(|g| g.abs() > GRADIENT_FLOOR), "the soft prompt gets a gradient");
+    assert!(worst.0 < 1e-6, "relative error {:e} at soft[{}]", worst.0, worst.1);
+}

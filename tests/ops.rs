@@ -10,7 +10,7 @@ use common::reference::{self as refs, accumulated, assert_close};
 use ebb::backend::cpu::CpuBackend;
 use ebb::backend::{
     Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
-    Params, Product, Rows, Sequences, View,
+    Params, Product, Rows, Sequences, SoftSlots, View,
 };
 use ebb::rng;
 
@@ -173,6 +173,38 @@ fn encoder_matches_reference() {
     let (dwte, dwpe) = refs::encoder_backward(&dout, &tokens, v, shape);
     assert_close(&grads[wte.range()], &accumulated(&grads0[wte.range()], &dwte), TOL, "encoder_backward wte");
     assert_close(&grads[wpe.range()], &accumulated(&grads0[wpe.range()], &dwpe), TOL, "encoder_backward wpe");
+}
+
+/// Soft prompts: K soft embeddings after each sequence's first token, the
+/// tokens after them at their own positions; their gradient sums dout's
+/// rows at the soft positions. K = 0 is the plain encoder.
+#[test]
+fn soft_prompt_matches_reference() {
+    let cpu = CpuBackend::<f32>::new();
+    let (v, t, c, rows) = (7, 8, 5, 3);
+    let params = random(v * c + t * c, 21);
+    let emb = Embeddings { wte: View { offset: 0, len: v * c }, wpe: View { offset: v * c, len: t * c } };
+    for k in [0, 1, 3, t - 1] {
+        let shape @ SoftSlots { n, .. } = SoftSlots { n: rows * t, t, c, k };
+        let tokens: Vec<u32> = (0..n as u32).map(|i| (i * 5 + 1) % v as u32).collect();
+        let soft = random(k * c, 22);
+        let mut out = random(n * c, 23);
+        cpu.soft_prompt_forward(&mut out, &tokens, &soft, &params, emb, shape);
+        let want = refs::soft_prompt_forward(&tokens, &soft, &params[emb.wte.range()], &params[emb.wpe.range()], shape);
+        assert_close(&out, &want, EXACT, &format!("soft_prompt_forward k {k}"));
+        if k == 0 {
+            let mut plain = vec![0.0; n * c];
+            cpu.encoder_forward(&mut plain, &tokens, &params, emb, Sequences { n, t, c });
+            assert_eq!(out, plain, "no soft embeddings: the encoder's output, bit for bit");
+        }
+
+        let dout = random(n * c, 24);
+        let mut dsoft = random(k * c, 25);
+        let dsoft0 = dsoft.clone();
+        cpu.soft_prompt_backward(&mut dsoft, &dout, shape);
+        let want = accumulated(&dsoft0, &refs::soft_prompt_backward(&dout, shape));
+        assert_close(&dsoft, &want, TOL, &format!("soft_prompt_backward k {k}"));
+    }
 }
 
 /// Activations and the residual add, each with the bias of the product

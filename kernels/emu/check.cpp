@@ -64,6 +64,17 @@ static void run_encoder() {
     write(out); write(dwte); write(dwpe);
 }
 
+// soft_prompt N T C K V: tokens (N, u32), soft (K,C), wte (V,C), wpe (T,C), dout (N,C), dsoft (K,C)
+//   → out (N,C) with K soft embeddings after each sequence's first token, dsoft (+= dout's rows there)
+static void run_soft_prompt() {
+    int n = arg<int>(2), t = arg<int>(3), c = arg<int>(4), k = arg<int>(5), v = arg<int>(6);
+    auto tok = read<u32>(n); auto soft = read<float>(k * c), wte = read<float>(v * c), wpe = read<float>(t * c), dout = read<float>(n * c), dsoft = read<float>(k * c);
+    std::vector<float> out(n * c);
+    launch(soft_prompt_forward, ew((long long)n * c), BLOCK, out.data(), (const u32*)tok.data(), (const float*)soft.data(), (const float*)wte.data(), (const float*)wpe.data(), n, t, c, k);
+    launch(soft_prompt_backward, ew((long long)k * c), BLOCK, dsoft.data(), (const float*)dout.data(), n, t, c, k);
+    write(out); write(dsoft);
+}
+
 // layernorm N C: x (N,C), w (C), b (C), dout (N,C), dinp (N,C), dw (C), db (C)
 //   → out (N,C), mean (N), rstd (N), dinp (+=), dw (+=), db (+=); the backward uses the forward's mean and rstd
 static void run_layernorm() {
@@ -180,7 +191,7 @@ static void run_adamw() {
 int main(int argc, char** argv) {
     argc_ = argc; argv_ = argv;
     const std::pair<std::string, void (*)()> cases[] = {
-        {"encoder", run_encoder}, {"layernorm", run_layernorm}, {"matmul", run_matmul}, {"bias_grad", run_bias_grad},
+        {"encoder", run_encoder}, {"soft_prompt", run_soft_prompt}, {"layernorm", run_layernorm}, {"matmul", run_matmul}, {"bias_grad", run_bias_grad},
         {"attention", run_attention}, {"activation", run_activation}, {"residual", run_residual},
         {"dropout_backward", run_dropout_backward}, {"crossentropy", run_crossentropy}, {"sum_squares", run_sum_squares},
         {"adamw", run_adamw},

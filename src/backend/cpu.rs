@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::{
     Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
-    Params, Product, ROWS_PER_SUM_BLOCK, Rows, SUM_SQUARES_CHUNK, Sequences, View,
+    Params, Product, ROWS_PER_SUM_BLOCK, Rows, SUM_SQUARES_CHUNK, Sequences, SoftSlots, View,
 };
 use crate::float::Float;
 
@@ -570,6 +570,40 @@ impl<F: Float> Backend for CpuBackend<F> {
                     )
                 };
                 add_to_both(dtok, dpos, &dout[row * c + j0..row * c + j1]);
+            }
+        });
+    }
+
+    fn soft_prompt_forward(
+        &self,
+        out: &mut Vec<F>,
+        tokens: &Vec<u32>,
+        soft: &Vec<F>,
+        params: &Vec<F>,
+        emb: Embeddings,
+        shape: SoftSlots,
+    ) {
+        let SoftSlots { n, t, c, k } = shape;
+        let (wte, wpe) = (&params[emb.wte.range()], &params[emb.wpe.range()]);
+        out[..n * c].par_chunks_mut(c).enumerate().with_min_len(ROWS_PER_TASK).for_each(|(row, o)| {
+            let p = row % t;
+            if (1..=k).contains(&p) {
+                o.copy_from_slice(&soft[(p - 1) * c..p * c]);
+                return;
+            }
+            let (tok, pos) = (tokens[row] as usize, if p == 0 { 0 } else { p - k });
+            for ((o, &e), &w) in o.iter_mut().zip(&wte[tok * c..(tok + 1) * c]).zip(&wpe[pos * c..(pos + 1) * c]) {
+                *o = e + w;
+            }
+        });
+    }
+
+    fn soft_prompt_backward(&self, dsoft: &mut Vec<F>, dout: &Vec<F>, shape: SoftSlots) {
+        let SoftSlots { n, t, c, k } = shape;
+        // Each task owns one soft embedding and adds its rows in row order.
+        dsoft[..k * c].par_chunks_mut(c).enumerate().for_each(|(i, d)| {
+            for row in (i + 1..n).step_by(t) {
+                add_assign(d, &dout[row * c..(row + 1) * c]);
             }
         });
     }

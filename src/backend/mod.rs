@@ -204,6 +204,16 @@ pub struct Sequences {
     pub c: usize,
 }
 
+/// N rows of width C cut into sequences of T positions, of which positions
+/// 1..=K (after the first) take K soft input embeddings (soft prompts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftSlots {
+    pub n: usize,
+    pub t: usize,
+    pub c: usize,
+    pub k: usize,
+}
+
 /// N rows of V logits, one per vocabulary entry (the loss's shape).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Logits {
@@ -274,6 +284,15 @@ macro_rules! with_backend_ops {
             fn encoder_forward(&self, out: &mut Self::Buf, tokens: &Self::Tokens, params: &Self::Buf, emb: Embeddings, shape: Sequences);
             /// dwte[tokens[n]] += dout[n]; dwpe[n mod T] += dout[n]; dout (N,C)
             fn encoder_backward(&self, grads: &mut Self::Buf, emb: Embeddings, dout: &Self::Buf, tokens: &Self::Tokens, shape: Sequences);
+            /// The encoder with K soft input embeddings after each sequence's first
+            /// token, the tokens after them keeping their own positions: at position
+            /// p = n mod T, out[n] = wte[tokens[n]] + wpe[p] for p = 0, soft[p - 1] for
+            /// 1 ≤ p ≤ K, wte[tokens[n]] + wpe[p - K] after. soft (K,C), tokens (N), out (N,C)
+            fn soft_prompt_forward(&self, out: &mut Self::Buf, tokens: &Self::Tokens, soft: &Self::Buf, params: &Self::Buf, emb: Embeddings, shape: SoftSlots);
+            /// dsoft[i] += Σ dout[n] over the rows n at position n mod T = i + 1, in row
+            /// order: the loss's gradient with respect to the soft input embeddings.
+            /// dsoft (K,C), dout (N,C)
+            fn soft_prompt_backward(&self, dsoft: &mut Self::Buf, dout: &Self::Buf, shape: SoftSlots);
 
             /// out (N,C) = (inp - mean) * rstd * w + b; inp (N,C), mean/rstd (N), w/b (C)
             fn layernorm_forward(&self, out: &mut Self::Buf, stats: &mut NormStats<Self::Buf>, inp: &Self::Buf, params: &Self::Buf, ln: LayerNorm, shape: Rows);

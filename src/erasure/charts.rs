@@ -39,6 +39,10 @@ pub fn charts_for(e: &Erasure) -> Vec<Box<dyn Chart + '_>> {
     if e.probes.is_some() {
         charts.push(Box::new(Probes(e)));
     }
+    if e.soft_prompts.is_some() {
+        charts.push(Box::new(SoftPrompts(e)));
+        charts.push(Box::new(Fragility(e)));
+    }
     charts
 }
 
@@ -424,6 +428,101 @@ impl Chart for Probes<'_> {
     }
     fn title(&self) -> String {
         "Linear probes per layer on P, D and C, fitted on T and scored on V".into()
+    }
+    both_backends!();
+}
+
+/// Held-out accuracy of the best soft prompt against its length k, for P,
+/// D and C, with 95% Wilson whiskers and the targets 0.5·A(P), 0.9·A(P).
+struct SoftPrompts<'a>(&'a Erasure);
+
+impl SoftPrompts<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
+        let e = self.0;
+        let s = e.soft_prompts.as_ref().expect("charted only with soft prompts");
+        let names: Vec<String> = s.k_fit.iter().map(|k| k.to_string()).collect();
+        let n = names.len() as f64;
+        let caption = format!("{}: {} with k soft embeddings after BOS, model frozen", e.run, e.task);
+        let mut chart = category_axes(area, caption, &names, "k (soft-prompt length)")?;
+        for (i, m) in s.models.iter().enumerate() {
+            let c = model_color(&m.model);
+            let style = ShapeStyle::from(c).stroke_width(2);
+            let shift = (i as f64 - 1.0) * 0.06; // keeps equal points' whiskers apart
+            let points: Vec<(f64, f64)> =
+                m.points.iter().enumerate().map(|(x, p)| (x as f64 + shift, p.accuracy)).collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), style))
+                .map_err(err)?
+                .label(format!("{} (whiskers: 95% Wilson interval)", m.model))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled()))).map_err(err)?;
+            chart
+                .draw_series(m.points.iter().enumerate().map(|(x, p)| {
+                    let x = x as f64 + shift;
+                    PathElement::new([(x, p.accuracy_interval[0]), (x, p.accuracy_interval[1])], ShapeStyle::from(c))
+                }))
+                .map_err(err)?;
+        }
+        for (share, grey) in [(0.5, 160), (0.9, 96)] {
+            let style = ShapeStyle::from(RGBColor(grey, grey, grey)).stroke_width(1);
+            let y = share * s.accuracy_p;
+            chart
+                .draw_series(DashedLineSeries::new([(-0.5, y), (n - 0.5, y)], 6, 4, style))
+                .map_err(err)?
+                .label(format!("{share}·A(P) = {y:.3}"))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+        }
+        legend(&mut chart, 5, SeriesLabelPosition::UpperRight)
+    }
+}
+
+impl Chart for SoftPrompts<'_> {
+    fn name(&self) -> &'static str {
+        "soft_prompt"
+    }
+    fn title(&self) -> String {
+        "Soft-prompt elicitation: accuracy against the number of soft embeddings".into()
+    }
+    both_backends!();
+}
+
+/// The longest soft prompt of each model under random perturbations of
+/// relative size ε (log scale): mean accuracy, every draw a dot.
+struct Fragility<'a>(&'a Erasure);
+
+impl Fragility<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
+        let e = self.0;
+        let s = e.soft_prompts.as_ref().expect("charted only with soft prompts");
+        let eps = super::soft_prompt::EPSILONS;
+        let k = s.k_fit.last().copied().unwrap_or(0);
+        let caption = format!("{}: {} with the best soft prompt of k = {k}, perturbed", e.run, e.task);
+        let x = (eps[0] / 1.5..eps[eps.len() - 1] * 1.5).log_scale().with_key_points(eps.to_vec());
+        let desc = "ε (each soft embedding moved by ε times its norm)";
+        let mut chart = accuracy_axes(area, caption, x, desc, &|v| format!("{v}"), eps.len())?;
+        for m in &s.models {
+            let Some(point) = m.points.iter().find(|p| p.k == k && !p.fragility.is_empty()) else { continue };
+            let c = model_color(&m.model);
+            let style = ShapeStyle::from(c).stroke_width(2);
+            let halves = point.halving_epsilon.map_or("never halves".to_string(), |x| format!("halves at ε {x}"));
+            chart
+                .draw_series(LineSeries::new(point.fragility.iter().map(|f| (f.epsilon, f.mean)), style))
+                .map_err(err)?
+                .label(format!("{}: {:.3} unperturbed, {halves} (dots: each draw)", m.model, point.accuracy))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+            let dots = point.fragility.iter().flat_map(|f| f.draws.iter().map(|&y| (f.epsilon, y)));
+            chart.draw_series(dots.map(|p| Circle::new(p, 2, c.mix(0.4).filled()))).map_err(err)?;
+        }
+        legend(&mut chart, 3, SeriesLabelPosition::UpperRight)
+    }
+}
+
+impl Chart for Fragility<'_> {
+    fn name(&self) -> &'static str {
+        "soft_prompt_fragility"
+    }
+    fn title(&self) -> String {
+        "Fragility of the best soft prompts under random perturbation".into()
     }
     both_backends!();
 }

@@ -35,6 +35,9 @@
 //! - `probe`: per layer, a linear probe for the answer's first token on the
 //!   residual stream at the last prompt position, fitted on T and scored on
 //!   V, against a control task with shuffled labels (`probe`).
+//! - `soft-prompt`: with the model frozen, k ∈ {0, 1, 2, 4, …, 32} input
+//!   embeddings after BOS optimized on T (best of three starts), scored on
+//!   V, and their fragility under perturbation (`soft_prompt`).
 //!
 //! Writes `RUN_DIR/erasure/TASK/erasure.json` (`Erasure`) and its plots;
 //! `--control auto` trains C into `RUN_DIR/erasure/TASK/control-STEP`
@@ -42,6 +45,7 @@
 
 pub mod charts;
 pub mod probe;
+pub mod soft_prompt;
 
 use std::path::{Path, PathBuf};
 
@@ -57,7 +61,7 @@ use crate::float::Float;
 use crate::model::{Gpt, ParamLayout};
 
 /// Bumped whenever `Erasure`'s fields change meaning.
-pub const ERASURE_VERSION: u32 = 2;
+pub const ERASURE_VERSION: u32 = 3;
 
 /// Relative noise levels: σ times each tensor's RMS.
 pub const NOISE_SIGMAS: [f64; 6] = [0.0025, 0.005, 0.01, 0.02, 0.05, 0.1];
@@ -76,10 +80,11 @@ pub enum Instrument {
     RelearnFrozen,
     FewShot,
     Probe,
+    SoftPrompt,
 }
 
 impl Instrument {
-    pub const ALL: [Instrument; 7] = [
+    pub const ALL: [Instrument; 8] = [
         Instrument::Restore,
         Instrument::Interpolate,
         Instrument::Noise,
@@ -87,6 +92,7 @@ impl Instrument {
         Instrument::RelearnFrozen,
         Instrument::FewShot,
         Instrument::Probe,
+        Instrument::SoftPrompt,
     ];
 }
 
@@ -129,6 +135,7 @@ pub struct Erasure {
     pub relearn_frozen: Option<Vec<Relearn>>,
     pub few_shot: Option<Vec<FewShot>>,
     pub probes: Option<probe::Probes>,
+    pub soft_prompts: Option<soft_prompt::SoftPrompts>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -499,6 +506,13 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
         .transpose()?;
     let few_shot = wants(Instrument::FewShot).then(|| few_shot(backend, req, &experiment, &weights)).transpose()?;
     let probes = wants(Instrument::Probe).then(|| probes(&mut scorer, req, &experiment, &models)).transpose()?;
+    let soft_prompts = wants(Instrument::SoftPrompt)
+        .then(|| {
+            let t = t_problems(req, &experiment)?;
+            let v = &suite.eval_sets[task];
+            soft_prompt::soft_prompts(&mut scorer, &suite.tasks[task], &t, v, &models, before.exact_match, cfg.seed)
+        })
+        .transpose()?;
     let erasure = Erasure {
         version: ERASURE_VERSION,
         run: cfg.name.clone(),
@@ -517,6 +531,7 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
         relearn_frozen,
         few_shot,
         probes,
+        soft_prompts,
     };
     let dir = out_dir(run_dir, req.task);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -963,6 +978,48 @@ pub fn report_lines(e: &Erasure) -> Vec<String> {
             .collect();
         if !kept.is_empty() {
             lines.push(format!("    probe retention (D − C) / (P − C): {}", kept.join(", ")));
+        }
+    }
+    if let Some(s) = &e.soft_prompts {
+        lines.push(format!(
+            "  soft prompts after BOS ({} Adam steps on {} problems of T, the best of 3 starts by loss on {} of them), \
+             exact match on V against k:",
+            s.steps, s.train_examples, s.selection_examples
+        ));
+        let k_star = |k: Option<usize>| k.map_or("none".to_string(), |k| k.to_string());
+        for m in &s.models {
+            let each: Vec<String> = m
+                .points
+                .iter()
+                .map(|p| format!("k {} {:.3} (loss {:.2})", p.k, p.accuracy, p.selection_loss))
+                .collect();
+            lines.push(format!(
+                "    {}: {}; least k to 0.5·A(P) {}, to 0.9·A(P) {}",
+                m.model,
+                each.join(", "),
+                k_star(m.k_half),
+                k_star(m.k_ninety)
+            ));
+        }
+        if !s.gap_d_minus_c.is_empty() {
+            let each: Vec<String> = s.gap_d_minus_c.iter().map(|(k, g)| format!("k {k} {g:+.3}")).collect();
+            lines.push(format!("    D − C: {}", each.join(", ")));
+        }
+        for m in &s.models {
+            let each: Vec<String> = m
+                .points
+                .iter()
+                .filter(|p| p.k > 0)
+                .map(|p| format!("k {} {}", p.k, p.halving_epsilon.map_or("–".to_string(), |x| format!("{x}"))))
+                .collect();
+            lines.push(format!(
+                "    {}: the relative perturbation that halves the best prompt's accuracy: {}",
+                m.model,
+                each.join(", ")
+            ));
+        }
+        if let Some(room) = &s.room {
+            lines.push(format!("    {room}"));
         }
     }
     lines

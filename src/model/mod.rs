@@ -8,7 +8,7 @@ pub use layout::{ParamKind, ParamLayout, ParamTensor};
 
 use crate::backend::{
     Activation, Backend, Backprop, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats, Params, Product,
-    Rows, Sequences,
+    Rows, Sequences, SoftSlots,
 };
 use crate::float::Float;
 use num_traits::Zero;
@@ -97,12 +97,37 @@ fn dropout_for(p: f64, key: Option<u64>, layer: usize, site: u64) -> Dropout {
     }
 }
 
+/// A soft prompt: K input embeddings inserted after BOS in every row (the
+/// batch leaves those slots to it, see `Batch::soft_slots`), and their
+/// gradient after a backward pass. The tokens after them keep the position
+/// embeddings they have without it (1, 2, …), so a model trained with its
+/// examples right after BOS is not also asked to read them at shifted
+/// positions; the soft embeddings, free vectors, take none. The model's
+/// own parameters stay as they are: soft-prompt elicitation optimizes
+/// these alone.
+pub struct SoftPrompt<B: Backend> {
+    pub k: usize,
+    pub values: B::Buf, // (K,C)
+    pub grads: B::Buf,  // (K,C)
+}
+
+impl<B: Backend> SoftPrompt<B> {
+    /// A soft prompt holding `values` (K,C) of width `c`.
+    pub fn new(backend: &B, values: &[B::F], c: usize) -> Self {
+        let mut buf = backend.alloc(values.len());
+        backend.upload(&mut buf, values);
+        SoftPrompt { k: values.len() / c, values: buf, grads: backend.alloc(values.len()) }
+    }
+}
+
 pub struct Gpt<B: Backend> {
     pub shape: ModelShape,
     pub layout: ParamLayout,
     pub batch: usize,
     pub params: B::Buf,
     pub grads: B::Buf,
+    /// Input embeddings in the first slots of every row, if set.
+    pub soft_prompt: Option<SoftPrompt<B>>,
     tokens: B::Tokens,  // (N)
     targets: B::Tokens, // (N)
     mask: B::Buf,       // (N)
@@ -151,6 +176,7 @@ impl<B: Backend> Gpt<B> {
         backend.upload(&mut params, &layout.init::<B::F>(&shape, seed));
         Gpt {
             grads: backend.alloc(layout.len()),
+            soft_prompt: None,
             layout,
             batch,
             params,
@@ -218,7 +244,26 @@ impl<B: Backend> Gpt<B> {
 
         let rows = Rows { n, c };
         let embeddings = Embeddings { wte: lay.wte, wpe: lay.wpe };
-        backend.encoder_forward(&mut self.encoded, &self.tokens, &self.params, embeddings, Sequences { n, t, c });
+        match &self.soft_prompt {
+            None => backend.encoder_forward(
+                &mut self.encoded,
+                &self.tokens,
+                &self.params,
+                embeddings,
+                Sequences { n, t, c },
+            ),
+            Some(soft) => {
+                let slots = SoftSlots { n, t, c, k: soft.k };
+                backend.soft_prompt_forward(
+                    &mut self.encoded,
+                    &self.tokens,
+                    &soft.values,
+                    &self.params,
+                    embeddings,
+                    slots,
+                );
+            }
+        }
         for l in 0..s.n_layers {
             let (before, rest) = self.blocks.split_at_mut(l);
             let a = &mut rest[0];
@@ -293,7 +338,10 @@ impl<B: Backend> Gpt<B> {
         if layer == 0 { &self.encoded } else { &self.blocks[layer - 1].res_out }
     }
 
-    /// Backward pass for the last forward: overwrites `grads` with ∂loss/∂params.
+    /// Backward pass for the last forward: overwrites `grads` with
+    /// ∂loss/∂params. With a soft prompt, its `grads` get ∂loss/∂(its
+    /// values) instead of the embedding tables theirs, which stay 0: the
+    /// prompt trains alone.
     pub fn backward(&mut self, backend: &B) {
         let s = &self.shape;
         let (bsz, t, c, f, v, h) = (self.batch, s.n_ctx, s.d_model, s.d_mlp, s.vocab, s.n_heads);
@@ -426,7 +474,13 @@ impl<B: Backend> Gpt<B> {
             }
         }
         let embeddings = Embeddings { wte: lay.wte, wpe: lay.wpe };
-        backend.encoder_backward(grads, embeddings, &g.residual, &self.tokens, Sequences { n, t, c });
+        match &mut self.soft_prompt {
+            None => backend.encoder_backward(grads, embeddings, &g.residual, &self.tokens, Sequences { n, t, c }),
+            Some(soft) => {
+                backend.zero(&mut soft.grads);
+                backend.soft_prompt_backward(&mut soft.grads, &g.residual, SoftSlots { n, t, c, k: soft.k });
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 //! compared bit for bit. Dropout factors are `Dropout::factor`'s, the hash
 //! both backends share.
 
-use ebb::backend::{Activation, AdamW, Dropout, Heads, Logits, Product, Rows, Sequences};
+use ebb::backend::{Activation, AdamW, Dropout, Heads, Logits, Product, Rows, Sequences, SoftSlots};
 
 /// got ≈ want: every element within `tol` of the output's scale, the largest
 /// magnitude in `want` (at least 1e-3); bit for bit when `tol` is 0. A
@@ -59,6 +59,36 @@ pub fn encoder_backward(dout: &[f32], tokens: &[u32], vocab: usize, shape: Seque
         }
     }
     (dwte, dwpe)
+}
+
+/// The encoder with K soft embeddings after each sequence's first token,
+/// the tokens after them at their own positions: at p = n mod T,
+/// wte[tokens[n]] + wpe[p] for p = 0, soft[p − 1] for 1 ≤ p ≤ K,
+/// wte[tokens[n]] + wpe[p − K] after; each sum rounded to f32 as the op
+/// adds: exact. soft (K,C), wte (V,C), wpe (T,C)
+pub fn soft_prompt_forward(tokens: &[u32], soft: &[f32], wte: &[f32], wpe: &[f32], shape: SoftSlots) -> Vec<f64> {
+    let SoftSlots { n, t, c, k } = shape;
+    let token = |r: usize, pos: usize, j: usize| f64::from(wte[tokens[r] as usize * c + j] + wpe[pos * c + j]);
+    (0..n * c)
+        .map(|i| (i / c, i / c % t, i % c))
+        .map(|(r, p, j)| match p {
+            0 => token(r, 0, j),
+            p if p <= k => f64::from(soft[(p - 1) * c + j]),
+            p => token(r, p - k, j),
+        })
+        .collect()
+}
+
+/// dsoft (K,C): dsoft[i] = Σ dout[n] over the rows at position n mod T = i + 1; dout (N,C)
+pub fn soft_prompt_backward(dout: &[f32], shape: SoftSlots) -> Vec<f64> {
+    let SoftSlots { n, t, c, k } = shape;
+    let mut dsoft = vec![0.0; k * c];
+    for r in (0..n).filter(|r| (1..=k).contains(&(r % t))) {
+        for j in 0..c {
+            dsoft[(r % t - 1) * c + j] += f64::from(dout[r * c + j]);
+        }
+    }
+    dsoft
 }
 
 // ---------------------------------------------------------------- layernorm

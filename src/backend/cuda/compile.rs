@@ -42,7 +42,13 @@ pub const FILES: &[KernelFile] = &[
     KernelFile {
         name: "encoder.cu",
         source: include_str!("../../../kernels/encoder.cu"),
-        kernels: &["encoder_forward", "encoder_backward_wte", "encoder_backward_wpe"],
+        kernels: &[
+            "encoder_forward",
+            "encoder_backward_wte",
+            "encoder_backward_wpe",
+            "soft_prompt_forward",
+            "soft_prompt_backward",
+        ],
     },
     KernelFile {
         name: "layernorm.cu",

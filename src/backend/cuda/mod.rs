@@ -27,7 +27,7 @@ use cudarc::driver::{
 
 use super::{
     Activation, AdamW, Backend, Backprop, DecayGroup, DeviceFailure, Dropout, Embeddings, Heads, LayerNorm, Linear,
-    Logits, MATMUL_TILE, NormStats, Params, Product, ROWS_PER_SUM_BLOCK, Rows, SUM_SQUARES_CHUNK, Sequences,
+    Logits, MATMUL_TILE, NormStats, Params, Product, ROWS_PER_SUM_BLOCK, Rows, SUM_SQUARES_CHUNK, Sequences, SoftSlots,
     THREADS_PER_BLOCK, View, WARPS_PER_BLOCK,
 };
 
@@ -557,6 +557,51 @@ impl Backend for CudaBackend {
         };
         launch!(self, "encoder_backward_wte", cfg, &dte, &d, &tok, &ni, &vi, &ci);
         launch!(self, "encoder_backward_wpe", self.elementwise(t * c), &dpe, &d, &ni, &ti, &ci);
+    }
+
+    // The encoder with K soft embeddings after each sequence's first token: soft_prompt_forward.
+    fn soft_prompt_forward(
+        &self,
+        out: &mut DeviceBuf<f32>,
+        tokens: &DeviceBuf<u32>,
+        soft: &DeviceBuf<f32>,
+        params: &DeviceBuf<f32>,
+        emb: Embeddings,
+        shape: SoftSlots,
+    ) {
+        let (Embeddings { wte, wpe }, SoftSlots { n, t, c, k }) = (emb, shape);
+        let op = "soft_prompt_forward";
+        self.need(out, n * c, op, "out");
+        self.need(tokens, n, op, "tokens");
+        self.need(soft, k * c, op, "soft");
+        self.need_view(params, wte, op, "params");
+        self.need_view(params, wpe, op, "params");
+        if k >= t {
+            self.record(op, format!("{k} soft embeddings after the first position do not fit T = {t}"));
+        }
+        let (o, tok, s, te, pe) = (
+            self.ptr(out, 0),
+            self.ptr(tokens, 0),
+            self.ptr(soft, 0),
+            self.ptr(params, wte.offset),
+            self.ptr(params, wpe.offset),
+        );
+        let (ni, ti, ci, ki) = (self.int(n, "n"), self.int(t, "t"), self.int(c, "c"), self.int(k, "k"));
+        launch!(self, "soft_prompt_forward", self.elementwise(n * c), &o, &tok, &s, &te, &pe, &ni, &ti, &ci, &ki);
+    }
+
+    // dsoft (K,C) += rows of dout at positions 1..=K: soft_prompt_backward.
+    fn soft_prompt_backward(&self, dsoft: &mut DeviceBuf<f32>, dout: &DeviceBuf<f32>, shape: SoftSlots) {
+        let SoftSlots { n, t, c, k } = shape;
+        let op = "soft_prompt_backward";
+        self.need(dsoft, k * c, op, "dsoft");
+        self.need(dout, n * c, op, "dout");
+        if k == 0 {
+            return;
+        }
+        let (ds, d) = (self.ptr(dsoft, 0), self.ptr(dout, 0));
+        let (ni, ti, ci, ki) = (self.int(n, "n"), self.int(t, "t"), self.int(c, "c"), self.int(k, "k"));
+        launch!(self, "soft_prompt_backward", self.elementwise(k * c), &ds, &d, &ni, &ti, &ci, &ki);
     }
 
     // out (N,C), mean/rstd (N) from inp (N,C), w/b (C): layernorm_forward.
