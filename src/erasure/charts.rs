@@ -501,8 +501,17 @@ impl Fragility<'_> {
         let desc = "ε (each soft embedding moved by ε times its norm)";
         let mut chart = accuracy_axes(area, caption, x, desc, &|v| format!("{v}"), eps.len())?;
         for m in &s.models {
-            let Some(point) = m.points.iter().find(|p| p.k == k && !p.fragility.is_empty()) else { continue };
+            let Some(point) = m.points.iter().find(|p| p.k == k) else { continue };
             let c = model_color(&m.model);
+            if point.fragility.is_empty() {
+                let style = ShapeStyle::from(c).stroke_width(2);
+                chart
+                    .draw_series(LineSeries::new(Vec::<(f64, f64)>::new(), style))
+                    .map_err(err)?
+                    .label(format!("{}: {:.3} unperturbed, nothing to halve", m.model, point.accuracy))
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+                continue;
+            }
             let style = ShapeStyle::from(c).stroke_width(2);
             let halves = point.halving_epsilon.map_or("never halves".to_string(), |x| format!("halves at ε {x}"));
             chart

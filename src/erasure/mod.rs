@@ -1005,18 +1005,28 @@ pub fn report_lines(e: &Erasure) -> Vec<String> {
             let each: Vec<String> = s.gap_d_minus_c.iter().map(|(k, g)| format!("k {k} {g:+.3}")).collect();
             lines.push(format!("    D − C: {}", each.join(", ")));
         }
+        let mut at_zero = Vec::new();
         for m in &s.models {
-            let each: Vec<String> = m
-                .points
+            let perturbed: Vec<&soft_prompt::SoftPromptPoint> =
+                m.points.iter().filter(|p| !p.fragility.is_empty()).collect();
+            if perturbed.is_empty() {
+                at_zero.push(m.model.as_str());
+                continue;
+            }
+            let each: Vec<String> = perturbed
                 .iter()
-                .filter(|p| p.k > 0)
-                .map(|p| format!("k {} {}", p.k, p.halving_epsilon.map_or("–".to_string(), |x| format!("{x}"))))
+                .map(|p| {
+                    format!("k {} {}", p.k, p.halving_epsilon.map_or("never (to ε 1)".to_string(), |x| format!("{x}")))
+                })
                 .collect();
             lines.push(format!(
                 "    {}: the relative perturbation that halves the best prompt's accuracy: {}",
                 m.model,
                 each.join(", ")
             ));
+        }
+        if !at_zero.is_empty() {
+            lines.push(format!("    {}: every soft prompt at accuracy 0, nothing to perturb", at_zero.join(", ")));
         }
         if let Some(room) = &s.room {
             lines.push(format!("    {room}"));
