@@ -625,6 +625,11 @@ fn interpolate<B: Backend>(scorer: &mut Scorer<B>, p: &[f32], d: &[f32]) -> Resu
         .collect()
 }
 
+/// The root mean square of `v` (0 when empty).
+fn rms(v: &[f32]) -> f64 {
+    (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt()
+}
+
 /// Each model under `NOISE_DRAWS` draws at every σ: draw k at level i is the
 /// same noise (relative to each tensor's RMS) for every model.
 fn noise<B: Backend>(
@@ -636,14 +641,7 @@ fn noise<B: Backend>(
     let mut out = Vec::new();
     let mut noisy = vec![0f32; layout.len()];
     for &(name, params, clean) in models {
-        let rms: Vec<f64> = layout
-            .tensors
-            .iter()
-            .map(|t| {
-                let v = &params[t.view.offset..t.view.offset + t.view.len];
-                (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt()
-            })
-            .collect();
+        let rms: Vec<f64> = layout.tensors.iter().map(|t| rms(&params[t.view.range()])).collect();
         for (i, &sigma) in NOISE_SIGMAS.iter().enumerate() {
             let mut draws = Vec::new();
             for k in 0..NOISE_DRAWS {

@@ -235,7 +235,7 @@ fn soft_prompt_point<B: Backend>(
         });
     }
     let wte = &params[layout.wte.range()];
-    let rms = (wte.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / wte.len() as f64).sqrt();
+    let rms = super::rms(wte);
     let mut first = Vec::new();
     task.render(t[0], &mut first);
     // The kept start: its values, outcome and interval on V.
