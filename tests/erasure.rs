@@ -17,6 +17,12 @@ fn config() -> String {
         .replace("\nexamples = 8\n", "\nexamples = 32\n")
 }
 
+/// The same with a faster learning rate and `add1` dropped at step 100 of
+/// 200: P scores above 0 on it, so relearning has a target to stop at.
+fn learned_config() -> String {
+    config().replace("lr = 3e-3", "lr = 1e-2").replace("step = 60", "step = 100").replace("steps = 120", "steps = 200")
+}
+
 /// Runs the whole battery afresh (every fine-tune retrained) at `threads`.
 fn erasure_json(run: &Path, threads: &str) -> (serde_json::Value, String) {
     let _ = std::fs::remove_dir_all(run.join("erasure"));
@@ -28,10 +34,11 @@ fn erasure_json(run: &Path, threads: &str) -> (serde_json::Value, String) {
 #[test]
 fn the_battery_agrees_with_p_and_d_and_is_the_same_bits_at_any_thread_count() {
     let tmp = tempfile::tempdir().unwrap();
-    write(&tmp.path().join("erase.toml"), &config());
+    write(&tmp.path().join("erase.toml"), &learned_config());
     let run = tmp.path().join("run");
     run_ok(ebb().arg("run").arg(tmp.path().join("erase.toml")).arg("--out").arg(&run).arg("--quiet"));
     let (e, one) = erasure_json(&run, "1");
+    assert!(e["before"]["exact_match"].as_f64().unwrap() > 0.0, "P must score for relearning to have a target");
     // Relearning starts from each model: its fine-tune's first evaluation is that model's score.
     let relearn = &e["relearn"];
     assert_eq!(relearn["cap"].as_u64(), Some(40));
@@ -40,16 +47,33 @@ fn the_battery_agrees_with_p_and_d_and_is_the_same_bits_at_any_thread_count() {
         let curve: Vec<(u64, f64)> =
             m["curve"].as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap())).collect();
         assert_eq!(curve[0], (0, score["exact_match"].as_f64().unwrap()), "{model}");
+        // The log-spaced grid, to the cap or to one step after two evaluations in a row at the target.
+        let target = relearn["target"].as_f64().unwrap();
         let steps: Vec<u64> = curve.iter().map(|p| p.0).collect();
-        assert_eq!(steps, [0, 1, 2, 4, 8, 16, 32, 40], "{model}: the log-spaced grid, then the cap");
+        let grid = [0, 1, 2, 4, 8, 16, 32, 40];
+        let n = steps.len();
+        let held = (1..n).find(|&i| curve[i - 1].1 >= target && curve[i].1 >= target);
+        match held {
+            Some(i) => {
+                assert_eq!(steps[..=i], grid[..=i], "{model}");
+                assert_eq!(steps[i + 1..], [steps[i] + 1], "{model}: ends one step after the target held");
+            }
+            None => assert_eq!(steps, grid, "{model}: never held the target, so it ran to the cap"),
+        }
+        let first = curve.iter().find(|p| p.1 >= target).map(|p| p.0);
+        assert_eq!(m["steps_to_target"].as_u64(), first, "{model}");
     }
+    // Here D holds the target at its first evaluations in a row and stops early.
+    let d = relearn["models"].as_array().unwrap().iter().find(|m| m["model"] == "D").unwrap();
+    let last = d["curve"].as_array().unwrap().last().unwrap()[0].as_u64().unwrap();
+    assert!(last < 40, "D's fine-tune ran to the cap ({last}) though it held the target");
     let (_, two) = erasure_json(&run, "2");
     assert_eq!(one, two, "erasure.json differs between 1 and 2 threads");
     let (before, after) = (&e["before"], &e["after"]);
-    assert_eq!((before["step"].as_u64(), after["step"].as_u64()), (Some(60), Some(120)));
+    assert_eq!((before["step"].as_u64(), after["step"].as_u64()), (Some(100), Some(200)));
     // P and D are the run's own evaluations at those steps.
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
-    for (model, step) in [(before, 60), (after, 120)] {
+    for (model, step) in [(before, 100), (after, 200)] {
         let logged = metrics
             .lines()
             .find(|l| l.starts_with(&format!("{step},add1,eval,exact_match,")))
@@ -93,12 +117,13 @@ fn the_battery_agrees_with_p_and_d_and_is_the_same_bits_at_any_thread_count() {
     assert_eq!(trainable, ["embeddings and block 0", "block 1"]);
     let experiment = ebb::experiment::Experiment::load(&run.join("config.toml"), &[]).unwrap();
     let layout = ebb::model::ParamLayout::new(&experiment.config.model_shape(experiment.suite.vocab.len()));
-    let d = ebb::weights::read_weights(&ebb::weights::path_for(&run, 120), &layout).unwrap();
+    let d = ebb::weights::read_weights(&ebb::weights::path_for(&run, 200), &layout).unwrap();
     for (r, kept) in frozen.iter().zip([&["wte", "wpe", "h0."][..], &["h1."][..]]) {
         let m = &r["models"].as_array().unwrap()[0];
         assert_eq!(m["model"], "D", "P starts at its own accuracy: only D (and C) relearn");
         let tuned = run.join(m["run"].as_str().unwrap());
-        let after = ebb::weights::read_weights(&ebb::weights::path_for(&tuned, 40), &layout).unwrap();
+        let last = m["curve"].as_array().unwrap().last().unwrap()[0].as_u64().unwrap();
+        let after = ebb::weights::read_weights(&ebb::weights::path_for(&tuned, last), &layout).unwrap();
         for t in &layout.tensors {
             let range = t.view.offset..t.view.offset + t.view.len;
             let trains = kept.iter().any(|k| t.name == *k || (k.ends_with('.') && t.name.starts_with(k)));

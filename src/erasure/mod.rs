@@ -24,14 +24,16 @@
 //!   learning rate (constant, fresh AdamW), scored on V at steps 1, 2, 4, …
 //!   and every `RELEARN_EVERY`: the steps to reach 0.9·A(P), censored at
 //!   the cap. Each fine-tune is a run of its own in
-//!   `erasure/TASK/relearn-M-CAP`.
+//!   `erasure/TASK/relearn-M-CAP`, and ends one step after it holds the
+//!   target at two evaluations in a row (the rest of its curve would not
+//!   change the answer, and would take most of the battery's time).
 //! - `relearn-frozen`: the same from D and C with most of the model frozen
 //!   (`train.frozen`): only the embeddings and block 0 trainable, then only
 //!   the last block; where relearning still comes fast tells where the
 //!   capability's remains are.
 //! - `few-shot`: the same fine-tune for `FEW_SHOT_STEPS` steps on only the
-//!   first n ∈ {1, 4, 16, 64, 256} problems of T: accuracy on V of P, D
-//!   and C, and the recovery A_D / A_P.
+//!   first n ∈ {1, 4, 16, 64, 256} problems of T, evaluated only at its
+//!   start and end: accuracy on V of P, D and C, and the recovery A_D / A_P.
 //! - `probe`: per layer, a linear probe for the answer's first token on the
 //!   residual stream at the last prompt position, fitted on T and scored on
 //!   V, against a control task with shuffled labels (`probe`).
@@ -61,7 +63,7 @@ use crate::float::Float;
 use crate::model::{Gpt, ParamLayout};
 
 /// Bumped whenever `Erasure`'s fields change meaning.
-pub const ERASURE_VERSION: u32 = 3;
+pub const ERASURE_VERSION: u32 = 4;
 
 /// Relative noise levels: σ times each tensor's RMS.
 pub const NOISE_SIGMAS: [f64; 6] = [0.0025, 0.005, 0.01, 0.02, 0.05, 0.1];
@@ -171,7 +173,8 @@ pub struct Relearning {
     pub model: String,
     /// The first evaluated step at or above the target, or null (censored at `cap`).
     pub steps_to_target: Option<u64>,
-    /// (step, exact match on V) of every evaluation.
+    /// (step, exact match on V) of every evaluation, to the cap or to one
+    /// step after the second evaluation in a row at the target.
     pub curve: Vec<(u64, f64)>,
     /// The fine-tune's run directory, relative to the run.
     pub run: PathBuf,
@@ -386,10 +389,10 @@ fn control_params<B: Backend>(
         Control::Auto => {
             let rel = PathBuf::from("erasure").join(req.task).join(format!("control-{step}"));
             let dir = req.run_dir.join(&rel);
-            if crate::analysis::stored_outcome(&dir) != Some((true, false)) {
+            let config = control_config(req.run_dir, req.task, step)?;
+            let experiment = Experiment::resolve(config, &req.run_dir.join("config.toml"))?;
+            if !finished_as(&dir, &experiment.config)? {
                 eprintln!("training the never-learned control C to step {step} in {}", dir.display());
-                let config = control_config(req.run_dir, req.task, step)?;
-                let experiment = Experiment::resolve(config, &req.run_dir.join("config.toml"))?;
                 crate::train::run::train_from(backend, &experiment, &dir, true, crate::checkpoint::latest(&dir)?)?;
                 // Only a killed battery needs them (a control of one step has none).
                 let checkpoints = dir.join("checkpoints");
@@ -403,6 +406,20 @@ fn control_params<B: Backend>(
     };
     let (file, params) = read_params(&dir, step, layout, "the control at D's step")?;
     Ok((shown.join(file), params))
+}
+
+/// Whether `dir` holds a finished run of `cfg` that the battery can reuse.
+/// A run of another config (an earlier version of the battery's) is
+/// removed, so that it is trained again rather than resumed or reused.
+fn finished_as(dir: &Path, cfg: &Config) -> Result<bool> {
+    match std::fs::read_to_string(dir.join("config.toml")) {
+        Ok(stored) if stored != cfg.to_toml() => {
+            eprintln!("{}: trained with another config, training it again", dir.display());
+            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            Ok(false)
+        }
+        _ => Ok(crate::analysis::stored_outcome(dir) == Some((true, false))),
+    }
 }
 
 /// The drop of `task` that `at` falls in (the first drop when `at` is none).
@@ -472,47 +489,49 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
             kept_exact_match: kept,
         })
     };
+    let mut timing = Timing::default();
     let before = score(&mut scorer, drop.step, p_file, &p)?;
     let after = score(&mut scorer, d_step, d_file, &d)?;
-    let c = req.control.as_ref().map(|control| control_params(backend, req, control, d_step, &layout)).transpose()?;
+    let c = match &req.control {
+        Some(control) => Some(timing.time("control", || control_params(backend, req, control, d_step, &layout))?),
+        None => None,
+    };
     let control = match &c {
         Some((file, params)) => Some(score(&mut scorer, d_step, file.clone(), params)?),
         None => None,
     };
     let wants = |i: Instrument| req.only.contains(&i);
-    let restore = wants(Instrument::Restore).then(|| restore(&mut scorer, &layout, &p, &d)).transpose()?;
-    let interpolation = wants(Instrument::Interpolate).then(|| interpolate(&mut scorer, &p, &d)).transpose()?;
+    let restore = timing.run(wants(Instrument::Restore), "restore", || restore(&mut scorer, &layout, &p, &d))?;
+    let interpolation =
+        timing.run(wants(Instrument::Interpolate), "interpolate", || interpolate(&mut scorer, &p, &d))?;
     let mut models = vec![("P", &p[..], before.exact_match), ("D", &d[..], after.exact_match)];
     if let (Some((_, params)), Some(score)) = (&c, &control) {
         models.push(("C", &params[..], score.exact_match));
     }
-    let noise = wants(Instrument::Noise).then(|| noise(&mut scorer, &layout, cfg.seed, &models)).transpose()?;
+    let noise = timing.run(wants(Instrument::Noise), "noise", || noise(&mut scorer, &layout, cfg.seed, &models))?;
     let mut weights = vec![("P", before.weights.clone()), ("D", after.weights.clone())];
     if let Some(c) = &control {
         weights.push(("C", c.weights.clone()));
     }
     let everything = Unfrozen { trainable: "everything".into(), tag: String::new(), frozen: Vec::new() };
-    let relearn = wants(Instrument::Relearn)
-        .then(|| relearn_from(backend, req, &experiment, before.exact_match, &weights, &everything))
-        .transpose()?;
-    let relearn_frozen = wants(Instrument::RelearnFrozen)
-        .then(|| {
-            let from: Vec<(&str, PathBuf)> = weights.iter().filter(|w| w.0 != "P").cloned().collect();
-            unfrozen_parts(&layout)
-                .iter()
-                .map(|part| relearn_from(backend, req, &experiment, before.exact_match, &from, part))
-                .collect::<Result<Vec<Relearn>>>()
-        })
-        .transpose()?;
-    let few_shot = wants(Instrument::FewShot).then(|| few_shot(backend, req, &experiment, &weights)).transpose()?;
-    let probes = wants(Instrument::Probe).then(|| probes(&mut scorer, req, &experiment, &models)).transpose()?;
-    let soft_prompts = wants(Instrument::SoftPrompt)
-        .then(|| {
-            let t = t_problems(req, &experiment)?;
-            let v = &suite.eval_sets[task];
-            soft_prompt::soft_prompts(&mut scorer, &suite.tasks[task], &t, v, &models, before.exact_match, cfg.seed)
-        })
-        .transpose()?;
+    let relearn = timing.run(wants(Instrument::Relearn), "relearn", || {
+        relearn_from(backend, req, &experiment, before.exact_match, &weights, &everything)
+    })?;
+    let relearn_frozen = timing.run(wants(Instrument::RelearnFrozen), "relearn-frozen", || {
+        let from: Vec<(&str, PathBuf)> = weights.iter().filter(|w| w.0 != "P").cloned().collect();
+        unfrozen_parts(&layout)
+            .iter()
+            .map(|part| relearn_from(backend, req, &experiment, before.exact_match, &from, part))
+            .collect::<Result<Vec<Relearn>>>()
+    })?;
+    let few_shot =
+        timing.run(wants(Instrument::FewShot), "few-shot", || few_shot(backend, req, &experiment, &weights))?;
+    let probes = timing.run(wants(Instrument::Probe), "probe", || probes(&mut scorer, req, &experiment, &models))?;
+    let soft_prompts = timing.run(wants(Instrument::SoftPrompt), "soft-prompt", || {
+        let t = t_problems(req, &experiment)?;
+        let v = &suite.eval_sets[task];
+        soft_prompt::soft_prompts(&mut scorer, &suite.tasks[task], &t, v, &models, before.exact_match, cfg.seed)
+    })?;
     let erasure = Erasure {
         version: ERASURE_VERSION,
         run: cfg.name.clone(),
@@ -537,6 +556,7 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let json = serde_json::to_string_pretty(&erasure).expect("an erasure report serializes");
     crate::run_dir::write_atomic(&dir.join("erasure.json"), format!("{json}\n").as_bytes())?;
+    crate::run_dir::write_atomic(&dir.join("timing.csv"), timing.csv().as_bytes())?;
     crate::plot::draw_all(&dir, &charts::charts_for(&erasure), crate::plot::Format::Png)?;
     crate::plot::plot_run(run_dir, crate::plot::Format::Png)?; // report.html gains the battery
     Ok(erasure)
@@ -569,6 +589,39 @@ pub fn report_section(run_dir: &Path) -> Result<String> {
         }
     }
     Ok(html)
+}
+
+/// The wall time of each part of the battery: printed as each ends and kept
+/// in `erasure/TASK/timing.csv` (apart from `erasure.json`, which is the
+/// same bits on every machine).
+#[derive(Default)]
+struct Timing {
+    parts: Vec<(&'static str, f64)>,
+}
+
+impl Timing {
+    fn time<T>(&mut self, part: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let started = std::time::Instant::now();
+        let out = f()?;
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!("{part}: {seconds:.1} s");
+        self.parts.push((part, seconds));
+        Ok(out)
+    }
+
+    /// `f`'s result timed when `wanted`, else none.
+    fn run<T>(&mut self, wanted: bool, part: &'static str, f: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+        if wanted { self.time(part, f).map(Some) } else { Ok(None) }
+    }
+
+    fn csv(&self) -> String {
+        let total: f64 = self.parts.iter().map(|p| p.1).sum();
+        let mut out = String::from("part,seconds,share\n");
+        for &(part, seconds) in &self.parts {
+            out.push_str(&format!("{part},{seconds:.2},{:.3}\n", seconds / total.max(f64::MIN_POSITIVE)));
+        }
+        out
+    }
 }
 
 /// Where the battery on `task` writes: `RUN_DIR/erasure/TASK`.
@@ -680,53 +733,69 @@ fn t_size(experiment: &Experiment, task: &str) -> u64 {
     (open / 2).clamp(1, RELEARN_EXAMPLES)
 }
 
-/// A fine-tune of the model in `weights` (relative to the run, or absolute)
-/// on the first `examples` problems of T alone, for `steps` steps, with the
-/// run's learning rate (constant, no warmup, fresh AdamW), evaluated every
-/// `every` steps and at 1, 2, 4, … (an event at step 0): a run of its own
-/// in `RUN_DIR/erasure/TASK/NAME`, reused once finished. Returns that
-/// directory (relative to the run) and the task's exact-match curve.
-#[allow(clippy::too_many_arguments)]
+/// One fine-tune of the battery: a run of its own in `RUN_DIR/erasure/TASK/NAME`.
+struct FineTune<'a> {
+    name: String,
+    /// The model it starts from (relative to the run, or absolute).
+    weights: &'a Path,
+    /// Training problems: the first this many of T.
+    examples: u64,
+    /// Steps at most.
+    steps: u64,
+    /// Evaluates every this many steps; with `log_grid`, also at 1, 2, 4, ….
+    every: u64,
+    log_grid: bool,
+    /// The tensors it leaves as they are.
+    frozen: &'a [String],
+    /// Ends one step after the task's exact match on V is at least this at
+    /// two evaluations in a row (a `when_learned` event), instead of at `steps`.
+    until: Option<f64>,
+}
+
+/// Runs `tune` on the task alone, with the run's learning rate (constant,
+/// no warmup, fresh AdamW), reused once finished. Returns its directory
+/// (relative to the run) and the task's exact-match curve.
 fn fine_tune<B: Backend>(
     backend: &B,
     req: &Request,
     experiment: &Experiment,
-    name: &str,
-    weights: &Path,
-    examples: u64,
-    steps: u64,
-    every: u64,
-    frozen: &[String],
+    tune: &FineTune,
 ) -> Result<(PathBuf, Vec<(u64, f64)>)> {
-    let rel = PathBuf::from("erasure").join(req.task).join(name);
+    let rel = PathBuf::from("erasure").join(req.task).join(&tune.name);
     let dir = req.run_dir.join(&rel);
     let mut cfg = experiment.config.clone();
-    cfg.name = format!("{}-{}-{name}", cfg.name, req.task);
-    let init = req.run_dir.join(weights);
+    cfg.name = format!("{}-{}-{}", cfg.name, req.task, tune.name);
+    let init = req.run_dir.join(tune.weights);
     cfg.model.init_from = Some(std::fs::canonicalize(&init).map_err(|e| Error::io(&init, e))?);
-    set_train_examples(&mut cfg, req.task, examples);
+    set_train_examples(&mut cfg, req.task, tune.examples);
     let suite = &experiment.suite;
     cfg.data.weights = suite.tasks.iter().map(|t| (t.id.clone(), if t.id == req.task { 1.0 } else { 0.0 })).collect();
-    cfg.schedule = vec![crate::train::events::ScheduleEvent {
-        step: Some(0),
-        when_learned: None,
+    // An event at step 0 that keeps the mixture as it is: the log-spaced evaluations start there.
+    let event = |step, when_learned| crate::train::events::ScheduleEvent {
+        step,
+        when_learned,
         after: None,
         drop: Vec::new(),
         revive: Vec::new(),
         weights: [(req.task.to_string(), 1.0)].into(),
-    }];
-    cfg.sequential = None;
-    cfg.train.steps = steps;
+    };
+    cfg.schedule = vec![event(Some(0), None)];
     cfg.train.end_after_events = None;
+    if let Some(target) = tune.until.filter(|&t| t > 0.0) {
+        cfg.schedule.push(event(None, Some(target.min(1.0))));
+        cfg.train.end_after_events = Some(1);
+    }
+    cfg.sequential = None;
+    cfg.train.steps = tune.steps;
     cfg.train.warmup_steps = 0;
     cfg.train.schedule = crate::config::LrSchedule::Constant;
     cfg.train.checkpoint_every = 0;
-    cfg.train.frozen = frozen.to_vec();
-    cfg.eval.every = every;
-    cfg.eval.after_events = true;
+    cfg.train.frozen = tune.frozen.to_vec();
+    cfg.eval.every = tune.every;
+    cfg.eval.after_events = tune.log_grid;
     let experiment = Experiment::resolve(cfg, &req.run_dir.join("config.toml"))?;
-    if crate::analysis::stored_outcome(&dir) != Some((true, false)) {
-        eprintln!("fine-tuning {} on {examples} problems in {}", req.task, dir.display());
+    if !finished_as(&dir, &experiment.config)? {
+        eprintln!("fine-tuning {} on {} problems in {}", req.task, tune.examples, dir.display());
         crate::train::run::train_from(backend, &experiment, &dir, true, None)?;
     }
     let data = crate::analysis::RunData::load(&dir)?;
@@ -788,18 +857,17 @@ fn relearn_from<B: Backend>(
     let mut out = Vec::new();
     for (name, weights) in models {
         let tag = if part.tag.is_empty() { String::new() } else { format!("{}-", part.tag) };
-        let dir = format!("relearn-{tag}{name}-{}", req.relearn_steps);
-        let (run, curve) = fine_tune(
-            backend,
-            req,
-            experiment,
-            &dir,
+        let tune = FineTune {
+            name: format!("relearn-{tag}{name}-{}", req.relearn_steps),
             weights,
             examples,
-            req.relearn_steps,
-            RELEARN_EVERY,
-            &part.frozen,
-        )?;
+            steps: req.relearn_steps,
+            every: RELEARN_EVERY,
+            log_grid: true,
+            frozen: &part.frozen,
+            until: Some(target),
+        };
+        let (run, curve) = fine_tune(backend, req, experiment, &tune)?;
         let steps_to_target = curve.iter().find(|(_, a)| *a >= target).map(|(s, _)| *s);
         out.push(Relearning { model: name.to_string(), steps_to_target, curve, run });
     }
@@ -834,9 +902,17 @@ fn few_shot<B: Backend>(
     for &n in FEW_SHOT.iter().filter(|&&n| n <= t) {
         let mut accuracy = Vec::new();
         for (name, weights) in models {
-            let dir = format!("fewshot-{name}-{n}");
-            let (_, curve) =
-                fine_tune(backend, req, experiment, &dir, weights, n, FEW_SHOT_STEPS, FEW_SHOT_STEPS, &[])?;
+            let tune = FineTune {
+                name: format!("fewshot-{name}-{n}"),
+                weights,
+                examples: n,
+                steps: FEW_SHOT_STEPS,
+                every: FEW_SHOT_STEPS,
+                log_grid: false,
+                frozen: &[],
+                until: None,
+            };
+            let (_, curve) = fine_tune(backend, req, experiment, &tune)?;
             accuracy.push((name.to_string(), curve.last().map_or(0.0, |p| p.1)));
         }
         let of = |m: &str| accuracy.iter().find(|a| a.0 == m).map(|a| a.1);
