@@ -223,6 +223,128 @@ pub fn erasure(mut request: crate::erasure::Request, compute: Compute) -> Result
     Ok(())
 }
 
+/// `ebb eval`: the run's model at `step` (default: the last kept weights)
+/// scored on every task's held-out set; with `logits`, each task's first
+/// batch and the model's logits on it written there (safetensors).
+pub fn eval(run_dir: &Path, step: Option<u64>, logits: Option<&Path>, compute: Compute) -> Result<()> {
+    let device = check_device(compute.device)?;
+    let pool = thread_pool(compute.threads)?;
+    match device {
+        Chosen::Gpu(gpu) => pool.install(|| eval_on(&*gpu, run_dir, step, logits)),
+        Chosen::Cpu(_) => pool.install(|| eval_on(&CpuBackend::<f32>::new(), run_dir, step, logits)),
+    }
+}
+
+fn eval_on<B: crate::backend::Backend>(
+    backend: &B,
+    run_dir: &Path,
+    step: Option<u64>,
+    logits: Option<&Path>,
+) -> Result<()> {
+    use crate::float::Float;
+    let experiment = Experiment::load(&run_dir.join("config.toml"), &[])?;
+    let (cfg, suite) = (&experiment.config, &experiment.suite);
+    let shape = cfg.model_shape(suite.vocab.len());
+    let layout = crate::model::ParamLayout::new(&shape);
+    let kept = crate::weights::kept_steps(run_dir);
+    let step = match step.or(kept.last().copied()) {
+        Some(s) => s,
+        None => return Err(Error::input(format!("{}: no weights kept (weights/ is empty)", run_dir.display()))),
+    };
+    let path = crate::weights::path_for(run_dir, step);
+    if !path.is_file() {
+        return Err(Error::input(format!(
+            "--step {step}: {} has no weights at that step (kept: {kept:?})",
+            run_dir.display()
+        )));
+    }
+    let params = crate::weights::read_weights(&path, &layout)?;
+    let rows = cfg.train.batch_size;
+    let mut model = crate::model::Gpt::new(backend, shape.clone(), rows, cfg.seed);
+    let host: Vec<B::F> = params.iter().map(|&x| B::F::of(x as f64)).collect();
+    backend.upload(&mut model.params, &host);
+    let mut evaluators = crate::eval::Evaluator::for_held_out_sets(suite, rows, shape.n_ctx, shape.vocab);
+    println!("{} at step {step} ({}), held-out sets:", cfg.name, path.display());
+    for (task, evaluator) in suite.tasks.iter().zip(&mut evaluators) {
+        let r = evaluator.run(backend, &mut model);
+        println!(
+            "  {:<12} exact match {:.4} [95% {:.4}, {:.4}]  loss {:.4}  ({} problems)",
+            task.id,
+            r.exact_match,
+            r.exact_match_lo,
+            r.exact_match_hi,
+            r.loss,
+            evaluator.len()
+        );
+    }
+    if let Some(file) = logits {
+        let mut per_task = Vec::new();
+        let mut values = vec![B::F::of(0.0); rows * shape.n_ctx * shape.vocab];
+        for (task, evaluator) in suite.tasks.iter().zip(&mut evaluators) {
+            let batch = evaluator.first_batch();
+            model.forward(backend, &batch.tokens, &batch.targets, &batch.mask, None);
+            backend.download(&mut values, model.logits());
+            let tokens = batch.tokens.clone();
+            per_task.push((task.id.clone(), tokens, values.iter().map(|x| x.f64() as f32).collect()));
+        }
+        backend.check()?;
+        crate::weights::write_logits(file, &per_task, [rows, shape.n_ctx, shape.vocab], step)?;
+        println!("wrote {}", file.display());
+    }
+    backend.check()
+}
+
+/// `ebb tasks export`: every example of `split` (`train`: `n` sampled from
+/// each task's training distribution with `seed`; `eval`: each task's
+/// held-out set of `n` problems, as a run with `eval.examples = n` and this
+/// seed chooses it) as JSON lines, and the vocabulary, into `out`.
+pub fn tasks_export(suite: &str, split: &str, n: usize, seed: u64, out: &Path) -> Result<()> {
+    if n == 0 {
+        return Err(Error::input("-n 0: need at least one example per task"));
+    }
+    let (spec, path) = crate::experiment::load_suite_spec(suite)?;
+    let mut built = crate::tasks::Suite::build(&spec, seed, &path)?;
+    built.choose_eval_sets(n);
+    let mut lines = String::new();
+    let mut tokens = Vec::new();
+    for (i, t) in built.tasks.iter().enumerate() {
+        let problems: Vec<u64> = match split {
+            "eval" => built.eval_sets[i].clone(),
+            _ => {
+                let mut r = crate::rng::stream(seed, "export", crate::rng::purpose_id(&t.id));
+                (0..n).map(|_| t.sample_train(&mut r)).collect()
+            }
+        };
+        for p in problems {
+            let prompt = t.render(p, &mut tokens);
+            let line = serde_json::json!({
+                "task": t.id,
+                "split": split,
+                "problem": p,
+                "prompt": built.vocab.decode(&tokens[..prompt]),
+                "answer": built.vocab.decode(&tokens[prompt..]),
+                "tokens": tokens,
+                "prompt_len": prompt,
+            });
+            lines.push_str(&format!("{line}\n"));
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    crate::run_dir::write_atomic(&out.join("examples.jsonl"), lines.as_bytes())?;
+    // A row of ebb's batches is BOS, the example's tokens, then EOS (the targets: the inputs shifted by one).
+    let vocab = serde_json::json!({
+        "suite": built.name,
+        "seed": seed,
+        "pad": crate::tasks::PAD,
+        "bos": crate::tasks::BOS,
+        "eos": crate::tasks::EOS,
+        "tokens": (0..built.vocab.len() as u32).map(|id| built.vocab.decode(&[id])).collect::<Vec<String>>(),
+    });
+    crate::run_dir::write_atomic(&out.join("vocab.json"), format!("{vocab:#}\n").as_bytes())?;
+    println!("wrote {} and {}", out.join("examples.jsonl").display(), out.join("vocab.json").display());
+    Ok(())
+}
+
 /// `ebb bench`: times training steps of the fixed configs.
 pub fn bench(args: BenchArgs, compute: Compute) -> Result<()> {
     let BenchArgs { configs: config, steps, warmup, json, breakdown, suite, ceilings, dropout } = args;

@@ -124,6 +124,17 @@ impl<F: Float> Evaluator<F> {
         batch
     }
 
+    /// The batch of its first examples, a row each (rows past the last example empty).
+    pub fn first_batch(&mut self) -> &Batch<F> {
+        for row in 0..self.batch.rows {
+            match self.examples.get(row) {
+                Some((example, prompt)) => self.batch.set_row(row, example, *prompt),
+                None => self.batch.clear_row(row),
+            }
+        }
+        &self.batch
+    }
+
     /// How many examples this evaluator scores.
     pub fn len(&self) -> usize {
         self.examples.len()

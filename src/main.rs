@@ -110,6 +110,20 @@ enum Command {
         #[command(flatten)]
         compute: Compute,
     },
+    /// Score a run's kept weights on every task's held-out set; optionally
+    /// write the logits of each task's first batch, for checking other
+    /// implementations (the Python package's forward pass) against ebb.
+    Eval {
+        run_dir: PathBuf,
+        /// The weights' step (default: the last kept).
+        #[arg(long)]
+        step: Option<u64>,
+        /// Write each task's first batch (`TASK.tokens`) and its logits (`TASK.logits`) here.
+        #[arg(long, value_name = "FILE.safetensors")]
+        logits: Option<PathBuf>,
+        #[command(flatten)]
+        compute: Compute,
+    },
     /// Run a sweep: a grid of experiments, several at once, resumable and shardable.
     Sweep {
         /// The sweep file (TOML).
@@ -219,6 +233,26 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TasksCommand {
+    /// Write a suite's examples (text, token ids, the prompt/answer boundary,
+    /// the task) as JSON lines, and its vocabulary, to train elsewhere.
+    Export {
+        /// A suite name (tasks/NAME.toml), a suite file or an experiment config.
+        suite: String,
+        /// `train`: n samples of each task's training distribution; `eval`: its held-out set of n.
+        #[arg(long, value_parser = ["train", "eval"])]
+        split: String,
+        /// Examples per task.
+        #[arg(short, default_value_t = 256)]
+        n: usize,
+        /// The seed for the split and the sampling (a run's `seed`).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_parser = ["jsonl"], default_value = "jsonl")]
+        format: String,
+        /// Output folder: examples.jsonl and vocab.json.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// The task families and the suites shipped in tasks/, one line each.
     List,
     /// Print examples of a suite's tasks, the answer marked ⟦like this⟧.
@@ -351,6 +385,10 @@ fn dispatch(command: Command) -> Result<()> {
             let request =
                 ebb::erasure::Request { run_dir: &run_dir, task: &task, at, only: &only, control, relearn_steps };
             commands::erasure(request, compute)
+        }
+        Command::Eval { run_dir, step, logits, compute } => commands::eval(&run_dir, step, logits.as_deref(), compute),
+        Command::Tasks { command: TasksCommand::Export { suite, split, n, seed, format: _, out } } => {
+            commands::tasks_export(&suite, &split, n, seed, &out)
         }
         Command::Tasks { command: TasksCommand::List } => {
             print!("{}", commands::tasks_list());

@@ -116,6 +116,36 @@ pub fn read_weights(path: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
     Ok(params)
 }
 
+/// Writes each task's tokens (rows, ctx) int32 and the model's logits
+/// (rows, ctx, vocab) float32 on them, as `TASK.tokens` and `TASK.logits`.
+pub fn write_logits(
+    path: &Path,
+    per_task: &[(String, Vec<u32>, Vec<f32>)],
+    shape: [usize; 3],
+    step: u64,
+) -> Result<()> {
+    let [rows, ctx, vocab] = shape;
+    let names: Vec<(String, String)> =
+        per_task.iter().map(|(t, _, _)| (format!("{t}.tokens"), format!("{t}.logits"))).collect();
+    let mut tensors = Vec::new();
+    for ((tokens_name, logits_name), (_, tokens, logits)) in names.iter().zip(per_task) {
+        tensors.push((tokens_name.as_str(), Dtype::I32, vec![rows, ctx], bytes_i32(tokens)));
+        tensors.push((logits_name.as_str(), Dtype::F32, vec![rows, ctx, vocab], bytes_f32(logits)));
+    }
+    write_tensors(path, &tensors, HashMap::from([("step".to_string(), step.to_string())]))
+}
+
+/// The steps at which `run_dir` kept its weights, in order.
+pub fn kept_steps(run_dir: &Path) -> Vec<u64> {
+    let mut steps: Vec<u64> = std::fs::read_dir(run_dir.join("weights"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("step-")?.strip_suffix(".safetensors")?.parse().ok())
+        .collect();
+    steps.sort_unstable();
+    steps
+}
+
 /// Writes a batch's tokens, targets and loss weights.
 pub fn write_batch<F: Float>(path: &Path, batch: &Batch<F>) -> Result<()> {
     let shape = vec![batch.rows, batch.ctx];

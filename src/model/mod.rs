@@ -331,6 +331,11 @@ impl<B: Backend> Gpt<B> {
         if self.masked_count > 0.0 { total / self.masked_count } else { 0.0 }
     }
 
+    /// The logits (N,V) of the last forward pass.
+    pub fn logits(&self) -> &B::Buf {
+        &self.logits
+    }
+
     /// The residual stream (N,C) after the last forward: entering block
     /// `layer` (0: the embeddings' output), or after the last block when
     /// `layer` is n_layers.
