@@ -16,8 +16,8 @@ from safetensors.numpy import load_file
 
 import ebb
 
-# Relative to the largest logit of the batch: ebb computes in float32, and
-# its own rounding against a float64 reference is about 1.5e-6 of that.
+# The test's models have logits of a few units; at the quickstart's (up to
+# 20) ebb's own float32 rounding reaches 3e-5, 1.5e-6 of the largest.
 TOLERANCE = 1e-5
 
 
@@ -40,8 +40,8 @@ def check_run(path):
             got = ebb.forward(weights, run.config, ref[name], dtype=dtype)
             assert got.shape == want.shape and got.dtype == dtype, (got.shape, want.shape)
             diff = float(np.abs(got - want).max())
-            scale = max(1.0, float(np.abs(want).max()))
-            assert diff <= TOLERANCE * scale, f"{path} {name} {dtype.__name__}: |Δ| {diff} at logits up to {scale}"
+            scale = float(np.abs(want).max())
+            assert diff <= TOLERANCE, f"{path} {name} {dtype.__name__}: |Δ| {diff} at logits up to {scale}"
             if dtype is np.float64:
                 worst = max(worst, (diff, diff / scale))
     m = run.config["model"]
