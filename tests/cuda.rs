@@ -23,7 +23,7 @@ use ebb::backend::cuda::compile::{self, FILES};
 use ebb::backend::cuda::{CudaBackend, DropoutArgs};
 use ebb::backend::{
     Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
-    Params, Product, Rows, Sequences, SoftSlots, View,
+    Params, Product, Rows, Sequences, SoftSlots, View, WeightGrads,
 };
 use ebb::rng;
 
@@ -726,16 +726,25 @@ fn gpu_matmul_matches_cpu() {
             assert_close(&down(&g, &gout), &out, tol(c), &format!("{what} forward"));
 
             let dout = random(n * oc, 11);
-            for accumulate in [false, true] {
+            for (accumulate, weights) in
+                [(false, WeightGrads::Add), (true, WeightGrads::Add), (true, WeightGrads::Skip)]
+            {
                 let mut dinp = random(n * c, 12);
                 let mut grads = random(params.len(), 13);
                 let (mut gdinp, mut ggrads) = (up(&g, &dinp), up(&g, &grads));
                 let grad = Backprop { dinp: &mut dinp, dout: &dout, inp: &inp };
-                cpu.matmul_backward(grad, accumulate, Params { values: &params, grads: &mut grads }, linear, shape);
+                cpu.matmul_backward(
+                    grad,
+                    accumulate,
+                    Params { values: &params, grads: &mut grads },
+                    linear,
+                    shape,
+                    weights,
+                );
                 let gdout = up(&g, &dout);
                 let grad = Backprop { dinp: &mut gdinp, dout: &gdout, inp: &gi };
-                g.matmul_backward(grad, accumulate, Params { values: &gp, grads: &mut ggrads }, linear, shape);
-                let what = format!("{what} accumulate={accumulate}");
+                g.matmul_backward(grad, accumulate, Params { values: &gp, grads: &mut ggrads }, linear, shape, weights);
+                let what = format!("{what} accumulate={accumulate} {weights:?}");
                 assert_close(&down(&g, &gdinp), &dinp, tol(oc), &format!("{what} dinp"));
                 let gg = down(&g, &ggrads);
                 assert_close(&gg[w.range()], &grads[w.range()], tol(n), &format!("{what} dw"));

@@ -10,7 +10,7 @@ use common::reference::{self as refs, accumulated, assert_close};
 use ebb::backend::cpu::CpuBackend;
 use ebb::backend::{
     Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
-    Params, Product, Rows, Sequences, SoftSlots, View,
+    Params, Product, Rows, Sequences, SoftSlots, View, WeightGrads,
 };
 use ebb::rng;
 
@@ -46,14 +46,21 @@ fn matmul_matches_reference() {
             let want = refs::matmul_forward(&inp, &params[w.range()], bias.map(|b| &params[b.range()]), shape);
             assert_close(&out, &want, TOL, &what);
 
-            for accumulate in [false, true] {
+            for (accumulate, weights) in
+                [(false, WeightGrads::Add), (true, WeightGrads::Add), (true, WeightGrads::Skip)]
+            {
                 let (mut dinp, mut grads) = (random(n * c, 4), random(params.len(), 5));
                 let (dinp0, grads0) = (dinp.clone(), grads.clone());
                 let grad = Backprop { dinp: &mut dinp, dout: &dout, inp: &inp };
-                cpu.matmul_backward(grad, accumulate, Params { values: &params, grads: &mut grads }, linear, shape);
-                let what = format!("{what} accumulate={accumulate}");
+                let to = Params { values: &params, grads: &mut grads };
+                cpu.matmul_backward(grad, accumulate, to, linear, shape, weights);
+                let what = format!("{what} accumulate={accumulate} {weights:?}");
                 let want = written(accumulate, &dinp0, refs::matmul_backward_dinp(&dout, &params[w.range()], shape));
                 assert_close(&dinp, &want, TOL, &format!("{what} dinp"));
+                if weights == WeightGrads::Skip {
+                    assert_eq!(grads, grads0, "{what}: the gradients are left as they were");
+                    continue;
+                }
                 let dw = refs::matmul_backward_dw(&dout, &inp, shape);
                 assert_close(&grads[w.range()], &accumulated(&grads0[w.range()], &dw), TOL, &format!("{what} dw"));
                 let db = if bias.is_some() { refs::column_sums(&dout, oc) } else { vec![0.0; oc] };

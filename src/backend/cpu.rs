@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::{
     Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
-    Params, Product, ROWS_PER_SUM_BLOCK, Rows, SUM_SQUARES_CHUNK, Sequences, SoftSlots, View,
+    Params, Product, ROWS_PER_SUM_BLOCK, Rows, SUM_SQUARES_CHUNK, Sequences, SoftSlots, View, WeightGrads,
 };
 use crate::float::Float;
 
@@ -688,6 +688,7 @@ impl<F: Float> Backend for CpuBackend<F> {
         params: Params<'_, Vec<F>>,
         linear: Linear,
         shape: Product,
+        weights: WeightGrads,
     ) {
         let (Linear { w, b }, Product { n, c, oc }) = (linear, shape);
         let (Backprop { dinp, dout, inp }, Params { values, grads }) = (grad, params);
@@ -707,6 +708,9 @@ impl<F: Float> Backend for CpuBackend<F> {
                 F::one(),
                 threads_for_gemm(),
             );
+        }
+        if weights == WeightGrads::Skip {
+            return;
         }
         self.weight_grad(&mut grads[w.range()], dout, inp, shape);
         if let Some(b) = b {

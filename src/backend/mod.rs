@@ -228,6 +228,15 @@ pub struct Linear {
     pub b: Option<View>,
 }
 
+/// Whether `matmul_backward` adds the weight's and bias's gradients (`Add`),
+/// or only computes the input's (`Skip`: every parameter is frozen, as while
+/// a soft prompt is optimized, and the dW product would be wasted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightGrads {
+    Add,
+    Skip,
+}
+
 /// A LayerNorm's parameters: gain w (C) and bias b (C).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LayerNorm {
@@ -301,8 +310,9 @@ macro_rules! with_backend_ops {
 
             /// out (N,OC) = inp (N,C) · w (OC,C)ᵀ + b (OC)
             fn matmul_forward(&self, out: &mut Self::Buf, inp: &Self::Buf, params: &Self::Buf, linear: Linear, shape: Product);
-            /// dinp (N,C) (+)= dout (N,OC) · w; dw (OC,C) += doutᵀ · inp; db (OC) += Σₙ dout
-            fn matmul_backward(&self, grad: Backprop<'_, Self::Buf>, accumulate: bool, params: Params<'_, Self::Buf>, linear: Linear, shape: Product);
+            /// dinp (N,C) (+)= dout (N,OC) · w; with `WeightGrads::Add` also
+            /// dw (OC,C) += doutᵀ · inp and db (OC) += Σₙ dout
+            fn matmul_backward(&self, grad: Backprop<'_, Self::Buf>, accumulate: bool, params: Params<'_, Self::Buf>, linear: Linear, shape: Product, weights: WeightGrads);
 
             /// Causal multi-head self-attention: qkv (B,T,3C) → out (B,T,C).
             /// `state` (from `alloc_attention`) keeps what the backend's backward

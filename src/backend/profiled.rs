@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::{
     Activation, AdamW, Backend, Backprop, DecayGroup, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats,
-    Params, Product, Rows, Sequences, SoftSlots, View,
+    Params, Product, Rows, Sequences, SoftSlots, View, WeightGrads,
 };
 
 /// Total seconds and calls per op name, in first-call order.

@@ -8,7 +8,7 @@ pub use layout::{ParamKind, ParamLayout, ParamTensor};
 
 use crate::backend::{
     Activation, Backend, Backprop, Dropout, Embeddings, Heads, LayerNorm, Linear, Logits, NormStats, Params, Product,
-    Rows, Sequences, SoftSlots,
+    Rows, Sequences, SoftSlots, WeightGrads,
 };
 use crate::float::Float;
 use num_traits::Zero;
@@ -126,7 +126,10 @@ pub struct Gpt<B: Backend> {
     pub batch: usize,
     pub params: B::Buf,
     pub grads: B::Buf,
-    /// Input embeddings in the first slots of every row, if set.
+    /// Input embeddings in the first slots of every row, if set. The model's
+    /// parameters are then frozen: `backward` computes the soft prompt's
+    /// gradient and skips the products' weight gradients, so `grads` is not
+    /// the parameters' gradient.
     pub soft_prompt: Option<SoftPrompt<B>>,
     tokens: B::Tokens,  // (N)
     targets: B::Tokens, // (N)
@@ -345,8 +348,9 @@ impl<B: Backend> Gpt<B> {
 
     /// Backward pass for the last forward: overwrites `grads` with
     /// ∂loss/∂params. With a soft prompt, its `grads` get ∂loss/∂(its
-    /// values) instead of the embedding tables theirs, which stay 0: the
-    /// prompt trains alone.
+    /// values) and the parameters are frozen: the embedding tables get
+    /// nothing and the products' weight gradients are skipped, so the
+    /// model's `grads` is not to be read (the prompt trains alone).
     pub fn backward(&mut self, backend: &B) {
         let s = &self.shape;
         let (bsz, t, c, f, v, h) = (self.batch, s.n_ctx, s.d_model, s.d_mlp, s.vocab, s.n_heads);
@@ -357,6 +361,8 @@ impl<B: Backend> Gpt<B> {
         let lay = &self.layout;
         let g = &mut self.grad;
         backend.zero(&mut self.grads);
+        // With a soft prompt every parameter is frozen: the products' weight gradients would go unused.
+        let weights = if self.soft_prompt.is_some() { WeightGrads::Skip } else { WeightGrads::Add };
         let scale = if self.masked_count > 0.0 { 1.0 / self.masked_count } else { 0.0 };
         let logits = Logits { n, v };
         backend.crossentropy_backward(&mut g.logits, &self.probs, &self.targets, &self.mask, scale, logits);
@@ -371,6 +377,7 @@ impl<B: Backend> Gpt<B> {
                 Params { values, grads },
                 unembed,
                 Product { n, c, oc: v },
+                weights,
             );
             backend.layernorm_backward(
                 Backprop { dinp: &mut g.residual, dout: &g.norm_out, inp: last },
@@ -387,6 +394,7 @@ impl<B: Backend> Gpt<B> {
                 Params { values, grads },
                 unembed,
                 Product { n, c, oc: v },
+                weights,
             );
         }
         for l in (0..s.n_layers).rev() {
@@ -401,6 +409,7 @@ impl<B: Backend> Gpt<B> {
                 Params { values, grads },
                 Linear { w: bl.out_w, b: Some(bl.out_b) },
                 Product { n, c: f, oc: c },
+                weights,
             );
             // fc's bias gradient comes from the activation's backward pass.
             backend.activation_backward(
@@ -418,6 +427,7 @@ impl<B: Backend> Gpt<B> {
                     Params { values, grads },
                     fc,
                     Product { n, c, oc: f },
+                    weights,
                 );
                 backend.layernorm_backward(
                     Backprop { dinp: &mut g.residual, dout: &g.norm_out, inp: &a.res_mid },
@@ -434,6 +444,7 @@ impl<B: Backend> Gpt<B> {
                     Params { values, grads },
                     fc,
                     Product { n, c, oc: f },
+                    weights,
                 );
             }
             // Attention branch: g.residual now holds ∂L/∂res_mid.
@@ -444,6 +455,7 @@ impl<B: Backend> Gpt<B> {
                 Params { values, grads },
                 Linear { w: bl.proj_w, b: Some(bl.proj_b) },
                 Product { n, c, oc: c },
+                weights,
             );
             backend.attention_backward(
                 Backprop { dinp: &mut g.qkv, dout: &g.atty, inp: &a.qkv },
@@ -459,6 +471,7 @@ impl<B: Backend> Gpt<B> {
                     Params { values, grads },
                     qkv,
                     Product { n, c, oc: 3 * c },
+                    weights,
                 );
                 backend.layernorm_backward(
                     Backprop { dinp: &mut g.residual, dout: &g.norm_out, inp: x },
@@ -475,6 +488,7 @@ impl<B: Backend> Gpt<B> {
                     Params { values, grads },
                     qkv,
                     Product { n, c, oc: 3 * c },
+                    weights,
                 );
             }
         }

@@ -28,7 +28,7 @@ use cudarc::driver::{
 use super::{
     Activation, AdamW, Backend, Backprop, DecayGroup, DeviceFailure, Dropout, Embeddings, Heads, LayerNorm, Linear,
     Logits, MATMUL_TILE, NormStats, Params, Product, ROWS_PER_SUM_BLOCK, Rows, SUM_SQUARES_CHUNK, Sequences, SoftSlots,
-    THREADS_PER_BLOCK, View, WARPS_PER_BLOCK,
+    THREADS_PER_BLOCK, View, WARPS_PER_BLOCK, WeightGrads,
 };
 
 /// Threads per block of every launch (the kernels' THREADS_PER_BLOCK).
@@ -733,6 +733,7 @@ impl Backend for CudaBackend {
         params: Params<'_, DeviceBuf<f32>>,
         linear: Linear,
         shape: Product,
+        weights: WeightGrads,
     ) {
         let (Linear { w, b }, Product { n, c, oc }) = (linear, shape);
         let (Backprop { dinp, dout, inp }, Params { values: params, grads }) = (grad, params);
@@ -744,6 +745,9 @@ impl Backend for CudaBackend {
         self.need(grads, w.offset + oc * c, op, "grads");
         let (d, x, wp) = (self.ptr(dout, 0), self.ptr(inp, 0), self.ptr(params, w.offset));
         self.gemm(self.ptr(dinp, 0), d, (oc, 1), wp, (c, 1), None, n, c, oc, accumulate);
+        if weights == WeightGrads::Skip {
+            return;
+        }
         self.gemm(self.ptr(grads, w.offset), d, (1, oc), x, (c, 1), None, oc, c, n, true);
         if let Some(b) = b {
             self.need(grads, b.offset + oc, op, "grads");
