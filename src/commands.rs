@@ -261,8 +261,7 @@ fn eval_on<B: crate::backend::Backend>(
     let params = crate::weights::read_weights(&path, &layout)?;
     let rows = cfg.train.batch_size;
     let mut model = crate::model::Gpt::new(backend, shape.clone(), rows, cfg.seed);
-    let host: Vec<B::F> = params.iter().map(|&x| B::F::of(x as f64)).collect();
-    backend.upload(&mut model.params, &host);
+    model.load_params(backend, &params);
     let mut evaluators = crate::eval::Evaluator::for_held_out_sets(suite, rows, shape.n_ctx, shape.vocab);
     println!("{} at step {step} ({}), held-out sets:", cfg.name, path.display());
     for (task, evaluator) in suite.tasks.iter().zip(&mut evaluators) {

@@ -59,7 +59,6 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::eval::{EvalResult, Evaluator};
 use crate::experiment::Experiment;
-use crate::float::Float;
 use crate::model::{Gpt, ParamLayout};
 
 /// Bumped whenever `Erasure`'s fields change meaning.
@@ -277,15 +276,11 @@ struct Scorer<'a, B: Backend> {
     evaluators: Vec<Evaluator<B::F>>,
     task: usize,
     kept: Vec<usize>,
-    host: Vec<B::F>,
 }
 
 impl<B: Backend> Scorer<'_, B> {
     fn load(&mut self, params: &[f32]) {
-        for (h, &x) in self.host.iter_mut().zip(params) {
-            *h = B::F::of(x as f64);
-        }
-        self.backend.upload(&mut self.model.params, &self.host);
+        self.model.load_params(self.backend, params);
     }
 
     /// The task's scores with `params`.
@@ -470,14 +465,8 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
     let evaluators = Evaluator::for_held_out_sets(suite, rows, shape.n_ctx, shape.vocab);
     let kept_tasks: Vec<String> = drop.noise_floor.as_ref().map_or_else(Vec::new, |f| f.tasks.clone());
     let kept = kept_tasks.iter().filter_map(|id| suite.tasks.iter().position(|t| &t.id == id)).collect();
-    let mut scorer = Scorer {
-        backend,
-        model: Gpt::new(backend, shape.clone(), rows, cfg.seed),
-        evaluators,
-        task,
-        kept,
-        host: vec![B::F::of(0.0); layout.len()],
-    };
+    let mut scorer =
+        Scorer { backend, model: Gpt::new(backend, shape.clone(), rows, cfg.seed), evaluators, task, kept };
     let score = |scorer: &mut Scorer<B>, step: u64, file: PathBuf, params: &[f32]| -> Result<ModelScore> {
         let (r, kept) = scorer.task_and_kept(params)?;
         Ok(ModelScore {
@@ -782,7 +771,7 @@ fn fine_tune<B: Backend>(
     cfg.schedule = vec![event(Some(0), None)];
     cfg.train.end_after_events = None;
     if let Some(target) = tune.until.filter(|&t| t > 0.0) {
-        cfg.schedule.push(event(None, Some(target.min(1.0))));
+        cfg.schedule.push(event(None, Some(target)));
         cfg.train.end_after_events = Some(1);
     }
     cfg.sequential = None;

@@ -334,6 +334,13 @@ impl<B: Backend> Gpt<B> {
         if self.masked_count > 0.0 { total / self.masked_count } else { 0.0 }
     }
 
+    /// Sets the parameters to `values` (the layout's order), as read from a
+    /// weights file.
+    pub fn load_params(&mut self, backend: &B, values: &[f32]) {
+        let host: Vec<B::F> = values.iter().map(|&x| B::F::of(x as f64)).collect();
+        backend.upload(&mut self.params, &host);
+    }
+
     /// The logits (N,V) of the last forward pass.
     pub fn logits(&self) -> &B::Buf {
         &self.logits

@@ -113,8 +113,7 @@ impl<'a, B: Backend> Run<'a, B> {
         let mut tasks = String::from("task,family,chance,eval_examples,weight\n");
         let mut run = Self::assemble(backend, cfg, suite, experiment.mixture.clone(), out, lock);
         if let Some(params) = initial {
-            backend
-                .upload(&mut run.trainer.model.params, &params.iter().map(|&x| B::F::of(x as f64)).collect::<Vec<_>>());
+            run.trainer.model.load_params(backend, &params);
         }
         if cfg.train.dump_batches {
             for (t, e) in suite.tasks.iter().zip(&run.evaluators) {
