@@ -485,7 +485,9 @@ pub fn sweep(plan: &Plan, args: LocalSweep) -> Result<()> {
     }
     crate::sweep::prepare(plan, &out)?;
     let opts = crate::sweep::RunOptions { out: out.clone(), jobs, threads_per_job: threads, shard, device, quiet };
+    let started = std::time::SystemTime::now();
     let outcome = crate::sweep::run(plan, &opts)?;
+    crate::sweep::log_session(&out, started, &opts, outcome.finished.len())?;
     if !no_aggregate {
         crate::sweep::aggregate::aggregate(&out, &plan.report.heatmap)?;
     }

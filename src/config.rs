@@ -444,34 +444,73 @@ impl Config {
 /// Applies `key.path=value` to the table. The value is read as a TOML value
 /// (`3e-4`, `true`, `"gelu"`, `[0.9, 0.99]`), or taken as a bare string.
 fn apply_override(table: &mut toml::Table, ov: &str) -> Result<()> {
+    let (key, value) = parse_override(ov)?;
+    set_key(table, &key, value).map_err(|why| Error::input(format!("--set {ov}: {why}")))
+}
+
+/// `key=value` of a `--set`: the value as TOML (a bare word is a string).
+pub fn parse_override(ov: &str) -> Result<(String, toml::Value)> {
     let Some((key, raw)) = ov.split_once('=') else {
         return Err(Error::input(format!("--set {ov}: expected key=value, e.g. train.lr=3e-4")));
     };
-    let key = key.trim();
     let raw = raw.trim();
     let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(mut t) => t.remove("v").expect("parsed key"),
         Err(_) => toml::Value::String(raw.to_string()),
     };
-    set_key(table, key, value).map_err(|why| Error::input(format!("--set: key `{key}` = {raw}: {why}")))
+    Ok((key.trim().to_string(), value))
 }
 
-/// Sets the dotted `key` (e.g. `train.lr`) in `table`, creating sections.
+/// Sets the dotted `key` (e.g. `train.lr`, or `schedule[0].step` for an
+/// entry of an existing list) in `table`, creating sections.
 pub fn set_key(table: &mut toml::Table, key: &str, value: toml::Value) -> std::result::Result<(), String> {
-    let parts: Vec<&str> = key.split('.').collect();
-    if parts.iter().any(|p| p.is_empty()) {
-        return Err("not a key path like train.lr".into());
-    }
+    let parts: Vec<(&str, Option<usize>)> = key.split('.').map(key_part).collect::<std::result::Result<_, _>>()?;
     let mut cur = table;
-    for part in &parts[..parts.len() - 1] {
-        let entry = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    for &(name, index) in &parts[..parts.len() - 1] {
+        let entry = match index {
+            None => cur.entry(name.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new())),
+            Some(i) => list_entry(cur, name, i)?,
+        };
         cur = match entry {
             toml::Value::Table(t) => t,
-            _ => return Err(format!("`{part}` is not a section")),
+            _ => return Err(format!("`{name}` is not a section")),
         };
     }
-    cur.insert(parts[parts.len() - 1].to_string(), value);
+    match parts[parts.len() - 1] {
+        (name, None) => {
+            cur.insert(name.to_string(), value);
+        }
+        (name, Some(i)) => *list_entry(cur, name, i)? = value,
+    }
     Ok(())
+}
+
+/// One part of a key path: `name` or `name[i]`.
+fn key_part(part: &str) -> std::result::Result<(&str, Option<usize>), String> {
+    let bad = || "not a key path like train.lr or schedule[0].step".to_string();
+    match part.split_once('[') {
+        _ if part.is_empty() => Err(bad()),
+        None => Ok((part, None)),
+        Some((name, rest)) => {
+            let i = rest.strip_suffix(']').and_then(|i| i.parse().ok()).ok_or_else(bad)?;
+            if name.is_empty() { Err(bad()) } else { Ok((name, Some(i))) }
+        }
+    }
+}
+
+/// Entry `i` of the existing list `name` in `table`.
+fn list_entry<'a>(
+    table: &'a mut toml::Table,
+    name: &str,
+    i: usize,
+) -> std::result::Result<&'a mut toml::Value, String> {
+    match table.get_mut(name) {
+        Some(toml::Value::Array(list)) => {
+            let len = list.len();
+            list.get_mut(i).ok_or_else(|| format!("`{name}` has {len} entries, no [{i}]"))
+        }
+        _ => Err(format!("`{name}` is not a list")),
+    }
 }
 
 /// The value at a dotted path such as `train.lr` or `train.betas[1]`, if present.

@@ -107,6 +107,9 @@ enum Command {
         /// Fine-tuning steps at most for `relearn`.
         #[arg(long, value_name = "N", default_value_t = 1000)]
         relearn_steps: u64,
+        /// The models `soft-prompt` optimizes on, comma-separated (default: P,D,C).
+        #[arg(long, value_delimiter = ',', value_parser = ["P", "D", "C"])]
+        soft_prompt_on: Vec<String>,
         #[command(flatten)]
         compute: Compute,
     },
@@ -131,6 +134,11 @@ enum Command {
         /// Sweep directory (default: runs/<sweep name>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Change the sweep file (repeatable): `seeds=[1,2]`, an axis's list
+        /// (`model.d_model=[16,32]`), `report.KEY=…`, or any run-config key
+        /// set in every run (`train.steps=500`, `schedule[0].step=300`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
         /// Runs at once (default: one per core).
         #[arg(long)]
         jobs: Option<usize>,
@@ -184,6 +192,20 @@ enum Command {
     Status { sweep_dir: PathBuf },
     /// Aggregate a sweep directory: sweep.csv, drops.csv, scaling.json, plots, report.html.
     Aggregate { sweep_dir: PathBuf },
+    /// The study a sweep was built for: erasure batteries, figures, tables and
+    /// the answers with their intervals, as one Markdown page (PNG figures
+    /// beside it) and one self-contained HTML page, from the sweep directory alone.
+    Report {
+        sweep_dir: PathBuf,
+        /// The Markdown page, NAME.md (default: the sweep's [report] study, else SWEEP_DIR/study.md).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Erasure batteries at once (default: one per core).
+        #[arg(long)]
+        jobs: Option<usize>,
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Redraw a run's plots and report.html from its files (any run, finished or not).
     Plot {
         run_dir: PathBuf,
@@ -325,6 +347,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Sweep {
             sweep,
             out,
+            overrides,
             jobs,
             threads,
             shard,
@@ -342,7 +365,7 @@ fn dispatch(command: Command) -> Result<()> {
             no_aggregate,
             quiet,
         } => {
-            let plan = ebb::sweep::Plan::load(&sweep)?;
+            let plan = ebb::sweep::Plan::load(&sweep, &overrides)?;
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&plan.name));
             if status {
                 return commands::status(&out);
@@ -363,6 +386,7 @@ fn dispatch(command: Command) -> Result<()> {
                     wait,
                     dry_run,
                     device: device.name(),
+                    overrides,
                 };
                 return commands::submit_to_slurm(&plan, &sweep, &out, &opts);
             }
@@ -372,18 +396,35 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Status { sweep_dir } => commands::status(&sweep_dir),
         Command::Aggregate { sweep_dir } => commands::aggregate(&sweep_dir),
+        Command::Report { sweep_dir, out, jobs, quiet } => {
+            if jobs == Some(0) {
+                return Err(Error::input("--jobs must be at least 1"));
+            }
+            let opts = ebb::sweep::study::ReportOptions { out, jobs, quiet };
+            for path in ebb::sweep::study::report(&sweep_dir, &opts)? {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
         Command::Plot { run_dir, format } => commands::plot(
             &run_dir,
             if format == PlotFormat::Png { ebb::plot::Format::Png } else { ebb::plot::Format::Svg },
         ),
         Command::Analyze { run_dir } => commands::analyze(&run_dir),
-        Command::Erasure { run_dir, task, at, only, control, relearn_steps, compute } => {
+        Command::Erasure { run_dir, task, at, only, control, relearn_steps, soft_prompt_on, compute } => {
             let control = control.map(|c| match c.as_str() {
                 "auto" => ebb::erasure::Control::Auto,
                 dir => ebb::erasure::Control::Run(PathBuf::from(dir)),
             });
-            let request =
-                ebb::erasure::Request { run_dir: &run_dir, task: &task, at, only: &only, control, relearn_steps };
+            let request = ebb::erasure::Request {
+                run_dir: &run_dir,
+                task: &task,
+                at,
+                only: &only,
+                control,
+                relearn_steps,
+                soft_prompt_on: &soft_prompt_on,
+            };
             commands::erasure(request, compute)
         }
         Command::Eval { run_dir, step, logits, compute } => commands::eval(&run_dir, step, logits.as_deref(), compute),

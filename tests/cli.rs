@@ -379,7 +379,7 @@ fn every_shipped_experiment_config_loads() {
             count += 1;
         }
         if name.starts_with("sweep-") {
-            let plan = ebb::sweep::Plan::load(&entry.path()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let plan = ebb::sweep::Plan::load(&entry.path(), &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(plan.runs.len() >= 12, "{name}");
             count += 1;
         }

@@ -159,7 +159,7 @@ impl RunData {
 }
 
 /// The value of `series` at the last point with step ≤ `step`.
-fn at(series: &[(u64, f64)], step: u64) -> Option<f64> {
+pub fn at(series: &[(u64, f64)], step: u64) -> Option<f64> {
     series.iter().take_while(|p| p.0 <= step).last().map(|p| p.1)
 }
 

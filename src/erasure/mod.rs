@@ -322,6 +322,8 @@ pub struct Request<'a> {
     pub control: Option<Control>,
     /// Fine-tuning steps at most (`relearn`).
     pub relearn_steps: u64,
+    /// The models soft prompts are optimized on (`P`, `D`, `C`); empty: all.
+    pub soft_prompt_on: &'a [String],
 }
 
 /// The control's config: the run's own, with `task` at weight 0 from step 0
@@ -519,7 +521,12 @@ pub fn measure<B: Backend>(backend: &B, req: &Request) -> Result<Erasure> {
     let soft_prompts = timing.run(wants(Instrument::SoftPrompt), "soft-prompt", || {
         let t = t_problems(req, &experiment)?;
         let v = &suite.eval_sets[task];
-        soft_prompt::soft_prompts(&mut scorer, &suite.tasks[task], &t, v, &models, before.exact_match, cfg.seed)
+        let on: Vec<(&str, &[f32], f64)> = models
+            .iter()
+            .copied()
+            .filter(|m| req.soft_prompt_on.is_empty() || req.soft_prompt_on.iter().any(|o| o == m.0))
+            .collect();
+        soft_prompt::soft_prompts(&mut scorer, &suite.tasks[task], &t, v, &on, before.exact_match, cfg.seed)
     })?;
     let erasure = Erasure {
         version: ERASURE_VERSION,

@@ -14,6 +14,10 @@ pub trait Chart {
     /// File stem in `plots/`.
     fn name(&self) -> &'static str;
     fn title(&self) -> String;
+    /// Width and height in pixels.
+    fn size(&self) -> (u32, u32) {
+        (super::WIDTH, super::HEIGHT)
+    }
     fn draw_png(&self, area: &PngArea) -> DrawResult;
     fn draw_svg(&self, area: &SvgArea) -> DrawResult;
 }

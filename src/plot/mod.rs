@@ -47,7 +47,7 @@ pub fn to_svg(chart: &dyn Chart) -> std::result::Result<String, String> {
     register_font();
     let mut svg = String::new();
     {
-        let area = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        let area = SVGBackend::with_string(&mut svg, chart.size()).into_drawing_area();
         chart.draw_svg(&area)?;
         area.present().map_err(|e| format!("{e:?}"))?;
     }
@@ -59,7 +59,7 @@ pub fn to_png(chart: &dyn Chart, path: &Path) -> std::result::Result<(), String>
     register_font();
     let tmp = path.with_extension("tmp.png");
     {
-        let area = BitMapBackend::new(&tmp, (WIDTH, HEIGHT)).into_drawing_area();
+        let area = BitMapBackend::new(&tmp, chart.size()).into_drawing_area();
         chart.draw_png(&area)?;
         area.present().map_err(|e| format!("{e:?}"))?;
     }

@@ -38,7 +38,7 @@ pub struct RunRow {
 
 impl RunRow {
     /// The condition: every varied value except the seed and model shape.
-    fn condition(&self) -> String {
+    pub fn condition(&self) -> String {
         let c: Vec<String> = self
             .point
             .iter()
@@ -48,16 +48,16 @@ impl RunRow {
         if c.is_empty() { "all".into() } else { c.join(" ") }
     }
 
-    fn value(&self, key: &str) -> Option<&str> {
+    pub fn value(&self, key: &str) -> Option<&str> {
         self.point.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
-    fn params(&self) -> Option<f64> {
+    pub fn params(&self) -> Option<f64> {
         self.summary.as_ref()?.params.map(|p| p as f64)
     }
 
     /// The drops that count: learned drops of a finished run.
-    fn learned_drops(&self) -> impl Iterator<Item = &DropSummary> {
+    pub fn learned_drops(&self) -> impl Iterator<Item = &DropSummary> {
         self.summary
             .iter()
             .filter(|_| self.status == RunStatus::Finished)
@@ -244,9 +244,14 @@ pub struct Scaling {
 }
 
 fn scaling(rows: &[RunRow]) -> Scaling {
+    scaling_by(rows, RunRow::condition)
+}
+
+/// `scaling` with the runs grouped into conditions by `condition`.
+pub fn scaling_by(rows: &[RunRow], condition: impl Fn(&RunRow) -> String) -> Scaling {
     let mut by_condition: BTreeMap<String, Vec<&RunRow>> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.status == RunStatus::Finished && r.params().is_some()) {
-        by_condition.entry(r.condition()).or_default().push(r);
+        by_condition.entry(condition(r)).or_default().push(r);
     }
     let conditions = by_condition
         .into_iter()
@@ -332,7 +337,7 @@ pub fn aggregate(dir: &Path, heatmap: &[String]) -> Result<Vec<PathBuf>> {
         written.push(dir.join(name));
     }
     let mut charts: Vec<Box<dyn Chart>> = vec![
-        Box::new(HalfLifeScaling { rows: rows.clone(), scaling: scaling.clone() }),
+        Box::new(HalfLifeScaling::new(rows.clone(), RunRow::condition, HALF_LIFE_CAPTION.into())),
         Box::new(RetentionBySize { rows: rows.clone() }),
     ];
     if heatmap.len() == 2 {
@@ -367,24 +372,34 @@ pub fn aggregate(dir: &Path, heatmap: &[String]) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
+const HALF_LIFE_CAPTION: &str = "half-life of dropped tasks against model size (dots: drops, ▵: censored; large: Kaplan–Meier median; dashed: censored power law)";
+
 /// Half-life against parameter count, log-log, one colour per condition:
 /// every drop (hollow triangles: censored, a lower bound), the Kaplan–Meier
 /// median per size (large circles; triangles when it is only a lower bound)
-/// and the censored power law (dashed).
-struct HalfLifeScaling {
+/// and the censored power law (dashed), its exponent and 95% interval in
+/// the legend.
+pub(crate) struct HalfLifeScaling {
     rows: Vec<RunRow>,
     scaling: Scaling,
+    condition: fn(&RunRow) -> String,
+    caption: String,
 }
 
 impl HalfLifeScaling {
-    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
+    pub(crate) fn new(rows: Vec<RunRow>, condition: fn(&RunRow) -> String, caption: String) -> Self {
+        let scaling = scaling_by(&rows, condition);
+        HalfLifeScaling { rows, scaling, condition, caption }
+    }
+
+    pub(crate) fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
         area.fill(&WHITE).map_err(err)?;
         let drops: Vec<(String, f64, Observation)> = self
             .rows
             .iter()
             .filter(|r| r.status == RunStatus::Finished)
             .flat_map(|r| {
-                r.learned_drops().filter_map(|d| Some((r.condition(), r.params()?, d.half_life?.observation())))
+                r.learned_drops().filter_map(|d| Some(((self.condition)(r), r.params()?, d.half_life?.observation())))
             })
             .collect();
         let (pmin, pmax) = drops.iter().fold((f64::INFINITY, 0.0f64), |(a, b), p| (a.min(p.1), b.max(p.1)));
@@ -395,7 +410,7 @@ impl HalfLifeScaling {
         let (pmin, pmax) = if pmin.is_finite() { (pmin * 0.7, pmax * 1.4) } else { (1.0, 10.0) };
         let (hmin, hmax) = if hmin.is_finite() && hmin > 0.0 { (hmin * 0.7, hmax * 1.6) } else { (1.0, 10.0) };
         let mut chart = ChartBuilder::on(area)
-            .caption("half-life of dropped tasks against model size (dots: drops, ▵: censored; large: Kaplan–Meier median; dashed: censored power law)", (FONT, 15))
+            .caption(&self.caption, (FONT, 15))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
@@ -436,7 +451,10 @@ impl HalfLifeScaling {
                     }
                 }))
                 .map_err(err)?
-                .label(condition.clone())
+                .label(match scaling.half_life_law {
+                    Some(law) => format!("{condition}: exponent {:.2} {}", law.exponent, plus_minus(law.exponent_ci95)),
+                    None => format!("{condition}: no power law (too few half-lives reached)"),
+                })
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
             if let Some(law) = scaling.half_life_law {
                 // Over the sizes measured, and only where it stays on the chart.
@@ -457,6 +475,11 @@ impl HalfLifeScaling {
         }
         legend(&mut chart, self.scaling.conditions.len(), SeriesLabelPosition::UpperLeft)
     }
+}
+
+/// "± h (95%)", or what stands for an interval that is undefined.
+pub(crate) fn plus_minus(half_width: Option<f64>) -> String {
+    half_width.map_or("(no interval: too few points)".into(), |h| format!("± {h:.2} (95%)"))
 }
 
 impl Chart for HalfLifeScaling {

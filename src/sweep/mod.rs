@@ -23,6 +23,7 @@
 
 pub mod aggregate;
 pub mod slurm;
+pub mod study;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -64,6 +65,14 @@ pub struct ReportSpec {
     /// Two varied keys for the heatmap of mean half-life.
     #[serde(default)]
     pub heatmap: Vec<String>,
+    /// Where `ebb report` writes the study's Markdown page (relative to the
+    /// sweep file; its HTML page and figures go beside it). Without it, the
+    /// report goes into the sweep directory.
+    #[serde(default)]
+    pub study: Option<String>,
+    /// Fine-tuning steps at most of the report's erasure batteries (`relearn`).
+    #[serde(default)]
+    pub relearn_steps: Option<u64>,
 }
 
 fn default_seeds() -> Vec<u64> {
@@ -99,14 +108,23 @@ fn short(v: &toml::Value) -> String {
 impl Plan {
     /// Reads and expands a sweep file, resolving and validating every run's
     /// config. Any bad input is an error before anything runs.
-    pub fn load(path: &Path) -> Result<Plan> {
+    /// `overrides` (`--set KEY=VALUE`) change the sweep file before it
+    /// is read: `seeds` and `report.*` set those keys, a key that names an
+    /// axis (in `grid` or a `zip` group) replaces its list of values, and
+    /// any other key is set in every run (as under `[set]`).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Plan> {
         let text = Error::read_text(path)?;
-        let table = Error::parse_toml(path, &text)?;
+        let mut table = Error::parse_toml(path, &text)?;
+        for ov in overrides {
+            override_sweep(&mut table, ov)?;
+        }
         let sweep: SweepFile = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             Error::key(path, &e.path().to_string(), "", e.inner().message().lines().next().unwrap_or("invalid value"))
         })?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let bad = |key: &str, value: &dyn std::fmt::Display, why: &str| Error::key(path, key, value, why);
+        let mut sweep = sweep;
+        sweep.report.study = sweep.report.study.map(|s| normalize(&dir.join(s)).display().to_string());
         if sweep.seeds.is_empty() {
             return Err(bad("seeds", &"[]", "the seed axis is empty"));
         }
@@ -224,6 +242,57 @@ impl Plan {
     }
 }
 
+/// `path` with `.` and `dir/..` taken out, without touching the file system.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir
+                if matches!(out.components().next_back(), Some(std::path::Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Applies one `--set` to the sweep file's table (see `Plan::load`).
+fn override_sweep(table: &mut toml::Table, ov: &str) -> Result<()> {
+    let (key, value) = crate::config::parse_override(ov)?;
+    let bad = |why: &str| Error::input(format!("--set {ov}: {why}"));
+    if key == "seeds" || key.starts_with("report.") {
+        return set_key(table, &key, value).map_err(|why| bad(&why));
+    }
+    let mut axis = false;
+    for (name, section) in table.iter_mut() {
+        let groups: Vec<&mut toml::Value> = match (name.as_str(), section) {
+            ("grid", grid) => vec![grid],
+            ("zip", toml::Value::Array(zip)) => zip.iter_mut().collect(),
+            _ => continue,
+        };
+        for group in groups.into_iter().filter_map(|g| g.as_table_mut()).filter(|g| g.contains_key(&key)) {
+            if !value.is_array() {
+                return Err(bad("an axis takes a list of values, e.g. [1, 2]"));
+            }
+            group.insert(key.clone(), value.clone());
+            axis = true;
+        }
+    }
+    if axis {
+        return Ok(());
+    }
+    match table.entry("set").or_insert_with(|| toml::Value::Table(toml::Table::new())) {
+        toml::Value::Table(set) => {
+            set.insert(key, value);
+            Ok(())
+        }
+        _ => Err(bad("`set` is not a section")),
+    }
+}
+
 fn describe(point: &[(String, toml::Value)]) -> String {
     point.iter().map(|(k, v)| format!("{k}={}", short(v))).collect::<Vec<_>>().join(" ")
 }
@@ -323,7 +392,10 @@ pub struct SweepOutcome {
 pub fn prepare(plan: &Plan, out: &Path) -> Result<()> {
     crate::run_dir::create(out)?;
     // Rewritten only when different: array tasks all prepare the same directory.
-    let report = serde_json::json!({ "heatmap": plan.report.heatmap }).to_string();
+    let spec = &plan.report;
+    let report =
+        serde_json::json!({ "heatmap": spec.heatmap, "study": spec.study, "relearn_steps": spec.relearn_steps })
+            .to_string();
     for (name, text) in [("manifest.csv", plan.manifest()), ("report.json", report)] {
         let path = out.join(name);
         if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
@@ -339,6 +411,42 @@ pub fn prepare(plan: &Plan, out: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The header of `sweep-log.csv`: one row per `ebb sweep` that ran runs
+/// here, so a report can say on what machine and in how long the sweep ran.
+const SESSION_COLUMNS: &str = "started_unix,seconds,runs_finished,jobs,threads_per_job,cores,cpu";
+
+/// Appends this session of `ebb sweep` to `out/sweep-log.csv`.
+pub fn log_session(out: &Path, started: std::time::SystemTime, opts: &RunOptions, finished: usize) -> Result<()> {
+    if finished == 0 {
+        return Ok(());
+    }
+    let path = out.join("sweep-log.csv");
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| format!("{SESSION_COLUMNS}\n"));
+    let unix = started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    text.push_str(&format!(
+        "{unix},{:.0},{finished},{},{},{cores},{}\n",
+        started.elapsed().map_or(0.0, |d| d.as_secs_f64()),
+        opts.jobs,
+        opts.threads_per_job,
+        cpu_model().replace(',', " ")
+    ));
+    crate::run_dir::write_atomic(&path, text.as_bytes())
+}
+
+/// The CPU's model name (Linux), or "unknown CPU".
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 /// Runs this shard's runs that are not finished, `jobs` at a time, each as

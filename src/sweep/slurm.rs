@@ -36,6 +36,8 @@ pub struct SlurmOptions {
     pub dry_run: bool,
     /// Every run's `--device` (`cpu`, `cuda` or `auto`).
     pub device: &'static str,
+    /// The sweep's `--set` overrides, passed on to every array task.
+    pub overrides: Vec<String>,
 }
 
 /// What `submit` did.
@@ -143,12 +145,13 @@ fn batch_script(
     }
     s.push_str("set -eu\n");
     s.push_str(&format!(
-        "exec {} sweep {} --out {} --shard \"$((SLURM_ARRAY_TASK_ID + 1))/{n}\" --jobs 1 --threads \"${{SLURM_CPUS_PER_TASK:-{}}}\" --device {} --no-aggregate --quiet\n",
+        "exec {} sweep {} --out {} --shard \"$((SLURM_ARRAY_TASK_ID + 1))/{n}\" --jobs 1 --threads \"${{SLURM_CPUS_PER_TASK:-{}}}\" --device {}{} --no-aggregate --quiet\n",
         quote(exe),
         quote(sweep_file),
         quote(out),
         opts.cpus_per_task,
-        opts.device
+        opts.device,
+        opts.overrides.iter().map(|o| format!(" --set {}", quote(Path::new(o)))).collect::<String>()
     ));
     s
 }
