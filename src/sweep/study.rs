@@ -257,12 +257,14 @@ struct CurvePanel {
     marks: Vec<(f64, usize)>,
 }
 
+/// (x, y, 95% interval).
+type CurvePoint = (f64, f64, Option<(f64, f64)>);
+
 struct Curve {
     label: Option<String>,
     color: usize,
     dotted: bool,
-    /// (x, y, 95% interval).
-    points: Vec<(f64, f64, Option<(f64, f64)>)>,
+    points: Vec<CurvePoint>,
 }
 
 impl Curve {
