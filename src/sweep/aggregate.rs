@@ -165,7 +165,8 @@ const RUN_COLUMNS: [&str; 10] = [
     "not_regained",
 ];
 
-fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
+/// The mean of the finite values, if any.
+pub(crate) fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
     let v: Vec<f64> = xs.filter(|x| x.is_finite()).collect();
     stats::mean_ci(&v).map(|m| m.mean)
 }

@@ -30,7 +30,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::RunStatus;
-use super::aggregate::{self, HalfLifeScaling, RunRow};
+use super::aggregate::{self, HalfLifeScaling, RunRow, mean};
 use crate::analysis::stats::{self, Mean, Median, Observation};
 use crate::analysis::{DropSummary, RunData, Summary};
 use crate::erasure::Erasure;
@@ -159,11 +159,6 @@ impl StudyRun {
     }
 }
 
-fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
-    let v: Vec<f64> = xs.filter(|x| x.is_finite()).collect();
-    stats::mean_ci(&v).map(|m| m.mean)
-}
-
 /// Mean and 95% t interval over `curves` at each x present in at least `min` of them.
 fn pointwise<K: Ord + Copy>(curves: &[Vec<(K, f64)>], min: usize) -> Vec<(K, Mean)> {
     let mut at: BTreeMap<K, Vec<f64>> = BTreeMap::new();
@@ -211,10 +206,6 @@ fn with_ci(m: Option<Mean>, digits: usize) -> String {
 
 fn signed_ci(diff: f64, half: f64, digits: usize) -> String {
     format!("{diff:+.digits$} [{:+.digits$}, {:+.digits$}]", diff - half, diff + half)
-}
-
-fn mean_of(values: &[f64]) -> Option<Mean> {
-    stats::mean_ci(values)
 }
 
 fn short_params(p: f64) -> String {
@@ -810,10 +801,10 @@ fn compose<'a>(
                 short_params(cell[0].params()),
                 cell.len().to_string(),
                 format!("{} of {}", learned.len(), drops.len()),
-                with_ci(mean_of(&steps), 0),
-                with_ci(mean_of(&at_drop), 3),
-                with_ci(mean_of(&aurc), 3),
-                with_ci(mean_of(&kept), 3),
+                with_ci(stats::mean_ci(&steps), 0),
+                with_ci(stats::mean_ci(&at_drop), 3),
+                with_ci(stats::mean_ci(&aurc), 3),
+                with_ci(stats::mean_ci(&kept), 3),
                 match stats::km_median(&obs) {
                     Some(Median::Reached { value }) => format!("{value:.0}"),
                     Some(Median::Above { value }) => format!("> {value:.0}"),
@@ -998,7 +989,7 @@ fn compose<'a>(
                     &pointwise(&aligned, aligned.len().div_ceil(2)),
                 ));
                 let steps: Vec<f64> = cell.iter().filter_map(|r| r.drop_step()).map(|s| s as f64).collect();
-                if let Some(m) = mean_of(&steps) {
+                if let Some(m) = stats::mean_ci(&steps) {
                     marks.push((m.mean, size_color(s)));
                 }
             }
@@ -1042,14 +1033,15 @@ fn compose<'a>(
             let question = format!("Does the zero-shot pair survive the drop? ({s})");
             let measured = format!(
                 "exact match at the drop {}, at the window's end {} (chance {chance:.3}); change over {} runs",
-                with_ci(mean_of(&before), 3),
-                with_ci(mean_of(&after), 3),
+                with_ci(stats::mean_ci(&before), 3),
+                with_ci(stats::mean_ci(&after), 3),
                 change.len()
             );
-            let m = mean_of(&change);
+            let m = stats::mean_ci(&change);
             let answer = match m.and_then(|m| Some((m.mean, m.ci95?))) {
                 Some((c, h)) => {
-                    let transferred = mean_of(&before).is_some_and(|b| b.mean - b.ci95.unwrap_or(0.0) > chance + 0.05);
+                    let transferred =
+                        stats::mean_ci(&before).is_some_and(|b| b.mean - b.ci95.unwrap_or(0.0) > chance + 0.05);
                     let v = if transferred {
                         verdict(c - h, c + h, "rises after the drop", "no: it falls after the drop")
                     } else {
