@@ -128,6 +128,13 @@ fn sweep_set_changes_seeds_axes_and_run_keys() {
     let longer = plan(&["seeds=[7]", "model.d_model=[16,32,64]", "train.weight_decay=[0.1]", "train.steps=8000"]);
     assert!(ids(&quick).iter().all(|id| !ids(&longer).contains(id)));
 
+    // The plan records the command that made it, one shell word per argument,
+    // for the report's "Regenerate" line.
+    let file = root().join("tasks/study-overlap.toml");
+    let sets = ["seeds=[7]".to_string(), "train.steps=8000".to_string()];
+    let recorded = ebb::sweep::Plan::load(&file, &sets).unwrap().command;
+    assert_eq!(recorded, format!("ebb sweep {} --set 'seeds=[7]' --set train.steps=8000", file.display()));
+
     for (set, expect) in [
         ("model.d_model=32", &["--set model.d_model=32", "list"][..]),
         ("schedule[3].step=10", &["schedule", "no [3]"][..]),

@@ -96,6 +96,18 @@ pub struct Plan {
     pub keys: Vec<String>,
     pub runs: Vec<PlannedRun>,
     pub report: ReportSpec,
+    /// The `ebb sweep` invocation that made this plan (the sweep file as
+    /// given and every `--set`), so a report can print how to regenerate it.
+    pub command: String,
+}
+
+/// `word` as one shell word: bare when it is plain, else in single quotes.
+fn shell_word(word: &str) -> String {
+    if word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+".contains(c)) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 fn short(v: &toml::Value) -> String {
@@ -180,7 +192,11 @@ impl Plan {
             let mut k = axes.len();
             loop {
                 if k == 0 {
-                    return Ok(Plan { name: sweep.name, keys, runs, report: sweep.report });
+                    let command = std::iter::once(format!("ebb sweep {}", shell_word(&path.display().to_string())))
+                        .chain(overrides.iter().map(|o| format!("--set {}", shell_word(o))))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    return Ok(Plan { name: sweep.name, keys, runs, report: sweep.report, command });
                 }
                 k -= 1;
                 index[k] += 1;
@@ -393,9 +409,13 @@ pub fn prepare(plan: &Plan, out: &Path) -> Result<()> {
     crate::run_dir::create(out)?;
     // Rewritten only when different: array tasks all prepare the same directory.
     let spec = &plan.report;
-    let report =
-        serde_json::json!({ "heatmap": spec.heatmap, "study": spec.study, "relearn_steps": spec.relearn_steps })
-            .to_string();
+    let report = serde_json::json!({
+        "heatmap": spec.heatmap,
+        "study": spec.study,
+        "relearn_steps": spec.relearn_steps,
+        "command": plan.command,
+    })
+    .to_string();
     for (name, text) in [("manifest.csv", plan.manifest()), ("report.json", report)] {
         let path = out.join(name);
         if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {

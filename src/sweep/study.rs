@@ -193,11 +193,17 @@ fn newcombe(p1: f64, [l1, u1]: [f64; 2], p2: f64, [l2, u2]: [f64; 2]) -> (f64, f
     (d, d - ((p1 - l1).powi(2) + (u2 - p2).powi(2)).sqrt(), d + ((u1 - p1).powi(2) + (p2 - l2).powi(2)).sqrt())
 }
 
-/// `0.123 [0.100, 0.150]`, or the value and why it has no interval.
-fn with_ci(m: Option<Mean>, digits: usize) -> String {
+/// Where an accuracy's interval is clipped: a t interval over a few runs
+/// can reach past what an accuracy can be.
+const ACCURACY: Option<(f64, f64)> = Some((0.0, 1.0));
+
+/// `0.123 [0.100, 0.150]`, or the value and why it has no interval; the
+/// interval clipped to `bounds` where given.
+fn with_ci(m: Option<Mean>, digits: usize, bounds: Option<(f64, f64)>) -> String {
+    let (lo, hi) = bounds.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
     match m {
         Some(Mean { mean, ci95: Some(h), .. }) => {
-            format!("{mean:.digits$} [{:.digits$}, {:.digits$}]", mean - h, mean + h)
+            format!("{mean:.digits$} [{:.digits$}, {:.digits$}]", (mean - h).max(lo), (mean + h).min(hi))
         }
         Some(Mean { mean, n, .. }) => format!("{mean:.digits$} (n = {n}: no interval)"),
         None => "–".into(),
@@ -533,12 +539,26 @@ fn sizes(runs: &[StudyRun]) -> Vec<String> {
 }
 
 /// The sweep's `[report]` settings (report.json).
-fn spec(dir: &Path) -> (Option<PathBuf>, u64) {
+/// What `ebb sweep` left in the sweep directory's report.json for the report.
+struct Spec {
+    /// Where the page goes ([report] study), unless `--out` says otherwise.
+    study: Option<PathBuf>,
+    /// The batteries' `--relearn-steps`.
+    relearn_steps: u64,
+    /// The `ebb sweep` command that planned the sweep.
+    command: Option<String>,
+}
+
+fn spec(dir: &Path) -> Spec {
     let v: serde_json::Value = std::fs::read_to_string(dir.join("report.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
-    (v["study"].as_str().map(PathBuf::from), v["relearn_steps"].as_u64().unwrap_or(1000))
+    Spec {
+        study: v["study"].as_str().map(PathBuf::from),
+        relearn_steps: v["relearn_steps"].as_u64().unwrap_or(1000),
+        command: v["command"].as_str().map(String::from),
+    }
 }
 
 /// Where and in how long the sweep ran (sweep-log.csv), and the batteries' compute.
@@ -579,8 +599,9 @@ fn provenance(dir: &Path, batteries: &[Battery]) -> String {
 /// Runs `ebb report`: batteries, figures, tables and answers; returns the files written.
 pub fn report(dir: &Path, opts: &ReportOptions) -> Result<Vec<PathBuf>> {
     let (_, rows) = aggregate::load(dir)?;
-    let (study, relearn_steps) = spec(dir);
-    let md_path = opts.out.clone().or(study).unwrap_or_else(|| dir.join("study.md"));
+    let spec = spec(dir);
+    let relearn_steps = spec.relearn_steps;
+    let md_path = opts.out.clone().or(spec.study.clone()).unwrap_or_else(|| dir.join("study.md"));
     if md_path.extension().and_then(|e| e.to_str()) != Some("md") {
         return Err(Error::input(format!("--out {}: the report is a Markdown file (NAME.md)", md_path.display())));
     }
@@ -609,7 +630,7 @@ pub fn report(dir: &Path, opts: &ReportOptions) -> Result<Vec<PathBuf>> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     run_batteries(&mut batteries, relearn_steps, opts.jobs.unwrap_or(cores), opts.quiet)?;
 
-    let (blocks, charts) = compose(dir, &rows, &runs, &sizes, &batteries, &excluded);
+    let (blocks, charts) = compose(dir, &spec, &rows, &runs, &sizes, &batteries, &excluded);
     write(&md_path, &blocks, &charts)
 }
 
@@ -706,6 +727,7 @@ fn verdict(lo: f64, hi: f64, above: &str, below: &str) -> String {
 /// The blocks of the page and its charts.
 fn compose<'a>(
     dir: &Path,
+    spec: &Spec,
     rows: &[RunRow],
     runs: &'a [StudyRun],
     sizes: &[String],
@@ -750,22 +772,10 @@ fn compose<'a>(
         axes.iter().map(|(k, v)| format!("{k} ∈ {{{}}}", v.join(", "))).collect::<Vec<_>>().join("; "),
         provenance(dir, batteries)
     )));
-    blocks.push(Block::Text(format!(
-        "Regenerate: `ebb sweep tasks/{}.toml {}` then `ebb report {}`.",
-        dir.file_name().and_then(|n| n.to_str()).unwrap_or("SWEEP"),
-        axes.iter()
-            .map(|(k, v)| format!(
-                "--set '{}=[{}]'",
-                if *k == "seed" { "seeds" } else { k },
-                v.iter()
-                    .map(|x| if x.parse::<f64>().is_ok() { x.to_string() } else { format!("\"{x}\"") })
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ))
-            .collect::<Vec<_>>()
-            .join(" "),
-        dir.display()
-    )));
+    blocks.push(Block::Text(match &spec.command {
+        Some(sweep) => format!("Regenerate: `{sweep} && ebb report {}`.", dir.display()),
+        None => "The sweep directory does not record the `ebb sweep` command that made it (it predates report.json's `command`).".into(),
+    }));
     blocks.push(Block::Text(format!(
         "Dropped tasks: {dropped_total} drops; {learned_total} learned at the drop (the rest are reported below and left out of every fit and mean); of the learned, {censored} of {} half-lives censored ({:.0}%): still above half their drop accuracy at the window's end.",
         obs.len(),
@@ -779,7 +789,7 @@ fn compose<'a>(
     // Decay by condition and size.
     blocks.push(Block::Heading("Decay by condition and size".into()));
     blocks.push(Block::Text(format!(
-        "AURC: the mean retention r over the {horizon:.0} steps after the drop (1: no decay; 0: back to chance at once), per run the mean over its learned drops; the noise floor is the same statistic for the tasks that stayed in training. Intervals: 95% t over runs. Half-life: Kaplan–Meier median over drops (\"> x\": half or more censored)."
+        "AURC: the mean retention r over the {horizon:.0} steps after the drop (1: no decay; 0: back to chance at once), per run the mean over its learned drops; the noise floor is the same statistic for the tasks that stayed in training. Intervals: 95% t over runs (an accuracy's clipped to [0, 1]). Half-life: Kaplan–Meier median over drops (\"> x\": half or more censored)."
     )));
     let mut table = Vec::new();
     for c in &conditions {
@@ -801,10 +811,10 @@ fn compose<'a>(
                 short_params(cell[0].params()),
                 cell.len().to_string(),
                 format!("{} of {}", learned.len(), drops.len()),
-                with_ci(stats::mean_ci(&steps), 0),
-                with_ci(stats::mean_ci(&at_drop), 3),
-                with_ci(stats::mean_ci(&aurc), 3),
-                with_ci(stats::mean_ci(&kept), 3),
+                with_ci(stats::mean_ci(&steps), 0, None),
+                with_ci(stats::mean_ci(&at_drop), 3, ACCURACY),
+                with_ci(stats::mean_ci(&aurc), 3, None),
+                with_ci(stats::mean_ci(&kept), 3, None),
                 match stats::km_median(&obs) {
                     Some(Median::Reached { value }) => format!("{value:.0}"),
                     Some(Median::Above { value }) => format!("> {value:.0}"),
@@ -1033,8 +1043,8 @@ fn compose<'a>(
             let question = format!("Does the zero-shot pair survive the drop? ({s})");
             let measured = format!(
                 "exact match at the drop {}, at the window's end {} (chance {chance:.3}); change over {} runs",
-                with_ci(stats::mean_ci(&before), 3),
-                with_ci(stats::mean_ci(&after), 3),
+                with_ci(stats::mean_ci(&before), 3, ACCURACY),
+                with_ci(stats::mean_ci(&after), 3, ACCURACY),
                 change.len()
             );
             let m = stats::mean_ci(&change);
