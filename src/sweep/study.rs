@@ -245,6 +245,8 @@ struct CurvePanels {
     panels: Vec<CurvePanel>,
     /// Legend lines that are not curves (what dotted and dashed mean).
     notes: Vec<String>,
+    /// Where in each panel the legend goes: where its curves leave room.
+    legend_at: SeriesLabelPosition,
 }
 
 struct CurvePanel {
@@ -280,19 +282,26 @@ impl CurvePanels {
         area.fill(&WHITE).map_err(err)?;
         let area = area.titled(&self.title, (FONT, 18)).map_err(err)?;
         let rows = self.panels.len().div_ceil(self.cols).max(1);
+        // One y range for every panel, so that panels compare at a glance.
+        let pts = || self.panels.iter().flat_map(|p| p.curves.iter()).flat_map(|c| c.points.iter());
+        let (y0, y1) = pts()
+            .fold((0.0f64, 1.0f64), |(a, b), p| (a.min(p.2.map_or(p.1, |i| i.0)), b.max(p.2.map_or(p.1, |i| i.1))));
+        let y = (y0.max(-0.5) - 0.02, y1.min(2.0) + 0.15);
         for (panel, sub) in self.panels.iter().zip(area.split_evenly((rows, self.cols))) {
-            self.draw_panel(panel, &sub)?;
+            self.draw_panel(panel, y, &sub)?;
         }
         Ok(())
     }
 
-    fn draw_panel<DB: DrawingBackend>(&self, panel: &CurvePanel, area: &DrawingArea<DB, Shift>) -> DrawResult {
+    fn draw_panel<DB: DrawingBackend>(
+        &self,
+        panel: &CurvePanel,
+        (y0, y1): (f64, f64),
+        area: &DrawingArea<DB, Shift>,
+    ) -> DrawResult {
         let pts = || panel.curves.iter().flat_map(|c| c.points.iter());
         let (x0, x1) = pts().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
         let (x0, x1) = if x0.is_finite() && x1 > x0 { (x0, x1) } else { (0.0, 1.0) };
-        let (y0, y1) = pts()
-            .fold((0.0f64, 1.0f64), |(a, b), p| (a.min(p.2.map_or(p.1, |i| i.0)), b.max(p.2.map_or(p.1, |i| i.1))));
-        let (y0, y1) = (y0.max(-0.5) - 0.02, y1.min(2.0) + 0.15);
         let mut chart = ChartBuilder::on(area)
             .caption(&panel.title, (FONT, 14))
             .margin(8)
@@ -312,6 +321,7 @@ impl CurvePanels {
         mesh.x_desc(self.x_desc.as_str())
             .y_desc(self.y_desc.as_str())
             .x_label_formatter(&tick)
+            .y_label_formatter(&|v| format!("{:.1}", if v.abs() < 0.05 { 0.0 } else { *v }))
             .label_style((FONT, 12))
             .axis_desc_style((FONT, 13));
         if let Some(t) = &self.x_ticks {
@@ -361,7 +371,7 @@ impl CurvePanels {
                 .label(note)
                 .legend(|(x, y)| EmptyElement::at((x, y)));
         }
-        legend(&mut chart, labels, SeriesLabelPosition::LowerLeft)
+        legend(&mut chart, labels, self.legend_at.clone())
     }
 }
 
@@ -874,6 +884,7 @@ fn compose<'a>(
         x_ticks: None,
         panels,
         notes: vec!["dotted: kept tasks (noise floor)".into()],
+        legend_at: SeriesLabelPosition::MiddleRight,
     }));
     blocks.push(Block::Heading("Retention after the drop".into()));
     blocks.push(Block::Figure(charts.len() - 1));
@@ -1016,6 +1027,7 @@ fn compose<'a>(
             x_ticks: None,
             panels,
             notes: Vec::new(),
+            legend_at: SeriesLabelPosition::UpperRight,
         }));
         blocks.push(Block::Figure(charts.len() - 1));
         // Answer 3: does the zero-shot pair survive the drop?
@@ -1165,6 +1177,7 @@ fn compose<'a>(
             x_ticks: Some(ks.iter().map(|k| k.to_string()).collect()),
             panels,
             notes: vec!["dotted: the control C".into()],
+            legend_at: SeriesLabelPosition::UpperLeft,
         }));
         blocks.push(Block::Figure(charts.len() - 1));
     }
