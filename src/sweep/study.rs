@@ -821,7 +821,7 @@ fn compose<'a>(
                 short_params(cell[0].params()),
                 cell.len().to_string(),
                 format!("{} of {}", learned.len(), drops.len()),
-                with_ci(stats::mean_ci(&steps), 0, None),
+                with_ci(stats::mean_ci(&steps), 0, Some((0.0, f64::INFINITY))),
                 with_ci(stats::mean_ci(&at_drop), 3, ACCURACY),
                 with_ci(stats::mean_ci(&aurc), 3, None),
                 with_ci(stats::mean_ci(&kept), 3, None),
@@ -884,7 +884,7 @@ fn compose<'a>(
         x_ticks: None,
         panels,
         notes: vec!["dotted: kept tasks (noise floor)".into()],
-        legend_at: SeriesLabelPosition::MiddleRight,
+        legend_at: SeriesLabelPosition::UpperRight,
     }));
     blocks.push(Block::Heading("Retention after the drop".into()));
     blocks.push(Block::Figure(charts.len() - 1));
