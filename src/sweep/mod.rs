@@ -182,6 +182,10 @@ impl Plan {
         }
         axes.push(sweep.seeds.iter().map(|&s| vec![("seed".to_string(), toml::Value::Integer(s as i64))]).collect());
         let keys: Vec<String> = axes.iter().flat_map(|a| a[0].iter().map(|(k, _)| k.clone())).collect();
+        let command = std::iter::once(format!("ebb sweep {}", shell_word(&path.display().to_string())))
+            .chain(overrides.iter().map(|o| format!("--set {}", shell_word(o))))
+            .collect::<Vec<_>>()
+            .join(" ");
 
         let mut runs = Vec::new();
         let mut index = vec![0usize; axes.len()];
@@ -192,10 +196,6 @@ impl Plan {
             let mut k = axes.len();
             loop {
                 if k == 0 {
-                    let command = std::iter::once(format!("ebb sweep {}", shell_word(&path.display().to_string())))
-                        .chain(overrides.iter().map(|o| format!("--set {}", shell_word(o))))
-                        .collect::<Vec<_>>()
-                        .join(" ");
                     return Ok(Plan { name: sweep.name, keys, runs, report: sweep.report, command });
                 }
                 k -= 1;

@@ -196,6 +196,8 @@ fn newcombe(p1: f64, [l1, u1]: [f64; 2], p2: f64, [l2, u2]: [f64; 2]) -> (f64, f
 /// Where an accuracy's interval is clipped: a t interval over a few runs
 /// can reach past what an accuracy can be.
 const ACCURACY: Option<(f64, f64)> = Some((0.0, 1.0));
+/// Where a step count's interval is clipped.
+const STEPS: Option<(f64, f64)> = Some((0.0, f64::INFINITY));
 
 /// `0.123 [0.100, 0.150]`, or the value and why it has no interval; the
 /// interval clipped to `bounds` where given.
@@ -548,7 +550,6 @@ fn sizes(runs: &[StudyRun]) -> Vec<String> {
     s.into_iter().map(|(k, _)| k).collect()
 }
 
-/// The sweep's `[report]` settings (report.json).
 /// What `ebb sweep` left in the sweep directory's report.json for the report.
 struct Spec {
     /// Where the page goes ([report] study), unless `--out` says otherwise.
@@ -559,6 +560,7 @@ struct Spec {
     command: Option<String>,
 }
 
+/// The sweep's `[report]` settings and command (report.json).
 fn spec(dir: &Path) -> Spec {
     let v: serde_json::Value = std::fs::read_to_string(dir.join("report.json"))
         .ok()
@@ -610,7 +612,6 @@ fn provenance(dir: &Path, batteries: &[Battery]) -> String {
 pub fn report(dir: &Path, opts: &ReportOptions) -> Result<Vec<PathBuf>> {
     let (_, rows) = aggregate::load(dir)?;
     let spec = spec(dir);
-    let relearn_steps = spec.relearn_steps;
     let md_path = opts.out.clone().or(spec.study.clone()).unwrap_or_else(|| dir.join("study.md"));
     if md_path.extension().and_then(|e| e.to_str()) != Some("md") {
         return Err(Error::input(format!("--out {}: the report is a Markdown file (NAME.md)", md_path.display())));
@@ -638,7 +639,7 @@ pub fn report(dir: &Path, opts: &ReportOptions) -> Result<Vec<PathBuf>> {
     let sizes = sizes(&runs);
     let mut batteries = pick_batteries(&runs, &sizes);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    run_batteries(&mut batteries, relearn_steps, opts.jobs.unwrap_or(cores), opts.quiet)?;
+    run_batteries(&mut batteries, spec.relearn_steps, opts.jobs.unwrap_or(cores), opts.quiet)?;
 
     let (blocks, charts) = compose(dir, &spec, &rows, &runs, &sizes, &batteries, &excluded);
     write(&md_path, &blocks, &charts)
@@ -799,7 +800,7 @@ fn compose<'a>(
     // Decay by condition and size.
     blocks.push(Block::Heading("Decay by condition and size".into()));
     blocks.push(Block::Text(format!(
-        "AURC: the mean retention r over the {horizon:.0} steps after the drop (1: no decay; 0: back to chance at once), per run the mean over its learned drops; the noise floor is the same statistic for the tasks that stayed in training. Intervals: 95% t over runs (an accuracy's clipped to [0, 1]). Half-life: Kaplan–Meier median over drops (\"> x\": half or more censored)."
+        "AURC: the mean retention r over the {horizon:.0} steps after the drop (1: no decay; 0: back to chance at once), per run the mean over its learned drops; the noise floor is the same statistic for the tasks that stayed in training and were learned at the drop (– where none was). Intervals: 95% t over runs (an accuracy's clipped to [0, 1]). Half-life: Kaplan–Meier median over drops (\"> x\": half or more censored)."
     )));
     let mut table = Vec::new();
     for c in &conditions {
@@ -821,7 +822,7 @@ fn compose<'a>(
                 short_params(cell[0].params()),
                 cell.len().to_string(),
                 format!("{} of {}", learned.len(), drops.len()),
-                with_ci(stats::mean_ci(&steps), 0, Some((0.0, f64::INFINITY))),
+                with_ci(stats::mean_ci(&steps), 0, STEPS),
                 with_ci(stats::mean_ci(&at_drop), 3, ACCURACY),
                 with_ci(stats::mean_ci(&aurc), 3, None),
                 with_ci(stats::mean_ci(&kept), 3, None),
