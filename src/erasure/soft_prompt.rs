@@ -110,6 +110,15 @@ pub struct SoftPromptModel {
     pub k_ninety: Option<usize>,
 }
 
+impl SoftPromptModel {
+    /// The point whose prompt fits the selection sample of T best (the least
+    /// loss; ties: the smaller k): this model's soft-prompt capacity, chosen
+    /// without the held-out set, and never at a k whose optimization failed.
+    pub fn best_fit(&self) -> Option<&SoftPromptPoint> {
+        self.points.iter().min_by(|a, b| a.selection_loss.total_cmp(&b.selection_loss).then(a.k.cmp(&b.k)))
+    }
+}
+
 /// What the soft-prompt instrument measured.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SoftPrompts {
@@ -348,4 +357,39 @@ fn fragility<B: Backend>(
         out.push(Perturbed { epsilon, mean: draws.iter().sum::<f64>() / draws.len() as f64, draws });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(k: usize, accuracy: f64, selection_loss: f64) -> SoftPromptPoint {
+        SoftPromptPoint {
+            k,
+            accuracy,
+            accuracy_interval: [accuracy, accuracy],
+            selection_loss,
+            start: Start::Noise,
+            starts: Vec::new(),
+            fragility: Vec::new(),
+            halving_epsilon: None,
+        }
+    }
+
+    #[test]
+    fn best_fit_is_the_least_selection_loss_not_the_largest_k_or_the_best_accuracy() {
+        // At k = 32 the optimization failed (loss up, accuracy down); at k = 2
+        // the held-out accuracy is highest, but the fit is better at k = 8.
+        let model = SoftPromptModel {
+            model: "C".into(),
+            points: vec![point(0, 0.0, 5.0), point(2, 0.7, 0.4), point(8, 0.6, 0.3), point(32, 0.05, 1.0)],
+            k_half: None,
+            k_ninety: None,
+        };
+        assert_eq!(model.best_fit().map(|p| p.k), Some(8));
+        // Ties go to the fewer tokens.
+        let tied = SoftPromptModel { points: vec![point(16, 0.2, 0.3), point(4, 0.1, 0.3)], ..model };
+        assert_eq!(tied.best_fit().map(|p| p.k), Some(4));
+        assert!(SoftPromptModel { points: Vec::new(), ..tied }.best_fit().is_none());
+    }
 }

@@ -249,6 +249,8 @@ struct CurvePanels {
     notes: Vec<String>,
     /// Where in each panel the legend goes: where its curves leave room.
     legend_at: SeriesLabelPosition,
+    /// Whether the y range grows to leave the legend (at the top) its own room.
+    legend_above_data: bool,
 }
 
 struct CurvePanel {
@@ -277,6 +279,12 @@ impl Curve {
             points: pts.iter().map(|(x, m)| (*x as f64, m.mean, m.ci95.map(|h| (m.mean - h, m.mean + h)))).collect(),
         }
     }
+
+    /// The mean alone, without its band.
+    fn without_band(mut self) -> Curve {
+        self.points.iter_mut().for_each(|p| p.2 = None);
+        self
+    }
 }
 
 impl CurvePanels {
@@ -288,7 +296,14 @@ impl CurvePanels {
         let pts = || self.panels.iter().flat_map(|p| p.curves.iter()).flat_map(|c| c.points.iter());
         let (y0, y1) = pts()
             .fold((0.0f64, 1.0f64), |(a, b), p| (a.min(p.2.map_or(p.1, |i| i.0)), b.max(p.2.map_or(p.1, |i| i.1))));
-        let y = (y0.max(-0.5) - 0.02, y1.min(2.0) + 0.15);
+        let (y0, y1) = (y0.max(-0.5) - 0.02, y1.min(2.0));
+        // With `legend_above_data`, the top share of the plot that the legend
+        // takes is left empty: its rows at about 18 px each, in a plot about
+        // 80 px shorter than its panel.
+        let labelled = self.panels.iter().map(|p| p.curves.iter().filter(|c| c.label.is_some()).count()).max();
+        let legend_px = (labelled.unwrap_or(0) + self.notes.len()) * 18 + 24;
+        let share = (legend_px as f64 / (self.panel_height as f64 - 80.0)).min(0.8);
+        let y = if self.legend_above_data { (y0, (y1 + 0.05 - share * y0) / (1.0 - share)) } else { (y0, y1 + 0.15) };
         for (panel, sub) in self.panels.iter().zip(area.split_evenly((rows, self.cols))) {
             self.draw_panel(panel, y, &sub)?;
         }
@@ -800,7 +815,8 @@ fn compose<'a>(
     // Decay by condition and size.
     blocks.push(Block::Heading("Decay by condition and size".into()));
     blocks.push(Block::Text(format!(
-        "AURC: the mean retention r over the {horizon:.0} steps after the drop (1: no decay; 0: back to chance at once), per run the mean over its learned drops; the noise floor is the same statistic for the tasks that stayed in training and were learned at the drop (– where none was). Intervals: 95% t over runs (an accuracy's clipped to [0, 1]). Half-life: Kaplan–Meier median over drops (\"> x\": half or more censored)."
+        "AURC: the mean retention r over the {horizon:.0} steps after the drop (1: no decay; 0: back to chance at once), per run the mean over its learned drops; the noise floor is the same statistic for the tasks that stayed in training and were more right than wrong at the drop (exact match ≥ {floor}, or the learned bar where that is lower; – where none was, and \"k of n runs\" where only some runs had one); above 1, they were still being learned. Intervals: 95% t over runs (an accuracy's clipped to [0, 1]). Half-life: Kaplan–Meier median over drops (\"> x\": half or more censored).",
+        floor = crate::analysis::NOISE_FLOOR_ACCURACY
     )));
     let mut table = Vec::new();
     for c in &conditions {
@@ -825,7 +841,12 @@ fn compose<'a>(
                 with_ci(stats::mean_ci(&steps), 0, STEPS),
                 with_ci(stats::mean_ci(&at_drop), 3, ACCURACY),
                 with_ci(stats::mean_ci(&aurc), 3, None),
-                with_ci(stats::mean_ci(&kept), 3, None),
+                match kept.len() {
+                    k if k > 0 && k < cell.len() => {
+                        format!("{} ({k} of {} runs)", with_ci(stats::mean_ci(&kept), 3, None), cell.len())
+                    }
+                    _ => with_ci(stats::mean_ci(&kept), 3, None),
+                },
                 match stats::km_median(&obs) {
                     Some(Median::Reached { value }) => format!("{value:.0}"),
                     Some(Median::Above { value }) => format!("> {value:.0}"),
@@ -870,22 +891,23 @@ fn compose<'a>(
                 }
                 let label = format!("{s} ({}, {} runs)", short_params(cell[0].params()), dropped.len());
                 curves.push(Curve::from_means(Some(label), size_color(s), false, &pointwise(&dropped, dropped.len())));
-                curves.push(Curve::from_means(None, size_color(s), true, &pointwise(&kept, kept.len())));
+                curves.push(Curve::from_means(None, size_color(s), true, &pointwise(&kept, kept.len())).without_band());
             }
             panels.push(CurvePanel { title: format!("{c} ({st})"), curves, marks: Vec::new() });
         }
     }
     charts.push(Box::new(CurvePanels {
         name: "retention",
-        title: "Retention of dropped tasks against steps since the drop: mean and 95% band over runs (solid); the kept tasks over the same window, dotted (noise floor)".into(),
+        title: "Retention of dropped tasks against steps since the drop: mean and 95% band over runs (solid); the kept tasks' mean over the same window, dotted (noise floor)".into(),
         cols: conditions.len().max(1),
         panel_height: 420,
         x_desc: "steps since the drop".into(),
         y_desc: "retention r".into(),
         x_ticks: None,
         panels,
-        notes: vec!["dotted: kept tasks (noise floor)".into()],
+        notes: vec!["dotted: kept tasks' mean (noise floor)".into()],
         legend_at: SeriesLabelPosition::UpperRight,
+        legend_above_data: true,
     }));
     blocks.push(Block::Heading("Retention after the drop".into()));
     blocks.push(Block::Figure(charts.len() - 1));
@@ -1029,6 +1051,7 @@ fn compose<'a>(
             panels,
             notes: Vec::new(),
             legend_at: SeriesLabelPosition::UpperRight,
+            legend_above_data: false,
         }));
         blocks.push(Block::Figure(charts.len() - 1));
         // Answer 3: does the zero-shot pair survive the drop?
@@ -1179,6 +1202,7 @@ fn compose<'a>(
             panels,
             notes: vec!["dotted: the control C".into()],
             legend_at: SeriesLabelPosition::UpperLeft,
+            legend_above_data: false,
         }));
         blocks.push(Block::Figure(charts.len() - 1));
     }
@@ -1194,15 +1218,13 @@ fn compose<'a>(
             ]);
             continue;
         };
-        // At the largest k both models tried: fixed in advance, not the best of several.
+        // Each model at the k whose prompt fits its selection sample of the
+        // training problems best: chosen without the held-out set, and never
+        // at a k where the prompt's optimization failed.
         let gap = e.soft_prompts.as_ref().and_then(|sp| {
-            let find = |m: &str| sp.models.iter().find(|x| x.model == m);
-            let (d, c) = (find("D")?, find("C")?);
-            d.points
-                .iter()
-                .filter_map(|p| Some((p, c.points.iter().find(|q| q.k == p.k)?)))
-                .map(|(p, q)| (p.k, newcombe(p.accuracy, p.accuracy_interval, q.accuracy, q.accuracy_interval)))
-                .max_by_key(|g| g.0)
+            let best = |m: &str| sp.models.iter().find(|x| x.model == m)?.best_fit();
+            let (d, c) = (best("D")?, best("C")?);
+            Some((d.k, c.k, newcombe(d.accuracy, d.accuracy_interval, c.accuracy, c.accuracy_interval)))
         });
         let decayed = e.after.exact_match < 0.5 * e.before.exact_match;
         let measured = format!(
@@ -1212,11 +1234,11 @@ fn compose<'a>(
             e.control.as_ref().map_or(f64::NAN, |c| c.exact_match)
         );
         match gap {
-            Some((k, (d, lo, hi))) => {
+            Some((k_d, k_c, (d, lo, hi))) => {
                 let answer = if !decayed {
                     "not decayed by the window's end: nothing erased to test".into()
                 } else if lo > 0.0 {
-                    format!("gated: {k} soft-prompt tokens bring back more on D than on the control")
+                    "gated: a soft prompt brings back more on D than on the control".into()
                 } else if hi < 0.0 {
                     "erased: D is no easier to prompt than the control".into()
                 } else {
@@ -1224,7 +1246,7 @@ fn compose<'a>(
                 };
                 answers.push(vec![
                     question,
-                    format!("{measured}, at k = {k}"),
+                    format!("{measured}, D at k = {k_d}, C at k = {k_c}"),
                     format!("{d:+.3} [{lo:+.3}, {hi:+.3}]"),
                     answer,
                 ]);
@@ -1240,7 +1262,7 @@ fn compose<'a>(
 
     let answer_blocks = vec![
         Block::Heading("Answers".into()),
-        Block::Text("Each answer gives its measurement and 95% interval; where the interval does not exclude no effect, it says so. AURC differences: Welch's t interval over runs (all strata together); exponents: the censored power law's interval; soft-prompt gaps: Newcombe's interval from the two Wilson intervals.".into()),
+        Block::Text("Each answer gives its measurement and 95% interval; where the interval does not exclude no effect, it says so. AURC differences: Welch's t interval over runs (all strata together); exponents: the censored power law's interval; soft-prompt gaps: Newcombe's interval from the two Wilson intervals, each model at the k whose prompt has the least loss on its selection sample of training problems (chosen without the held-out problems; a k where the optimization failed is never chosen).".into()),
         Block::Table(["question", "measurement", "estimate [95% interval]", "answer"].map(String::from).to_vec(), answers),
     ];
     blocks.splice(answers_at..answers_at, answer_blocks);
