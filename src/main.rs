@@ -200,9 +200,12 @@ enum Command {
         /// The Markdown page, NAME.md (default: the sweep's [report] study, else SWEEP_DIR/study.md).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Erasure batteries at once (default: one per core).
+        /// Erasure batteries at once (default: one per core on the CPU, one on a GPU).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Where the erasure batteries compute (passed to each `ebb erasure --device`).
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: Device,
         #[arg(long, short)]
         quiet: bool,
     },
@@ -396,11 +399,11 @@ fn dispatch(command: Command) -> Result<()> {
         }
         Command::Status { sweep_dir } => commands::status(&sweep_dir),
         Command::Aggregate { sweep_dir } => commands::aggregate(&sweep_dir),
-        Command::Report { sweep_dir, out, jobs, quiet } => {
+        Command::Report { sweep_dir, out, jobs, device, quiet } => {
             if jobs == Some(0) {
                 return Err(Error::input("--jobs must be at least 1"));
             }
-            let opts = ebb::sweep::study::ReportOptions { out, jobs, quiet };
+            let opts = ebb::sweep::study::ReportOptions { out, jobs, device: device.name(), quiet };
             for path in ebb::sweep::study::report(&sweep_dir, &opts)? {
                 println!("wrote {}", path.display());
             }

@@ -229,9 +229,11 @@ fn a_dry_run_writes_a_batch_script_one_can_read_and_submit() {
         "#SBATCH --cpus-per-task=2\n",
         "#SBATCH --mem=2G\n",
         "--shard \"$((SLURM_ARRAY_TASK_ID + 1))/5\"",
+        " --device cpu ",
     ] {
         assert!(script.contains(line), "script lacks {line:?}:\n{script}");
     }
+    assert!(!script.contains("--gres"), "a CPU sweep asks for a GPU:\n{script}");
     assert!(!out.join("slurm/jobs.csv").exists(), "a dry run submitted something");
 
     // Array task 2 of that script is exactly `--shard 3/5`: run it by hand.
@@ -259,4 +261,21 @@ fn a_dry_run_writes_a_batch_script_one_can_read_and_submit() {
     // `ebb sweep FILE --status` reads the same directory the same way.
     let via_sweep = run_ok(ebb().arg("sweep").arg(test_sweep()).arg("--out").arg(&out).arg("--status"));
     assert_eq!(stdout(&via_sweep), stdout(&run_ok(ebb().arg("status").arg(&out))));
+}
+
+#[test]
+fn a_cuda_sweep_passes_its_device_to_every_run_and_asks_slurm_for_a_gpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script_of = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        run_ok(ebb().arg("sweep").arg(test_sweep()).arg("--out").arg(&out).args(["--slurm", "--dry-run"]).args(extra));
+        std::fs::read_to_string(out.join("slurm/sweep.sbatch")).unwrap()
+    };
+    let script = script_of("cuda", &["--device", "cuda"]);
+    let exec = script.lines().find(|l| l.starts_with("exec ")).unwrap();
+    assert!(exec.contains(" --device cuda "), "{exec}");
+    assert!(script.contains("#SBATCH --gres=gpu:1\n"), "{script}");
+    // A GPU request of one's own replaces the default one.
+    let script = script_of("gpus", &["--device", "cuda", "--sbatch-arg=--gpus=2"]);
+    assert!(script.contains("#SBATCH --gpus=2\n") && !script.contains("--gres"), "{script}");
 }

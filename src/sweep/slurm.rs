@@ -140,6 +140,11 @@ fn batch_script(
     if let Some(t) = &opts.time {
         s.push_str(&format!("#SBATCH --time={t}\n"));
     }
+    // Runs on `--device cuda` need a GPU each; an explicit GPU request wins.
+    let asks_for_gpu = |a: &String| ["--gres", "--gpus", "-G"].iter().any(|p| a.starts_with(p));
+    if opts.device == "cuda" && !opts.sbatch_args.iter().any(asks_for_gpu) {
+        s.push_str("#SBATCH --gres=gpu:1\n");
+    }
     for a in &opts.sbatch_args {
         s.push_str(&format!("#SBATCH {a}\n"));
     }

@@ -46,8 +46,10 @@ const BATTERY: &str = "restore,relearn,soft-prompt";
 pub struct ReportOptions {
     /// The Markdown page (default: the sweep's `[report] study`, else `SWEEP_DIR/study.md`).
     pub out: Option<PathBuf>,
-    /// Erasure batteries at once (default: one per core).
+    /// Erasure batteries at once (default: one per core on the CPU, one on a GPU).
     pub jobs: Option<usize>,
+    /// Every battery's `--device` (`cpu`, `cuda` or `auto`).
+    pub device: &'static str,
     pub quiet: bool,
 }
 
@@ -482,11 +484,31 @@ fn current_battery(run_dir: &Path, task: &str, relearn_steps: u64) -> Option<Era
         .then_some(e)
 }
 
-/// Runs the batteries not yet measured, `jobs` at a time, each as its own `ebb erasure`.
-fn run_batteries(batteries: &mut [Battery], relearn_steps: u64, jobs: usize, quiet: bool) -> Result<()> {
+/// The `ebb erasure` that measures `task` in `run_dir` for the report.
+fn battery_command(
+    exe: &Path,
+    run_dir: &Path,
+    task: &str,
+    relearn_steps: u64,
+    threads: usize,
+    device: &str,
+) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("erasure")
+        .arg(run_dir)
+        .args(["--task", task, "--only", BATTERY, "--control", "auto", "--device", device])
+        .args(["--soft-prompt-on", "D,C"])
+        .args(["--relearn-steps", &relearn_steps.to_string(), "--threads", &threads.to_string()]);
+    cmd
+}
+
+/// Runs the batteries not yet measured, `opts.jobs` at a time (default: one
+/// per core on the CPU, one on a GPU), each as its own `ebb erasure`.
+fn run_batteries(batteries: &mut [Battery], relearn_steps: u64, opts: &ReportOptions) -> Result<()> {
     let exe = std::env::current_exe().map_err(|e| Error::input(format!("cannot find the ebb executable: {e}")))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / jobs.max(1)).max(1);
+    let jobs = opts.jobs.unwrap_or(if opts.device == "cpu" { cores } else { 1 }).max(1);
+    let threads = (cores / jobs).max(1);
     let todo: Vec<usize> = (0..batteries.len())
         .filter(|&i| current_battery(&batteries[i].run.dir, &batteries[i].task, relearn_steps).is_none())
         .collect();
@@ -494,20 +516,15 @@ fn run_batteries(batteries: &mut [Battery], relearn_steps: u64, jobs: usize, qui
     let failures = std::sync::Mutex::new(Vec::new());
     let jobs_list: Vec<(PathBuf, String)> = batteries.iter().map(|b| (b.run.dir.clone(), b.task.clone())).collect();
     std::thread::scope(|scope| {
-        for _ in 0..jobs.max(1) {
+        for _ in 0..jobs {
             scope.spawn(|| {
                 loop {
                     let Some(i) = next.lock().unwrap_or_else(|e| e.into_inner()).next() else { break };
                     let (dir, task) = &jobs_list[i];
-                    if !quiet {
+                    if !opts.quiet {
                         eprintln!("erasure battery: {} in {}", task, dir.display());
                     }
-                    let out = Command::new(&exe)
-                        .arg("erasure")
-                        .arg(dir)
-                        .args(["--task", task, "--only", BATTERY, "--control", "auto", "--device", "cpu"])
-                        .args(["--soft-prompt-on", "D,C"])
-                        .args(["--relearn-steps", &relearn_steps.to_string(), "--threads", &threads.to_string()])
+                    let out = battery_command(&exe, dir, task, relearn_steps, threads, opts.device)
                         .stdin(Stdio::null())
                         .stdout(Stdio::null())
                         .stderr(Stdio::piped())
@@ -653,8 +670,7 @@ pub fn report(dir: &Path, opts: &ReportOptions) -> Result<Vec<PathBuf>> {
     }
     let sizes = sizes(&runs);
     let mut batteries = pick_batteries(&runs, &sizes);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    run_batteries(&mut batteries, spec.relearn_steps, opts.jobs.unwrap_or(cores), opts.quiet)?;
+    run_batteries(&mut batteries, spec.relearn_steps, opts)?;
 
     let (blocks, charts) = compose(dir, &spec, &rows, &runs, &sizes, &batteries, &excluded);
     write(&md_path, &blocks, &charts)
@@ -1267,4 +1283,22 @@ fn compose<'a>(
     ];
     blocks.splice(answers_at..answers_at, answer_blocks);
     (blocks, charts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_battery_runs_on_the_reports_device() {
+        for device in ["cpu", "cuda", "auto"] {
+            let cmd = battery_command(Path::new("/bin/ebb"), Path::new("runs/s/abc"), "ko", 20, 2, device);
+            let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+            let after = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].as_str());
+            assert_eq!(args[..2], ["erasure", "runs/s/abc"]);
+            assert_eq!(after("--device"), Some(device));
+            assert_eq!((after("--task"), after("--only")), (Some("ko"), Some(BATTERY)));
+            assert_eq!((after("--relearn-steps"), after("--threads")), (Some("20"), Some("2")));
+        }
+    }
 }
