@@ -874,11 +874,18 @@ fn gpu_sum_squares_and_adamw_match_cpu() {
     let cpu = CpuBackend::<f32>::new();
     for n in [1, 100, 16_384, 16_385, 300_001] {
         let x = random(n, 19);
-        let want = cpu.sum_squares(&x);
-        let got = g.sum_squares(&up(&g, &x));
+        let whole = [View { offset: 0, len: n }];
+        let want = cpu.sum_squares(&x, &whole);
+        let got = g.sum_squares(&up(&g, &x), &whole);
         assert!((got - want).abs() <= 1e-12 * want, "sum_squares n{n}: got {got}, want {want}");
-        assert_eq!(got.to_bits(), g.sum_squares(&up(&g, &x)).to_bits(), "sum_squares repeats");
+        assert_eq!(got.to_bits(), g.sum_squares(&up(&g, &x), &whole).to_bits(), "sum_squares repeats");
     }
+    // Over views (the trainable tensors when some are frozen): offsets, a view
+    // over chunks, an empty one.
+    let x = random(300_001, 23);
+    let views = [View { offset: 3, len: 40_000 }, View { offset: 50_000, len: 0 }, View { offset: 200_000, len: 17 }];
+    let (want, got) = (cpu.sum_squares(&x, &views), g.sum_squares(&up(&g, &x), &views));
+    assert!((got - want).abs() <= 1e-12 * want, "sum_squares over views: got {got}, want {want}");
     // AdamW: the same f32 operations as the CPU, so the same bits, over
     // groups with different decays and a gap no group covers.
     let n = 5000;

@@ -256,8 +256,14 @@ fn sum_squares_and_adamw_match_reference() {
     let cpu = CpuBackend::<f32>::new();
     for n in [1, 100, 40_000] {
         let x = random(n, 17);
-        assert_close(&[cpu.sum_squares(&x)], &[refs::sum_squares(&x)], 1e-9, &format!("sum_squares n{n}"));
+        let whole = [View { offset: 0, len: n }];
+        assert_close(&[cpu.sum_squares(&x, &whole)], &[refs::sum_squares(&x)], 1e-9, &format!("sum_squares n{n}"));
     }
+    // Over views: only what they cover (one spans chunks, one is empty), in their order.
+    let x = random(40_000, 22);
+    let views = [View { offset: 10, len: 20_000 }, View { offset: 25_000, len: 0 }, View { offset: 30_000, len: 7 }];
+    let want: f64 = views.iter().map(|v| refs::sum_squares(&x[v.range()])).sum();
+    assert_close(&[cpu.sum_squares(&x, &views)], &[want], 1e-9, "sum_squares over views");
     // Two groups with different weight decays.
     let n = 777;
     let (mut p, grads, mut m) = (random(n, 18), random(n, 19), random(n, 20));

@@ -847,16 +847,20 @@ impl<F: Float> Backend for CpuBackend<F> {
     }
 
     // Σ g² in f64 per chunk of SUM_SQUARES_CHUNK elements, the chunks added in order.
-    fn sum_squares(&self, buf: &Vec<F>) -> f64 {
+    fn sum_squares(&self, buf: &Vec<F>, views: &[View]) -> f64 {
         let mut partials = self.partials.lock().unwrap_or_else(|e| e.into_inner());
-        let chunks = buf.len().div_ceil(SUM_SQUARES_CHUNK);
+        let chunks = views.iter().map(|v| v.len.div_ceil(SUM_SQUARES_CHUNK)).sum();
         if partials.len() != chunks {
-            partials.resize(chunks, 0.0); // first call only: the buffer size never changes
+            partials.resize(chunks, 0.0); // first call only: the views never change
         }
-        partials
-            .par_iter_mut()
-            .zip(buf.par_chunks(SUM_SQUARES_CHUNK))
-            .for_each(|(s, c)| *s = sum_zip(c, c, c, |g, _, _| g.f64() * g.f64()));
+        let mut rest = &mut partials[..];
+        for v in views {
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(v.len.div_ceil(SUM_SQUARES_CHUNK));
+            mine.par_iter_mut()
+                .zip(buf[v.range()].par_chunks(SUM_SQUARES_CHUNK))
+                .for_each(|(s, c)| *s = sum_zip(c, c, c, |g, _, _| g.f64() * g.f64()));
+            rest = tail;
+        }
         partials.iter().sum()
     }
 

@@ -345,8 +345,8 @@ macro_rules! with_backend_ops {
             /// dlogits (N,V) = (probs - onehot(target)) · mask · scale
             fn crossentropy_backward(&self, dlogits: &mut Self::Buf, probs: &Self::Buf, targets: &Self::Tokens, mask: &Self::Buf, scale: f64, shape: Logits);
 
-            /// Σ g² over the whole buffer, summed in a fixed order.
-            fn sum_squares(&self, buf: &Self::Buf) -> f64;
+            /// Σ g² over `views` of buf (each cut into chunks of SUM_SQUARES_CHUNK, the chunks added in order)
+            fn sum_squares(&self, buf: &Self::Buf, views: &[View]) -> f64;
             /// One AdamW step over every group (each group one parameter tensor).
             fn adamw_update(&self, params: &mut Self::Buf, grads: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, groups: &[DecayGroup], hp: AdamW);
         }

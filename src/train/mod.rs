@@ -51,7 +51,7 @@ impl<B: Backend> Trainer<B> {
             return Err(Error::Diverged { step, what: format!("loss is {loss}") });
         }
         self.model.backward(backend);
-        let grad_norm = Optimizer::<B>::grad_norm(backend, &self.model.grads);
+        let grad_norm = self.opt.grad_norm(backend, &self.model.grads);
         if !grad_norm.is_finite() {
             backend.check()?;
             return Err(Error::Diverged { step, what: format!("gradient norm is {grad_norm}") });

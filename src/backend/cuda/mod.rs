@@ -1000,28 +1000,35 @@ impl Backend for CudaBackend {
         launch!(self, "crossentropy_backward", self.elementwise(n * v), &d, &p, &tg, &m, &s, &ni, &vi);
     }
 
-    // Σ g² in f64: sum_squares per chunk on the device, the chunks added in
-    // order on the host.
-    fn sum_squares(&self, buf: &DeviceBuf<f32>) -> f64 {
+    // Σ g² in f64: sum_squares per chunk of each view on the device, the
+    // chunks added in order on the host.
+    fn sum_squares(&self, buf: &DeviceBuf<f32>, views: &[View]) -> f64 {
         let op = "sum_squares";
-        let chunks = buf.len.div_ceil(SUM_SQUARES_CHUNK);
+        let chunks = views.iter().map(|v| v.len.div_ceil(SUM_SQUARES_CHUNK)).sum();
+        views.iter().for_each(|&v| self.need_view(buf, v, op, "buf"));
         if chunks == 0 || self.failure.is_set() {
             return 0.0;
         }
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let Scratch { squares, host_squares, .. } = &mut *scratch;
         if squares.as_ref().is_none_or(|s| s.len != chunks) {
-            *squares = None; // first call only: the size never changes
+            *squares = None; // first call only: the views never change
             *host_squares = vec![0.0; chunks];
         }
         let squares = squares.get_or_insert_with(|| self.alloc_of::<f64>(chunks, op));
-        let (out, x, n, chunk) = (self.ptr(squares, 0), self.ptr(buf, 0), buf.len as i64, SUM_SQUARES_CHUNK as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (self.grid(chunks, "chunks"), 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        launch!(self, "sum_squares", cfg, &out, &x, &n, &chunk);
+        let mut at = 0;
+        for v in views.iter().filter(|v| v.len > 0) {
+            let n = v.len.div_ceil(SUM_SQUARES_CHUNK);
+            let (out, x, len, chunk) =
+                (self.ptr(squares, at), self.ptr(buf, v.offset), v.len as i64, SUM_SQUARES_CHUNK as i32);
+            let cfg = LaunchConfig {
+                grid_dim: (self.grid(n, "chunks"), 1, 1),
+                block_dim: (BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            launch!(self, "sum_squares", cfg, &out, &x, &len, &chunk);
+            at += n;
+        }
         if !self.failure.is_set()
             && let Some(data) = &squares.data
             && let Err(e) = self.stream.memcpy_dtoh(&data.slice(0..chunks), host_squares.as_mut_slice())
