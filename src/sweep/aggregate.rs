@@ -380,6 +380,28 @@ const HALF_LIFE_CAPTION: &str = "half-life of dropped tasks against model size (
 /// median per size (large circles; triangles when it is only a lower bound)
 /// and the censored power law (dashed), its exponent and 95% interval in
 /// the legend.
+/// A parameter count for a person: "950", "30k", "1.2M".
+pub(crate) fn short_params(p: f64) -> String {
+    if p >= 1e6 {
+        format!("{:.1}M", p / 1e6)
+    } else if p >= 1e3 {
+        format!("{:.0}k", p / 1e3)
+    } else {
+        format!("{p:.0}")
+    }
+}
+
+/// Ticks for a log axis over [lo, hi]: 1, 2, 3 and 5 times the powers of ten
+/// inside it, so that a span short of a decade still gets labels.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let first = lo.max(f64::MIN_POSITIVE).log10().floor() as i32;
+    let last = hi.log10().ceil() as i32;
+    (first..=last)
+        .flat_map(|e| [1.0, 2.0, 3.0, 5.0].map(|m| m * 10f64.powi(e)))
+        .filter(|t| (lo..=hi).contains(t))
+        .collect()
+}
+
 pub(crate) struct HalfLifeScaling {
     rows: Vec<RunRow>,
     scaling: Scaling,
@@ -408,20 +430,23 @@ impl HalfLifeScaling {
             .iter()
             .filter(|p| p.2.value > 0.0)
             .fold((f64::INFINITY, 0.0f64), |(a, b), p| (a.min(p.2.value), b.max(p.2.value)));
-        let (pmin, pmax) = if pmin.is_finite() { (pmin * 0.7, pmax * 1.4) } else { (1.0, 10.0) };
+        let (pmin, pmax) = if pmin.is_finite() { (pmin * 0.8, pmax * 1.25) } else { (1.0, 10.0) };
         let (hmin, hmax) = if hmin.is_finite() && hmin > 0.0 { (hmin * 0.7, hmax * 1.6) } else { (1.0, 10.0) };
         let mut chart = ChartBuilder::on(area)
             .caption(&self.caption, (FONT, 15))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d((pmin..pmax).log_scale(), (hmin..hmax).log_scale())
+            .build_cartesian_2d(
+                (pmin..pmax).log_scale().with_key_points(log_ticks(pmin, pmax)),
+                (hmin..hmax).log_scale(),
+            )
             .map_err(err)?;
         chart
             .configure_mesh()
             .x_desc("parameters")
             .y_desc("half-life (steps)")
-            .x_label_formatter(&|v| format!("{v:.0}"))
+            .x_label_formatter(&|v| short_params(*v))
             .y_label_formatter(&|v| format!("{v:.0}"))
             .label_style((FONT, 13))
             .axis_desc_style((FONT, 14))
@@ -677,6 +702,14 @@ impl Chart for Heatmap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_ticks_label_spans_shorter_than_a_decade() {
+        assert_eq!(log_ticks(24_000.0, 146_000.0), [30_000.0, 50_000.0, 100_000.0]);
+        assert_eq!(log_ticks(0.9, 25.0), [1.0, 2.0, 3.0, 5.0, 10.0, 20.0]);
+        assert_eq!(short_params(117_200.0), "117k");
+        assert_eq!(short_params(1_250_000.0), "1.2M");
+    }
     use crate::analysis::fit::FitStatus;
 
     #[test]

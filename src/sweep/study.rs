@@ -30,7 +30,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::RunStatus;
-use super::aggregate::{self, HalfLifeScaling, RunRow, mean};
+use super::aggregate::{self, HalfLifeScaling, RunRow, mean, short_params};
 use crate::analysis::stats::{self, Mean, Median, Observation};
 use crate::analysis::{DropSummary, RunData, Summary};
 use crate::erasure::Erasure;
@@ -216,16 +216,6 @@ fn with_ci(m: Option<Mean>, digits: usize, bounds: Option<(f64, f64)>) -> String
 
 fn signed_ci(diff: f64, half: f64, digits: usize) -> String {
     format!("{diff:+.digits$} [{:+.digits$}, {:+.digits$}]", diff - half, diff + half)
-}
-
-fn short_params(p: f64) -> String {
-    if p >= 1e6 {
-        format!("{:.1}M", p / 1e6)
-    } else if p >= 1e3 {
-        format!("{:.0}k", p / 1e3)
-    } else {
-        format!("{p:.0}")
-    }
 }
 
 /// The page, as blocks rendered to Markdown and to HTML.
