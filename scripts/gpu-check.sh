@@ -3,8 +3,9 @@
 # output in its own file under $OUT (default gpu-out/): the GPU, the GPU test
 # suite with EBB_REQUIRE_GPU=1 (skips become failures), `ebb bench --device
 # cuda` with and without the per-op breakdown, the quickstart on the GPU, the
-# erasure battery on its run, and the PyTorch peer on the same GPU, eager and compiled. Needs gpu-pack/ from
-# scripts/gpu-pack.sh. Prints a summary; exits non-zero if the tests fail.
+# erasure battery on its run, and the PyTorch peer on the same GPU, eager and
+# compiled. Needs gpu-pack/ from scripts/gpu-pack.sh. Prints a summary; exits
+# non-zero if the tests fail.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 pack=gpu-pack
