@@ -1064,11 +1064,12 @@ pub fn report_lines(e: &Erasure) -> Vec<String> {
                 .map(|p| format!("k {} {:.3} (loss {:.2})", p.k, p.accuracy, p.selection_loss))
                 .collect();
             lines.push(format!(
-                "    {}: {}; least k to 0.5·A(P) {}, to 0.9·A(P) {}",
+                "    {}: {}; least k to 0.5·A(P) {}, to 0.9·A(P) {}; best fit (least loss) at k {}",
                 m.model,
                 each.join(", "),
                 k_star(m.k_half),
-                k_star(m.k_ninety)
+                k_star(m.k_ninety),
+                k_star(m.best_fit().map(|p| p.k))
             ));
         }
         if !s.gap_d_minus_c.is_empty() {
