@@ -260,6 +260,8 @@ struct Curve {
     color: usize,
     dotted: bool,
     points: Vec<CurvePoint>,
+    /// The x of one point to circle (soft prompts: the best fit, the k the answers compare).
+    circled: Option<f64>,
 }
 
 impl Curve {
@@ -269,6 +271,7 @@ impl Curve {
             color,
             dotted,
             points: pts.iter().map(|(x, m)| (*x as f64, m.mean, m.ci95.map(|h| (m.mean - h, m.mean + h)))).collect(),
+            circled: None,
         }
     }
 
@@ -370,6 +373,10 @@ impl CurvePanels {
                 series.label(label).legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], ShapeStyle::from(&col).stroke_width(3))
                 });
+            }
+            if let Some(p) = c.circled.and_then(|x| c.points.iter().find(|p| p.0 == x)) {
+                let ring = ShapeStyle::from(&col).stroke_width(2);
+                chart.draw_series(std::iter::once(Circle::new((p.0, p.1), 6, ring))).map_err(err)?;
             }
         }
         for note in &self.notes {
@@ -1189,7 +1196,8 @@ fn compose<'a>(
                     })
                     .collect();
                 let label = (m.model == "D").then(|| format!("{}: {}", b.run.condition, b.task));
-                curves.push(Curve { label, color: ci, dotted: m.model == "C", points });
+                let circled = m.best_fit().and_then(|p| ks.iter().position(|&k| k == p.k)).map(|i| i as f64);
+                curves.push(Curve { label, color: ci, dotted: m.model == "C", points, circled });
             }
         }
         if !curves.is_empty() {
@@ -1199,14 +1207,14 @@ fn compose<'a>(
     if !panels.is_empty() {
         charts.push(Box::new(CurvePanels {
             name: "soft_prompt",
-            title: "Soft-prompt elicitation of the dropped task: D (after the decay, solid) against the never-trained control C (dotted), 95% Wilson bands".into(),
+            title: "Soft-prompt elicitation of the dropped task: D (after the decay, solid) against the never-trained control C (dotted), 95% Wilson bands; circled: the best fit".into(),
             cols: panels.len(),
             panel_height: 520,
             x_desc: "soft-prompt tokens k".into(),
             y_desc: "exact match".into(),
             x_ticks: Some(ks.iter().map(|k| k.to_string()).collect()),
             panels,
-            notes: vec!["dotted: the control C".into()],
+            notes: vec!["dotted: the control C".into(), "circled: each model's best fit (compared in the answers)".into()],
             legend_at: SeriesLabelPosition::UpperLeft,
             legend_above_data: false,
         }));
