@@ -434,8 +434,12 @@ pub fn prepare(plan: &Plan, out: &Path) -> Result<()> {
 }
 
 /// The header of `sweep-log.csv`: one row per `ebb sweep` that ran runs
-/// here, so a report can say on what machine and in how long the sweep ran.
-const SESSION_COLUMNS: &str = "started_unix,seconds,runs_finished,jobs,threads_per_job,cores,cpu";
+/// here, so a report can say on what machine and device, and in how long,
+/// the sweep ran.
+const SESSION_COLUMNS: &str = "started_unix,seconds,runs_finished,jobs,threads_per_job,cores,cpu,device";
+
+/// The header before `device` was logged; its rows get an empty device.
+const SESSION_COLUMNS_WITHOUT_DEVICE: &str = "started_unix,seconds,runs_finished,jobs,threads_per_job,cores,cpu";
 
 /// Appends this session of `ebb sweep` to `out/sweep-log.csv`.
 pub fn log_session(out: &Path, started: std::time::SystemTime, opts: &RunOptions, finished: usize) -> Result<()> {
@@ -443,15 +447,23 @@ pub fn log_session(out: &Path, started: std::time::SystemTime, opts: &RunOptions
         return Ok(());
     }
     let path = out.join("sweep-log.csv");
-    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| format!("{SESSION_COLUMNS}\n"));
+    let mut text = match std::fs::read_to_string(&path) {
+        Ok(old) if old.lines().next() == Some(SESSION_COLUMNS_WITHOUT_DEVICE) => {
+            let rows = old.lines().skip(1).map(|l| format!("{l},\n"));
+            std::iter::once(format!("{SESSION_COLUMNS}\n")).chain(rows).collect()
+        }
+        Ok(text) => text,
+        Err(_) => format!("{SESSION_COLUMNS}\n"),
+    };
     let unix = started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     text.push_str(&format!(
-        "{unix},{:.0},{finished},{},{},{cores},{}\n",
+        "{unix},{:.0},{finished},{},{},{cores},{},{}\n",
         started.elapsed().map_or(0.0, |d| d.as_secs_f64()),
         opts.jobs,
         opts.threads_per_job,
-        cpu_model().replace(',', " ")
+        cpu_model().replace(',', " "),
+        opts.device
     ));
     crate::run_dir::write_atomic(&path, text.as_bytes())
 }

@@ -605,13 +605,18 @@ fn spec(dir: &Path) -> Spec {
 /// Where and in how long the sweep ran (sweep-log.csv), and the batteries' compute.
 fn provenance(dir: &Path, batteries: &[Battery]) -> String {
     let log = std::fs::read_to_string(dir.join("sweep-log.csv")).unwrap_or_default();
+    // Columns as in `sweep::SESSION_COLUMNS`; a log from before `device` has none.
     let rows: Vec<Vec<&str>> =
-        log.lines().skip(1).map(|l| l.splitn(7, ',').collect()).filter(|f: &Vec<&str>| f.len() == 7).collect();
+        log.lines().skip(1).map(|l| l.split(',').collect()).filter(|f: &Vec<&str>| f.len() >= 7).collect();
     let seconds: f64 = rows.iter().filter_map(|f| f[1].parse::<f64>().ok()).sum();
     let machines: Vec<String> = {
+        let device = |f: &[&str]| match f.get(7) {
+            Some(&d) if !d.is_empty() => format!(", device {d}"),
+            _ => String::new(),
+        };
         let mut m: Vec<String> = rows
             .iter()
-            .map(|f| format!("{} ({} cores; {} runs at once, {} threads each)", f[6], f[5], f[3], f[4]))
+            .map(|f| format!("{} ({} cores; {} runs at once, {} threads each{})", f[6], f[5], f[3], f[4], device(f)))
             .collect();
         m.dedup();
         m
@@ -623,12 +628,12 @@ fn provenance(dir: &Path, batteries: &[Battery]) -> String {
         .sum();
     if rows.is_empty() {
         return format!(
-            "The sweep left no sweep-log.csv (it ran elsewhere, e.g. on Slurm). The erasure batteries took {:.1} CPU-minutes.",
+            "The sweep left no sweep-log.csv (it ran elsewhere, e.g. on Slurm). The erasure batteries took {:.1} minutes of compute (summed over the batteries).",
             battery_seconds / 60.0
         );
     }
     format!(
-        "The sweep ran on {} in {:.1} minutes of wall time ({} session{} of `ebb sweep`); the erasure batteries took {:.1} minutes of compute more, two at a time.",
+        "The sweep ran on {} in {:.1} minutes of wall time ({} session{} of `ebb sweep`); the erasure batteries took {:.1} minutes of compute more (summed over the batteries).",
         machines.join("; "),
         seconds / 60.0,
         rows.len(),
@@ -1286,6 +1291,33 @@ fn compose<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_page_says_on_what_machine_and_device_the_sweep_ran_even_from_an_old_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("sweep-log.csv");
+        let old = "started_unix,seconds,runs_finished,jobs,threads_per_job,cores,cpu\n1,120,4,2,1,2,Old CPU\n";
+        std::fs::write(&log, old).unwrap();
+        let opts = crate::sweep::RunOptions {
+            out: dir.path().to_path_buf(),
+            jobs: 1,
+            threads_per_job: 16,
+            shard: (1, 1),
+            device: "cuda",
+            quiet: true,
+        };
+        crate::sweep::log_session(dir.path(), std::time::SystemTime::now(), &opts, 3).unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[..2],
+            ["started_unix,seconds,runs_finished,jobs,threads_per_job,cores,cpu,device", "1,120,4,2,1,2,Old CPU,"]
+        );
+        assert!(lines[2].ends_with(",cuda") && lines.len() == 3, "{text}");
+        let page = provenance(dir.path(), &[]);
+        assert!(page.contains("Old CPU (2 cores; 2 runs at once, 1 threads each)"), "{page}");
+        assert!(page.contains("1 runs at once, 16 threads each, device cuda)"), "{page}");
+    }
 
     #[test]
     fn a_battery_runs_on_the_reports_device() {
