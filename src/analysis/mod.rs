@@ -547,21 +547,22 @@ fn retention_points(run: &RunData, task: &TaskInfo, t0: u64, end: u64) -> Option
 /// threshold, when lower) at the drop. None where no task qualifies, as in
 /// sequential runs, where no task stays in training.
 fn noise_floor(run: &RunData, dropped: &str, t0: u64, end: u64, horizon: f64) -> Option<NoiseFloor> {
-    /// A kept task: its accuracy at the drop and its retention over the window.
+    /// A kept task: the bar it passed, its accuracy at the drop and its retention over the window.
     struct Kept<'a> {
         task: &'a TaskInfo,
+        bar: f64,
         at_drop: f64,
         retention: Vec<(f64, f64)>,
     }
     let touched = |id: &str| run.events.iter().any(|e| e.task == id && e.step <= end && !is_learned_row(e));
-    let bar = |t: &TaskInfo| learned_threshold(run, &t.id, t0).min(NOISE_FLOOR_ACCURACY);
     let kept: Vec<Kept> = run
         .tasks
         .iter()
         .filter(|t| t.id != dropped && t.weight > 0.0 && !touched(&t.id))
         .filter_map(|task| {
-            let at_drop = at(run.accuracy(&task.id), t0).filter(|&a| a >= bar(task))?;
-            Some(Kept { task, at_drop, retention: retention(run.accuracy(&task.id), t0, end, task.chance)? })
+            let bar = learned_threshold(run, &task.id, t0).min(NOISE_FLOOR_ACCURACY);
+            let at_drop = at(run.accuracy(&task.id), t0).filter(|&a| a >= bar)?;
+            Some(Kept { task, bar, at_drop, retention: retention(run.accuracy(&task.id), t0, end, task.chance)? })
         })
         .collect();
     if kept.is_empty() {
@@ -571,7 +572,7 @@ fn noise_floor(run: &RunData, dropped: &str, t0: u64, end: u64, horizon: f64) ->
     Some(NoiseFloor {
         tasks: kept.iter().map(|k| k.task.id.clone()).collect(),
         accuracy_at_drop: kept.iter().map(|k| k.at_drop).collect(),
-        min_accuracy: kept.iter().map(|k| bar(k.task)).fold(NOISE_FLOOR_ACCURACY, f64::min),
+        min_accuracy: kept.iter().map(|k| k.bar).fold(NOISE_FLOOR_ACCURACY, f64::min),
         aurc_mean: mean(kept.iter().filter_map(|k| aurc(&k.retention, horizon)).collect()),
         retention_at_end_mean: mean(kept.iter().filter_map(|k| k.retention.last().map(|p| p.1)).collect()),
         lowest_retention: finite(kept.iter().flat_map(|k| k.retention.iter().map(|p| p.1)).reduce(f64::min)),

@@ -859,11 +859,9 @@ fn compose<'a>(
                 with_ci(stats::mean_ci(&steps), 0, STEPS),
                 with_ci(stats::mean_ci(&at_drop), 3, ACCURACY),
                 with_ci(stats::mean_ci(&aurc), 3, None),
-                match kept.len() {
-                    k if k > 0 && k < cell.len() => {
-                        format!("{} ({k} of {} runs)", with_ci(stats::mean_ci(&kept), 3, None), cell.len())
-                    }
-                    _ => with_ci(stats::mean_ci(&kept), 3, None),
+                match (with_ci(stats::mean_ci(&kept), 3, None), kept.len()) {
+                    (floor, k) if k > 0 && k < cell.len() => format!("{floor} ({k} of {} runs)", cell.len()),
+                    (floor, _) => floor,
                 },
                 match stats::km_median(&obs) {
                     Some(Median::Reached { value }) => format!("{value:.0}"),
